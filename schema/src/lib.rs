@@ -1,0 +1,46 @@
+//! The contracts of elastos: the Cap'n Proto schemas (generated into [`token_capnp`] and
+//! [`package_capnp`]) and the plain Rust types that every side shares — actions, classification
+//! levels, resource limits, the capsule manifest, and the format versions.
+//!
+//! Nothing here trusts its input: every decoder refuses unknown versions and unknown fields with an
+//! error that names what was wrong. Nothing here does I/O.
+
+#![forbid(unsafe_code)]
+
+pub mod types;
+pub use types::*;
+
+/// Generated from `schema/token.capnp`.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused)]
+pub mod token_capnp {
+    include!(concat!(env!("OUT_DIR"), "/token_capnp.rs"));
+}
+
+/// Generated from `schema/package.capnp`.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused)]
+pub mod package_capnp {
+    include!(concat!(env!("OUT_DIR"), "/package_capnp.rs"));
+}
+
+/// Versions of every persistent or wire format. A reader refuses a version it does not know.
+pub mod versions {
+    /// `SignedToken.version` and `TokenBody.version`.
+    pub const TOKEN: u16 = 1;
+    /// `SignedIndex.version` and `PackageIndex.version`, and the package container layout.
+    pub const PACKAGE: u16 = 1;
+    /// `format = N` at the top of `capsule.toml`.
+    pub const MANIFEST: u32 = 1;
+    /// The `v` field of every audit record.
+    pub const AUDIT: u32 = 1;
+    /// `format` of the node's state files (key file, authority state, trust list, audit head).
+    pub const STATE: u32 = 1;
+}
+
+/// Domain-separation prefixes: every use of a signing key signs `prefix ‖ message`, so a signature
+/// made for one purpose can never be replayed as another. Listed in docs/ARCHITECTURE.md.
+pub mod domains {
+    pub const TOKEN: &[u8] = b"elastos/token/v1\0";
+    pub const PACKAGE: &[u8] = b"elastos/package/v1\0";
+    pub const AUDIT_CHECKPOINT: &[u8] = b"elastos/audit-checkpoint/v1\0";
+    pub const AUDIT_RECOVERED: &[u8] = b"elastos/audit-recovered/v1\0";
+}

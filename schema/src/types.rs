@@ -1,0 +1,246 @@
+//! Plain shared types: actions, classification levels and resource limits.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// What a token lets its holder do to a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Read,
+    Write,
+    Execute,
+    Message,
+    Delete,
+    Admin,
+}
+
+impl Action {
+    pub const ALL: [Action; 6] = [
+        Action::Read,
+        Action::Write,
+        Action::Execute,
+        Action::Message,
+        Action::Delete,
+        Action::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Execute => "execute",
+            Action::Message => "message",
+            Action::Delete => "delete",
+            Action::Admin => "admin",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A word that names no action, level or limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} `{word}`: expected one of {expected}")]
+pub struct UnknownWord {
+    pub kind: &'static str,
+    pub word: String,
+    pub expected: &'static str,
+}
+
+impl FromStr for Action {
+    type Err = UnknownWord;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| UnknownWord {
+                kind: "action",
+                word: s.to_string(),
+                expected: "read, write, execute, message, delete, admin",
+            })
+    }
+}
+
+/// A set of actions, kept as a bitset so that subset tests are one instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ActionSet(u8);
+
+impl ActionSet {
+    pub const EMPTY: ActionSet = ActionSet(0);
+
+    pub fn contains(self, a: Action) -> bool {
+        self.0 & a.bit() != 0
+    }
+    pub fn insert(&mut self, a: Action) {
+        self.0 |= a.bit();
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn is_subset_of(self, other: ActionSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+    /// The actions in ascending order (the canonical order in a token).
+    pub fn iter(self) -> impl Iterator<Item = Action> {
+        Action::ALL.into_iter().filter(move |a| self.contains(*a))
+    }
+    /// Parses `read,write`: comma-separated, no empty item.
+    pub fn parse_list(s: &str) -> Result<ActionSet, UnknownWord> {
+        let mut set = ActionSet::EMPTY;
+        for word in s.split(',') {
+            set.insert(word.trim().parse()?);
+        }
+        Ok(set)
+    }
+}
+
+impl FromIterator<Action> for ActionSet {
+    fn from_iter<I: IntoIterator<Item = Action>>(iter: I) -> Self {
+        let mut set = ActionSet::EMPTY;
+        for a in iter {
+            set.insert(a);
+        }
+        set
+    }
+}
+
+impl fmt::Display for ActionSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for a in self.iter() {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            f.write_str(a.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// How sensitive a resource is. A token's `classification` is a ceiling: it reaches resources of
+/// that level and below.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Classification {
+    Public,
+    #[default]
+    Internal,
+    Confidential,
+    Secret,
+}
+
+impl Classification {
+    pub const ALL: [Classification; 4] = [
+        Classification::Public,
+        Classification::Internal,
+        Classification::Confidential,
+        Classification::Secret,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Public => "public",
+            Classification::Internal => "internal",
+            Classification::Confidential => "confidential",
+            Classification::Secret => "secret",
+        }
+    }
+}
+
+impl fmt::Display for Classification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Classification {
+    type Err = UnknownWord;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Classification::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownWord {
+                kind: "classification",
+                word: s.to_string(),
+                expected: "public, internal, confidential, secret",
+            })
+    }
+}
+
+/// The keys of a manifest's `[limits]` table: defined once, here. Every substrate and the
+/// supervisor read limits through this type, so a new limit is added in one place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Resident memory in bytes (not address space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Share of one core, in percent (100 = one full core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    /// Optional lifetime CPU-time cap in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<u64>,
+    /// Maximum number of processes/threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u32>,
+    /// Maximum number of open files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u32>,
+    /// Quota of the private state directory, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<u64>,
+}
+
+impl Limits {
+    /// The key names, as written in `capsule.toml`.
+    pub const KEYS: [&'static str; 6] = [
+        "memory",
+        "cpu",
+        "cpu_seconds",
+        "processes",
+        "open_files",
+        "storage",
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_lists_round_trip_in_canonical_order() {
+        let set = ActionSet::parse_list("write,read,admin").unwrap();
+        assert_eq!(set.to_string(), "read,write,admin");
+        assert!(ActionSet::parse_list("read,").is_err());
+        assert!(ActionSet::parse_list("fly").is_err());
+    }
+
+    #[test]
+    fn classification_levels_are_ordered() {
+        assert!(Classification::Public < Classification::Internal);
+        assert!(Classification::Internal < Classification::Confidential);
+        assert!(Classification::Confidential < Classification::Secret);
+        assert_eq!(Classification::default(), Classification::Internal);
+    }
+
+    #[test]
+    fn subset_is_exact() {
+        let rw = ActionSet::parse_list("read,write").unwrap();
+        let r = ActionSet::parse_list("read").unwrap();
+        assert!(r.is_subset_of(rw));
+        assert!(!rw.is_subset_of(r));
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("elastos {}", env!("CARGO_PKG_VERSION"));
+}
