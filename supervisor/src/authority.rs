@@ -1,1 +1,1720 @@
-//! placeholder: filled in by its module's work.
+//! The token authority: issues and delegates tokens, runs the twelve checks, revokes, and keeps
+//! the state those need — epoch, revoked ids, delegation records, use counts, trusted issuers —
+//! in one versioned file, `$ELASTOS_HOME/state/authority.json`.
+//!
+//! What it trusts: the node key it is given, its own state file (which must be private), the
+//! caller's statement of the resource's classification (taken from the provider's manifest) and
+//! of who is calling (established by the supervisor). Nothing in a token string.
+//!
+//! What it must never do: answer "allowed" when any check failed or could not be made; forget a
+//! revocation or a use (every change is written with `fsutil::write_atomic` before the call that
+//! made it returns, and a failed write refuses the call); write anything on `open`; mint a child
+//! wider than its parent. Callers that change state hold the node's state lock
+//! (`Home::try_lock`): this type assumes it is the only writer.
+//!
+//! # State file
+//!
+//! ```json
+//! { "format": 1, "epoch": 0,
+//!   "revoked": ["<32 hex>", …],
+//!   "delegations": { "<child id>": { "parent": "<parent id>", "parent_max_uses": 0 }, … },
+//!   "uses": { "<id>": 3, … },
+//!   "trusted": ["did:key:z…", …] }
+//! ```
+//!
+//! Unknown `format` values and unknown fields are refused.
+//!
+//! # Checks
+//!
+//! [`Authority::check`] runs the twelve checks of [`Check`] in order and returns the first
+//! failure. A token string that is not a well-formed `SignedToken` of a known version is a
+//! `version` denial; the signature is verified on the received body bytes before the body is
+//! parsed, so a validly signed but malformed body is also a `version` denial. The [`SigCache`]
+//! keeps, per exact token bytes, only what those bytes alone decide (the strict decode and the
+//! signature verdict); every other check runs on every call. `not_before` allows
+//! [`MAX_CLOCK_SKEW_SECS`](crate::token::MAX_CLOCK_SKEW_SECS) of clock skew; `expired` allows
+//! none. The epoch check applies to every issuer, trusted ones included.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use elastos_schema::{versions, Action, ActionSet, Classification};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::write_atomic;
+use crate::home::{check_private, Home, HomeError};
+use crate::identity::{did_from_public, public_from_did, IdentityError, NodeKey};
+use crate::text::sanitize;
+use crate::token::{
+    self, check_action, check_classification, check_expired, check_not_before, check_resource,
+    check_subject, resource_within, validate_pattern, verify_signature, verify_signature_with,
+    Check, Denial, SigCache, Subject, Token, TokenError, TokenId, VerifiedToken, MAX_SUBJECT_LEN,
+};
+
+/// The state file's name inside `home.state_dir()`.
+pub const STATE_FILE: &str = "authority.json";
+
+/// The most ancestors a token may have. Bounds the revocation walk and refuses runaway chains.
+pub const MAX_DELEGATION_DEPTH: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a valid token-authority state file ({why}); restore it from a backup — elastos will not run without it, because that would forget revocations")]
+    BadState { path: PathBuf, why: String },
+    #[error("the token-authority state {path} has format {found}, which this elastos does not know (it knows {known}); use a newer elastos")]
+    UnknownFormat {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error("this needs the node's signing key, which was not loaded; create or import one with `elastos identity`")]
+    NoKey,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the parent token does not pass its checks ({0}); delegate from a valid token")]
+    Parent(Denial),
+    #[error(
+        "the parent token is not delegatable; delegate from a token issued with --delegatable"
+    )]
+    NotDelegatable,
+    #[error("refused: {0}; a child may only be narrower than its parent")]
+    Widening(String),
+    #[error("the delegation chain would be deeper than {MAX_DELEGATION_DEPTH}; delegate from a token nearer the root")]
+    TooDeep,
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("the OS random source failed ({0}); try again")]
+    Random(String),
+    #[error("could not encode the token: {0}")]
+    Token(#[from] TokenError),
+    #[error("the epoch is at its maximum and cannot be raised; rotate the node key instead")]
+    EpochExhausted,
+}
+
+/// What to issue. `ttl` counts from `not_before` (default: now).
+#[derive(Debug, Clone)]
+pub struct IssueRequest {
+    pub subject_name: String,
+    pub subject_cid: Option<String>,
+    pub resource: String,
+    pub actions: ActionSet,
+    pub not_before: Option<i64>,
+    pub ttl: Duration,
+    pub max_uses: u64,
+    pub classification: Classification,
+    pub delegatable: bool,
+}
+
+/// How a child narrows its parent. `None` keeps the parent's value; anything wider is refused.
+#[derive(Debug, Clone, Default)]
+pub struct Narrowing {
+    /// `(name, cid)`: the parent's name, optionally binding a CID the parent left open.
+    pub subject: Option<(String, Option<String>)>,
+    pub resource: Option<String>,
+    pub actions: Option<ActionSet>,
+    /// Counted from now; the child may not outlive its parent.
+    pub ttl: Option<Duration>,
+    pub max_uses: Option<u64>,
+    pub classification: Option<Classification>,
+    pub delegatable: bool,
+}
+
+/// One call to check: who calls, what it asks for, and how sensitive the resource is.
+#[derive(Debug, Clone, Copy)]
+pub struct CallRequest<'a> {
+    pub caller_name: &'a str,
+    pub caller_cid: Option<&'a str>,
+    pub resource: &'a str,
+    pub action: Action,
+    /// From the provider's manifest; `internal` when it says nothing.
+    pub classification: Classification,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Delegation {
+    parent: TokenId,
+    /// Copied from the parent when the child was minted, so that a child's use is also counted
+    /// against every limited ancestor (children cannot multiply a parent's uses).
+    parent_max_uses: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct State {
+    format: u32,
+    epoch: u64,
+    revoked: BTreeSet<TokenId>,
+    delegations: BTreeMap<TokenId, Delegation>,
+    uses: BTreeMap<TokenId, u64>,
+    trusted: BTreeSet<String>,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            format: versions::STATE,
+            epoch: 0,
+            revoked: BTreeSet::new(),
+            delegations: BTreeMap::new(),
+            uses: BTreeMap::new(),
+            trusted: BTreeSet::new(),
+        }
+    }
+}
+
+/// Read first, leniently, so an unknown format is reported as such, not as a parse error.
+#[derive(Deserialize)]
+struct FormatProbe {
+    format: u32,
+}
+
+/// A token that passed the checks, with its ancestry: `(id, max_uses)` from itself to the root.
+struct Passed {
+    token: Token,
+    chain: Vec<(TokenId, u64)>,
+}
+
+/// The token authority of one node.
+pub struct Authority {
+    home: Home,
+    state_path: PathBuf,
+    key: Option<Arc<NodeKey>>,
+    /// The node's public key and DID, when the key was given.
+    node: Option<([u8; 32], String)>,
+    state: State,
+    /// `state.trusted`, parsed: public key → DID.
+    trusted: HashMap<[u8; 32], String>,
+    /// The node's and the trusted issuers' keys, decompressed once.
+    known_keys: HashMap<[u8; 32], VerifyingKey>,
+    sig_cache: SigCache,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn ttl_secs(ttl: Duration) -> Result<i64, AuthorityError> {
+    let secs = i64::try_from(ttl.as_secs())
+        .map_err(|_| AuthorityError::Invalid("the lifetime is too long".into()))?;
+    if secs < 1 {
+        return Err(AuthorityError::Invalid(
+            "the lifetime must be at least one second (e.g. --ttl 10m)".into(),
+        ));
+    }
+    Ok(secs)
+}
+
+/// A subject name is printable ASCII without `@` (which separates NAME@CID on the command line);
+/// a CID must be an elastos CID in its canonical spelling, because the subject check compares
+/// strings exactly.
+fn validate_subject(name: &str, cid: Option<&str>) -> Result<(), AuthorityError> {
+    if name.is_empty()
+        || name.len() > MAX_SUBJECT_LEN
+        || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'@')
+    {
+        return Err(AuthorityError::Invalid(format!(
+            "`{}` is not a capsule name: use 1 to {MAX_SUBJECT_LEN} printable ASCII characters without `@`",
+            sanitize(name)
+        )));
+    }
+    if let Some(c) = cid {
+        let parsed = crate::cid::parse(c).map_err(|e| AuthorityError::Invalid(sanitize(&e)))?;
+        if parsed.to_string() != c {
+            return Err(AuthorityError::Invalid(format!(
+                "write the CID `{}` in its canonical form `{parsed}`",
+                sanitize(c)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn parse_trusted(
+    path: &Path,
+    dids: &BTreeSet<String>,
+) -> Result<HashMap<[u8; 32], String>, AuthorityError> {
+    dids.iter()
+        .map(|did| {
+            public_from_did(did)
+                .map(|pk| (pk, did.clone()))
+                .map_err(|e| AuthorityError::BadState {
+                    path: path.to_path_buf(),
+                    why: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+impl Authority {
+    /// Opens the authority of `home`. Without a key it can check, list and inspect, but not issue
+    /// or delegate. Never writes.
+    pub fn open(home: &Home, key: Option<Arc<NodeKey>>) -> Result<Authority, AuthorityError> {
+        let state_path = home.state_dir().join(STATE_FILE);
+        let state = match fs::read(&state_path) {
+            Ok(bytes) => {
+                // Its integrity is what revocation rests on: refuse one others could have edited.
+                check_private(&state_path, 0o600)?;
+                Authority::parse_state(&state_path, &bytes)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => State::new(),
+            Err(source) => {
+                return Err(AuthorityError::Io {
+                    path: state_path,
+                    source,
+                })
+            }
+        };
+        let trusted = parse_trusted(&state_path, &state.trusted)?;
+        let node = key.as_ref().map(|k| (k.public_bytes(), k.did()));
+        let mut authority = Authority {
+            home: home.clone(),
+            state_path,
+            key,
+            node,
+            state,
+            trusted,
+            known_keys: HashMap::new(),
+            sig_cache: SigCache::default(),
+        };
+        authority.refresh_known_keys();
+        Ok(authority)
+    }
+
+    fn parse_state(path: &Path, bytes: &[u8]) -> Result<State, AuthorityError> {
+        let bad = |e: serde_json::Error| AuthorityError::BadState {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        };
+        let probe: FormatProbe = serde_json::from_slice(bytes).map_err(bad)?;
+        if probe.format != versions::STATE {
+            return Err(AuthorityError::UnknownFormat {
+                path: path.to_path_buf(),
+                found: probe.format,
+                known: versions::STATE,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(bad)
+    }
+
+    /// Writes `next` durably, then adopts it. On failure nothing changes, in memory or on disk.
+    fn commit(&mut self, next: State) -> Result<(), AuthorityError> {
+        self.home.ensure_dir("state")?;
+        let json = serde_json::to_vec_pretty(&next)
+            .map_err(|e| AuthorityError::Invalid(format!("cannot serialise the state: {e}")))?;
+        write_atomic(&self.state_path, &json, 0o600).map_err(|source| AuthorityError::Io {
+            path: self.state_path.clone(),
+            source,
+        })?;
+        self.state = next;
+        Ok(())
+    }
+
+    fn refresh_known_keys(&mut self) {
+        let node = self.key.as_ref().map(|k| k.verifying_key());
+        self.known_keys = node
+            .into_iter()
+            .chain(
+                self.trusted
+                    .keys()
+                    .filter_map(|pk| VerifyingKey::from_bytes(pk).ok()),
+            )
+            .map(|vk| (vk.to_bytes(), vk))
+            .collect();
+    }
+
+    fn signing_key(&self) -> Result<Arc<NodeKey>, AuthorityError> {
+        self.key.clone().ok_or(AuthorityError::NoKey)
+    }
+
+    /// The current epoch: tokens must carry exactly this one.
+    pub fn epoch(&self) -> u64 {
+        self.state.epoch
+    }
+
+    /// The node's DID, when the key was given.
+    pub fn node_did(&self) -> Option<&str> {
+        self.node.as_ref().map(|(_, d)| d.as_str())
+    }
+
+    pub fn state_path(&self) -> &Path {
+        &self.state_path
+    }
+
+    pub fn is_revoked(&self, id: &TokenId) -> bool {
+        self.state.revoked.contains(id)
+    }
+
+    /// How many uses of `id` have been recorded (only limited tokens are counted).
+    pub fn uses(&self, id: &TokenId) -> u64 {
+        self.state.uses.get(id).copied().unwrap_or(0)
+    }
+
+    /// Forgets every cached signature verdict (benchmarks and tests measure first sight).
+    pub fn clear_signature_cache(&mut self) {
+        self.sig_cache.clear();
+    }
+
+    /// Issues a root token, valid from `not_before` (default now) for `ttl`.
+    pub fn issue(&mut self, req: IssueRequest) -> Result<(Token, String), AuthorityError> {
+        self.issue_at(req, now_unix())
+    }
+
+    /// [`Authority::issue`] with an explicit clock.
+    pub fn issue_at(
+        &mut self,
+        req: IssueRequest,
+        now: i64,
+    ) -> Result<(Token, String), AuthorityError> {
+        let key = self.signing_key()?;
+        validate_subject(&req.subject_name, req.subject_cid.as_deref())?;
+        validate_pattern(&req.resource).map_err(|e| {
+            AuthorityError::Invalid(format!("resource `{}`: {e}", sanitize(&req.resource)))
+        })?;
+        if req.actions.is_empty() {
+            return Err(AuthorityError::Invalid(
+                "a token needs at least one action".into(),
+            ));
+        }
+        let not_before = req.not_before.unwrap_or(now);
+        let expiry = not_before
+            .checked_add(ttl_secs(req.ttl)?)
+            .ok_or_else(|| AuthorityError::Invalid("the lifetime is too long".into()))?;
+        let token = Token {
+            version: elastos_schema::versions::TOKEN,
+            id: TokenId::random().map_err(|e| AuthorityError::Random(e.to_string()))?,
+            issuer: key.did(),
+            subject: Subject {
+                name: req.subject_name,
+                cid: req.subject_cid,
+            },
+            resource: req.resource,
+            actions: req.actions,
+            not_before,
+            expiry,
+            epoch: self.state.epoch,
+            max_uses: req.max_uses,
+            classification: req.classification,
+            delegatable: req.delegatable,
+            parent: None,
+        };
+        let (_, text) = token::sign(&token, &key)?;
+        Ok((token, text))
+    }
+
+    /// Mints a child of `parent` that is at most as wide in every respect, and records the link
+    /// durably before returning it, so revoking the parent revokes the child.
+    pub fn delegate(
+        &mut self,
+        parent: &str,
+        n: Narrowing,
+        now: i64,
+    ) -> Result<(Token, String), AuthorityError> {
+        let key = self.signing_key()?;
+        // The parent must be valid now, in every respect that does not depend on a call.
+        let passed = self
+            .run_checks(parent, None, now)
+            .map_err(AuthorityError::Parent)?;
+        let p = passed.token;
+        if !p.delegatable {
+            return Err(AuthorityError::NotDelegatable);
+        }
+        // The child's chain is the parent's plus one: itself.
+        if passed.chain.len() > MAX_DELEGATION_DEPTH {
+            return Err(AuthorityError::TooDeep);
+        }
+        let widening = |s: String| AuthorityError::Widening(s);
+
+        let subject = match n.subject {
+            None => p.subject.clone(),
+            Some((name, cid)) => {
+                validate_subject(&name, cid.as_deref())?;
+                if name != p.subject.name {
+                    return Err(widening(format!(
+                        "the child must keep the parent's subject `{}`",
+                        sanitize(&p.subject.name)
+                    )));
+                }
+                if let Some(pc) = &p.subject.cid {
+                    if cid.as_deref() != Some(pc.as_str()) {
+                        return Err(widening(format!(
+                            "the parent is bound to package {}; the child must be too",
+                            sanitize(pc)
+                        )));
+                    }
+                }
+                Subject { name, cid }
+            }
+        };
+
+        let resource = n.resource.unwrap_or_else(|| p.resource.clone());
+        validate_pattern(&resource).map_err(|e| {
+            AuthorityError::Invalid(format!("resource `{}`: {e}", sanitize(&resource)))
+        })?;
+        match resource_within(&p.resource, &resource) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(widening(format!(
+                    "`{}` is not within the parent's resource `{}`",
+                    sanitize(&resource),
+                    sanitize(&p.resource)
+                )))
+            }
+            Err(e) => return Err(AuthorityError::Invalid(e)),
+        }
+
+        let actions = n.actions.unwrap_or(p.actions);
+        if actions.is_empty() {
+            return Err(AuthorityError::Invalid(
+                "a token needs at least one action".into(),
+            ));
+        }
+        if !actions.is_subset_of(p.actions) {
+            return Err(widening(format!(
+                "the parent allows only {}, not {actions}",
+                p.actions
+            )));
+        }
+
+        let not_before = now.max(p.not_before);
+        let expiry = match n.ttl {
+            None => p.expiry,
+            Some(ttl) => {
+                let e = not_before
+                    .checked_add(ttl_secs(ttl)?)
+                    .ok_or_else(|| widening("the child would outlive its parent".into()))?;
+                if e > p.expiry {
+                    return Err(widening(format!(
+                        "the child would outlive its parent, which expires at {}",
+                        humantime::format_rfc3339_seconds(token::unix_to_system(p.expiry))
+                    )));
+                }
+                e
+            }
+        };
+        if expiry <= not_before {
+            return Err(AuthorityError::Invalid(
+                "the child would never be valid (its parent expires first)".into(),
+            ));
+        }
+
+        let max_uses = match (p.max_uses, n.max_uses) {
+            (0, m) => m.unwrap_or(0),
+            (pm, None) => pm,
+            (pm, Some(0)) => {
+                return Err(widening(format!(
+                    "the parent may be used {pm} times; the child cannot be unlimited"
+                )))
+            }
+            (pm, Some(m)) if m > pm => {
+                return Err(widening(format!(
+                    "the parent may be used {pm} times, fewer than {m}"
+                )))
+            }
+            (_, Some(m)) => m,
+        };
+
+        let classification = n.classification.unwrap_or(p.classification);
+        if classification > p.classification {
+            return Err(widening(format!(
+                "the parent reaches at most `{}`, not `{classification}`",
+                p.classification
+            )));
+        }
+
+        let child = Token {
+            version: elastos_schema::versions::TOKEN,
+            id: TokenId::random().map_err(|e| AuthorityError::Random(e.to_string()))?,
+            issuer: key.did(),
+            subject,
+            resource,
+            actions,
+            not_before,
+            expiry,
+            epoch: self.state.epoch,
+            max_uses,
+            classification,
+            delegatable: n.delegatable,
+            parent: Some(p.id),
+        };
+        let (_, text) = token::sign(&child, &key)?;
+        let mut next = self.state.clone();
+        next.delegations.insert(
+            child.id,
+            Delegation {
+                parent: p.id,
+                parent_max_uses: p.max_uses,
+            },
+        );
+        self.commit(next)?;
+        Ok((child, text))
+    }
+
+    /// Runs the twelve checks on `token` for `req` at time `now`. With `consume`, a use is
+    /// recorded durably (against the token and every limited ancestor) before this returns;
+    /// without it (a dry run) nothing is written. The first failing check is the denial.
+    pub fn check(
+        &mut self,
+        token: &str,
+        req: &CallRequest<'_>,
+        now: i64,
+        consume: bool,
+    ) -> Result<Token, Denial> {
+        let passed = self.run_checks(token, Some(req), now)?;
+        if consume {
+            self.consume(&passed.chain)?;
+        }
+        Ok(passed.token)
+    }
+
+    /// The checks in contract order. With no call (`delegate`'s test of a parent), the four
+    /// that are about a call — subject, action, resource, classification — are skipped.
+    fn run_checks(
+        &mut self,
+        text: &str,
+        call: Option<&CallRequest<'_>>,
+        now: i64,
+    ) -> Result<Passed, Denial> {
+        let deny = |check: Check| move |reason: String| Denial::new(check, reason);
+
+        // version: the outer layer. Anything that is not a well-formed SignedToken of a known
+        // version is a `version` denial (documented contract), never a panic.
+        let bytes =
+            token::text_to_bytes(text).map_err(|e| Denial::new(Check::Version, e.to_string()))?;
+        let cache_key = SigCache::key(&bytes);
+        let verified = match self.sig_cache.get(&cache_key) {
+            Some(v) => v,
+            None => {
+                let parts = token::decode_signed_bytes(&bytes)
+                    .map_err(|e| Denial::new(Check::Version, e.to_string()))?;
+                // signature: over the received body bytes, before anything reads them.
+                match self.known_keys.get(&parts.signer) {
+                    Some(vk) => verify_signature_with(vk, &parts),
+                    None => verify_signature(&parts),
+                }
+                .map_err(deny(Check::Signature))?;
+                // version, continued: the signed body must be a well-formed body of a known
+                // version. A body that fails here is reported as `version` although its
+                // signature was checked first.
+                let token = token::decode_body(&parts.body)
+                    .map_err(|e| Denial::new(Check::Version, e.to_string()))?;
+                let v = Arc::new(VerifiedToken {
+                    token,
+                    signer: parts.signer,
+                });
+                self.sig_cache.insert(cache_key, v.clone());
+                v
+            }
+        };
+        // Decoding refuses other versions; asked again on every call, cached or not, so the
+        // check never depends on how the token was obtained.
+        if verified.token.version != versions::TOKEN {
+            return Err(Denial::new(
+                Check::Version,
+                format!("token format version {} is unknown", verified.token.version),
+            ));
+        }
+        let token = &verified.token;
+        let signer = &verified.signer;
+
+        self.check_issuer(token, signer)
+            .map_err(deny(Check::Issuer))?;
+        if let Some(c) = call {
+            check_subject(token, c.caller_name, c.caller_cid).map_err(deny(Check::Subject))?;
+            check_action(token, c.action).map_err(deny(Check::Action))?;
+            check_resource(token, c.resource).map_err(deny(Check::Resource))?;
+        }
+        if token.epoch != self.state.epoch {
+            return Err(Denial::new(
+                Check::Epoch,
+                format!(
+                    "the token was issued in epoch {} but this node is in epoch {} (`elastos revoke --all` invalidated it); ask for a new token",
+                    token.epoch, self.state.epoch
+                ),
+            ));
+        }
+        let chain = self.ancestry(token, signer).map_err(deny(Check::Revoked))?;
+        check_not_before(token, now).map_err(deny(Check::NotBefore))?;
+        check_expired(token, now).map_err(deny(Check::Expired))?;
+        self.check_uses(token, &chain).map_err(deny(Check::Uses))?;
+        if let Some(c) = call {
+            check_classification(token, c.classification).map_err(deny(Check::Classification))?;
+        }
+        Ok(Passed {
+            token: token.clone(),
+            chain,
+        })
+    }
+
+    /// body.issuer must be the signer's DID, and that DID must be this node's or trusted.
+    fn check_issuer(&self, token: &Token, signer: &[u8; 32]) -> Result<(), String> {
+        // Compare keys, not freshly encoded DIDs: the known DIDs are canonical and
+        // `did_from_public` is one-to-one, so this is the same test without base58 on every call.
+        let known = match &self.node {
+            Some((pk, did)) if pk == signer => Some(did),
+            _ => self.trusted.get(signer),
+        };
+        match known {
+            Some(did) if *did == token.issuer => Ok(()),
+            Some(did) => Err(format!(
+                "the token names issuer {} but was signed by {did}",
+                sanitize(&token.issuer)
+            )),
+            None => {
+                let did = did_from_public(signer);
+                if did != token.issuer {
+                    Err(format!(
+                        "the token names issuer {} but was signed by {did}",
+                        sanitize(&token.issuer)
+                    ))
+                } else {
+                    Err(format!(
+                        "{did} is not this node and not a trusted issuer; if you trust it, run `elastos trust add {did}`"
+                    ))
+                }
+            }
+        }
+    }
+
+    fn is_own(&self, signer: &[u8; 32]) -> bool {
+        self.node.as_ref().is_some_and(|(pk, _)| pk == signer)
+    }
+
+    /// The token and its ancestors, `(id, max_uses)`, refusing if any is revoked. The first
+    /// link comes from the signed body; the rest from the delegation records this authority
+    /// wrote, which must agree with it.
+    fn ancestry(&self, token: &Token, signer: &[u8; 32]) -> Result<Vec<(TokenId, u64)>, String> {
+        let mut chain = vec![(token.id, token.max_uses)];
+        let record = self.state.delegations.get(&token.id);
+        let first = match (token.parent, record) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(
+                    "a delegation record names a parent for this token but the token has none; the state file is inconsistent".into(),
+                )
+            }
+            (Some(p), Some(r)) if r.parent != p => {
+                return Err(
+                    "the token's parent disagrees with this node's delegation record; the state file is inconsistent".into(),
+                )
+            }
+            (Some(p), Some(r)) => Some((p, r.parent_max_uses)),
+            // Our own children always have a record; without it we cannot see the parent's
+            // revocation, so refuse rather than guess.
+            (Some(_), None) if self.is_own(signer) => {
+                return Err(
+                    "this node has no record of the token's delegation (its state was lost or replaced); ask for a new token".into(),
+                )
+            }
+            // A trusted issuer's child: its parent is known, its ancestors may not be.
+            (Some(p), None) => Some((p, 0)),
+        };
+        if let Some(mut link) = first {
+            loop {
+                if chain.len() > MAX_DELEGATION_DEPTH {
+                    return Err(format!(
+                        "the delegation chain is deeper than {MAX_DELEGATION_DEPTH}"
+                    ));
+                }
+                chain.push(link);
+                match self.state.delegations.get(&link.0) {
+                    Some(r) => link = (r.parent, r.parent_max_uses),
+                    None => break,
+                }
+            }
+        }
+        for (id, _) in &chain {
+            if self.state.revoked.contains(id) {
+                return Err(if *id == token.id {
+                    "the token was revoked; ask for a new one".to_string()
+                } else {
+                    format!(
+                        "its ancestor {id} was revoked, and with it every token delegated from it"
+                    )
+                });
+            }
+        }
+        Ok(chain)
+    }
+
+    fn check_uses(&self, token: &Token, chain: &[(TokenId, u64)]) -> Result<(), String> {
+        for (id, max) in chain.iter().filter(|(_, max)| *max > 0) {
+            let used = self.uses(id);
+            if used >= *max {
+                return Err(if *id == token.id {
+                    format!("the token has been used {used} of its {max} allowed times; ask for a new one")
+                } else {
+                    format!("its ancestor {id} has been used all {max} of its allowed times")
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one use against the token and each limited ancestor, durably. One atomic file
+    /// write (two fsyncs) per consuming call: simple and crash-safe, at a cost of about a
+    /// millisecond; batching or an append-only counter log is the next step if it matters.
+    fn consume(&mut self, chain: &[(TokenId, u64)]) -> Result<(), Denial> {
+        let limited: Vec<TokenId> = chain
+            .iter()
+            .filter(|(_, max)| *max > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        if limited.is_empty() {
+            return Ok(());
+        }
+        let mut next = self.state.clone();
+        for id in limited {
+            let n = next.uses.entry(id).or_insert(0);
+            *n = n.saturating_add(1);
+        }
+        self.commit(next).map_err(|e| {
+            Denial::new(
+                Check::Uses,
+                format!("this use could not be recorded durably ({e}); the call is refused"),
+            )
+        })
+    }
+
+    /// Revokes `id` and every token delegated from it (as far as this node's records know).
+    /// Returns how many were newly revoked.
+    pub fn revoke(&mut self, id: &TokenId) -> Result<usize, AuthorityError> {
+        let mut children: HashMap<TokenId, Vec<TokenId>> = HashMap::new();
+        for (child, d) in &self.state.delegations {
+            children.entry(d.parent).or_default().push(*child);
+        }
+        let mut next = self.state.clone();
+        let mut newly = 0usize;
+        // Breadth-first, one level per round, bounded by the depth limit.
+        let mut level = vec![*id];
+        for _ in 0..=MAX_DELEGATION_DEPTH {
+            let mut below = Vec::new();
+            for t in level {
+                if next.revoked.insert(t) {
+                    newly += 1;
+                }
+                if let Some(c) = children.get(&t) {
+                    below.extend_from_slice(c);
+                }
+            }
+            if below.is_empty() {
+                break;
+            }
+            level = below;
+        }
+        if newly > 0 {
+            self.commit(next)?;
+        }
+        Ok(newly)
+    }
+
+    /// Raises the epoch: every token issued before becomes invalid. Returns the new epoch.
+    pub fn revoke_all(&mut self) -> Result<u64, AuthorityError> {
+        let mut next = self.state.clone();
+        next.epoch = next
+            .epoch
+            .checked_add(1)
+            .ok_or(AuthorityError::EpochExhausted)?;
+        let epoch = next.epoch;
+        self.commit(next)?;
+        Ok(epoch)
+    }
+
+    /// Accepts tokens signed by `did`. Returns false if it was already trusted.
+    pub fn trust_add(&mut self, did: &str) -> Result<bool, AuthorityError> {
+        let pk = public_from_did(did)?;
+        if self.state.trusted.contains(did) {
+            return Ok(false);
+        }
+        let mut next = self.state.clone();
+        next.trusted.insert(did.to_string());
+        self.commit(next)?;
+        self.trusted.insert(pk, did.to_string());
+        self.refresh_known_keys();
+        Ok(true)
+    }
+
+    /// Stops accepting tokens signed by `did`. Returns false if it was not trusted.
+    pub fn trust_rm(&mut self, did: &str) -> Result<bool, AuthorityError> {
+        if !self.state.trusted.contains(did) {
+            return Ok(false);
+        }
+        let mut next = self.state.clone();
+        next.trusted.remove(did);
+        self.commit(next)?;
+        self.trusted.retain(|_, d| d != did);
+        self.refresh_known_keys();
+        Ok(true)
+    }
+
+    /// The trusted issuers besides this node, sorted.
+    pub fn trust_ls(&self) -> Vec<String> {
+        self.state.trusted.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::MAX_CLOCK_SKEW_SECS;
+    use std::os::unix::fs::PermissionsExt;
+
+    const NOW: i64 = 1_700_000_000;
+    const RES: &str = "localhost://storage/notes/*";
+    const REQ_RES: &str = "localhost://storage/notes/today";
+    const CID: &str = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        home: Home,
+        key: Arc<NodeKey>,
+        auth: Authority,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("h"));
+        let key = Arc::new(NodeKey::from_seed(&[5u8; 32]));
+        let auth = Authority::open(&home, Some(key.clone())).unwrap();
+        Fixture {
+            _dir: dir,
+            home,
+            key,
+            auth,
+        }
+    }
+
+    impl Fixture {
+        fn reopen(&mut self) {
+            self.auth = Authority::open(&self.home, Some(self.key.clone())).unwrap();
+        }
+    }
+
+    fn req() -> IssueRequest {
+        IssueRequest {
+            subject_name: "notes".into(),
+            subject_cid: None,
+            resource: RES.into(),
+            actions: ActionSet::parse_list("read,write").unwrap(),
+            not_before: None,
+            ttl: Duration::from_secs(3600),
+            max_uses: 0,
+            classification: Classification::Internal,
+            delegatable: false,
+        }
+    }
+
+    fn call() -> CallRequest<'static> {
+        CallRequest {
+            caller_name: "notes",
+            caller_cid: None,
+            resource: REQ_RES,
+            action: Action::Read,
+            classification: Classification::Internal,
+        }
+    }
+
+    fn issue(f: &mut Fixture, r: IssueRequest) -> (Token, String) {
+        f.auth.issue_at(r, NOW).unwrap()
+    }
+
+    fn denied(f: &mut Fixture, text: &str, c: &CallRequest<'_>, now: i64) -> Check {
+        match f.auth.check(text, c, now, false) {
+            Ok(_) => panic!("allowed, expected a denial"),
+            Err(d) => {
+                assert!(!d.reason.is_empty());
+                assert_eq!(d.to_string(), format!("{}: {}", d.check.as_str(), d.reason));
+                d.check
+            }
+        }
+    }
+
+    /// A token with `signer` and `issuer` chosen freely.
+    fn sign_as(t: &Token, key: &NodeKey) -> String {
+        token::sign(t, key).unwrap().1
+    }
+
+    #[test]
+    fn check_names_are_the_contract() {
+        let names: Vec<&str> = Check::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "version",
+                "signature",
+                "issuer",
+                "subject",
+                "action",
+                "resource",
+                "epoch",
+                "revoked",
+                "not_before",
+                "expired",
+                "uses",
+                "classification"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_valid_token_is_allowed_and_returned() {
+        let mut f = fixture();
+        let (t, text) = issue(&mut f, req());
+        let got = f.auth.check(&text, &call(), NOW, false).unwrap();
+        assert_eq!(got, t);
+        assert_eq!(t.issuer, f.key.did());
+        assert_eq!(t.expiry, NOW + 3600);
+    }
+
+    /// One table: each row breaks exactly one check and must see exactly that denial.
+    #[test]
+    fn each_check_fails_on_exactly_what_breaks_it() {
+        let mut f = fixture();
+        let (good, text) = issue(&mut f, req());
+        let other = NodeKey::from_seed(&[6u8; 32]);
+
+        // version
+        assert_eq!(denied(&mut f, "not-a-token", &call(), NOW), Check::Version);
+        let (mut parts, _) = token::sign(&good, &f.key).unwrap();
+        parts.version = 2;
+        assert_eq!(
+            denied(&mut f, &parts.encode().unwrap(), &call(), NOW),
+            Check::Version
+        );
+
+        // signature: one bit of the signature flipped.
+        let (mut parts, _) = token::sign(&good, &f.key).unwrap();
+        parts.signature[10] ^= 1;
+        assert_eq!(
+            denied(&mut f, &parts.encode().unwrap(), &call(), NOW),
+            Check::Signature
+        );
+
+        // issuer: a valid signature by a key this node does not trust, naming its own DID.
+        let mut theirs = good.clone();
+        theirs.issuer = other.did();
+        assert_eq!(
+            denied(&mut f, &sign_as(&theirs, &other), &call(), NOW),
+            Check::Issuer
+        );
+
+        // subject
+        let c = CallRequest {
+            caller_name: "mail",
+            ..call()
+        };
+        assert_eq!(denied(&mut f, &text, &c, NOW), Check::Subject);
+
+        // action
+        let c = CallRequest {
+            action: Action::Delete,
+            ..call()
+        };
+        assert_eq!(denied(&mut f, &text, &c, NOW), Check::Action);
+
+        // resource
+        let c = CallRequest {
+            resource: "localhost://storage/mail/a",
+            ..call()
+        };
+        assert_eq!(denied(&mut f, &text, &c, NOW), Check::Resource);
+
+        // not_before: beyond the skew allowance.
+        let (_, later) = issue(
+            &mut f,
+            IssueRequest {
+                not_before: Some(NOW + MAX_CLOCK_SKEW_SECS + 1),
+                ..req()
+            },
+        );
+        assert_eq!(denied(&mut f, &later, &call(), NOW), Check::NotBefore);
+
+        // expired: at the expiry second (exclusive).
+        assert_eq!(denied(&mut f, &text, &call(), good.expiry), Check::Expired);
+
+        // uses
+        let (_, once) = issue(
+            &mut f,
+            IssueRequest {
+                max_uses: 1,
+                ..req()
+            },
+        );
+        f.auth.check(&once, &call(), NOW, true).unwrap();
+        assert_eq!(denied(&mut f, &once, &call(), NOW), Check::Uses);
+
+        // classification
+        let c = CallRequest {
+            classification: Classification::Secret,
+            ..call()
+        };
+        assert_eq!(denied(&mut f, &text, &c, NOW), Check::Classification);
+
+        // revoked
+        let (victim, victim_text) = issue(&mut f, req());
+        f.auth.revoke(&victim.id).unwrap();
+        assert_eq!(denied(&mut f, &victim_text, &call(), NOW), Check::Revoked);
+
+        // epoch: raise it; the untouched token now fails exactly that.
+        f.auth.check(&text, &call(), NOW, false).unwrap();
+        f.auth.revoke_all().unwrap();
+        assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Epoch);
+    }
+
+    #[test]
+    fn the_first_failing_check_decides() {
+        let mut f = fixture();
+        let (t, text) = issue(&mut f, req());
+        f.auth.revoke(&t.id).unwrap();
+        // Wrong subject, wrong action, revoked and expired at once: subject comes first.
+        let c = CallRequest {
+            caller_name: "mail",
+            action: Action::Admin,
+            ..call()
+        };
+        assert_eq!(denied(&mut f, &text, &c, t.expiry + 10), Check::Subject);
+    }
+
+    #[test]
+    fn skew_allows_a_slightly_early_token() {
+        let mut f = fixture();
+        let (_, early) = issue(
+            &mut f,
+            IssueRequest {
+                not_before: Some(NOW + MAX_CLOCK_SKEW_SECS),
+                ..req()
+            },
+        );
+        f.auth.check(&early, &call(), NOW, false).unwrap();
+        let (t, text) = issue(&mut f, req());
+        f.auth.check(&text, &call(), t.expiry - 1, false).unwrap();
+    }
+
+    #[test]
+    fn a_token_bound_to_a_cid_needs_that_cid() {
+        let mut f = fixture();
+        let (_, text) = issue(
+            &mut f,
+            IssueRequest {
+                subject_cid: Some(CID.into()),
+                ..req()
+            },
+        );
+        let with = CallRequest {
+            caller_cid: Some(CID),
+            ..call()
+        };
+        f.auth.check(&text, &with, NOW, false).unwrap();
+        assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Subject);
+        let wrong = CallRequest {
+            caller_cid: Some("bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"),
+            ..call()
+        };
+        assert_eq!(denied(&mut f, &text, &wrong, NOW), Check::Subject);
+        // An unbound token does not care which package calls.
+        let (_, open) = issue(&mut f, req());
+        f.auth.check(&open, &with, NOW, false).unwrap();
+    }
+
+    #[test]
+    fn a_forged_signature_is_a_signature_denial() {
+        let mut f = fixture();
+        let (t, _) = issue(&mut f, req());
+        // Our signer and issuer, but the signature made by another key.
+        let other = NodeKey::from_seed(&[6u8; 32]);
+        let (mut parts, _) = token::sign(&t, &other).unwrap();
+        parts.signer = f.key.public_bytes();
+        assert_eq!(
+            denied(&mut f, &parts.encode().unwrap(), &call(), NOW),
+            Check::Signature
+        );
+        // A body changed after signing.
+        let (mut parts, _) = token::sign(&t, &f.key).unwrap();
+        let mut wider = t.clone();
+        wider.actions = ActionSet::parse_list("read,write,admin").unwrap();
+        parts.body = wider.body_bytes().unwrap();
+        assert_eq!(
+            denied(&mut f, &parts.encode().unwrap(), &call(), NOW),
+            Check::Signature
+        );
+    }
+
+    #[test]
+    fn an_untrusted_key_naming_itself_fails_issuer_until_trusted() {
+        let mut f = fixture();
+        let other = NodeKey::from_seed(&[6u8; 32]);
+        let (mut t, _) = issue(&mut f, req());
+        t.issuer = other.did();
+        let text = sign_as(&t, &other);
+        assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Issuer);
+        assert!(f.auth.trust_add(&other.did()).unwrap());
+        assert!(!f.auth.trust_add(&other.did()).unwrap());
+        f.auth.check(&text, &call(), NOW, false).unwrap();
+        assert_eq!(f.auth.trust_ls(), vec![other.did()]);
+        assert!(f.auth.trust_rm(&other.did()).unwrap());
+        assert!(!f.auth.trust_rm(&other.did()).unwrap());
+        assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Issuer);
+    }
+
+    #[test]
+    fn a_token_naming_an_issuer_other_than_its_signer_fails_issuer() {
+        let mut f = fixture();
+        let other = NodeKey::from_seed(&[6u8; 32]);
+        f.auth.trust_add(&other.did()).unwrap();
+        // Signed by a trusted key but claiming to come from this node.
+        let (t, _) = issue(&mut f, req());
+        assert_eq!(
+            denied(&mut f, &sign_as(&t, &other), &call(), NOW),
+            Check::Issuer
+        );
+    }
+
+    #[test]
+    fn trust_refuses_what_is_not_a_did_key() {
+        let mut f = fixture();
+        assert!(f.auth.trust_add("did:web:example.com").is_err());
+        assert!(f.auth.trust_ls().is_empty());
+    }
+
+    #[test]
+    fn a_validly_signed_non_canonical_body_is_a_version_denial() {
+        let mut f = fixture();
+        let (t, _) = issue(&mut f, req());
+        let canonical = t.body_bytes().unwrap();
+        let mut body = canonical.clone();
+        body.extend_from_slice(&[0u8; 8]);
+        let words = u32::try_from((body.len() - 8) / 8).unwrap();
+        body[4..8].copy_from_slice(&words.to_le_bytes());
+        let signature = f.key.sign(elastos_schema::domains::TOKEN, &body).to_bytes();
+        let parts = token::SignedParts {
+            version: versions::TOKEN,
+            body,
+            signature,
+            signer: f.key.public_bytes(),
+        };
+        assert_eq!(
+            denied(&mut f, &parts.encode().unwrap(), &call(), NOW),
+            Check::Version
+        );
+    }
+
+    #[test]
+    fn uses_are_counted_to_exactly_max_then_denied_and_dry_runs_count_nothing() {
+        let mut f = fixture();
+        let (t, text) = issue(
+            &mut f,
+            IssueRequest {
+                max_uses: 3,
+                ..req()
+            },
+        );
+        for _ in 0..10 {
+            f.auth.check(&text, &call(), NOW, false).unwrap();
+        }
+        assert_eq!(f.auth.uses(&t.id), 0);
+        for n in 1..=3 {
+            f.auth.check(&text, &call(), NOW, true).unwrap();
+            assert_eq!(f.auth.uses(&t.id), n);
+        }
+        let d = f.auth.check(&text, &call(), NOW, true).unwrap_err();
+        assert_eq!(d.check, Check::Uses);
+        assert_eq!(f.auth.uses(&t.id), 3);
+        // A denied call consumes nothing either.
+        let (u, limited) = issue(
+            &mut f,
+            IssueRequest {
+                max_uses: 1,
+                ..req()
+            },
+        );
+        let c = CallRequest {
+            action: Action::Admin,
+            ..call()
+        };
+        assert!(f.auth.check(&limited, &c, NOW, true).is_err());
+        assert_eq!(f.auth.uses(&u.id), 0);
+    }
+
+    #[test]
+    fn unlimited_tokens_write_nothing_when_used() {
+        let mut f = fixture();
+        let (_, text) = issue(&mut f, req());
+        f.auth.check(&text, &call(), NOW, true).unwrap();
+        assert!(!f.auth.state_path().exists());
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let mut f = fixture();
+        let other = NodeKey::from_seed(&[6u8; 32]);
+        let (r, revoked) = issue(&mut f, req());
+        let (u, used) = issue(
+            &mut f,
+            IssueRequest {
+                max_uses: 2,
+                ..req()
+            },
+        );
+        f.auth.revoke(&r.id).unwrap();
+        f.auth.check(&used, &call(), NOW, true).unwrap();
+        f.auth.trust_add(&other.did()).unwrap();
+        f.reopen();
+        assert!(f.auth.is_revoked(&r.id));
+        assert_eq!(denied(&mut f, &revoked, &call(), NOW), Check::Revoked);
+        assert_eq!(f.auth.uses(&u.id), 1);
+        f.auth.check(&used, &call(), NOW, true).unwrap();
+        f.reopen();
+        assert_eq!(denied(&mut f, &used, &call(), NOW), Check::Uses);
+        assert_eq!(f.auth.trust_ls(), vec![other.did()]);
+        let epoch = f.auth.revoke_all().unwrap();
+        assert_eq!(epoch, 1);
+        f.reopen();
+        assert_eq!(f.auth.epoch(), 1);
+        let mode = fs::metadata(f.auth.state_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = fs::read_to_string(f.auth.state_path()).unwrap();
+        assert!(text.contains("\"format\": 1"), "{text}");
+    }
+
+    #[test]
+    fn open_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("h"));
+        let mut auth = Authority::open(&home, None).unwrap();
+        assert!(!home.exists());
+        assert_eq!(auth.epoch(), 0);
+        assert!(auth.trust_ls().is_empty());
+        let d = auth.check("x", &call(), NOW, false).unwrap_err();
+        assert_eq!(d.check, Check::Version);
+        assert!(!home.exists());
+        assert!(matches!(
+            auth.issue_at(req(), NOW),
+            Err(AuthorityError::NoKey)
+        ));
+    }
+
+    #[test]
+    fn a_state_file_of_unknown_format_or_fields_is_refused() {
+        let mut f = fixture();
+        f.auth.revoke_all().unwrap();
+        let path = f.auth.state_path().to_path_buf();
+        let good = fs::read_to_string(&path).unwrap();
+        write_atomic(
+            &path,
+            good.replace("\"format\": 1", "\"format\": 99").as_bytes(),
+            0o600,
+        )
+        .unwrap();
+        assert!(matches!(
+            Authority::open(&f.home, None),
+            Err(AuthorityError::UnknownFormat { found: 99, .. })
+        ));
+        write_atomic(
+            &path,
+            good.replace("\"epoch\"", "\"extra\": 1, \"epoch\"")
+                .as_bytes(),
+            0o600,
+        )
+        .unwrap();
+        assert!(matches!(
+            Authority::open(&f.home, None),
+            Err(AuthorityError::BadState { .. })
+        ));
+        write_atomic(&path, b"{", 0o600).unwrap();
+        assert!(matches!(
+            Authority::open(&f.home, None),
+            Err(AuthorityError::BadState { .. })
+        ));
+        write_atomic(&path, good.as_bytes(), 0o600).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Authority::open(&f.home, None).is_err());
+    }
+
+    #[test]
+    fn issue_refuses_bad_requests() {
+        let mut f = fixture();
+        let bad = [
+            IssueRequest {
+                resource: "localhost://storage/../x".into(),
+                ..req()
+            },
+            IssueRequest {
+                resource: "*".into(),
+                ..req()
+            },
+            IssueRequest {
+                actions: ActionSet::EMPTY,
+                ..req()
+            },
+            IssueRequest {
+                ttl: Duration::from_millis(500),
+                ..req()
+            },
+            IssueRequest {
+                subject_name: String::new(),
+                ..req()
+            },
+            IssueRequest {
+                subject_name: "a@b".into(),
+                ..req()
+            },
+            IssueRequest {
+                subject_cid: Some("not-a-cid".into()),
+                ..req()
+            },
+            IssueRequest {
+                not_before: Some(i64::MAX),
+                ..req()
+            },
+        ];
+        for r in bad {
+            assert!(f.auth.issue_at(r.clone(), NOW).is_err(), "{r:?}");
+        }
+    }
+
+    fn delegatable(f: &mut Fixture) -> (Token, String) {
+        issue(
+            f,
+            IssueRequest {
+                delegatable: true,
+                max_uses: 10,
+                ..req()
+            },
+        )
+    }
+
+    fn narrow() -> Narrowing {
+        Narrowing {
+            resource: Some("localhost://storage/notes/shared/*".into()),
+            actions: Some(ActionSet::parse_list("read").unwrap()),
+            ttl: Some(Duration::from_secs(600)),
+            ..Narrowing::default()
+        }
+    }
+
+    #[test]
+    fn a_child_allows_only_its_narrower_rights() {
+        let mut f = fixture();
+        let (p, parent) = delegatable(&mut f);
+        let (c, child) = f.auth.delegate(&parent, narrow(), NOW).unwrap();
+        assert_eq!(c.parent, Some(p.id));
+        assert_eq!(c.max_uses, 10);
+        assert_eq!(c.expiry, NOW + 600);
+        assert!(!c.delegatable);
+        let shared = CallRequest {
+            resource: "localhost://storage/notes/shared/a",
+            ..call()
+        };
+        f.auth.check(&child, &shared, NOW, false).unwrap();
+        let write = CallRequest {
+            action: Action::Write,
+            ..shared
+        };
+        assert_eq!(denied(&mut f, &child, &write, NOW), Check::Action);
+        assert_eq!(denied(&mut f, &child, &call(), NOW), Check::Resource);
+        // Defaults keep the parent's rights.
+        let (same, _) = f.auth.delegate(&parent, Narrowing::default(), NOW).unwrap();
+        assert_eq!(
+            (
+                same.resource.as_str(),
+                same.actions,
+                same.expiry,
+                same.classification
+            ),
+            (p.resource.as_str(), p.actions, p.expiry, p.classification)
+        );
+    }
+
+    #[test]
+    fn every_widening_is_refused() {
+        let mut f = fixture();
+        let (_, parent) = delegatable(&mut f);
+        let widen = [
+            Narrowing {
+                resource: Some("localhost://storage/*".into()),
+                ..Narrowing::default()
+            },
+            Narrowing {
+                resource: Some("localhost://storage/notes".into()),
+                ..Narrowing::default()
+            },
+            Narrowing {
+                actions: Some(ActionSet::parse_list("read,delete").unwrap()),
+                ..Narrowing::default()
+            },
+            Narrowing {
+                ttl: Some(Duration::from_secs(3601)),
+                ..Narrowing::default()
+            },
+            Narrowing {
+                max_uses: Some(11),
+                ..Narrowing::default()
+            },
+            Narrowing {
+                max_uses: Some(0),
+                ..Narrowing::default()
+            },
+            Narrowing {
+                classification: Some(Classification::Secret),
+                ..Narrowing::default()
+            },
+            Narrowing {
+                subject: Some(("mail".into(), None)),
+                ..Narrowing::default()
+            },
+        ];
+        for n in widen {
+            let err = f.auth.delegate(&parent, n.clone(), NOW).unwrap_err();
+            assert!(matches!(err, AuthorityError::Widening(_)), "{n:?}: {err}");
+        }
+        // A CID may be bound when the parent left it open, never changed once bound.
+        let (_, bound) = f
+            .auth
+            .delegate(
+                &parent,
+                Narrowing {
+                    subject: Some(("notes".into(), Some(CID.into()))),
+                    delegatable: true,
+                    ..Narrowing::default()
+                },
+                NOW,
+            )
+            .unwrap();
+        let unbind = Narrowing {
+            subject: Some(("notes".into(), None)),
+            ..Narrowing::default()
+        };
+        assert!(matches!(
+            f.auth.delegate(&bound, unbind, NOW),
+            Err(AuthorityError::Widening(_))
+        ));
+    }
+
+    #[test]
+    fn a_non_delegatable_token_has_no_children() {
+        let mut f = fixture();
+        let (_, plain) = issue(&mut f, req());
+        assert!(matches!(
+            f.auth.delegate(&plain, Narrowing::default(), NOW),
+            Err(AuthorityError::NotDelegatable)
+        ));
+        let (_, parent) = delegatable(&mut f);
+        let (_, child) = f.auth.delegate(&parent, narrow(), NOW).unwrap();
+        assert!(matches!(
+            f.auth.delegate(&child, Narrowing::default(), NOW),
+            Err(AuthorityError::NotDelegatable)
+        ));
+    }
+
+    #[test]
+    fn an_invalid_parent_cannot_delegate() {
+        let mut f = fixture();
+        let (p, parent) = delegatable(&mut f);
+        let expired = f.auth.delegate(&parent, narrow(), p.expiry).unwrap_err();
+        assert!(matches!(
+            expired,
+            AuthorityError::Parent(Denial {
+                check: Check::Expired,
+                ..
+            })
+        ));
+        f.auth.revoke(&p.id).unwrap();
+        let revoked = f.auth.delegate(&parent, narrow(), NOW).unwrap_err();
+        assert!(matches!(
+            revoked,
+            AuthorityError::Parent(Denial {
+                check: Check::Revoked,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn revoked_parent_denies_child_and_grandchild() {
+        let mut f = fixture();
+        let (p, parent) = delegatable(&mut f);
+        let child_n = Narrowing {
+            delegatable: true,
+            ..narrow()
+        };
+        let (_, child) = f.auth.delegate(&parent, child_n, NOW).unwrap();
+        let (_, grandchild) = f.auth.delegate(&child, Narrowing::default(), NOW).unwrap();
+        let (_, sibling) = delegatable(&mut f);
+        let shared = CallRequest {
+            resource: "localhost://storage/notes/shared/a",
+            ..call()
+        };
+        f.auth.check(&grandchild, &shared, NOW, false).unwrap();
+        assert_eq!(f.auth.revoke(&p.id).unwrap(), 3);
+        assert_eq!(f.auth.revoke(&p.id).unwrap(), 0);
+        f.reopen();
+        for t in [&parent, &child, &grandchild] {
+            assert_eq!(denied(&mut f, t, &shared, NOW), Check::Revoked);
+        }
+        f.auth.check(&sibling, &shared, NOW, false).unwrap();
+    }
+
+    #[test]
+    fn revoking_only_the_parent_record_still_denies_the_child() {
+        // Even if a descendant were missed by `revoke`, the check walks up to the parent.
+        let mut f = fixture();
+        let (p, parent) = delegatable(&mut f);
+        let (c, child) = f.auth.delegate(&parent, narrow(), NOW).unwrap();
+        let mut next = f.auth.state.clone();
+        next.revoked.insert(p.id);
+        f.auth.commit(next).unwrap();
+        assert!(!f.auth.is_revoked(&c.id));
+        let shared = CallRequest {
+            resource: "localhost://storage/notes/shared/a",
+            ..call()
+        };
+        assert_eq!(denied(&mut f, &child, &shared, NOW), Check::Revoked);
+    }
+
+    #[test]
+    fn a_child_without_its_delegation_record_is_refused() {
+        let mut f = fixture();
+        let (_, parent) = delegatable(&mut f);
+        let (_, child) = f.auth.delegate(&parent, narrow(), NOW).unwrap();
+        let mut next = f.auth.state.clone();
+        next.delegations.clear();
+        f.auth.commit(next).unwrap();
+        let shared = CallRequest {
+            resource: "localhost://storage/notes/shared/a",
+            ..call()
+        };
+        assert_eq!(denied(&mut f, &child, &shared, NOW), Check::Revoked);
+    }
+
+    #[test]
+    fn revoke_all_denies_parent_and_child_by_epoch() {
+        let mut f = fixture();
+        let (_, parent) = delegatable(&mut f);
+        let (_, child) = f.auth.delegate(&parent, narrow(), NOW).unwrap();
+        assert_eq!(f.auth.revoke_all().unwrap(), 1);
+        let shared = CallRequest {
+            resource: "localhost://storage/notes/shared/a",
+            ..call()
+        };
+        assert_eq!(denied(&mut f, &child, &shared, NOW), Check::Epoch);
+        assert_eq!(denied(&mut f, &parent, &shared, NOW), Check::Epoch);
+        let (_, fresh) = issue(&mut f, req());
+        f.auth.check(&fresh, &call(), NOW, false).unwrap();
+    }
+
+    #[test]
+    fn a_childs_uses_count_against_its_limited_parent() {
+        let mut f = fixture();
+        let (p, parent) = issue(
+            &mut f,
+            IssueRequest {
+                delegatable: true,
+                max_uses: 2,
+                ..req()
+            },
+        );
+        let (_, a) = f.auth.delegate(&parent, Narrowing::default(), NOW).unwrap();
+        let (_, b) = f.auth.delegate(&parent, Narrowing::default(), NOW).unwrap();
+        f.auth.check(&a, &call(), NOW, true).unwrap();
+        f.auth.check(&b, &call(), NOW, true).unwrap();
+        assert_eq!(f.auth.uses(&p.id), 2);
+        assert_eq!(denied(&mut f, &parent, &call(), NOW), Check::Uses);
+        assert_eq!(denied(&mut f, &a, &call(), NOW), Check::Uses);
+    }
+
+    #[test]
+    fn delegation_depth_is_bounded() {
+        let mut f = fixture();
+        let (_, mut current) = delegatable(&mut f);
+        let n = Narrowing {
+            delegatable: true,
+            ..Narrowing::default()
+        };
+        for _ in 0..MAX_DELEGATION_DEPTH {
+            current = f.auth.delegate(&current, n.clone(), NOW).unwrap().1;
+        }
+        f.auth.check(&current, &call(), NOW, false).unwrap();
+        assert!(matches!(
+            f.auth.delegate(&current, n, NOW),
+            Err(AuthorityError::TooDeep)
+        ));
+    }
+
+    #[test]
+    fn the_signature_cache_answers_for_the_same_bytes_only() {
+        let mut f = fixture();
+        let (t, text) = issue(&mut f, req());
+        f.auth.check(&text, &call(), NOW, false).unwrap();
+        f.auth.check(&text, &call(), NOW, false).unwrap();
+        assert_eq!(f.auth.sig_cache.len(), 1);
+        // Cached or not, every other check still runs.
+        f.auth.revoke(&t.id).unwrap();
+        assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Revoked);
+        // A forgery is never cached.
+        let (mut parts, _) = token::sign(&t, &f.key).unwrap();
+        parts.signature[0] ^= 1;
+        let forged = parts.encode().unwrap();
+        for _ in 0..2 {
+            assert_eq!(denied(&mut f, &forged, &call(), NOW), Check::Signature);
+        }
+        assert_eq!(f.auth.sig_cache.len(), 1);
+    }
+
+    #[test]
+    fn the_signature_cache_is_bounded() {
+        let mut f = fixture();
+        let (t, _) = issue(&mut f, req());
+        let v = Arc::new(VerifiedToken {
+            token: t,
+            signer: f.key.public_bytes(),
+        });
+        let mut c = SigCache::new(3);
+        for i in 0..10u8 {
+            c.insert([i; 32], v.clone());
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.get(&[9; 32]).is_some() && c.get(&[0; 32]).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_token_text_is_denied_never_panics(s in ".{0,400}") {
+            let mut f = fixture();
+            let r = f.auth.check(&s, &call(), NOW, true);
+            proptest::prop_assert!(r.is_err());
+        }
+
+        #[test]
+        fn arbitrary_requests_never_panic(name in ".{0,20}", res in ".{0,80}", lvl in 0usize..4) {
+            let mut f = fixture();
+            let (_, text) = issue(&mut f, req());
+            let c = CallRequest {
+                caller_name: &name,
+                caller_cid: Some(&name),
+                resource: &res,
+                action: Action::Read,
+                classification: Classification::ALL[lvl],
+            };
+            let _ = f.auth.check(&text, &c, NOW, false);
+        }
+    }
+}

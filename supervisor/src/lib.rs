@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod authority;
 pub mod cid;
+pub mod config;
 pub mod fsutil;
 pub mod home;
 pub mod identity;

@@ -1,0 +1,92 @@
+//! The node's settings, `$ELASTOS_HOME/config.toml`. Absent means defaults; an unknown key or
+//! format is an error, so a typo never silently weakens a setting.
+
+use serde::{Deserialize, Serialize};
+
+use crate::home::Home;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `elastos_schema::versions::STATE`.
+    #[serde(default = "format_default")]
+    pub format: u32,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Make every audit record durable before its call is answered (not only denials, grants and
+    /// lifecycle events). Costs one fdatasync per call batch.
+    #[serde(default)]
+    pub strict: bool,
+}
+
+fn format_default() -> u32 {
+    elastos_schema::versions::STATE
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {why}; fix or remove the file")]
+    Invalid {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    #[error(
+        "{path}: format {found} is unknown to this elastos (it knows {known}); use a newer elastos"
+    )]
+    UnknownFormat {
+        path: std::path::PathBuf,
+        found: u32,
+        known: u32,
+    },
+}
+
+impl Config {
+    /// Reads the node's settings; never writes.
+    pub fn load(home: &Home) -> Result<Config, ConfigError> {
+        let path = home.config_file();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => {
+                return Err(ConfigError::Invalid {
+                    path,
+                    why: e.to_string(),
+                })
+            }
+        };
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        if cfg.format != elastos_schema::versions::STATE {
+            return Err(ConfigError::UnknownFormat {
+                path,
+                found: cfg.format,
+                known: elastos_schema::versions::STATE,
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_audit_is_read_and_typos_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().to_path_buf());
+        assert!(!Config::load(&home).unwrap().audit.strict);
+        std::fs::write(home.config_file(), "format = 1\n[audit]\nstrict = true\n").unwrap();
+        assert!(Config::load(&home).unwrap().audit.strict);
+        std::fs::write(home.config_file(), "format = 1\n[audit]\nstrickt = true\n").unwrap();
+        let err = Config::load(&home).unwrap_err().to_string();
+        assert!(err.contains("strickt"), "{err}");
+    }
+}
