@@ -4,9 +4,11 @@
 fn main() {
     println!("cargo:rerun-if-changed=token.capnp");
     println!("cargo:rerun-if-changed=package.capnp");
+    println!("cargo:rerun-if-changed=wire.capnp");
     if let Err(e) = capnpc::CompilerCommand::new()
         .file("token.capnp")
         .file("package.capnp")
+        .file("wire.capnp")
         .run()
     {
         panic!(

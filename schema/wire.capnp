@@ -79,12 +79,14 @@ struct TokenReply {
   message @2 :Text;
   token @3 :Data;                # SignedToken bytes when granted
   expiry @4 :Int64;              # unix seconds, so the SDK can renew before it
+  resource @5 :Text;             # what the granted token covers (may be wider than asked, never narrower)
+  actions @6 :List(Token.Action);
 }
 
 struct Serve {
   id @0 :UInt64;
   pattern @1 :Text;              # the namespace, e.g. "localhost://echo/*"
-  token @2 :Data;                # a token granting `execute` on the pattern ("provide")
+  token @2 :Data;                # the "provide" capability: a token granting `admin` on exactly the pattern
 }
 
 struct ServeReply {

@@ -22,6 +22,15 @@ pub mod package_capnp {
     include!(concat!(env!("OUT_DIR"), "/package_capnp.rs"));
 }
 
+/// Generated from `schema/wire.capnp`.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused)]
+pub mod wire_capnp {
+    include!(concat!(env!("OUT_DIR"), "/wire_capnp.rs"));
+}
+
+pub mod manifest;
+pub mod wire;
+
 /// Versions of every persistent or wire format. A reader refuses a version it does not know.
 pub mod versions {
     /// `SignedToken.version` and `TokenBody.version`.
@@ -34,6 +43,8 @@ pub mod versions {
     pub const AUDIT: u32 = 1;
     /// `format` of the node's state files (key file, authority state, trust list, audit head).
     pub const STATE: u32 = 1;
+    /// `Hello.version`: the capsule wire protocol.
+    pub const WIRE: u16 = 1;
 }
 
 /// Domain-separation prefixes: every use of a signing key signs `prefix ‖ message`, so a signature
