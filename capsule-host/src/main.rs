@@ -1,11 +1,355 @@
-//! capsule-host: the per-capsule process. The supervisor starts one per capsule; it confines
-//! itself (namespaces, Landlock, seccomp, limits) and then runs the capsule on its substrate.
-//! The supervisor and the substrates arrive with issues 4–6; until then this binary only refuses
-//! to run, so nothing can mistake it for a working sandbox.
+//! capsule-host: the per-capsule process. The supervisor starts one per capsule:
+//!
+//! ```text
+//! capsule-host --name N --root DIR --entry REL --parent-pid P [--env K=V]... -- ARGS...
+//! fd 3: the capsule's socket (one end of a socketpair)   fd 4: status pipe (JSON lines)
+//! ```
+//!
+//! The process tree, and why: the supervisor → capsule-host (parent-death signal SIGKILL, parent
+//! re-checked) → init, PID 1 of a new PID namespace (parent-death signal SIGKILL) → the capsule.
+//! When init ends, the kernel kills everything left in its namespace, so a capsule that
+//! double-forks or calls `setsid` still leaves nothing behind; and every link of the chain dies
+//! with the one above it, down from a `kill -9` of the supervisor. Init reaps zombies and forwards
+//! TERM/INT/HUP/QUIT/USR1/USR2 to the capsule (PID 1 ignores signals it has no handler for, so the
+//! capsule must not be PID 1). Without the privilege for a PID namespace, capsule-host becomes a
+//! child subreaper and kills every descendant itself ("subreaper" isolation, weaker: a SIGKILL of
+//! capsule-host orphans grandchildren).
+//!
+//! Confinement (user namespace, mounts, Landlock, seccomp, limits) slots in between the namespace
+//! and the exec in the next issue. Exit codes: the capsule's own (128+N for signal N); 125 a host
+//! error; 126 entry not executable; 127 entry not found.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+const SOCKET_FD: i32 = 3;
+const STATUS_FD: i32 = 4;
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+struct Args {
+    name: String,
+    root: PathBuf,
+    entry: String,
+    parent_pid: i32,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+fn fail(stage: &str, why: impl std::fmt::Display) -> ! {
+    status(&format!(
+        r#"{{"event":"error","stage":"{}","message":"{}"}}"#,
+        escape(stage),
+        escape(&why.to_string())
+    ));
+    eprintln!("capsule-host: {stage}: {why}; run `elastos doctor`");
+    std::process::exit(125);
+}
+
+fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
+            c => vec![c],
+        })
+        .collect()
+}
+
+fn status(line: &str) {
+    // The status pipe is fd 4, owned by this process; it is written once or twice and closed by
+    // exit. A broken pipe (the supervisor went away) is not an error here.
+    let mut f = std::mem::ManuallyDrop::new(
+        // SAFETY: fd 4 is the status pipe the supervisor passed; ManuallyDrop keeps this
+        // temporary File from closing it.
+        unsafe { std::fs::File::from_raw_fd(STATUS_FD) },
+    );
+    let _ = writeln!(f, "{line}");
+}
+
+fn parse_args() -> Args {
+    let mut it = std::env::args().skip(1);
+    let (mut name, mut root, mut entry, mut parent) = (None, None, None, None);
+    let mut env = Vec::new();
+    let mut args = Vec::new();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--name" => name = it.next(),
+            "--root" => root = it.next().map(PathBuf::from),
+            "--entry" => entry = it.next(),
+            "--parent-pid" => parent = it.next().and_then(|p| p.parse().ok()),
+            "--env" => {
+                if let Some((k, v)) = it.next().as_deref().and_then(|kv| kv.split_once('=')) {
+                    env.push((k.to_string(), v.to_string()));
+                }
+            }
+            "--" => {
+                args.extend(it.by_ref());
+            }
+            other => {
+                eprintln!("capsule-host: unknown argument `{other}`: capsule-host is started by the elastos supervisor, not by hand");
+                std::process::exit(125);
+            }
+        }
+    }
+    match (name, root, entry, parent) {
+        (Some(name), Some(root), Some(entry), Some(parent_pid)) => Args {
+            name,
+            root,
+            entry,
+            parent_pid,
+            env,
+            args,
+        },
+        _ => {
+            eprintln!("capsule-host: --name, --root, --entry and --parent-pid are required: capsule-host is started by the elastos supervisor, not by hand");
+            std::process::exit(125);
+        }
+    }
+}
+
+/// The entry must be a relative path inside the root, without `..`.
+fn entry_path(root: &Path, entry: &str) -> Result<PathBuf, String> {
+    let p = Path::new(entry);
+    if p.is_absolute() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(format!(
+            "entry `{entry}` must be a relative path inside the capsule"
+        ));
+    }
+    Ok(root.join(p))
+}
+
+fn exit_code(ws: WaitStatus) -> Option<i32> {
+    match ws {
+        WaitStatus::Exited(_, c) => Some(c),
+        WaitStatus::Signaled(_, s, _) => Some(128 + s as i32),
+        _ => None,
+    }
+}
 
 fn main() {
-    eprintln!(
-        "capsule-host: not started by a supervisor; capsules are run with `elastos run` (this build has no substrate yet)"
-    );
-    std::process::exit(2);
+    let a = parse_args();
+    // Before anything else, while single-threaded: die with the supervisor.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        fail("parent-death signal", e);
+    }
+    if nix::unistd::getppid().as_raw() != a.parent_pid {
+        fail("parent check", "the supervisor is already gone");
+    }
+    let _ = nix::sys::prctl::set_dumpable(false);
+    match std::fs::read_dir("/proc/self/task").map(|d| d.count()) {
+        Ok(1) => {}
+        Ok(n) => fail(
+            "single thread check",
+            format!("{n} threads; namespaces need exactly one"),
+        ),
+        Err(e) => fail("single thread check", e),
+    }
+    let entry = match entry_path(&a.root, &a.entry) {
+        Ok(e) => e,
+        Err(e) => fail("entry", e),
+    };
+    // Everything exec needs is prepared before forking.
+    let prog =
+        CString::new(entry.as_os_str().as_bytes()).unwrap_or_else(|_| fail("entry", "NUL in path"));
+    let mut argv = vec![CString::new(a.name.as_bytes()).unwrap_or_else(|_| fail("args", "NUL"))];
+    for s in &a.args {
+        argv.push(
+            CString::new(s.as_bytes()).unwrap_or_else(|_| fail("args", "NUL in an argument")),
+        );
+    }
+    let mut envp = vec![
+        CString::new(format!("ELASTOS_SOCKET_FD={SOCKET_FD}"))
+            .unwrap_or_else(|_| fail("env", "NUL")),
+        CString::new(format!("ELASTOS_CAPSULE={}", a.name)).unwrap_or_else(|_| fail("env", "NUL")),
+        CString::new("PATH=/usr/bin:/bin").unwrap_or_else(|_| fail("env", "NUL")),
+    ];
+    for (k, v) in &a.env {
+        envp.push(
+            CString::new(format!("{k}={v}")).unwrap_or_else(|_| fail("env", "NUL in a variable")),
+        );
+    }
+
+    // Signals are taken synchronously (sigwait) by capsule-host and init; the capsule gets a
+    // clean mask back before exec.
+    let mut mask = SigSet::empty();
+    for s in FORWARDED {
+        mask.add(s);
+    }
+    mask.add(Signal::SIGCHLD);
+    if let Err(e) = mask.thread_block() {
+        fail("signal mask", e);
+    }
+
+    let isolation = match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+        Ok(()) => "pid-namespace",
+        Err(_) => {
+            if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+                fail("child subreaper", e);
+            }
+            "subreaper"
+        }
+    };
+    let launch = || -> ! {
+        // The capsule: its own session (never the operator's terminal), its socket at fd 3,
+        // nothing else above stderr, a clean signal mask.
+        let _ = nix::unistd::setsid();
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        let _ = SigSet::all().thread_unblock();
+        close_above(SOCKET_FD);
+        if std::env::set_current_dir(&a.root).is_err() {
+            std::process::exit(125);
+        }
+        let err = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
+        let code = match err {
+            nix::errno::Errno::ENOENT => 127,
+            nix::errno::Errno::EACCES | nix::errno::Errno::ENOEXEC => 126,
+            _ => 125,
+        };
+        eprintln!("capsule-host: cannot run {}: {err}", entry.display());
+        std::process::exit(code);
+    };
+    if isolation == "pid-namespace" {
+        // SAFETY: this process is single-threaded (checked above), so the child may run any code.
+        match unsafe { nix::unistd::fork() } {
+            Err(e) => fail("fork init", e),
+            Ok(ForkResult::Child) => {
+                // Init, PID 1 of the new namespace.
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+                // SAFETY: single-threaded, as above.
+                let capsule = match unsafe { nix::unistd::fork() } {
+                    Err(_) => std::process::exit(125),
+                    Ok(ForkResult::Child) => launch(),
+                    Ok(ForkResult::Parent { child }) => child,
+                };
+                drop_fds();
+                std::process::exit(supervise(capsule, &mask, false));
+            }
+            Ok(ForkResult::Parent { child }) => {
+                status(&format!(
+                    r#"{{"event":"started","capsule_pid":{},"init_pid":{},"isolation":"{isolation}"}}"#,
+                    child.as_raw(),
+                    child.as_raw()
+                ));
+                drop_fds();
+                std::process::exit(supervise(child, &mask, false));
+            }
+        }
+    } else {
+        // SAFETY: single-threaded (checked above).
+        match unsafe { nix::unistd::fork() } {
+            Err(e) => fail("fork capsule", e),
+            Ok(ForkResult::Child) => launch(),
+            Ok(ForkResult::Parent { child }) => {
+                status(&format!(
+                    r#"{{"event":"started","capsule_pid":{},"init_pid":{},"isolation":"{isolation}"}}"#,
+                    child.as_raw(),
+                    std::process::id()
+                ));
+                drop_fds();
+                let code = supervise(child, &mask, true);
+                kill_descendants();
+                std::process::exit(code);
+            }
+        }
+    }
+}
+
+/// The socket and the status pipe belong to the capsule and the first status line; the parents
+/// keep neither, so the supervisor sees EOF when the capsule is gone.
+fn drop_fds() {
+    for fd in [SOCKET_FD, STATUS_FD] {
+        // SAFETY: these fds were handed to this process and nothing else here uses them after
+        // this point; wrapping them in OwnedFd closes each exactly once.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}
+
+fn close_above(fd: i32) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|n| *n > fd)
+        .collect();
+    for n in fds {
+        let _ = nix::unistd::close(n);
+    }
+}
+
+/// Waits for `child`, forwarding signals to it and reaping every other child; returns its code.
+fn supervise(child: Pid, mask: &SigSet, reap_all: bool) -> i32 {
+    loop {
+        // Reap first: the child may have exited before we started waiting.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(ws) => {
+                    if ws.pid() == Some(child) {
+                        if let Some(code) = exit_code(ws) {
+                            return code;
+                        }
+                    }
+                    let _ = reap_all;
+                }
+            }
+        }
+        match mask.wait() {
+            Ok(Signal::SIGCHLD) => {}
+            Ok(sig) => {
+                let _ = kill(child, sig);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Subreaper mode: everything still below capsule-host is killed, until nothing is left.
+fn kill_descendants() {
+    let me = std::process::id().to_string();
+    for _ in 0..100 {
+        let mut found = false;
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                    continue;
+                };
+                if st
+                    .lines()
+                    .any(|l| l.strip_prefix("PPid:").map(str::trim) == Some(me.as_str()))
+                {
+                    found = true;
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+        while let Ok(ws) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if ws == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }

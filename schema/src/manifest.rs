@@ -170,7 +170,12 @@ impl Lines<'_> {
             .count()
             + 1
     }
-    fn err<T>(&self, span: std::ops::Range<usize>, field: &str, msg: impl Into<String>) -> Result<T, ManifestError> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        field: &str,
+        msg: impl Into<String>,
+    ) -> Result<T, ManifestError> {
         Err(ManifestError {
             line: Some(self.of(span.start)),
             field: Some(field.to_string()),
@@ -191,7 +196,10 @@ impl Manifest {
             return Err(ManifestError {
                 line: None,
                 field: Some("format".into()),
-                message: format!("the manifest must start with `format = {}`", versions::MANIFEST),
+                message: format!(
+                    "the manifest must start with `format = {}`",
+                    versions::MANIFEST
+                ),
             });
         }
         let raw: Raw = toml::from_str(text).map_err(|e| {
@@ -200,7 +208,9 @@ impl Manifest {
             let field = message
                 .split('`')
                 .nth(1)
-                .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
+                .filter(|_| {
+                    message.starts_with("unknown field") || message.starts_with("missing field")
+                })
                 .map(str::to_string);
             ManifestError {
                 line,
@@ -223,7 +233,10 @@ impl Manifest {
             return lines.err(raw.name.span(), "name", e);
         }
         let version = raw.version.get_ref();
-        if version.is_empty() || version.len() > MAX_VERSION || version.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if version.is_empty()
+            || version.len() > MAX_VERSION
+            || version.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
             return lines.err(
                 raw.version.span(),
                 "version",
@@ -231,8 +244,15 @@ impl Manifest {
             );
         }
         let description = match &raw.description {
-            Some(d) if d.get_ref().len() > MAX_DESCRIPTION || d.get_ref().chars().any(char::is_control) => {
-                return lines.err(d.span(), "description", format!("at most {MAX_DESCRIPTION} bytes, no control characters"));
+            Some(d)
+                if d.get_ref().len() > MAX_DESCRIPTION
+                    || d.get_ref().chars().any(char::is_control) =>
+            {
+                return lines.err(
+                    d.span(),
+                    "description",
+                    format!("at most {MAX_DESCRIPTION} bytes, no control characters"),
+                );
             }
             Some(d) => d.get_ref().clone(),
             None => String::new(),
@@ -280,7 +300,11 @@ impl Manifest {
                 None => Classification::default(),
             };
             if provides.iter().any(|x: &Provide| x.uri == r.uri) {
-                return lines.err(p.span(), "provides.uri", format!("`{}` is listed twice", r.uri));
+                return lines.err(
+                    p.span(),
+                    "provides.uri",
+                    format!("`{}` is listed twice", r.uri),
+                );
             }
             provides.push(Provide {
                 uri: r.uri.clone(),
@@ -303,8 +327,15 @@ impl Manifest {
             if actions.is_empty() {
                 return lines.err(q.span(), "requests.actions", "name at least one action");
             }
-            if r.reason.trim().is_empty() || r.reason.len() > MAX_REASON || r.reason.chars().any(char::is_control) {
-                return lines.err(q.span(), "requests.reason", format!("say why, in 1 to {MAX_REASON} bytes without control characters"));
+            if r.reason.trim().is_empty()
+                || r.reason.len() > MAX_REASON
+                || r.reason.chars().any(char::is_control)
+            {
+                return lines.err(
+                    q.span(),
+                    "requests.reason",
+                    format!("say why, in 1 to {MAX_REASON} bytes without control characters"),
+                );
             }
             requests.push(Request {
                 resource: r.resource.clone(),
@@ -313,11 +344,15 @@ impl Manifest {
             });
         }
         for k in raw.env.keys() {
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || k.starts_with("ELASTOS_") {
+            if k.is_empty()
+                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                || k.starts_with("ELASTOS_")
+            {
                 return Err(ManifestError {
                     line: None,
                     field: Some(format!("env.{k}")),
-                    message: "names are ASCII letters, digits and _, and ELASTOS_ is reserved".into(),
+                    message: "names are ASCII letters, digits and _, and ELASTOS_ is reserved"
+                        .into(),
                 });
             }
         }
@@ -330,7 +365,10 @@ impl Manifest {
             entrypoint,
             provides,
             requests,
-            limits: raw.limits.map(toml::Spanned::into_inner).unwrap_or_default(),
+            limits: raw
+                .limits
+                .map(toml::Spanned::into_inner)
+                .unwrap_or_default(),
             args: raw.args,
             env: raw.env,
         })
@@ -343,7 +381,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
     if ok {
         Ok(())
     } else {
@@ -360,14 +399,19 @@ pub fn validate_path(path: &str) -> Result<(), String> {
         return Err("a path is 1 to 255 bytes".into());
     }
     if path.starts_with('/') {
-        return Err(format!("`{path}` is absolute; use a path relative to the capsule"));
+        return Err(format!(
+            "`{path}` is absolute; use a path relative to the capsule"
+        ));
     }
     for seg in path.split('/') {
         if seg.is_empty() || seg == "." || seg == ".." {
             return Err(format!("`{path}` has an empty, `.` or `..` segment"));
         }
         if seg.chars().any(|c| c.is_control() || c == '\\') {
-            return Err(format!("`{}` has a control character or backslash", path.escape_debug()));
+            return Err(format!(
+                "`{}` has a control character or backslash",
+                path.escape_debug()
+            ));
         }
     }
     Ok(())
@@ -381,14 +425,24 @@ pub fn validate_uri_pattern(uri: &str) -> Result<(), String> {
     let Some((scheme, rest)) = base.split_once("://") else {
         return Err(format!("`{uri}` is not a URI (scheme://host/path)"));
     };
-    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'+' || b == b'-') {
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'+' || b == b'-')
+    {
         return Err(format!("`{uri}`: the scheme must be lower-case"));
     }
     if uri.len() > 2048 {
         return Err("a URI is at most 2048 bytes".into());
     }
-    if uri.chars().any(|c| matches!(c, '%' | '?' | '#' | '\\' | '\0') || c.is_control() || c.is_whitespace()) {
-        return Err(format!("`{}` has one of % ? # \\ NUL or a space", uri.escape_debug()));
+    if uri
+        .chars()
+        .any(|c| matches!(c, '%' | '?' | '#' | '\\' | '\0') || c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "`{}` has one of % ? # \\ NUL or a space",
+            uri.escape_debug()
+        ));
     }
     let mut segs = rest.split('/');
     let host = segs.next().unwrap_or_default();
@@ -457,7 +511,10 @@ processes = 16
         let e = err(&GOOD.replace("processes = 16", "processes = 16\ncolour = \"red\""));
         assert_eq!(e.line, Some(24), "{e}");
         assert!(e.to_string().contains("colour"), "{e}");
-        let e = err(&GOOD.replace("substrate = \"native\"", "substrate = \"native\"\nflavour = 1"));
+        let e = err(&GOOD.replace(
+            "substrate = \"native\"",
+            "substrate = \"native\"\nflavour = 1",
+        ));
         assert_eq!(e.line, Some(6), "{e}");
         assert!(e.to_string().contains("flavour"), "{e}");
     }
@@ -467,7 +524,11 @@ processes = 16
         let e = err(&GOOD.replace("name = \"notes\"", "name = \"Bad_Name\""));
         assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("name")), "{e}");
         let e = err(&GOOD.replace("substrate = \"native\"", "substrate = \"jvm\""));
-        assert_eq!((e.line, e.field.as_deref()), (Some(5), Some("substrate")), "{e}");
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(5), Some("substrate")),
+            "{e}"
+        );
         let e = err(&GOOD.replace("\"read\", \"write\"", "\"read\", \"fly\""));
         assert_eq!(e.field.as_deref(), Some("requests.actions"), "{e}");
         let e = err(&GOOD.replace("localhost://notes/*", "localhost://notes/../x"));
@@ -482,7 +543,9 @@ processes = 16
     fn the_format_comes_first_and_must_be_known() {
         let e = err(&GOOD.replace("format = 1", "format = 2"));
         assert!(e.to_string().contains("format 2 is unknown"), "{e}");
-        let e = err(&GOOD.replace("format = 1\n", "").replace("[entrypoint]", "format = 1\n[entrypoint]"));
+        let e = err(&GOOD
+            .replace("format = 1\n", "")
+            .replace("[entrypoint]", "format = 1\n[entrypoint]"));
         assert_eq!(e.field.as_deref(), Some("format"), "{e}");
     }
 

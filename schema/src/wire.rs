@@ -45,7 +45,8 @@ pub fn encode(message: &Builder<HeapAllocator>) -> Result<Vec<u8>, FrameError> {
         return Ok(frame_of(segments[0]));
     }
     let total: usize = segments.iter().map(|s| s.len()).sum();
-    let words = u32::try_from(total / 8 + 8).map_err(|_| FrameError::Malformed("too large".into()))?;
+    let words =
+        u32::try_from(total / 8 + 8).map_err(|_| FrameError::Malformed("too large".into()))?;
     let mut flat = Builder::new(HeapAllocator::new().first_segment_words(words));
     let root: capnp::any_pointer::Reader = message
         .get_root_as_reader()
@@ -54,7 +55,9 @@ pub fn encode(message: &Builder<HeapAllocator>) -> Result<Vec<u8>, FrameError> {
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     let segments = flat.get_segments_for_output();
     if segments.len() != 1 {
-        return Err(FrameError::Malformed("message does not fit one segment".into()));
+        return Err(FrameError::Malformed(
+            "message does not fit one segment".into(),
+        ));
     }
     Ok(frame_of(segments[0]))
 }

@@ -1,1 +1,1212 @@
-//! placeholder: filled in by its module's work.
+//! The tamper-evident audit log: `$ELASTOS_HOME/audit/NNNNNNNN.log`, JSON Lines.
+//!
+//! - **Chain.** Every record carries `prev`, the hash of the record before it
+//!   (SHA-256 of `elastos/audit-record/v1\0` ‖ that record's line), so editing, removing or
+//!   reordering a record breaks every later link.
+//! - **Checkpoints.** Every `checkpoint_every` records, at segment rotation, after a second of
+//!   quiet and at close, a `checkpoint` record signs the head it follows (`seq − 1`, `prev`) with
+//!   the node key under `elastos/audit-checkpoint/v1\0`, and the `head` file (replaced
+//!   atomically) holds the same signed head. Anyone with the node's DID can verify; truncating the
+//!   log below the signed head, or rewriting it, is detected without the key.
+//! - **Durability.** `Sync` records are written and fdatasync'd before `append` returns, and all
+//!   `Sync` records that arrive together share one fdatasync (group commit). `Group` records are
+//!   acknowledged at once and made durable within `group_commit` (10 ms). `strict` turns every
+//!   record into `Sync`. If a write or sync fails, the bytes stay buffered, the log reports
+//!   [`AuditError::Unavailable`] to every caller (who must deny), and each later append retries;
+//!   nothing buffered is lost while the process lives.
+//! - **Coalescing.** One actor's denials beyond [`DENIALS_PER_WINDOW`] within a second are
+//!   counted, not written: when the window ends one `audit.coalesced` record (still chained)
+//!   carries the count and the last reason, so a capsule cannot fill the disk with denials.
+//! - **Recovery.** On open, a torn or unparsable tail of the last segment (never an acknowledged
+//!   `Sync` record: those were synced whole) is cut off and a signed `recovered` record names the
+//!   bytes dropped. A log shorter than its signed head refuses to open.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use elastos_schema::{domains, versions};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::fsutil::{sync_dir, write_atomic};
+use crate::identity::NodeKey;
+
+/// Prefix of every record hash.
+pub const RECORD_DOMAIN: &[u8] = b"elastos/audit-record/v1\0";
+/// Denials one actor may write per second before the rest are counted.
+pub const DENIALS_PER_WINDOW: u32 = 20;
+const WINDOW: Duration = Duration::from_secs(1);
+const QUIET_CHECKPOINT: Duration = Duration::from_secs(1);
+const ZERO_HASH: [u8; 32] = [0; 32];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit unavailable: the audit log cannot be made durable ({0}); every call is denied until it can (check free space in $ELASTOS_HOME)")]
+    Unavailable(String),
+    #[error("audit log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit record #{seq} in {file}: {why}")]
+    Bad { seq: u64, file: String, why: String },
+    #[error("audit log: {0}")]
+    Corrupt(String),
+    #[error("the audit log is closed")]
+    Closed,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allowed,
+    Denied,
+    Info,
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+            Decision::Info => "info",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Sync,
+    Group,
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub actor: String,
+    pub action: String,
+    pub resource: String,
+    pub decision: Decision,
+    pub reason: String,
+    pub token: Option<String>,
+}
+
+/// One line of the log. Field order is the line's key order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub v: u32,
+    pub seq: u64,
+    pub time: String,
+    pub actor: String,
+    pub action: String,
+    pub resource: String,
+    pub decision: Decision,
+    pub reason: String,
+    pub token: Option<String>,
+    pub prev: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+}
+
+impl Record {
+    pub fn time_system(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339_weak(&self.time).ok()
+    }
+}
+
+/// Where an appended record landed. `seq` 0: a denial counted into a coalesced record.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    pub strict: bool,
+    pub group_commit: Duration,
+    pub segment_bytes: u64,
+    pub checkpoint_every: u64,
+    /// Fault injection for tests: while true, every sync fails as if the disk were full.
+    pub fail_sync: Option<Arc<AtomicBool>>,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            strict: false,
+            group_commit: Duration::from_millis(10),
+            segment_bytes: 64 << 20,
+            checkpoint_every: 1000,
+            fail_sync: None,
+        }
+    }
+}
+
+type Done = Box<dyn FnOnce(Result<Receipt, AuditError>) + Send>;
+
+enum Cmd {
+    Append(Event, Durability, Done),
+    Close(mpsc::Sender<Result<(), AuditError>>),
+}
+
+/// The log's writer handle: cheap to share; one writer thread does the I/O.
+pub struct AuditLog {
+    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    available: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Coalesce {
+    start: Instant,
+    n: u32,
+    suppressed: u64,
+    last_action: String,
+    last_resource: String,
+    last_reason: String,
+}
+
+struct Writer {
+    dir: PathBuf,
+    key: Arc<NodeKey>,
+    opts: AuditOptions,
+    segment: u32,
+    file: File,
+    synced_len: u64,
+    unsynced: Vec<u8>,
+    /// Callbacks waiting for the bytes in `unsynced` to be durable.
+    waiting: Vec<(Done, Receipt)>,
+    seq: u64,
+    prev: [u8; 32],
+    since_checkpoint: u64,
+    last_append: Instant,
+    retry_truncate: bool,
+    available: Arc<AtomicBool>,
+    coalesce: HashMap<String, Coalesce>,
+}
+
+fn segment_name(n: u32) -> String {
+    format!("{n:08}.log")
+}
+
+fn segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, AuditError> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name
+            .strip_suffix(".log")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            if name.len() == 12 {
+                out.push((n, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn record_hash(line: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(RECORD_DOMAIN);
+    h.update(line);
+    h.finalize().into()
+}
+
+fn head_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(40);
+    m.extend_from_slice(&seq.to_le_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Head {
+    format: u32,
+    seq: u64,
+    hash: String,
+    sig: String,
+    time: String,
+}
+
+fn now_text() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+fn parse_hash(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s).ok().and_then(|b| b.try_into().ok())
+}
+
+impl AuditLog {
+    pub fn open(dir: &Path, key: Arc<NodeKey>, opts: AuditOptions) -> Result<AuditLog, AuditError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let segs = segments(dir)?;
+        let (segment, path) = match segs.last() {
+            Some((n, p)) => (*n, p.clone()),
+            None => (1, dir.join(segment_name(1))),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // Find the last good record of the last segment; anything after it is a torn tail.
+        let (good_len, last, total_len) = scan_tail(&file, &path)?;
+        let (mut seq, mut prev) = match last {
+            Some((s, h)) => (s, h),
+            None => match segs.len() {
+                // An empty new segment follows a full one: continue its chain.
+                n if n >= 2 => {
+                    let (_, p) = &segs[n - 2];
+                    let f = File::open(p).map_err(io_err(p))?;
+                    let (_, last, _) = scan_tail(&f, p)?;
+                    last.unwrap_or((0, ZERO_HASH))
+                }
+                _ => (0, ZERO_HASH),
+            },
+        };
+        if let Some(head) = read_head(dir)? {
+            if head.seq > seq {
+                return Err(AuditError::Corrupt(format!(
+                    "the log ends at #{seq} but its signed head is #{}: records were removed; run `elastos audit verify` and keep the damaged log for investigation",
+                    head.seq
+                )));
+            }
+        }
+        let available = Arc::new(AtomicBool::new(true));
+        let mut w = Writer {
+            dir: dir.to_path_buf(),
+            key,
+            opts,
+            segment,
+            file,
+            synced_len: good_len,
+            unsynced: Vec::new(),
+            waiting: Vec::new(),
+            seq,
+            prev,
+            since_checkpoint: 0,
+            last_append: Instant::now(),
+            retry_truncate: false,
+            available: available.clone(),
+            coalesce: HashMap::new(),
+        };
+        if total_len > good_len {
+            let dropped = total_len - good_len;
+            w.file.set_len(good_len).map_err(io_err(&path))?;
+            let reason = format!("recovered after a crash: dropped {dropped} bytes of an incomplete tail after #{seq}");
+            let mut msg = head_message(seq, &prev);
+            msg.extend_from_slice(reason.as_bytes());
+            let sig = w.key.sign(domains::AUDIT_RECOVERED, &msg);
+            w.push_record(
+                Event {
+                    actor: "supervisor".into(),
+                    action: "recovered".into(),
+                    resource: String::new(),
+                    decision: Decision::Info,
+                    reason,
+                    token: None,
+                },
+                None,
+                Some(hex::encode(sig.to_bytes())),
+            )
+            .map_err(|e| AuditError::Corrupt(e.to_string()))?;
+            w.flush()
+                .map_err(|e| AuditError::Unavailable(e.to_string()))?;
+            seq = w.seq;
+            prev = w.prev;
+        }
+        let _ = (seq, prev);
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("elastos-audit".into())
+            .spawn(move || w.run(rx))
+            .map_err(io_err(dir))?;
+        Ok(AuditLog {
+            tx: Mutex::new(Some(tx)),
+            available,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Whether the last write or sync succeeded.
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    /// Appends without blocking; `done` runs on the writer thread once the record is durable
+    /// (Sync) or accepted (Group).
+    pub fn submit(
+        &self,
+        ev: Event,
+        d: Durability,
+        done: impl FnOnce(Result<Receipt, AuditError>) + Send + 'static,
+    ) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match tx {
+            Some(tx) => {
+                if let Err(mpsc::SendError(Cmd::Append(_, _, done))) =
+                    tx.send(Cmd::Append(ev, d, Box::new(done)))
+                {
+                    done(Err(AuditError::Closed));
+                }
+            }
+            None => done(Err(AuditError::Closed)),
+        }
+    }
+
+    /// Appends and waits: for durability with `Sync`, for acceptance with `Group`.
+    pub fn append(&self, ev: Event, d: Durability) -> Result<Receipt, AuditError> {
+        let (tx, rx) = mpsc::channel();
+        self.submit(ev, d, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(AuditError::Closed))
+    }
+
+    /// Writes a final checkpoint and the head, syncs, and stops the writer.
+    pub fn close(&self) -> Result<(), AuditError> {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(tx) = tx else { return Ok(()) };
+        let (rtx, rrx) = mpsc::channel();
+        let _ = tx.send(Cmd::Close(rtx));
+        let r = rrx.recv().unwrap_or(Err(AuditError::Closed));
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+        r
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// Reads a segment: the length up to the end of its last good line, that line's seq and hash,
+/// and the file's total length.
+#[allow(clippy::type_complexity)]
+fn scan_tail(file: &File, path: &Path) -> Result<(u64, Option<(u64, [u8; 32])>, u64), AuditError> {
+    let total = file.metadata().map_err(io_err(path))?.len();
+    let mut reader = BufReader::new(file.try_clone().map_err(io_err(path))?);
+    let mut good = 0u64;
+    let mut last: Option<(u64, [u8; 32])> = None;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        let body = &line[..line.len() - 1];
+        let Ok(rec) = serde_json::from_slice::<Record>(body) else {
+            break;
+        };
+        let chained = match &last {
+            Some((s, h)) => rec.seq == s + 1 && parse_hash(&rec.prev) == Some(*h),
+            None => true,
+        };
+        if !chained || rec.v != versions::AUDIT {
+            break;
+        }
+        last = Some((rec.seq, record_hash(body)));
+        good += n as u64;
+    }
+    Ok((good, last, total))
+}
+
+fn read_head(dir: &Path) -> Result<Option<Head>, AuditError> {
+    let path = dir.join("head");
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| AuditError::Corrupt(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        loop {
+            let pending = !self.unsynced.is_empty() || !self.coalesce.is_empty();
+            let wait = if pending {
+                self.opts.group_commit
+            } else if self.since_checkpoint > 0 {
+                QUIET_CHECKPOINT
+            } else {
+                Duration::from_secs(3600)
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.finish();
+                    return;
+                }
+            };
+            let mut sync_now = false;
+            let mut closing = None;
+            let mut batch: Vec<Cmd> = first.into_iter().collect();
+            while let Ok(c) = rx.try_recv() {
+                batch.push(c);
+            }
+            for cmd in batch {
+                match cmd {
+                    Cmd::Append(ev, d, done) => {
+                        sync_now |= d == Durability::Sync || self.opts.strict;
+                        self.append(ev, d, done);
+                    }
+                    Cmd::Close(reply) => closing = Some(reply),
+                }
+            }
+            self.end_windows(false);
+            if let Some(reply) = closing {
+                let _ = reply.send(self.finish());
+                return;
+            }
+            let timer = self.last_append.elapsed() >= self.opts.group_commit;
+            if sync_now || (timer && !self.unsynced.is_empty()) {
+                let _ = self.flush();
+            }
+            if self.since_checkpoint >= self.opts.checkpoint_every
+                || (self.since_checkpoint > 0 && self.last_append.elapsed() >= QUIET_CHECKPOINT)
+            {
+                let _ = self.checkpoint();
+            }
+        }
+    }
+
+    fn append(&mut self, ev: Event, d: Durability, done: Done) {
+        if ev.decision == Decision::Denied {
+            let now = Instant::now();
+            let c = self.coalesce.entry(ev.actor.clone()).or_insert(Coalesce {
+                start: now,
+                n: 0,
+                suppressed: 0,
+                last_action: String::new(),
+                last_resource: String::new(),
+                last_reason: String::new(),
+            });
+            c.n += 1;
+            if c.n > DENIALS_PER_WINDOW {
+                c.suppressed += 1;
+                c.last_action = ev.action;
+                c.last_resource = ev.resource;
+                c.last_reason = ev.reason;
+                // Counted into the coalesced record at the end of the window.
+                done(Ok(Receipt {
+                    seq: 0,
+                    hash: ZERO_HASH,
+                }));
+                return;
+            }
+        }
+        match self.push_record(ev, None, None) {
+            Ok(receipt) => {
+                if d == Durability::Sync || self.opts.strict {
+                    self.waiting.push((done, receipt));
+                } else if self.available.load(Ordering::Relaxed) {
+                    done(Ok(receipt));
+                } else {
+                    done(Err(AuditError::Unavailable(
+                        "a previous write failed".into(),
+                    )));
+                }
+            }
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    /// Closes the coalescing windows that ended (all of them when `all`).
+    fn end_windows(&mut self, all: bool) {
+        let now = Instant::now();
+        let ended: Vec<String> = self
+            .coalesce
+            .iter()
+            .filter(|(_, c)| all || now.duration_since(c.start) >= WINDOW)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for actor in ended {
+            if let Some(c) = self.coalesce.remove(&actor) {
+                if c.suppressed > 0 {
+                    let _ = self.push_record(
+                        Event {
+                            actor,
+                            action: "audit.coalesced".into(),
+                            resource: c.last_resource,
+                            decision: Decision::Denied,
+                            reason: format!(
+                                "{} more denials within {}s coalesced (last: {}: {})",
+                                c.suppressed,
+                                WINDOW.as_secs(),
+                                c.last_action,
+                                c.last_reason
+                            ),
+                            token: None,
+                        },
+                        Some(c.suppressed),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    fn push_record(
+        &mut self,
+        ev: Event,
+        count: Option<u64>,
+        sig: Option<String>,
+    ) -> Result<Receipt, AuditError> {
+        let rec = Record {
+            v: versions::AUDIT,
+            seq: self.seq + 1,
+            time: now_text(),
+            actor: ev.actor,
+            action: ev.action,
+            resource: ev.resource,
+            decision: ev.decision,
+            reason: ev.reason,
+            token: ev.token,
+            prev: hex::encode(self.prev),
+            count,
+            sig,
+        };
+        let line = serde_json::to_vec(&rec).map_err(|e| AuditError::Corrupt(e.to_string()))?;
+        let hash = record_hash(&line);
+        self.unsynced.extend_from_slice(&line);
+        self.unsynced.push(b'\n');
+        self.seq = rec.seq;
+        self.prev = hash;
+        self.since_checkpoint += 1;
+        self.last_append = Instant::now();
+        Ok(Receipt { seq: rec.seq, hash })
+    }
+
+    fn segment_path(&self) -> PathBuf {
+        self.dir.join(segment_name(self.segment))
+    }
+
+    /// Writes and syncs everything buffered; answers the waiting callers either way.
+    fn flush(&mut self) -> Result<(), AuditError> {
+        let r = self.write_and_sync();
+        let waiting = std::mem::take(&mut self.waiting);
+        match &r {
+            Ok(()) => {
+                self.available.store(true, Ordering::Relaxed);
+                for (done, receipt) in waiting {
+                    done(Ok(receipt));
+                }
+                if self.synced_len >= self.opts.segment_bytes {
+                    self.rotate()?;
+                }
+            }
+            Err(e) => {
+                self.available.store(false, Ordering::Relaxed);
+                for (done, _) in waiting {
+                    done(Err(AuditError::Unavailable(e.to_string())));
+                }
+            }
+        }
+        r
+    }
+
+    fn write_and_sync(&mut self) -> Result<(), AuditError> {
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        let path = self.segment_path();
+        if self.retry_truncate {
+            self.file.set_len(self.synced_len).map_err(io_err(&path))?;
+        }
+        // From here a failure may leave part of the buffer on disk: cut it on the retry.
+        self.retry_truncate = true;
+        self.file
+            .write_all_at(&self.unsynced, self.synced_len)
+            .map_err(io_err(&path))?;
+        if self
+            .opts
+            .fail_sync
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(AuditError::Io {
+                path,
+                source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
+            });
+        }
+        self.file.sync_data().map_err(io_err(&path))?;
+        self.retry_truncate = false;
+        self.synced_len += self.unsynced.len() as u64;
+        self.unsynced.clear();
+        Ok(())
+    }
+
+    /// A signed checkpoint of the current head, in the log and in the head file.
+    fn checkpoint(&mut self) -> Result<(), AuditError> {
+        let msg = head_message(self.seq, &self.prev);
+        let sig = self.key.sign(domains::AUDIT_CHECKPOINT, &msg);
+        self.push_record(
+            Event {
+                actor: "supervisor".into(),
+                action: "checkpoint".into(),
+                resource: String::new(),
+                decision: Decision::Info,
+                reason: format!("signed head #{}", self.seq),
+                token: None,
+            },
+            None,
+            Some(hex::encode(sig.to_bytes())),
+        )?;
+        self.flush()?;
+        // The head is the checkpoint record itself, signed the same way.
+        let msg = head_message(self.seq, &self.prev);
+        let sig = self.key.sign(domains::AUDIT_CHECKPOINT, &msg);
+        let head = Head {
+            format: versions::STATE,
+            seq: self.seq,
+            hash: hex::encode(self.prev),
+            sig: hex::encode(sig.to_bytes()),
+            time: now_text(),
+        };
+        let path = self.dir.join("head");
+        let bytes =
+            serde_json::to_vec_pretty(&head).map_err(|e| AuditError::Corrupt(e.to_string()))?;
+        write_atomic(&path, &bytes, 0o600).map_err(io_err(&path))?;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        self.segment += 1;
+        let path = self.segment_path();
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        self.synced_len = 0;
+        sync_dir(&self.dir).map_err(io_err(&self.dir))
+    }
+
+    fn finish(&mut self) -> Result<(), AuditError> {
+        self.end_windows(true);
+        self.flush()?;
+        if self.seq > 0 {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+}
+
+/// Every record of the log in order. A reader takes no lock: the writer only appends, so a
+/// reader sees a prefix; a torn last line is where it stops.
+pub fn read_records(
+    dir: &Path,
+) -> Result<impl Iterator<Item = Result<Record, AuditError>>, AuditError> {
+    let mut out = Vec::new();
+    for (n, path) in segments(dir)? {
+        let f = File::open(&path).map_err(io_err(&path))?;
+        let mut reader = BufReader::new(f);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let got = reader.read_until(b'\n', &mut line).map_err(io_err(&path))?;
+            if got == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            out.push(
+                serde_json::from_slice::<Record>(&line[..line.len() - 1]).map_err(|e| {
+                    AuditError::Bad {
+                        seq: 0,
+                        file: segment_name(n),
+                        why: format!("not a record: {e}"),
+                    }
+                }),
+            );
+        }
+    }
+    Ok(out.into_iter())
+}
+
+/// Whether a record's actor is the capsule `name` (`capsule:NAME` or `capsule:NAME@CID`).
+pub fn actor_is_capsule(actor: &str, name: &str) -> bool {
+    actor
+        .strip_prefix("capsule:")
+        .map(|rest| rest.split('@').next() == Some(name))
+        .unwrap_or(false)
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub head_seq: u64,
+    pub head_hash: [u8; 32],
+}
+
+/// Checks the whole log against `public` (the node's key): versions, sequence, chain, every
+/// signature, the signed head, and an optional anchor `(seq, hash)` saved earlier.
+pub fn verify(
+    dir: &Path,
+    public: &VerifyingKey,
+    expect: Option<(u64, [u8; 32])>,
+) -> Result<VerifyReport, AuditError> {
+    let mut seq = 0u64;
+    let mut prev = ZERO_HASH;
+    let mut anchor_seen = false;
+    let mut hashes_at_head = None;
+    let head = read_head(dir)?;
+    for (n, path) in segments(dir)? {
+        let file = segment_name(n);
+        let bad = |seq: u64, why: String| AuditError::Bad {
+            seq,
+            file: file.clone(),
+            why: format!("{why}; the log was altered or damaged after it was written"),
+        };
+        let f = File::open(&path).map_err(io_err(&path))?;
+        let mut reader = BufReader::new(f);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let got = reader.read_until(b'\n', &mut line).map_err(io_err(&path))?;
+            if got == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                return Err(bad(seq + 1, "an incomplete last line".into()));
+            }
+            let body = &line[..line.len() - 1];
+            let rec: Record = serde_json::from_slice(body)
+                .map_err(|e| bad(seq + 1, format!("not a record ({e})")))?;
+            if rec.v != versions::AUDIT {
+                return Err(bad(
+                    rec.seq,
+                    format!(
+                        "record version {} is unknown (this elastos reads {})",
+                        rec.v,
+                        versions::AUDIT
+                    ),
+                ));
+            }
+            if rec.seq != seq + 1 {
+                return Err(bad(
+                    seq + 1,
+                    format!("found #{} where #{} belongs", rec.seq, seq + 1),
+                ));
+            }
+            if parse_hash(&rec.prev) != Some(prev) {
+                return Err(bad(
+                    seq,
+                    format!(
+                        "this record was changed: #{} carries another hash for it",
+                        rec.seq
+                    ),
+                ));
+            }
+            if let Some(sig) = &rec.sig {
+                let sig = hex::decode(sig)
+                    .ok()
+                    .and_then(|b| <[u8; 64]>::try_from(b).ok())
+                    .map(|b| Signature::from_bytes(&b))
+                    .ok_or_else(|| bad(rec.seq, "a malformed signature".into()))?;
+                let mut msg = head_message(seq, &prev);
+                let domain = match rec.action.as_str() {
+                    "checkpoint" => domains::AUDIT_CHECKPOINT,
+                    "recovered" => {
+                        msg.extend_from_slice(rec.reason.as_bytes());
+                        domains::AUDIT_RECOVERED
+                    }
+                    _ => {
+                        return Err(bad(
+                            rec.seq,
+                            "a signature on a record that is not signed".into(),
+                        ))
+                    }
+                };
+                if !crate::identity::verify(public, domain, &msg, &sig) {
+                    return Err(bad(
+                        rec.seq,
+                        format!("its {} signature does not verify with this key", rec.action),
+                    ));
+                }
+            } else if rec.action == "checkpoint" || rec.action == "recovered" {
+                return Err(bad(rec.seq, format!("an unsigned {} record", rec.action)));
+            }
+            let hash = record_hash(body);
+            if let Some((s, h)) = expect {
+                if s == rec.seq {
+                    if h != hash {
+                        return Err(bad(
+                            rec.seq,
+                            format!(
+                                "its hash is {} but {} was expected",
+                                hex::encode(hash),
+                                hex::encode(h)
+                            ),
+                        ));
+                    }
+                    anchor_seen = true;
+                }
+            }
+            if let Some(hd) = &head {
+                if hd.seq == rec.seq {
+                    hashes_at_head = Some(hash);
+                }
+            }
+            seq = rec.seq;
+            prev = hash;
+        }
+    }
+    if let Some(hd) = head {
+        let hash = parse_hash(&hd.hash)
+            .ok_or_else(|| AuditError::Corrupt("the head file's hash is malformed".into()))?;
+        let sig = hex::decode(&hd.sig)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| Signature::from_bytes(&b))
+            .ok_or_else(|| AuditError::Corrupt("the head file's signature is malformed".into()))?;
+        if !crate::identity::verify(
+            public,
+            domains::AUDIT_CHECKPOINT,
+            &head_message(hd.seq, &hash),
+            &sig,
+        ) {
+            return Err(AuditError::Corrupt(
+                "the head file's signature does not verify with this key".into(),
+            ));
+        }
+        match hashes_at_head {
+            None => {
+                return Err(AuditError::Corrupt(format!(
+                    "the log ends at #{seq} but its signed head is #{}: records were removed",
+                    hd.seq
+                )))
+            }
+            Some(h) if h != hash => {
+                return Err(AuditError::Bad {
+                    seq: hd.seq,
+                    file: "head".into(),
+                    why: "the record at the signed head has another hash: the log was rewritten"
+                        .into(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((s, _)) = expect {
+        if !anchor_seen {
+            return Err(AuditError::Corrupt(format!(
+                "the log has no record #{s} (the expected anchor)"
+            )));
+        }
+    }
+    Ok(VerifyReport {
+        records: seq,
+        head_seq: seq,
+        head_hash: prev,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Arc<NodeKey> {
+        Arc::new(NodeKey::from_seed(&[9; 32]))
+    }
+
+    fn ev(actor: &str, decision: Decision) -> Event {
+        Event {
+            actor: actor.into(),
+            action: "call".into(),
+            resource: "localhost://echo/x".into(),
+            decision,
+            reason: "test".into(),
+            token: None,
+        }
+    }
+
+    fn open(dir: &Path, opts: AuditOptions) -> AuditLog {
+        AuditLog::open(dir, key(), opts).unwrap()
+    }
+
+    fn vk() -> VerifyingKey {
+        key().verifying_key()
+    }
+
+    #[test]
+    fn a_chain_across_segments_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(
+            tmp.path(),
+            AuditOptions {
+                segment_bytes: 2000,
+                checkpoint_every: 7,
+                ..Default::default()
+            },
+        );
+        for i in 0..100 {
+            let d = if i % 3 == 0 {
+                Durability::Sync
+            } else {
+                Durability::Group
+            };
+            log.append(ev("capsule:a", Decision::Allowed), d).unwrap();
+        }
+        log.close().unwrap();
+        assert!(segments(tmp.path()).unwrap().len() > 3);
+        let r = verify(tmp.path(), &vk(), None).unwrap();
+        assert!(r.records > 100, "{}", r.records);
+        // Reopen continues the chain.
+        let log = open(tmp.path(), AuditOptions::default());
+        log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+            .unwrap();
+        log.close().unwrap();
+        let r2 = verify(tmp.path(), &vk(), Some((r.head_seq, r.head_hash))).unwrap();
+        assert!(r2.records > r.records);
+    }
+
+    fn write_some(dir: &Path) -> VerifyReport {
+        let log = open(dir, AuditOptions::default());
+        for _ in 0..10 {
+            log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+                .unwrap();
+        }
+        log.close().unwrap();
+        verify(dir, &vk(), None).unwrap()
+    }
+
+    fn seg1(dir: &Path) -> PathBuf {
+        dir.join(segment_name(1))
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_some(tmp.path());
+        let text = fs::read_to_string(seg1(tmp.path())).unwrap();
+        // An edited record.
+        fs::write(seg1(tmp.path()), text.replacen("\"test\"", "\"tesT\"", 1)).unwrap();
+        let e = verify(tmp.path(), &vk(), None).unwrap_err().to_string();
+        assert!(e.contains("#1") && e.contains("changed"), "{e}");
+        // A deleted record.
+        let lines: Vec<&str> = text.lines().collect();
+        let mut without: Vec<&str> = lines.clone();
+        without.remove(3);
+        fs::write(seg1(tmp.path()), without.join("\n") + "\n").unwrap();
+        let e = verify(tmp.path(), &vk(), None).unwrap_err().to_string();
+        assert!(e.contains("#4"), "{e}");
+        // Truncated below the signed head.
+        fs::write(seg1(tmp.path()), lines[..5].join("\n") + "\n").unwrap();
+        let e = verify(tmp.path(), &vk(), None).unwrap_err().to_string();
+        assert!(e.contains("removed"), "{e}");
+        // Another key.
+        fs::write(seg1(tmp.path()), &text).unwrap();
+        verify(tmp.path(), &vk(), None).unwrap();
+        let other = NodeKey::from_seed(&[1; 32]).verifying_key();
+        assert!(verify(tmp.path(), &other, None).is_err());
+        // An unknown version.
+        fs::write(seg1(tmp.path()), text.replacen("{\"v\":1", "{\"v\":2", 1)).unwrap();
+        let e = verify(tmp.path(), &vk(), None).unwrap_err().to_string();
+        assert!(e.contains("version 2"), "{e}");
+    }
+
+    #[test]
+    fn swapped_segments_are_detected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(
+            tmp.path(),
+            AuditOptions {
+                segment_bytes: 1500,
+                ..Default::default()
+            },
+        );
+        for _ in 0..40 {
+            log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+                .unwrap();
+        }
+        log.close().unwrap();
+        let a = tmp.path().join(segment_name(1));
+        let b = tmp.path().join(segment_name(2));
+        let (ta, tb) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
+        fs::write(&a, &tb).unwrap();
+        fs::write(&b, &ta).unwrap();
+        assert!(verify(tmp.path(), &vk(), None).is_err());
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_a_signed_recovered_record_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let before = write_some(tmp.path());
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(seg1(tmp.path()))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"{\"v\":1,\"seq\":99,\"ti").unwrap();
+        drop(f);
+        let log = open(tmp.path(), AuditOptions::default());
+        log.close().unwrap();
+        let r = verify(tmp.path(), &vk(), Some((before.head_seq, before.head_hash))).unwrap();
+        let recs: Vec<Record> = read_records(tmp.path())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let rec = recs.iter().find(|r| r.action == "recovered").unwrap();
+        assert!(rec.reason.contains("dropped 20 bytes"), "{}", rec.reason);
+        assert!(r.records > before.records);
+    }
+
+    #[test]
+    fn sync_records_are_on_disk_when_append_returns_and_group_records_soon_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(tmp.path(), AuditOptions::default());
+        let r = log
+            .append(ev("capsule:s", Decision::Allowed), Durability::Sync)
+            .unwrap();
+        let text = fs::read_to_string(seg1(tmp.path())).unwrap();
+        assert!(text.contains(&format!("\"seq\":{}", r.seq)));
+        let r = log
+            .append(ev("capsule:g", Decision::Allowed), Durability::Group)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let text = fs::read_to_string(seg1(tmp.path())).unwrap();
+        assert!(
+            text.contains(&format!("\"seq\":{}", r.seq)),
+            "group record not durable"
+        );
+        log.close().unwrap();
+    }
+
+    #[test]
+    fn a_failing_disk_makes_the_log_unavailable_until_it_recovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let log = open(
+            tmp.path(),
+            AuditOptions {
+                fail_sync: Some(fail.clone()),
+                ..Default::default()
+            },
+        );
+        log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+            .unwrap();
+        fail.store(true, Ordering::Relaxed);
+        let e = log
+            .append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+            .unwrap_err();
+        assert!(matches!(e, AuditError::Unavailable(_)), "{e}");
+        assert!(!log.is_available());
+        assert!(log
+            .append(ev("capsule:a", Decision::Allowed), Durability::Group)
+            .is_err());
+        fail.store(false, Ordering::Relaxed);
+        log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+            .unwrap();
+        assert!(log.is_available());
+        log.close().unwrap();
+        // Nothing was lost: all four records are there, chained.
+        let r = verify(tmp.path(), &vk(), None).unwrap();
+        let calls = read_records(tmp.path())
+            .unwrap()
+            .filter(|r| r.as_ref().unwrap().action == "call")
+            .count();
+        assert_eq!(calls, 4, "{r:?}");
+    }
+
+    #[test]
+    fn a_denial_flood_is_coalesced_into_counted_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = Arc::new(open(tmp.path(), AuditOptions::default()));
+        for _ in 0..100_000 {
+            log.submit(
+                ev("capsule:flood", Decision::Denied),
+                Durability::Group,
+                |_| {},
+            );
+        }
+        log.append(ev("capsule:calm", Decision::Denied), Durability::Sync)
+            .unwrap();
+        log.close().unwrap();
+        let recs: Vec<Record> = read_records(tmp.path())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(recs.len() < 200, "{} records for a flood", recs.len());
+        let counted: u64 = recs.iter().filter_map(|r| r.count).sum();
+        let single = recs
+            .iter()
+            .filter(|r| r.actor == "capsule:flood" && r.count.is_none())
+            .count() as u64;
+        assert_eq!(counted + single, 100_000);
+        assert!(recs.iter().any(|r| r.actor == "capsule:calm"));
+        verify(tmp.path(), &vk(), None).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_make_one_gap_free_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = Arc::new(open(tmp.path(), AuditOptions::default()));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        log.append(
+                            ev(&format!("capsule:t{t}"), Decision::Allowed),
+                            Durability::Sync,
+                        )
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        log.close().unwrap();
+        let r = verify(tmp.path(), &vk(), None).unwrap();
+        assert!(r.records >= 1600);
+    }
+
+    #[test]
+    fn capsule_actors_are_matched_by_name() {
+        assert!(actor_is_capsule("capsule:echo@bafk", "echo"));
+        assert!(actor_is_capsule("capsule:echo", "echo"));
+        assert!(!actor_is_capsule("capsule:echo2", "echo"));
+        assert!(!actor_is_capsule("operator:uid=0", "echo"));
+    }
+}

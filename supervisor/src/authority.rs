@@ -427,8 +427,10 @@ impl Authority {
     ) -> Result<(Token, String), AuthorityError> {
         let key = self.signing_key()?;
         // The parent must be valid now, in every respect that does not depend on a call.
+        let bytes = token::text_to_bytes(parent)
+            .map_err(|e| AuthorityError::Parent(Denial::new(Check::Version, e.to_string())))?;
         let passed = self
-            .run_checks(parent, None, now)
+            .run_checks(&bytes, None, now)
             .map_err(AuthorityError::Parent)?;
         let p = passed.token;
         if !p.delegatable {
@@ -575,6 +577,19 @@ impl Authority {
         now: i64,
         consume: bool,
     ) -> Result<Token, Denial> {
+        let bytes =
+            token::text_to_bytes(token).map_err(|e| Denial::new(Check::Version, e.to_string()))?;
+        self.check_bytes(&bytes, req, now, consume)
+    }
+
+    /// [`Authority::check`] on the `SignedToken` bytes as they arrive on the capsule wire.
+    pub fn check_bytes(
+        &mut self,
+        token: &[u8],
+        req: &CallRequest<'_>,
+        now: i64,
+        consume: bool,
+    ) -> Result<Token, Denial> {
         let passed = self.run_checks(token, Some(req), now)?;
         if consume {
             self.consume(&passed.chain)?;
@@ -586,7 +601,7 @@ impl Authority {
     /// that are about a call — subject, action, resource, classification — are skipped.
     fn run_checks(
         &mut self,
-        text: &str,
+        bytes: &[u8],
         call: Option<&CallRequest<'_>>,
         now: i64,
     ) -> Result<Passed, Denial> {
@@ -594,13 +609,11 @@ impl Authority {
 
         // version: the outer layer. Anything that is not a well-formed SignedToken of a known
         // version is a `version` denial (documented contract), never a panic.
-        let bytes =
-            token::text_to_bytes(text).map_err(|e| Denial::new(Check::Version, e.to_string()))?;
-        let cache_key = SigCache::key(&bytes);
+        let cache_key = SigCache::key(bytes);
         let verified = match self.sig_cache.get(&cache_key) {
             Some(v) => v,
             None => {
-                let parts = token::decode_signed_bytes(&bytes)
+                let parts = token::decode_signed_bytes(bytes)
                     .map_err(|e| Denial::new(Check::Version, e.to_string()))?;
                 // signature: over the received body bytes, before anything reads them.
                 match self.known_keys.get(&parts.signer) {

@@ -13,6 +13,70 @@ pub struct Config {
     pub format: u32,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+}
+
+/// How the supervisor runs capsules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// Capsules started by `elastos up`: package files, capsule directories, or names of
+    /// capsules already in the content store.
+    #[serde(default)]
+    pub default_capsules: Vec<String>,
+    /// At most this many restarts of one capsule within `restart_window`, then it is marked
+    /// failed and stays down.
+    #[serde(default = "restart_intensity_default")]
+    pub restart_intensity: u32,
+    #[serde(default = "restart_window_default", with = "humantime_serde_secs")]
+    pub restart_window: std::time::Duration,
+    /// The deadline of a call when the caller asks for none (and the longest it may ask for).
+    #[serde(default = "call_deadline_default", with = "humantime_serde_secs")]
+    pub call_deadline: std::time::Duration,
+    /// Calls one capsule may have in flight before it is answered `busy`.
+    #[serde(default = "max_in_flight_default")]
+    pub max_in_flight: usize,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            default_capsules: Vec::new(),
+            restart_intensity: restart_intensity_default(),
+            restart_window: restart_window_default(),
+            call_deadline: call_deadline_default(),
+            max_in_flight: max_in_flight_default(),
+        }
+    }
+}
+
+fn restart_intensity_default() -> u32 {
+    5
+}
+fn restart_window_default() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+fn call_deadline_default() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+fn max_in_flight_default() -> usize {
+    64
+}
+
+/// Durations in the config file are written the human way ("10s", "2m").
+mod humantime_serde_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,1 +1,8 @@
-//! End-to-end tests.
+//! End-to-end tests: each drives the real `elastos` binary against a private, temporary
+//! `$ELASTOS_HOME`. One test binary with a module per area: one place to look, fast to link.
+
+mod audit;
+mod capsule;
+mod cli;
+mod identity;
+mod token;

@@ -1,1 +1,168 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: a [`Node`] is a temporary `$ELASTOS_HOME` plus a way to run
+//! the real `elastos` binary against it, so tests never share state with each other or the user.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The `elastos` binary under test: `$ELASTOS_BIN`, else the one built beside this test binary.
+pub fn elastos_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ELASTOS_BIN") {
+        return PathBuf::from(p);
+    }
+    // The test executable lives in target/<profile>/deps/; the binaries one level up.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary is in target/<profile>/deps");
+    let bin = dir.join("elastos");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (`cargo build --workspace`), or set ELASTOS_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// One node: a private `$ELASTOS_HOME` in a temporary directory.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+}
+
+/// What one run of `elastos` gave.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts exit 0 and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "expected success, got {self:#?}");
+        &self.stdout
+    }
+    #[track_caller]
+    pub fn code(&self, want: i32) -> &Self {
+        assert_eq!(self.code, want, "expected exit {want}, got {self:#?}");
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Node {
+    pub fn new() -> Node {
+        Node {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// `$ELASTOS_HOME` of this node (not created until a command needs it).
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// A scratch directory for test files, outside the home.
+    pub fn scratch(&self) -> PathBuf {
+        let p = self.dir.path().join("scratch");
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        p
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(elastos_bin());
+        c.env_clear()
+            .env("ELASTOS_HOME", self.home())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .current_dir(self.scratch())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.command()
+            .args(args)
+            .output()
+            .expect("running elastos")
+            .into()
+    }
+
+    /// Runs with `input` on stdin.
+    pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning elastos");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("writing stdin");
+        child
+            .wait_with_output()
+            .expect("waiting for elastos")
+            .into()
+    }
+
+    /// The node's DID (creating the identity).
+    pub fn did(&self) -> String {
+        self.run(&["identity"]).ok().trim().to_string()
+    }
+
+    /// Issues a token; returns it.
+    pub fn issue(&self, extra: &[&str]) -> String {
+        let mut args = vec!["token", "issue"];
+        args.extend_from_slice(extra);
+        self.run(&args).ok().trim().to_string()
+    }
+
+    /// Writes a minimal native capsule directory and returns its path.
+    pub fn capsule_dir(&self, name: &str) -> PathBuf {
+        let dir = self.scratch().join(format!("capsule-{name}"));
+        std::fs::create_dir_all(dir.join("bin")).expect("capsule dir");
+        std::fs::write(
+            dir.join("capsule.toml"),
+            format!(
+                "format = 1\nname = \"{name}\"\nversion = \"0.1.0\"\ndescription = \"test capsule\"\nsubstrate = \"native\"\n\n[entrypoint]\nnative = \"bin/{name}\"\n"
+            ),
+        )
+        .expect("manifest");
+        std::fs::write(dir.join("bin").join(name), b"#!/bin/sh\necho hi\n").expect("entry");
+        set_mode(&dir.join("bin").join(name), 0o755);
+        std::fs::write(dir.join("README"), b"a test capsule\n").expect("readme");
+        dir
+    }
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}

@@ -221,7 +221,7 @@ impl SignedParts {
 }
 
 /// Decodes the base64 text to the exact `SignedToken` bytes (the signature cache's key).
-pub(crate) fn text_to_bytes(text: &str) -> Result<Vec<u8>, TokenError> {
+pub fn text_to_bytes(text: &str) -> Result<Vec<u8>, TokenError> {
     if text.len() > MAX_TOKEN_TEXT_LEN {
         return Err(TokenError::TooLong {
             len: text.len(),

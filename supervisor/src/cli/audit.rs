@@ -1,0 +1,220 @@
+//! `elastos audit [--json] [-f] [--capsule NAME] [--since T]` and `elastos audit verify`.
+//! Reading never takes the state lock: the writer only appends, so a reader sees a prefix.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use elastos::audit::{self, AuditLog, AuditOptions, Decision, Durability, Event};
+use elastos::config::Config;
+use elastos::home::Home;
+use elastos::identity::{self, NodeKey};
+use elastos::text::sanitize;
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    /// JSON Lines, one record per line.
+    #[arg(long)]
+    json: bool,
+    /// Keep printing new records as they are appended.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only records whose actor is this capsule.
+    #[arg(long, value_name = "NAME")]
+    capsule: Option<String>,
+    /// Only records at or after this time: RFC 3339, or an age such as 10m or 2h.
+    #[arg(long, value_name = "T", value_parser = parse_since)]
+    since: Option<SystemTime>,
+    #[command(subcommand)]
+    command: Option<AuditCommand>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain, the signed checkpoints and the head; exit 0 with the record count
+    /// and head hash, or non-zero naming the first bad record.
+    Verify {
+        /// Also require record SEQ to have hash HASH (an anchor saved earlier).
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect: Option<String>,
+        /// Check signatures against this DID instead of the node's own.
+        #[arg(long)]
+        did: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_since(s: &str) -> Result<SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let age = humantime::parse_duration(s)
+        .map_err(|_| format!("`{s}` is neither an RFC 3339 time nor an age like 10m"))?;
+    SystemTime::now()
+        .checked_sub(age)
+        .ok_or_else(|| format!("`{s}` reaches before the epoch"))
+}
+
+/// The actor name of the person at the command line.
+pub fn operator() -> String {
+    format!("operator:uid={}", nix::unistd::getuid())
+}
+
+/// Appends one durable operator record (a grant, a revocation, a trust change…). The caller
+/// holds the state lock. The record is durable before this returns; if it cannot be, the
+/// command fails, so nothing takes effect unaudited without the operator being told.
+pub fn record_operator(
+    home: &Home,
+    key: &NodeKey,
+    action: &str,
+    resource: &str,
+    reason: &str,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let log = open_log(home, key)?;
+    log.append(
+        Event {
+            actor: operator(),
+            action: action.to_string(),
+            resource: resource.to_string(),
+            decision: Decision::Allowed,
+            reason: reason.to_string(),
+            token,
+        },
+        Durability::Sync,
+    )
+    .context("writing the audit record")?;
+    log.close().context("closing the audit log")?;
+    Ok(())
+}
+
+fn open_log(home: &Home, key: &NodeKey) -> anyhow::Result<AuditLog> {
+    let cfg = Config::load(home)?;
+    let opts = AuditOptions {
+        strict: cfg.audit.strict,
+        ..AuditOptions::default()
+    };
+    home.ensure_dir("audit")?;
+    let key = Arc::new(NodeKey::from_hex(&key.seed_hex())?);
+    AuditLog::open(&home.audit_dir(), key, opts).context("opening the audit log")
+}
+
+pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    if let Some(AuditCommand::Verify { expect, did, json }) = args.command {
+        return verify(&home, expect, did, json);
+    }
+    let dir = home.audit_dir();
+    if !dir.exists() && !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut next_seq = 1u64;
+    loop {
+        if dir.exists() {
+            for rec in audit::read_records(&dir)? {
+                let rec = rec?;
+                if rec.seq < next_seq {
+                    continue;
+                }
+                next_seq = rec.seq + 1;
+                if let Some(c) = &args.capsule {
+                    if !audit::actor_is_capsule(&rec.actor, c) {
+                        continue;
+                    }
+                }
+                if let Some(since) = args.since {
+                    if rec.time_system().is_some_and(|t| t < since) {
+                        continue;
+                    }
+                }
+                if args.json {
+                    println!("{}", serde_json::to_string(&rec)?);
+                } else {
+                    println!(
+                        "{} #{} {} {} {} {} {}{}",
+                        rec.time,
+                        rec.seq,
+                        rec.decision,
+                        sanitize(&rec.actor),
+                        sanitize(&rec.action),
+                        sanitize(&rec.resource),
+                        sanitize(&rec.reason),
+                        rec.token
+                            .as_deref()
+                            .map(|t| format!(" token={t}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn verify(
+    home: &Home,
+    expect: Option<String>,
+    did: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let public = match did {
+        Some(d) => identity::public_from_did(&d)?,
+        None => NodeKey::load(home)?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "this node has no identity; pass --did to verify another node's log"
+                )
+            })?
+            .public_bytes(),
+    };
+    let public = ed25519_dalek::VerifyingKey::from_bytes(&public)
+        .map_err(|_| anyhow::anyhow!("the DID does not name a valid Ed25519 key"))?;
+    let expect = expect
+        .map(|e| -> anyhow::Result<(u64, [u8; 32])> {
+            let (seq, hash) = e
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--expect takes SEQ:HASH"))?;
+            let seq = seq.parse().context("--expect: SEQ is a number")?;
+            let hash: [u8; 32] = hex::decode(hash)
+                .ok()
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| anyhow::anyhow!("--expect: HASH is 64 hex characters"))?;
+            Ok((seq, hash))
+        })
+        .transpose()?;
+    match audit::verify(&home.audit_dir(), &public, expect) {
+        Ok(report) => {
+            if json {
+                super::print_json(&serde_json::json!({
+                    "ok": true,
+                    "records": report.records,
+                    "head_seq": report.head_seq,
+                    "head_hash": hex::encode(report.head_hash),
+                }))?;
+            } else {
+                println!(
+                    "ok: {} records, head #{} {}",
+                    report.records,
+                    report.head_seq,
+                    hex::encode(report.head_hash)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if json {
+                super::print_json(&serde_json::json!({"ok": false, "error": e.to_string()}))?;
+            } else {
+                println!("FAILED: {e}");
+            }
+            Ok(ExitCode::from(super::EXIT_FAILED))
+        }
+    }
+}

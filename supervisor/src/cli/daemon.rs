@@ -1,0 +1,178 @@
+//! `elastos up|down|status`: starting, stopping and asking after the supervisor.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use elastos::control::{Client, ControlError, Request};
+use elastos::home::Home;
+
+use super::{Failure, EXIT_NO_SUPERVISOR};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Stay attached (for systemd and tests); print `ready` on stdout once serving.
+    #[arg(long)]
+    foreground: bool,
+}
+
+#[derive(Args)]
+pub struct DownArgs {
+    /// How long capsules get to stop after SIGTERM before they are killed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit 3 with the "no supervisor" message.
+pub fn not_running(home: &Home) -> anyhow::Error {
+    Failure {
+        code: EXIT_NO_SUPERVISOR,
+        message: format!(
+            "no supervisor is running for {} (start one with `elastos up`)",
+            home.root().display()
+        ),
+    }
+    .into()
+}
+
+/// Connects to the running supervisor, or fails with exit code 3.
+pub fn connect(home: &Home) -> anyhow::Result<Client> {
+    match Client::connect(home) {
+        Ok(c) => Ok(c),
+        Err(ControlError::NotRunning { .. }) => Err(not_running(home)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    if args.foreground {
+        crate::daemon::foreground(home)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Ok(mut c) = Client::connect(&home) {
+        let r = c.request(&Request::Status)?;
+        println!("already running (pid {})", r.data["pid"]);
+        return Ok(ExitCode::SUCCESS);
+    }
+    home.ensure()?;
+    let logs = home.ensure_dir("logs")?;
+    let stderr_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join("supervisor.out"))
+        .context("opening the supervisor's output log")?;
+    let exe = std::env::current_exe().context("finding the elastos binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["up", "--foreground"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr_log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it detaches the
+    // supervisor from the operator's terminal and session, so closing the terminal leaves it up.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the supervisor")?;
+    let out = child
+        .stdout
+        .take()
+        .context("the supervisor's readiness pipe")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    if line.starts_with("ready") {
+        let mut c = connect(&home)?;
+        let r = c.request(&Request::Status)?;
+        println!(
+            "elastos is up: pid {}, {}, socket {}",
+            r.data["pid"],
+            r.data["did"].as_str().unwrap_or("?"),
+            r.data["socket"].as_str().unwrap_or("?")
+        );
+        Ok(ExitCode::SUCCESS)
+    } else if line.starts_with("already running") {
+        print!("{line}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let _ = child.kill();
+        let tail = std::fs::read_to_string(logs.join("supervisor.out")).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(10).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        anyhow::bail!(
+            "the supervisor did not become ready; its last output ({}):\n{}",
+            logs.join("supervisor.out").display(),
+            tail.join("\n")
+        )
+    }
+}
+
+pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    let mut c = connect(&home)?;
+    let timeout_ms = u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX);
+    let r = c.request(&Request::Down { timeout_ms })?;
+    let pid = r.data["pid"].as_u64().unwrap_or(0);
+    let until = Instant::now() + args.timeout + Duration::from_secs(20);
+    while pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if Instant::now() > until {
+            anyhow::bail!("the supervisor (pid {pid}) did not stop; kill it with `kill {pid}`");
+        }
+        // A zombie counts as gone: its parent (often the shell that ran `up`) will reap it.
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+            {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("elastos is down");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    let mut c = match Client::connect(&home) {
+        Ok(c) => c,
+        Err(ControlError::NotRunning { .. }) => {
+            if args.json {
+                super::print_json(&serde_json::json!({"running": false}))?;
+            } else {
+                println!("not running ({})", home.root().display());
+            }
+            return Ok(ExitCode::from(EXIT_NO_SUPERVISOR));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let r = c.request(&Request::Status)?;
+    if args.json {
+        super::print_json(&r.data)?;
+    } else {
+        let d = &r.data;
+        println!("running: pid {}, up {}s", d["pid"], d["uptime_s"]);
+        println!("did: {}", d["did"].as_str().unwrap_or("?"));
+        println!("socket: {}", d["socket"].as_str().unwrap_or("?"));
+        println!("policy: {}", d["policy"].as_str().unwrap_or("?"));
+    }
+    Ok(ExitCode::SUCCESS)
+}

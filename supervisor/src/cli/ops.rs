@@ -1,0 +1,302 @@
+//! The operator's commands on running capsules: `run`, `ps`, `kill`, `stop`, `start`, `restart`,
+//! `logs`. All but `logs` go through the supervisor; `logs` reads the log files directly, so it
+//! works after the supervisor is gone too.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::Args;
+use elastos::control::{Event, Request, Response, RunRequest, RunSource};
+use elastos::home::Home;
+use elastos::text::sanitize;
+
+use super::daemon::connect;
+use super::Failure;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A capsule directory (packed and signed with the development key), a package file, or the
+    /// name of a capsule already in the store.
+    what: String,
+    /// Detach: start it and return; without -d, stream its output and exit with its code.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Forward this terminal's stdin to the capsule.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// The name it runs under (default: the manifest's); unique among live capsules.
+    #[arg(long)]
+    name: Option<String>,
+    /// always, on-failure or never (default: on-failure with -d, never without).
+    #[arg(long)]
+    restart: Option<String>,
+    /// Arguments for the capsule, after `--`.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct PsArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct KillArgs {
+    name: String,
+    /// TERM, KILL, INT, HUP, USR1… or a number.
+    #[arg(long, short = 's', default_value = "KILL")]
+    signal: String,
+}
+
+#[derive(Args)]
+pub struct NameArgs {
+    name: String,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// The capsule, or `supervisor` for the supervisor's own log.
+    name: String,
+    /// Keep printing new lines.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long)]
+    lines: Option<usize>,
+    /// Only lines at or after this time: RFC 3339, or an age such as 10m.
+    #[arg(long)]
+    since: Option<String>,
+}
+
+/// A failed answer becomes the CLI's error, with the exit code the supervisor chose.
+fn check(r: Response) -> anyhow::Result<Response> {
+    if r.ok {
+        Ok(r)
+    } else {
+        Err(Failure {
+            code: r.code.unwrap_or(super::EXIT_FAILED),
+            message: r.error.unwrap_or_else(|| "failed".into()),
+        }
+        .into())
+    }
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    let path = PathBuf::from(&a.what);
+    let source = if path.is_dir() {
+        // The development loop: pack and sign with the development key, never the node's.
+        let key = crate::daemon::dev_key(&home)?;
+        let packed = elastos::package::pack(&path, &key)
+            .with_context(|| format!("packing {}", path.display()))?;
+        let tmp = home.ensure_dir("tmp")?;
+        let out = tmp.join(format!("{}.capsule", packed.cid));
+        std::fs::write(&out, &packed.bytes)
+            .with_context(|| format!("writing {}", out.display()))?;
+        RunSource::Package(out)
+    } else if path.is_file() {
+        RunSource::Package(path.canonicalize()?)
+    } else if a.what.contains('/') {
+        anyhow::bail!("{} does not exist", path.display());
+    } else {
+        RunSource::Stored(a.what.clone())
+    };
+    if a.interactive {
+        anyhow::bail!("-i (forwarding stdin) is not supported yet; run the capsule without -i");
+    }
+    let mut c = connect(&home)?;
+    let attach = !a.detach;
+    let r = check(c.request(&Request::Run(RunRequest {
+        source,
+        name: a.name,
+        args: a.args,
+        attach,
+        interactive: a.interactive,
+        restart: a.restart,
+    }))?)?;
+    let name = r.data["name"].as_str().unwrap_or("?").to_string();
+    if !attach {
+        println!("{name} {}", r.data["cid"].as_str().unwrap_or("?"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Ctrl-C and SIGTERM go to the capsule, not to this process: block them here and wait for
+    // them on a thread that forwards them over the control connection.
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    set.thread_block()?;
+    let mut writer = c.writer()?;
+    std::thread::spawn(move || loop {
+        let Ok(sig) = set.wait() else { return };
+        let name = sig.as_str().trim_start_matches("SIG").to_string();
+        let mut line = match serde_json::to_vec(&Request::Signal { signal: name }) {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        line.push(b'\n');
+        if writer.write_all(&line).is_err() {
+            return;
+        }
+    });
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    loop {
+        match c.recv::<Event>()? {
+            Some(Event::Stdout { data }) => {
+                let _ = writeln!(stdout.lock(), "{}", sanitize_line(&data));
+            }
+            Some(Event::Stderr { data }) => {
+                let _ = writeln!(stderr.lock(), "{}", sanitize_line(&data));
+            }
+            Some(Event::Exit { code }) => {
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+            }
+            None => anyhow::bail!("the supervisor closed the connection before {name} exited"),
+        }
+    }
+}
+
+/// A capsule's output reaches the operator's terminal: escape control characters (a capsule must
+/// not be able to drive the terminal), but keep the line's length.
+fn sanitize_line(s: &str) -> String {
+    elastos::text::sanitize_capped(s, 64 * 1024)
+}
+
+pub fn ps(a: PsArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    let r = check(connect(&home)?.request(&Request::Ps)?)?;
+    if a.json {
+        super::print_json(&r.data)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = r.data.as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<16} {:<10} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<10} PUBLISHER",
+        "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CALLS", "MEM", "SUBSTRATE"
+    );
+    for c in list {
+        let publisher = c["publisher"].as_str().unwrap_or("?");
+        let publisher = if publisher.len() > 24 {
+            format!("{}…", &publisher[..24])
+        } else {
+            publisher.to_string()
+        };
+        println!(
+            "{:<16} {:<10} {:>8} {:>7}s {:>8} {:>8} {:>7}M  {:<10} {}",
+            sanitize(c["name"].as_str().unwrap_or("?")),
+            c["state"].as_str().unwrap_or("?"),
+            c["pid"].as_u64().map_or("-".to_string(), |p| p.to_string()),
+            c["uptime_s"],
+            c["restarts"],
+            c["calls"],
+            c["memory_bytes"].as_u64().unwrap_or(0) / (1 << 20),
+            c["substrate"].as_str().unwrap_or("?"),
+            publisher
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn kill(a: KillArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    check(connect(&home)?.request(&Request::Kill {
+        name: a.name.clone(),
+        signal: a.signal.clone(),
+    })?)?;
+    println!("sent {} to {}", a.signal, a.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn simple(op: &str, a: NameArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    let name = a.name.clone();
+    let req = match op {
+        "stop" => Request::Stop { name: a.name },
+        "start" => Request::Start { name: a.name },
+        _ => Request::Restart { name: a.name },
+    };
+    check(connect(&home)?.request(&req)?)?;
+    let done = match op {
+        "stop" => "stopped",
+        "start" => "started",
+        _ => "restarted",
+    };
+    println!("{done} {name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_since(s: &str) -> anyhow::Result<SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let age = humantime::parse_duration(s).map_err(|_| {
+        anyhow::anyhow!("--since {s}: neither an RFC 3339 time nor an age like 10m")
+    })?;
+    Ok(SystemTime::now() - age)
+}
+
+pub fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    elastos_schema::manifest::validate_name(&a.name)
+        .map_err(|e| anyhow::anyhow!("`{}`: {e}", sanitize(&a.name)))?;
+    let dir = home.root().join("logs");
+    let path = dir.join(format!("{}.log", a.name));
+    if !path.exists() {
+        anyhow::bail!(
+            "no logs for a capsule named `{}` in {} (see `elastos ps`)",
+            a.name,
+            dir.display()
+        );
+    }
+    let since = a.since.as_deref().map(parse_since).transpose()?;
+    let keep = |line: &str| match since {
+        None => true,
+        Some(t) => line
+            .split_whitespace()
+            .next()
+            .and_then(|ts| humantime::parse_rfc3339_weak(ts).ok())
+            .is_none_or(|lt| lt >= t),
+    };
+    let mut file = std::fs::File::open(&path)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+    let start = a.lines.map_or(0, |n| lines.len().saturating_sub(n));
+    let mut out = std::io::stdout().lock();
+    for l in &lines[start..] {
+        writeln!(out, "{l}")?;
+    }
+    drop(out);
+    if !a.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut pos = file.seek(SeekFrom::End(0))?;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            // Rotated: start again at the top of the new file.
+            file = std::fs::File::open(&path)?;
+            pos = 0;
+        }
+        file.seek(SeekFrom::Start(pos))?;
+        let mut reader = BufReader::new(&file);
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            if line.ends_with('\n') {
+                pos += line.len() as u64;
+                if keep(&line) {
+                    print!("{line}");
+                }
+            }
+            line.clear();
+        }
+        let _ = std::io::stdout().flush();
+    }
+}

@@ -1,0 +1,584 @@
+//! The actor that owns one capsule: its capsule-host process, its connection task, its output,
+//! its restart policy.
+//!
+//! The process is started through the [`Spawner`](elastos::host::Spawner) thread; a blocking task
+//! waits for it and tells the actor when it exits. Restarts follow the capsule's policy (always /
+//! on-failure / never) within a restart intensity: more than N restarts inside T seconds and the
+//! capsule is marked `failed` and stays down — audited — so a capsule that crashes at once cannot
+//! spin the machine. Nothing that happens to one capsule reaches its parent as a failure: every
+//! outcome is a state of this actor.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use elastos::audit::Decision;
+use elastos::control::Event;
+use elastos::host::{self, HostStatus, SpawnRequest};
+use elastos::store::Stored;
+use nix::sys::signal::Signal;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::conn::{self, Peer};
+use super::logs::CapsuleLog;
+use super::Shared;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(RestartPolicy::Always),
+            "on-failure" => Ok(RestartPolicy::OnFailure),
+            "never" => Ok(RestartPolicy::Never),
+            other => Err(format!(
+                "restart policy `{other}` is unknown: use always, on-failure or never"
+            )),
+        }
+    }
+}
+
+/// The states `elastos ps` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Starting,
+    Running,
+    Restarting,
+    Exited,
+    Failed,
+    Stopped,
+}
+
+impl State {
+    pub fn is_live(self) -> bool {
+        matches!(self, State::Starting | State::Running | State::Restarting)
+    }
+}
+
+/// What `ps` and `inspect` show of one capsule.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    pub name: String,
+    pub cid: String,
+    pub publisher: String,
+    pub substrate: String,
+    pub pid: Option<u32>,
+    pub state: State,
+    pub uptime_s: u64,
+    pub restarts: u32,
+    pub calls: u64,
+    pub memory_bytes: u64,
+    pub layers: Vec<String>,
+    pub restart: RestartPolicy,
+    pub exit_code: Option<i32>,
+    pub isolation: Option<String>,
+}
+
+pub struct Spec {
+    pub name: String,
+    pub stored: Stored,
+    pub publisher_label: String,
+    pub first_party: bool,
+    pub args: Vec<String>,
+    pub restart: RestartPolicy,
+    /// An attached `elastos run`: output and the exit code go here too.
+    pub attach: Option<mpsc::UnboundedSender<Event>>,
+}
+
+pub enum Msg {
+    Start,
+    /// The capsule-host of `generation` ended with this code (128+N for signal N).
+    Exited {
+        generation: u64,
+        code: i32,
+    },
+    Stop {
+        timeout: Duration,
+        reply: RpcReplyPort<()>,
+    },
+    Kill(Signal),
+    Restart(RpcReplyPort<Result<(), String>>),
+    StartAgain(RpcReplyPort<Result<(), String>>),
+    Info(RpcReplyPort<Info>),
+    /// The deadline of a stop passed: kill what is left.
+    StopDeadline(u64),
+}
+
+pub struct CapsuleActor {
+    pub shared: Arc<Shared>,
+}
+
+pub struct Running {
+    pid: u32,
+    started: Instant,
+    generation: u64,
+}
+
+pub struct CapsuleState {
+    spec: Spec,
+    peer: Arc<Peer>,
+    log: Arc<CapsuleLog>,
+    state: State,
+    running: Option<Running>,
+    generation: u64,
+    restarts: u32,
+    recent: VecDeque<Instant>,
+    /// Set by stop: the next exit leaves the capsule down.
+    stopping: bool,
+    stop_waiters: Vec<RpcReplyPort<()>>,
+    exit_code: Option<i32>,
+    isolation: Option<String>,
+    pending_restart: bool,
+}
+
+impl Actor for CapsuleActor {
+    type Msg = Msg;
+    type State = CapsuleState;
+    type Arguments = Spec;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Msg>,
+        spec: Spec,
+    ) -> Result<CapsuleState, ActorProcessingErr> {
+        let peer = Arc::new(Peer {
+            name: spec.name.clone(),
+            cid: spec.stored.cid.clone(),
+            publisher: spec.publisher_label.clone(),
+            first_party: spec.first_party,
+            manifest: Arc::new(spec.stored.manifest.clone()),
+        });
+        let log = Arc::new(CapsuleLog::open(&self.shared.logs_dir, &spec.name));
+        myself.cast(Msg::Start)?;
+        Ok(CapsuleState {
+            spec,
+            peer,
+            log,
+            state: State::Starting,
+            running: None,
+            generation: 0,
+            restarts: 0,
+            recent: VecDeque::new(),
+            stopping: false,
+            stop_waiters: Vec::new(),
+            exit_code: None,
+            isolation: None,
+            pending_restart: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Msg>,
+        msg: Msg,
+        st: &mut CapsuleState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            Msg::Start => {
+                if st.running.is_none() && !st.stopping {
+                    self.start(&myself, st).await;
+                }
+            }
+            Msg::Exited { generation, code } => {
+                if st.running.as_ref().map(|r| r.generation) != Some(generation) {
+                    return Ok(());
+                }
+                st.running = None;
+                st.exit_code = Some(code);
+                self.exited(&myself, st, code).await;
+            }
+            Msg::Stop { timeout, reply } => {
+                st.stopping = true;
+                match &st.running {
+                    Some(r) => {
+                        host::signal(r.pid, Signal::SIGTERM);
+                        st.stop_waiters.push(reply);
+                        let generation = r.generation;
+                        let me = myself.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(timeout).await;
+                            let _ = me.cast(Msg::StopDeadline(generation));
+                        });
+                    }
+                    None => {
+                        if st.state.is_live() {
+                            st.state = State::Stopped;
+                        }
+                        let _ = reply.send(());
+                    }
+                }
+            }
+            Msg::StopDeadline(generation) => {
+                if let Some(r) = &st.running {
+                    if r.generation == generation {
+                        st.log.event("did not stop in time: killed");
+                        host::signal(r.pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            Msg::Kill(sig) => {
+                if let Some(r) = &st.running {
+                    st.log.event(&format!("signal {sig} sent by the operator"));
+                    host::signal(r.pid, sig);
+                }
+            }
+            Msg::Restart(reply) => {
+                st.stopping = false;
+                st.recent.clear();
+                match &st.running {
+                    Some(r) => {
+                        st.pending_restart = true;
+                        host::signal(r.pid, Signal::SIGTERM);
+                    }
+                    None => self.start(&myself, st).await,
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Msg::StartAgain(reply) => {
+                if st.running.is_some() {
+                    let _ = reply.send(Err(format!("`{}` is already running", st.spec.name)));
+                } else {
+                    st.stopping = false;
+                    st.recent.clear();
+                    self.start(&myself, st).await;
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Msg::Info(reply) => {
+                let _ = reply.send(self.info(st));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CapsuleActor {
+    fn info(&self, st: &CapsuleState) -> Info {
+        let pid = st.running.as_ref().map(|r| r.pid);
+        Info {
+            name: st.spec.name.clone(),
+            cid: st.spec.stored.cid.clone(),
+            publisher: st.spec.publisher_label.clone(),
+            substrate: st.spec.stored.manifest.substrate.to_string(),
+            pid,
+            state: st.state,
+            uptime_s: st
+                .running
+                .as_ref()
+                .map_or(0, |r| r.started.elapsed().as_secs()),
+            restarts: st.restarts,
+            calls: self.shared.conns.calls(&st.spec.name),
+            memory_bytes: pid.map_or(0, tree_rss),
+            // Confinement arrives with the next issue; until then nothing is claimed.
+            layers: st
+                .isolation
+                .iter()
+                .filter(|_| pid.is_some())
+                .cloned()
+                .collect(),
+            restart: st.spec.restart,
+            exit_code: st.exit_code,
+            isolation: st.isolation.clone(),
+        }
+    }
+
+    async fn start(&self, myself: &ActorRef<Msg>, st: &mut CapsuleState) {
+        let manifest = &st.spec.stored.manifest;
+        let substrate = manifest.substrate;
+        let Some(entry) = manifest.entrypoint.get(&substrate).cloned() else {
+            self.fail(
+                st,
+                &format!("the manifest has no entrypoint for {substrate}"),
+            )
+            .await;
+            return;
+        };
+        if substrate != elastos_schema::manifest::Substrate::Native {
+            self.fail(
+                st,
+                &format!("substrate {substrate} is not supported yet by this elastos"),
+            )
+            .await;
+            return;
+        }
+        let mut args = manifest.args.clone();
+        args.extend(st.spec.args.iter().cloned());
+        let req = SpawnRequest {
+            name: st.spec.name.clone(),
+            root: st.spec.stored.root.clone(),
+            entry,
+            args,
+            env: manifest
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let shared = self.shared.clone();
+        let spawned = tokio::task::spawn_blocking(move || {
+            let mut s = shared.spawner.spawn(req)?;
+            let status = host::read_status(&mut s.status)?;
+            Ok::<_, host::HostError>((s, status))
+        })
+        .await;
+        let (spawned, status) = match spawned {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                self.fail(st, &format!("could not start: {e}")).await;
+                return;
+            }
+            Err(e) => {
+                self.fail(st, &format!("could not start: {e}")).await;
+                return;
+            }
+        };
+        st.generation += 1;
+        let generation = st.generation;
+        let pid = spawned.pid;
+        st.isolation = match &status {
+            HostStatus::Started { isolation, .. } => Some(isolation.clone()),
+            HostStatus::Failed { .. } => None,
+        };
+        st.running = Some(Running {
+            pid,
+            started: Instant::now(),
+            generation,
+        });
+        let host::Spawned {
+            mut child,
+            socket,
+            stdout,
+            stderr,
+            ..
+        } = spawned;
+        // Output: one blocking reader per stream; lines go to the log and an attached run.
+        pump(stdout, "stdout", st.log.clone(), st.spec.attach.clone());
+        pump(stderr, "stderr", st.log.clone(), st.spec.attach.clone());
+        let me = myself.clone();
+        std::thread::Builder::new()
+            .name(format!("wait-{}", st.spec.name))
+            .spawn(move || {
+                let code = match child.wait() {
+                    Ok(s) => exit_code(s),
+                    Err(_) => 125,
+                };
+                let _ = me.cast(Msg::Exited { generation, code });
+            })
+            .ok();
+        match status {
+            HostStatus::Started { .. } => {
+                st.state = State::Running;
+                st.log.event(&format!("started (pid {pid})"));
+                let _ = socket.set_nonblocking(true);
+                match tokio::net::UnixStream::from_std(socket) {
+                    Ok(stream) => {
+                        let shared = self.shared.clone();
+                        let peer = st.peer.clone();
+                        let log = st.log.clone();
+                        tokio::spawn(async move {
+                            let why = conn::serve(shared, peer, stream).await;
+                            log.event(&format!("connection ended: {why}"));
+                        });
+                    }
+                    Err(e) => st.log.event(&format!("socket unusable: {e}")),
+                }
+                self.shared
+                    .audit_sync(
+                        "supervisor",
+                        "capsule.start",
+                        &st.peer.actor(),
+                        Decision::Info,
+                        &format!("pid {pid}, publisher {}", st.spec.publisher_label),
+                        None,
+                    )
+                    .await;
+            }
+            HostStatus::Failed { stage, message } => {
+                st.log
+                    .event(&format!("capsule-host failed at {stage}: {message}"));
+            }
+        }
+    }
+
+    async fn fail(&self, st: &mut CapsuleState, why: &str) {
+        st.state = State::Failed;
+        st.log.event(why);
+        if let Some(tx) = &st.spec.attach {
+            let _ = tx.send(Event::Stderr {
+                data: format!("elastos: {why}"),
+            });
+            let _ = tx.send(Event::Exit { code: 125 });
+        }
+        self.shared
+            .audit_sync(
+                "supervisor",
+                "capsule.failed",
+                &st.peer.actor(),
+                Decision::Info,
+                why,
+                None,
+            )
+            .await;
+    }
+
+    async fn exited(&self, myself: &ActorRef<Msg>, st: &mut CapsuleState, code: i32) {
+        st.log.event(&format!("exited with code {code}"));
+        self.shared
+            .audit_sync(
+                "supervisor",
+                "capsule.exit",
+                &st.peer.actor(),
+                Decision::Info,
+                &format!("exit code {code}"),
+                None,
+            )
+            .await;
+        if st.stopping {
+            st.state = State::Stopped;
+            for w in st.stop_waiters.drain(..) {
+                let _ = w.send(());
+            }
+            if let Some(tx) = &st.spec.attach {
+                let _ = tx.send(Event::Exit { code });
+            }
+            return;
+        }
+        let restart = std::mem::take(&mut st.pending_restart)
+            || match st.spec.restart {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => code != 0,
+                RestartPolicy::Never => false,
+            };
+        if !restart {
+            st.state = State::Exited;
+            if let Some(tx) = &st.spec.attach {
+                let _ = tx.send(Event::Exit { code });
+            }
+            return;
+        }
+        // Restart intensity: at most N restarts within the window.
+        let cfg = &self.shared.config.supervisor;
+        let now = Instant::now();
+        while st
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > cfg.restart_window)
+        {
+            st.recent.pop_front();
+        }
+        if st.recent.len() >= cfg.restart_intensity as usize {
+            let why = format!(
+                "restarted {} times within {}: marked failed and left down (fix it, then `elastos start {}`)",
+                st.recent.len(),
+                humantime::format_duration(cfg.restart_window),
+                st.spec.name
+            );
+            self.fail(st, &why).await;
+            return;
+        }
+        st.recent.push_back(now);
+        st.restarts += 1;
+        st.state = State::Restarting;
+        // A short backoff that grows with the burst, so a crash loop costs little.
+        let backoff = Duration::from_millis(100 * (1 << st.recent.len().min(5)));
+        st.log.event(&format!(
+            "restarting in {} ms (restart {} in this window)",
+            backoff.as_millis(),
+            st.recent.len()
+        ));
+        let me = myself.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let _ = me.cast(Msg::Start);
+        });
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 125,
+    }
+}
+
+fn pump(
+    stream: impl Read + Send + 'static,
+    name: &'static str,
+    log: Arc<CapsuleLog>,
+    attach: Option<mpsc::UnboundedSender<Event>>,
+) {
+    let _ = std::thread::Builder::new()
+        .name(format!("out-{name}"))
+        .spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                // Cap a line so a capsule that never writes a newline cannot grow this buffer.
+                match (&mut reader).take(64 * 1024).read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf);
+                        let line = line.trim_end_matches('\n');
+                        log.output(name, line);
+                        if let Some(tx) = &attach {
+                            let data = line.to_string();
+                            let _ = tx.send(if name == "stdout" {
+                                Event::Stdout { data }
+                            } else {
+                                Event::Stderr { data }
+                            });
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Resident memory of a process and its descendants, from /proc.
+fn tree_rss(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![pid];
+    let mut seen = 0;
+    while let Some(p) = todo.pop() {
+        seen += 1;
+        if seen > 4096 {
+            break;
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                total += kb * 1024;
+            }
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
+                    todo.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|c| c.parse::<u32>().ok()),
+                    );
+                }
+            }
+        }
+    }
+    total
+}

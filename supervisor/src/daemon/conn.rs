@@ -1,0 +1,856 @@
+//! One capsule's connection: the call path.
+//!
+//! Each capsule socket has its own reader task, which decodes a frame, checks it against shared
+//! state (the authority, the route table) and forwards it; only the audit append is handed to the
+//! audit writer. No per-call actor mailbox sits on the path, so one capsule's calls never queue
+//! behind another's. A writer task per connection owns the socket's write half and is fed by a
+//! bounded channel.
+//!
+//! The caller is always the capsule bound to this socket ([`Peer`]), never a field of a frame.
+//! A provider receives the verified caller (name, CID, publisher), the action and the resource,
+//! never the caller's token.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capnp::message::Builder;
+use elastos::audit::{Decision, Durability, Event};
+use elastos::authority::{CallRequest, IssueRequest};
+use elastos::policy::{self, Grant};
+use elastos::text::sanitize_capped;
+use elastos_schema::manifest::Manifest;
+use elastos_schema::wire::{self, FrameError};
+use elastos_schema::wire_capnp::{frame, Status};
+use elastos_schema::{token_capnp, versions, Action, ActionSet, Classification};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Shared;
+
+/// Who is on the other end of a capsule socket, as the supervisor started it.
+#[derive(Debug)]
+pub struct Peer {
+    pub name: String,
+    pub cid: String,
+    /// A DID, or `dev` for development packages.
+    pub publisher: String,
+    pub first_party: bool,
+    pub manifest: Arc<Manifest>,
+}
+
+impl Peer {
+    pub fn actor(&self) -> String {
+        format!("capsule:{}@{}", self.name, self.cid)
+    }
+}
+
+/// What a provider answered to one incoming call.
+struct ReplyData {
+    status: Status,
+    message: String,
+    payload: Vec<u8>,
+}
+
+/// The shared handle of a live connection: how others reach this capsule.
+pub struct Conn {
+    pub peer: Arc<Peer>,
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<ReplyData>>>,
+    next_incoming: AtomicU64,
+    in_flight: AtomicUsize,
+    pub calls: AtomicU64,
+}
+
+/// A route: a namespace pattern served by one connection.
+pub struct Route {
+    pub pattern: String,
+    pub classification: Classification,
+    pub conn: Arc<Conn>,
+}
+
+const WRITE_QUEUE: usize = 256;
+/// Kept short: capsule-supplied text ends up in audit records and operators' terminals.
+const MAX_TEXT: usize = 2048;
+
+/// Serves one capsule socket until it closes. Returns the reason it ended.
+pub async fn serve(shared: Arc<Shared>, peer: Arc<Peer>, stream: UnixStream) -> String {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let conn = Arc::new(Conn {
+        peer: peer.clone(),
+        tx,
+        pending: Mutex::new(HashMap::new()),
+        next_incoming: AtomicU64::new(1),
+        in_flight: AtomicUsize::new(0),
+        calls: AtomicU64::new(0),
+    });
+    shared.conns.insert(&peer.name, conn.clone());
+    let why = read_loop(&shared, &conn, &mut rd).await;
+    // Whatever this capsule served is gone; whoever waits on it hears so at once.
+    shared
+        .routes
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|r| !Arc::ptr_eq(&r.conn, &conn));
+    let pending: Vec<_> = conn
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    for (_, waiter) in pending {
+        let _ = waiter.send(ReplyData {
+            status: Status::Unavailable,
+            message: format!("provider `{}` went away", peer.name),
+            payload: Vec::new(),
+        });
+    }
+    shared.conns.remove(&peer.name, &conn);
+    writer.abort();
+    why
+}
+
+async fn read_loop(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    rd: &mut tokio::net::unix::OwnedReadHalf,
+) -> String {
+    let max = wire::MAX_FRAME;
+    let mut greeted = false;
+    loop {
+        let mut len = [0u8; 4];
+        if rd.read_exact(&mut len).await.is_err() {
+            return "socket closed".into();
+        }
+        let len = u32::from_le_bytes(len);
+        if len > max {
+            let why = format!("frame of {len} bytes exceeds the limit of {max}; connection closed");
+            shared.audit_now(
+                &conn.peer.actor(),
+                "wire.oversized",
+                "",
+                Decision::Denied,
+                &why,
+                None,
+            );
+            return why;
+        }
+        let mut body = vec![0u8; len as usize];
+        if rd.read_exact(&mut body).await.is_err() {
+            return "socket closed inside a frame".into();
+        }
+        let parsed = parse(&body);
+        if !greeted {
+            match parsed {
+                Parsed::Hello(v) if v == versions::WIRE => {
+                    greeted = true;
+                    let frame = {
+                        let mut m = Builder::new_default();
+                        let mut w = m.init_root::<frame::Builder>().init_welcome();
+                        w.set_version(versions::WIRE);
+                        w.set_name(&conn.peer.name);
+                        w.set_cid(&conn.peer.cid);
+                        w.set_max_frame(max);
+                        wire::encode(&m)
+                    };
+                    send_bytes(conn, frame).await;
+                }
+                Parsed::Hello(v) => {
+                    let why = format!(
+                        "wire protocol version {v} is unknown (this supervisor speaks {})",
+                        versions::WIRE
+                    );
+                    answer_error(conn, 0, Status::BadRequest, &why).await;
+                    shared.audit_now(
+                        &conn.peer.actor(),
+                        "wire.hello",
+                        "",
+                        Decision::Denied,
+                        &why,
+                        None,
+                    );
+                    return why;
+                }
+                Parsed::Malformed(why) => malformed(shared, conn, &why).await,
+                _ => malformed(shared, conn, "the first frame must be a hello").await,
+            }
+            continue;
+        }
+        match parsed {
+            Parsed::Call(id, Ok(call)) => {
+                // Bounded in flight: beyond the limit, a clear `busy` and no allocation.
+                if conn.in_flight.load(Ordering::Relaxed) >= shared.config.supervisor.max_in_flight
+                {
+                    answer_error(
+                        conn,
+                        id,
+                        Status::Busy,
+                        "too many calls in flight; retry later",
+                    )
+                    .await;
+                    continue;
+                }
+                conn.in_flight.fetch_add(1, Ordering::Relaxed);
+                conn.calls.fetch_add(1, Ordering::Relaxed);
+                let shared = shared.clone();
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    handle_call(&shared, &conn, id, call).await;
+                    conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Parsed::Call(id, Err(e)) => {
+                answer_error(conn, id, Status::BadRequest, &e).await;
+                shared.audit_now(&conn.peer.actor(), "call", "", Decision::Denied, &e, None);
+            }
+            Parsed::Reply(id, reply) => {
+                let waiter = conn
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                if let Some(w) = waiter {
+                    let _ = w.send(reply);
+                }
+            }
+            Parsed::RequestToken {
+                id,
+                resource,
+                actions,
+                reason,
+                ttl,
+            } => request_token(shared, conn, id, &resource, actions, &reason, ttl).await,
+            Parsed::Serve { id, pattern, token } => {
+                serve_namespace(shared, conn, id, &pattern, &token).await
+            }
+            Parsed::Hello(_) => malformed(shared, conn, "hello sent twice").await,
+            Parsed::Malformed(why) => malformed(shared, conn, &why).await,
+        }
+    }
+}
+
+/// A frame from a capsule, read out of its Cap'n Proto message into owned values (readers are
+/// not `Send` and must not live across an await).
+enum Parsed {
+    Hello(u16),
+    Call(u64, Result<CallData, String>),
+    Reply(u64, ReplyData),
+    RequestToken {
+        id: u64,
+        resource: String,
+        actions: ActionSet,
+        reason: String,
+        ttl: Duration,
+    },
+    Serve {
+        id: u64,
+        pattern: String,
+        token: Vec<u8>,
+    },
+    Malformed(String),
+}
+
+fn parse(body: &[u8]) -> Parsed {
+    let msg = match wire::decode(body) {
+        Ok(m) => m,
+        Err(e) => return Parsed::Malformed(e.to_string()),
+    };
+    let root = match msg.get_root::<frame::Reader>() {
+        Ok(r) => r,
+        Err(e) => return Parsed::Malformed(e.to_string()),
+    };
+    let bad = |e: capnp::Error| Parsed::Malformed(e.to_string());
+    match root.which() {
+        Ok(frame::Which::Hello(Ok(h))) => Parsed::Hello(h.get_version()),
+        Ok(frame::Which::Call(Ok(c))) => Parsed::Call(c.get_id(), read_call(&c)),
+        Ok(frame::Which::Reply(Ok(r))) => Parsed::Reply(
+            r.get_id(),
+            ReplyData {
+                status: r.get_status().unwrap_or(Status::ProviderError),
+                message: text(r.get_message()),
+                payload: r.get_payload().map(|p| p.to_vec()).unwrap_or_default(),
+            },
+        ),
+        Ok(frame::Which::RequestToken(Ok(t))) => {
+            let mut actions = ActionSet::EMPTY;
+            if let Ok(list) = t.get_actions() {
+                for a in list.iter().flatten() {
+                    actions.insert(action_of(a));
+                }
+            }
+            Parsed::RequestToken {
+                id: t.get_id(),
+                resource: text(t.get_resource()),
+                actions,
+                reason: text(t.get_reason()),
+                ttl: Duration::from_secs(u64::from(t.get_ttl_seconds())),
+            }
+        }
+        Ok(frame::Which::Serve(Ok(s))) => Parsed::Serve {
+            id: s.get_id(),
+            pattern: text(s.get_pattern()),
+            token: s.get_token().map(|t| t.to_vec()).unwrap_or_default(),
+        },
+        Ok(
+            frame::Which::Hello(Err(e))
+            | frame::Which::Call(Err(e))
+            | frame::Which::Reply(Err(e))
+            | frame::Which::RequestToken(Err(e))
+            | frame::Which::Serve(Err(e)),
+        ) => bad(e),
+        Ok(_) => Parsed::Malformed("a frame a capsule may not send".into()),
+        Err(e) => Parsed::Malformed(format!("unknown frame kind ({e})")),
+    }
+}
+
+struct CallData {
+    target: String,
+    action: Action,
+    token: Vec<u8>,
+    payload: Vec<u8>,
+    deadline_ms: u32,
+}
+
+fn read_call(c: &elastos_schema::wire_capnp::call::Reader<'_>) -> Result<CallData, String> {
+    let target = c
+        .get_target()
+        .map_err(|e| e.to_string())?
+        .to_str()
+        .map_err(|_| "the target is not UTF-8".to_string())?
+        .to_string();
+    let action = action_of(c.get_action().map_err(|_| "unknown action".to_string())?);
+    Ok(CallData {
+        target,
+        action,
+        token: c.get_token().map_err(|e| e.to_string())?.to_vec(),
+        payload: c.get_payload().map_err(|e| e.to_string())?.to_vec(),
+        deadline_ms: c.get_deadline_ms(),
+    })
+}
+
+fn action_of(a: token_capnp::Action) -> Action {
+    match a {
+        token_capnp::Action::Read => Action::Read,
+        token_capnp::Action::Write => Action::Write,
+        token_capnp::Action::Execute => Action::Execute,
+        token_capnp::Action::Message => Action::Message,
+        token_capnp::Action::Delete => Action::Delete,
+        token_capnp::Action::Admin => Action::Admin,
+    }
+}
+
+fn wire_action(a: Action) -> token_capnp::Action {
+    match a {
+        Action::Read => token_capnp::Action::Read,
+        Action::Write => token_capnp::Action::Write,
+        Action::Execute => token_capnp::Action::Execute,
+        Action::Message => token_capnp::Action::Message,
+        Action::Delete => token_capnp::Action::Delete,
+        Action::Admin => token_capnp::Action::Admin,
+    }
+}
+
+fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
+    t.ok()
+        .and_then(|t| t.to_str().ok())
+        .map(|s| sanitize_capped(s, MAX_TEXT))
+        .unwrap_or_default()
+}
+
+async fn send_bytes(conn: &Conn, frame: Result<Vec<u8>, FrameError>) {
+    if let Ok(bytes) = frame {
+        let _ = conn.tx.send(bytes).await;
+    }
+}
+
+async fn answer_error(conn: &Conn, id: u64, status: Status, message: &str) {
+    answer(conn, id, status, message, &[]).await;
+}
+
+async fn answer(conn: &Conn, id: u64, status: Status, message: &str, payload: &[u8]) {
+    let frame = {
+        let mut m = Builder::new_default();
+        let mut a = m.init_root::<frame::Builder>().init_answer();
+        a.set_id(id);
+        a.set_status(status);
+        a.set_message(message);
+        a.set_payload(payload);
+        wire::encode(&m)
+    };
+    send_bytes(conn, frame).await;
+}
+
+async fn malformed(shared: &Shared, conn: &Conn, why: &str) {
+    let why = format!("malformed frame: {why}");
+    // The connection goes on; denials are coalesced by the audit log under a flood.
+    shared.audit_now(
+        &conn.peer.actor(),
+        "wire.malformed",
+        "",
+        Decision::Denied,
+        &why,
+        None,
+    );
+    answer_error(conn, 0, Status::BadRequest, &why).await;
+}
+
+async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData) {
+    let actor = conn.peer.actor();
+    let route = shared.route_for(&call.target);
+    let classification = route
+        .as_ref()
+        .map_or(Classification::Internal, |r| r.classification);
+    let checked = {
+        let req = CallRequest {
+            caller_name: &conn.peer.name,
+            caller_cid: Some(&conn.peer.cid),
+            resource: &call.target,
+            action: call.action,
+            classification,
+        };
+        let mut authority = shared.authority.lock().unwrap_or_else(|e| e.into_inner());
+        authority.check_bytes(&call.token, &req, now_unix(), true)
+    };
+    let token = match checked {
+        Ok(t) => t,
+        Err(denial) => {
+            let why = format!("{}: {}", denial.check.as_str(), denial.reason);
+            // Denials are durable before the answer goes out.
+            if !shared
+                .audit_sync(&actor, "call", &call.target, Decision::Denied, &why, None)
+                .await
+            {
+                answer_error(conn, id, Status::Unavailable, "audit unavailable").await;
+                return;
+            }
+            answer_error(conn, id, Status::Denied, &format!("denied: {why}")).await;
+            return;
+        }
+    };
+    let token_id = Some(token.id.to_string());
+    let Some(route) = route else {
+        let why = format!("no capsule serves `{}`", call.target);
+        shared.audit_now(
+            &actor,
+            "call",
+            &call.target,
+            Decision::Denied,
+            &why,
+            token_id,
+        );
+        answer_error(conn, id, Status::NotFound, &why).await;
+        return;
+    };
+    // Calls under a max-uses token, and every call on a strict node, are durable first.
+    let durable_first = token.max_uses > 0 || shared.config.audit.strict;
+    let reason = format!("{} via {}", call.action, route.conn.peer.name);
+    if durable_first {
+        if !shared
+            .audit_sync(
+                &actor,
+                "call",
+                &call.target,
+                Decision::Allowed,
+                &reason,
+                token_id,
+            )
+            .await
+        {
+            answer_error(conn, id, Status::Unavailable, "audit unavailable").await;
+            return;
+        }
+    } else if !shared
+        .audit_group(
+            &actor,
+            "call",
+            &call.target,
+            Decision::Allowed,
+            &reason,
+            token_id,
+        )
+        .await
+    {
+        answer_error(conn, id, Status::Unavailable, "audit unavailable").await;
+        return;
+    }
+
+    let max = shared.config.supervisor.call_deadline;
+    let deadline = if call.deadline_ms == 0 {
+        max
+    } else {
+        Duration::from_millis(u64::from(call.deadline_ms)).min(max)
+    };
+    let provider = &route.conn;
+    let incoming_id = provider.next_incoming.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    provider
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(incoming_id, tx);
+    let frame = {
+        let mut m = Builder::new_default();
+        let mut inc = m.init_root::<frame::Builder>().init_incoming();
+        inc.set_id(incoming_id);
+        {
+            let mut caller = inc.reborrow().init_caller();
+            caller.set_name(&conn.peer.name);
+            caller.set_cid(&conn.peer.cid);
+            caller.set_publisher(&conn.peer.publisher);
+        }
+        inc.set_action(wire_action(call.action));
+        inc.set_resource(&call.target);
+        inc.set_payload(&call.payload);
+        inc.set_deadline_ms(u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX));
+        wire::encode(&m)
+    };
+    send_bytes(provider, frame).await;
+    match tokio::time::timeout(deadline, rx).await {
+        Ok(Ok(reply)) => {
+            let status = if reply.status == Status::Ok {
+                Status::Ok
+            } else {
+                Status::ProviderError
+            };
+            answer(conn, id, status, &reply.message, &reply.payload).await;
+        }
+        Ok(Err(_)) => {
+            answer_error(conn, id, Status::Unavailable, "the provider went away").await;
+        }
+        Err(_) => {
+            provider
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&incoming_id);
+            let why = format!(
+                "`{}` did not answer within {:?}",
+                provider.peer.name, deadline
+            );
+            shared.audit_now(
+                &actor,
+                "call.timeout",
+                &call.target,
+                Decision::Info,
+                &why,
+                None,
+            );
+            answer_error(conn, id, Status::Timeout, &why).await;
+        }
+    }
+}
+
+/// What a token request came to, before it is put in a frame (builders must not live across
+/// an await: they are not `Send`).
+enum TokenOutcome {
+    Granted {
+        bytes: Vec<u8>,
+        expiry: i64,
+        resource: String,
+        actions: ActionSet,
+    },
+    Refused(Status, String),
+}
+
+async fn request_token(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    id: u64,
+    resource: &str,
+    actions: ActionSet,
+    reason: &str,
+    ttl: Duration,
+) {
+    let actor = conn.peer.actor();
+    let decision = policy::decide(
+        &conn.peer.manifest,
+        conn.peer.first_party,
+        resource,
+        actions,
+        ttl,
+    );
+    let outcome = match decision {
+        Grant::Allow {
+            resource: granted,
+            actions,
+            ttl,
+            classification,
+        } => {
+            let issued = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .issue(IssueRequest {
+                    subject_name: conn.peer.name.clone(),
+                    subject_cid: Some(conn.peer.cid.clone()),
+                    resource: granted.clone(),
+                    actions,
+                    not_before: None,
+                    ttl,
+                    max_uses: 0,
+                    classification,
+                    delegatable: false,
+                });
+            match issued {
+                Ok((token, text)) => {
+                    let why = format!("policy={}: {reason}", policy::NAME);
+                    let audited = shared
+                        .audit_sync(
+                            &actor,
+                            "token.grant",
+                            &granted,
+                            Decision::Allowed,
+                            &why,
+                            Some(token.id.to_string()),
+                        )
+                        .await;
+                    match elastos::token::text_to_bytes(&text) {
+                        Ok(bytes) if audited => TokenOutcome::Granted {
+                            bytes,
+                            expiry: token.expiry,
+                            resource: granted,
+                            actions,
+                        },
+                        Ok(_) => {
+                            TokenOutcome::Refused(Status::Unavailable, "audit unavailable".into())
+                        }
+                        Err(e) => TokenOutcome::Refused(Status::Unavailable, e.to_string()),
+                    }
+                }
+                Err(e) => TokenOutcome::Refused(
+                    Status::Unavailable,
+                    format!("the token could not be issued: {e}"),
+                ),
+            }
+        }
+        Grant::Deny(why) => {
+            let why = format!("policy={}: {why}", policy::NAME);
+            shared
+                .audit_sync(
+                    &actor,
+                    "token.request",
+                    resource,
+                    Decision::Denied,
+                    &why,
+                    None,
+                )
+                .await;
+            TokenOutcome::Refused(Status::Denied, why)
+        }
+    };
+    let frame = {
+        let mut m = Builder::new_default();
+        let mut reply = m.init_root::<frame::Builder>().init_token_reply();
+        reply.set_id(id);
+        match outcome {
+            TokenOutcome::Granted {
+                bytes,
+                expiry,
+                resource,
+                actions,
+            } => {
+                reply.set_status(Status::Ok);
+                reply.set_token(&bytes);
+                reply.set_expiry(expiry);
+                reply.set_resource(&resource);
+                let list: Vec<Action> = actions.iter().collect();
+                let mut wl = reply.reborrow().init_actions(list.len() as u32);
+                for (i, a) in list.into_iter().enumerate() {
+                    wl.set(i as u32, wire_action(a));
+                }
+            }
+            TokenOutcome::Refused(status, why) => {
+                reply.set_status(status);
+                reply.set_message(&why);
+            }
+        }
+        wire::encode(&m)
+    };
+    if let Ok(bytes) = frame {
+        let _ = conn.tx.send(bytes).await;
+    }
+}
+
+async fn serve_namespace(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    id: u64,
+    pattern: &str,
+    token: &[u8],
+) {
+    let actor = conn.peer.actor();
+    let outcome = (|| -> Result<Classification, String> {
+        let classification =
+            policy::may_provide(&conn.peer.manifest, conn.peer.first_party, pattern)?;
+        let req = CallRequest {
+            caller_name: &conn.peer.name,
+            caller_cid: Some(&conn.peer.cid),
+            resource: pattern,
+            action: Action::Admin,
+            classification,
+        };
+        shared
+            .authority
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check_bytes(token, &req, now_unix(), true)
+            .map_err(|d| format!("{}: {}", d.check.as_str(), d.reason))?;
+        let mut routes = shared.routes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = routes.iter().find(|r| r.pattern == pattern) {
+            return Err(format!(
+                "`{pattern}` is already served by `{}`",
+                r.conn.peer.name
+            ));
+        }
+        routes.push(Arc::new(Route {
+            pattern: pattern.to_string(),
+            classification,
+            conn: conn.clone(),
+        }));
+        Ok(classification)
+    })();
+    let (status, message) = match outcome {
+        Ok(c) => {
+            shared
+                .audit_sync(
+                    &actor,
+                    "serve",
+                    pattern,
+                    Decision::Allowed,
+                    &format!("classification {c}"),
+                    None,
+                )
+                .await;
+            (Status::Ok, String::new())
+        }
+        Err(why) => {
+            shared
+                .audit_sync(&actor, "serve", pattern, Decision::Denied, &why, None)
+                .await;
+            (Status::Denied, why)
+        }
+    };
+    let frame = {
+        let mut m = Builder::new_default();
+        let mut reply = m.init_root::<frame::Builder>().init_serve_reply();
+        reply.set_id(id);
+        reply.set_status(status);
+        reply.set_message(&message);
+        wire::encode(&m)
+    };
+    if let Ok(bytes) = frame {
+        let _ = conn.tx.send(bytes).await;
+    }
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Audits a wire event without waiting; used where the answer does not depend on it.
+impl Shared {
+    pub fn audit_now(
+        &self,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        decision: Decision,
+        reason: &str,
+        token: Option<String>,
+    ) {
+        self.audit.submit(
+            Event {
+                actor: actor.to_string(),
+                action: action.to_string(),
+                resource: resource.to_string(),
+                decision,
+                reason: reason.to_string(),
+                token,
+            },
+            Durability::Group,
+            |_| {},
+        );
+    }
+
+    /// A durable record; `false` when the audit log cannot take it (the caller must deny).
+    pub async fn audit_sync(
+        &self,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        decision: Decision,
+        reason: &str,
+        token: Option<String>,
+    ) -> bool {
+        self.audit_wait(
+            actor,
+            action,
+            resource,
+            decision,
+            reason,
+            token,
+            Durability::Sync,
+        )
+        .await
+    }
+
+    /// A record made durable by group commit; `false` when the log is unavailable.
+    pub async fn audit_group(
+        &self,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        decision: Decision,
+        reason: &str,
+        token: Option<String>,
+    ) -> bool {
+        self.audit_wait(
+            actor,
+            action,
+            resource,
+            decision,
+            reason,
+            token,
+            Durability::Group,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn audit_wait(
+        &self,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        decision: Decision,
+        reason: &str,
+        token: Option<String>,
+        durability: Durability,
+    ) -> bool {
+        let ev = Event {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            resource: resource.to_string(),
+            decision,
+            reason: reason.to_string(),
+            token,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.audit.submit(ev, durability, move |r| {
+            let _ = tx.send(r.is_ok());
+        });
+        rx.await.unwrap_or(false)
+    }
+}

@@ -1,0 +1,461 @@
+//! The supervisor's side of the control socket: operators' requests, one per connection.
+//!
+//! Only a peer with the supervisor's own uid (or root) is served: the socket is 0600 already, and
+//! the peer-credential check keeps that true if someone loosens the file's mode.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use elastos::audit::Decision;
+use elastos::authority::IssueRequest;
+use elastos::control::{Event, Request, Response, RunRequest, RunSource};
+use elastos::store::Stored;
+use elastos::token::TokenId;
+use elastos_schema::{ActionSet, Classification};
+use nix::sys::signal::Signal;
+use ractor::ActorRef;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use super::capsule::RestartPolicy;
+use super::root::{RootMsg, RunSpec};
+use super::Shared;
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub async fn serve(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    root: ActorRef<RootMsg>,
+    down: mpsc::Sender<Duration>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let me = nix::unistd::getuid().as_raw();
+        match stream.peer_cred() {
+            Ok(c) if c.uid() == me || c.uid() == 0 => {}
+            _ => continue,
+        }
+        let shared = shared.clone();
+        let root = root.clone();
+        let down = down.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, shared, root, down).await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
+}
+
+async fn write_line<T: serde::Serialize>(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    v: &T,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn handle(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    root: ActorRef<RootMsg>,
+    down: mpsc::Sender<Duration>,
+) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut line = String::new();
+    if (&mut rd).take(MAX_LINE as u64).read_line(&mut line).await? == 0 {
+        return Ok(());
+    }
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = Response::err(format!("bad request: {e}"));
+            r.code = Some(2);
+            return write_line(&mut wr, &r).await;
+        }
+    };
+    let resp = match req {
+        Request::Run(run) => return run_request(run, shared, root, rd, wr).await,
+        Request::Status => Response::ok(json!({
+            "running": true,
+            "pid": std::process::id(),
+            "uptime_s": shared.started.elapsed().as_secs(),
+            "did": shared.did,
+            "socket": elastos::control::socket_path(&shared.home).ok(),
+            "home": shared.home.root(),
+            "policy": elastos::policy::NAME,
+            "rss_bytes": self_rss(),
+        })),
+        Request::Ps => match root.call(RootMsg::Ps, Some(CALL_TIMEOUT)).await {
+            Ok(ractor::rpc::CallResult::Success(list)) => Response::ok(json!(list)),
+            _ => Response::err("the supervisor did not answer"),
+        },
+        Request::Kill { name, signal } => match parse_signal(&signal) {
+            Ok(sig) => reply_of(
+                root.call(|p| RootMsg::Kill(name, sig, p), Some(CALL_TIMEOUT))
+                    .await,
+            ),
+            Err(e) => usage(e),
+        },
+        Request::Stop { name } => reply_of(
+            root.call(
+                |p| RootMsg::Stop(name, Duration::from_secs(10), p),
+                Some(CALL_TIMEOUT),
+            )
+            .await,
+        ),
+        Request::Start { name } => reply_of(
+            root.call(|p| RootMsg::Start(name, p), Some(CALL_TIMEOUT))
+                .await,
+        ),
+        Request::Restart { name } => reply_of(
+            root.call(|p| RootMsg::Restart(name, p), Some(CALL_TIMEOUT))
+                .await,
+        ),
+        Request::Down { timeout_ms } => {
+            let _ = down.send(Duration::from_millis(timeout_ms)).await;
+            Response::ok(json!({"pid": std::process::id()}))
+        }
+        Request::Issue(p) => issue(&shared, p).await,
+        Request::Revoke { id } => match TokenId::parse(&id) {
+            Ok(tid) => {
+                let r = shared
+                    .authority
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .revoke(&tid);
+                match r {
+                    Ok(n) => {
+                        operator(
+                            &shared,
+                            "token.revoke",
+                            &id,
+                            &format!("{n} tokens revoked"),
+                            Some(id.clone()),
+                        )
+                        .await;
+                        Response::ok(json!({"revoked": n}))
+                    }
+                    Err(e) => Response::err(e.to_string()),
+                }
+            }
+            Err(e) => usage(e.to_string()),
+        },
+        Request::RevokeAll => {
+            let r = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .revoke_all();
+            match r {
+                Ok(epoch) => {
+                    operator(
+                        &shared,
+                        "token.revoke-all",
+                        "*",
+                        &format!("epoch raised to {epoch}"),
+                        None,
+                    )
+                    .await;
+                    Response::ok(json!({"epoch": epoch}))
+                }
+                Err(e) => Response::err(e.to_string()),
+            }
+        }
+        Request::TrustAdd { did } => {
+            let r = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .trust_add(&did);
+            match r {
+                Ok(added) => {
+                    operator(&shared, "trust.add", &did, "issuer trusted", None).await;
+                    Response::ok(json!({"added": added}))
+                }
+                Err(e) => Response::err(e.to_string()),
+            }
+        }
+        Request::TrustRm { did } => {
+            let r = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .trust_rm(&did);
+            match r {
+                Ok(removed) => {
+                    operator(&shared, "trust.rm", &did, "issuer no longer trusted", None).await;
+                    Response::ok(json!({"removed": removed}))
+                }
+                Err(e) => Response::err(e.to_string()),
+            }
+        }
+        Request::TrustLs => {
+            let list = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .trust_ls();
+            Response::ok(json!(list))
+        }
+        Request::Signal { .. } | Request::Stdin { .. } | Request::StdinClose => {
+            usage("this request belongs on an attached run connection".into())
+        }
+    };
+    write_line(&mut wr, &resp).await
+}
+
+fn usage(message: String) -> Response {
+    let mut r = Response::err(message);
+    r.code = Some(2);
+    r
+}
+
+fn reply_of(
+    r: Result<ractor::rpc::CallResult<Result<(), String>>, ractor::MessagingErr<RootMsg>>,
+) -> Response {
+    match r {
+        Ok(ractor::rpc::CallResult::Success(Ok(()))) => Response::ok(serde_json::Value::Null),
+        Ok(ractor::rpc::CallResult::Success(Err(e))) => Response::err(e),
+        _ => Response::err("the supervisor did not answer in time"),
+    }
+}
+
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("`{s}` is not a signal number"));
+    }
+    name.parse::<Signal>()
+        .map_err(|_| format!("`{s}` is not a signal: use TERM, KILL, INT, HUP, USR1…"))
+}
+
+async fn operator(
+    shared: &Shared,
+    action: &str,
+    resource: &str,
+    reason: &str,
+    token: Option<String>,
+) {
+    shared
+        .audit_sync(
+            &crate::cli::operator(),
+            action,
+            resource,
+            Decision::Allowed,
+            reason,
+            token,
+        )
+        .await;
+}
+
+async fn issue(shared: &Arc<Shared>, p: elastos::control::IssueParams) -> Response {
+    let actions = match ActionSet::parse_list(&p.actions) {
+        Ok(a) => a,
+        Err(e) => return usage(e.to_string()),
+    };
+    let classification: Classification = match p.classification.parse() {
+        Ok(c) => c,
+        Err(e) => return usage(format!("{e}")),
+    };
+    let r = shared
+        .authority
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .issue(IssueRequest {
+            subject_name: p.subject_name,
+            subject_cid: p.subject_cid,
+            resource: p.resource.clone(),
+            actions,
+            not_before: p.not_before,
+            ttl: Duration::from_secs(p.ttl_secs),
+            max_uses: p.max_uses,
+            classification,
+            delegatable: p.delegatable,
+        });
+    match r {
+        Ok((token, text)) => {
+            operator(
+                shared,
+                "token.issue",
+                &p.resource,
+                &format!("to {}", token.subject_display()),
+                Some(token.id.to_string()),
+            )
+            .await;
+            Response::ok(json!({"token": text, "id": token.id.to_string(), "expiry": token.expiry}))
+        }
+        Err(e) => Response::err(e.to_string()),
+    }
+}
+
+/// Verifies and stores the package named by a run request or a config entry.
+fn resolve(shared: &Shared, source: &RunSource) -> Result<Stored, String> {
+    match source {
+        RunSource::Package(path) => {
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            shared.store.add(&bytes).map_err(|e| e.to_string())
+        }
+        RunSource::Stored(name) => shared.store.by_name(name).map_err(|e| e.to_string()),
+    }
+}
+
+async fn refused(shared: &Shared, what: &str, why: &str) {
+    shared
+        .audit_sync(
+            "supervisor",
+            "package.refused",
+            what,
+            Decision::Denied,
+            why,
+            None,
+        )
+        .await;
+}
+
+pub async fn start_default(
+    shared: &Arc<Shared>,
+    root: &ActorRef<RootMsg>,
+    source: &str,
+) -> Result<String, String> {
+    let src = if std::path::Path::new(source).exists() {
+        RunSource::Package(source.into())
+    } else {
+        RunSource::Stored(source.to_string())
+    };
+    let stored = match resolve(shared, &src) {
+        Ok(s) => s,
+        Err(e) => {
+            refused(shared, source, &e).await;
+            return Err(e);
+        }
+    };
+    let spec = RunSpec {
+        stored,
+        name: None,
+        args: Vec::new(),
+        restart: RestartPolicy::Always,
+        attach: None,
+    };
+    match root
+        .call(|p| RootMsg::Run(Box::new(spec), p), Some(CALL_TIMEOUT))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(r)) => r,
+        _ => Err("the supervisor did not answer".into()),
+    }
+}
+
+async fn run_request(
+    run: RunRequest,
+    shared: Arc<Shared>,
+    root: ActorRef<RootMsg>,
+    mut rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let what = match &run.source {
+        RunSource::Package(p) => p.display().to_string(),
+        RunSource::Stored(n) => n.clone(),
+    };
+    let stored = match resolve(&shared, &run.source) {
+        Ok(s) => s,
+        Err(e) => {
+            refused(&shared, &what, &e).await;
+            return write_line(&mut wr, &Response::err(e)).await;
+        }
+    };
+    let restart = match run.restart.as_deref() {
+        Some(r) => match r.parse::<RestartPolicy>() {
+            Ok(p) => p,
+            Err(e) => return write_line(&mut wr, &usage(e)).await,
+        },
+        None if run.attach => RestartPolicy::Never,
+        None => RestartPolicy::OnFailure,
+    };
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let cid = stored.cid.clone();
+    let spec = RunSpec {
+        stored,
+        name: run.name,
+        args: run.args,
+        restart,
+        attach: run.attach.then_some(tx),
+    };
+    let name = match root
+        .call(|p| RootMsg::Run(Box::new(spec), p), Some(CALL_TIMEOUT))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(Ok(name))) => name,
+        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+            return write_line(&mut wr, &Response::err(e)).await
+        }
+        _ => return write_line(&mut wr, &Response::err("the supervisor did not answer")).await,
+    };
+    write_line(&mut wr, &Response::ok(json!({"name": name, "cid": cid}))).await?;
+    if !run.attach {
+        return Ok(());
+    }
+    // Attached: stream events; signals from the operator's terminal come back on this socket.
+    let mut line = String::new();
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { return Ok(()) };
+                let last = matches!(ev, Event::Exit { .. });
+                write_line(&mut wr, &ev).await?;
+                if last {
+                    return Ok(());
+                }
+            }
+            n = rd.read_line(&mut line) => {
+                match n {
+                    Ok(0) | Err(_) => {
+                        // The operator's command went away: a foreground capsule goes with it.
+                        let _ = root.call(|p| RootMsg::Stop(name.clone(), Duration::from_secs(5), p), Some(CALL_TIMEOUT)).await;
+                        return Ok(());
+                    }
+                    Ok(_) => {
+                        if let Ok(Request::Signal { signal }) = serde_json::from_str::<Request>(&line) {
+                            if let Ok(sig) = parse_signal(&signal) {
+                                let _ = root.call(|p| RootMsg::Kill(name.clone(), sig, p), Some(CALL_TIMEOUT)).await;
+                            }
+                        }
+                        line.clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn self_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[allow(dead_code)]
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}

@@ -1,0 +1,304 @@
+//! The supervisor: `elastos up --foreground`.
+//!
+//! Start-up order matters for the trusted base: take the node's state lock (one supervisor per
+//! home, and no CLI writes state behind its back), become non-dumpable, open the key, the
+//! authority and the audit log, then listen on the control socket, start the default capsules,
+//! and only then report ready. See docs/ARCHITECTURE.md for the actor tree and the call path.
+
+pub mod capsule;
+pub mod conn;
+pub mod control;
+pub mod logs;
+pub mod root;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use elastos::audit::{AuditLog, AuditOptions, Decision, Durability, Event};
+use elastos::authority::Authority;
+use elastos::config::Config;
+use elastos::home::Home;
+use elastos::host::Spawner;
+use elastos::identity::NodeKey;
+use elastos::store::Store;
+use elastos::token::resource_matches;
+use ractor::{Actor, ActorRef};
+
+use conn::{Conn, Route};
+use root::{Root, RootMsg};
+
+/// Live connections by capsule name.
+#[derive(Default)]
+pub struct ConnTable(Mutex<HashMap<String, Arc<Conn>>>);
+
+impl ConnTable {
+    pub fn insert(&self, name: &str, conn: Arc<Conn>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), conn);
+    }
+    pub fn remove(&self, name: &str, conn: &Arc<Conn>) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.get(name).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            g.remove(name);
+        }
+    }
+    pub fn calls(&self, name: &str) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map_or(0, |c| c.calls.load(Ordering::Relaxed))
+    }
+}
+
+/// State every connection task and actor reads; the per-call path takes only short locks here.
+pub struct Shared {
+    pub home: Home,
+    pub did: String,
+    pub dev_did: String,
+    pub config: Config,
+    pub authority: Mutex<Authority>,
+    pub audit: AuditLog,
+    pub routes: RwLock<Vec<Arc<Route>>>,
+    pub conns: ConnTable,
+    pub store: Store,
+    pub spawner: Spawner,
+    pub started: Instant,
+    pub logs_dir: PathBuf,
+}
+
+impl Shared {
+    /// The most specific route serving `target`.
+    pub fn route_for(&self, target: &str) -> Option<Arc<Route>> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        routes
+            .iter()
+            .filter(|r| resource_matches(&r.pattern, target).unwrap_or(false))
+            .max_by_key(|r| r.pattern.len())
+            .cloned()
+    }
+
+    /// Published by this node's key or an issuer it trusts; never the development key.
+    pub fn is_first_party(&self, publisher: &str) -> bool {
+        if publisher == self.dev_did {
+            return false;
+        }
+        publisher == self.did
+            || self
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .trust_ls()
+                .iter()
+                .any(|d| d == publisher)
+    }
+}
+
+/// The development key (`$ELASTOS_HOME/dev.key`): signs what `elastos run <dir>` packs, and is
+/// shown as publisher `dev` and never trusted.
+pub fn dev_key(home: &Home) -> anyhow::Result<NodeKey> {
+    let path = home.root().join("dev.key");
+    if path.exists() {
+        return NodeKey::from_hex_file(&path)
+            .with_context(|| format!("reading the development key {}", path.display()));
+    }
+    let key = NodeKey::generate();
+    elastos::fsutil::write_atomic(&path, key.seed_hex().as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
+}
+
+fn pid_file(home: &Home) -> PathBuf {
+    home.root().join("supervisor.pid")
+}
+
+/// The pid recorded by a running supervisor, if any.
+pub fn recorded_pid(home: &Home) -> Option<u32> {
+    std::fs::read_to_string(pid_file(home))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Runs the supervisor in this process until `down` or SIGTERM/SIGINT. Prints `ready` on stdout
+/// once it serves: `elastos up` waits for that line on a pipe, and so can systemd or a test.
+pub fn foreground(home: Home) -> anyhow::Result<()> {
+    home.ensure()?;
+    let lock = match home.try_lock() {
+        Ok(l) => l,
+        Err(elastos::home::HomeError::Locked { .. }) => {
+            match recorded_pid(&home) {
+                Some(pid) => println!("already running (pid {pid})"),
+                None => println!("already running"),
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // A supervisor holds the node key and every capsule's traffic: no core dumps, no ptrace by
+    // other processes of the same user.
+    nix::sys::prctl::set_dumpable(false).context("making the supervisor non-dumpable")?;
+    let logs_dir = home.ensure_dir("logs")?;
+    let log_file = tracing_appender::rolling::never(&logs_dir, "supervisor.log");
+    let (writer, _guard) = tracing_appender::non_blocking(log_file);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ELASTOS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(writer)
+        .with_ansi(false)
+        .try_init();
+
+    let key = Arc::new(NodeKey::load_or_create(&home).context("loading the node identity")?);
+    let dev = dev_key(&home)?;
+    let config = Config::load(&home)?;
+    let authority =
+        Authority::open(&home, Some(key.clone())).context("opening the token authority")?;
+    home.ensure_dir("audit")?;
+    let audit = AuditLog::open(
+        &home.audit_dir(),
+        key.clone(),
+        AuditOptions {
+            strict: config.audit.strict,
+            ..AuditOptions::default()
+        },
+    )
+    .context("opening the audit log")?;
+    let store = Store::open(&home)?;
+    let host_bin = elastos::host::find_host_binary()?;
+    let spawner = Spawner::start(host_bin);
+    let did = key.did();
+    let shared = Arc::new(Shared {
+        home: home.clone(),
+        did: did.clone(),
+        dev_did: dev.did(),
+        config,
+        authority: Mutex::new(authority),
+        audit,
+        routes: RwLock::new(Vec::new()),
+        conns: ConnTable::default(),
+        store,
+        spawner,
+        started: Instant::now(),
+        logs_dir,
+    });
+    elastos::fsutil::write_atomic(
+        &pid_file(&home),
+        format!("{}\n", std::process::id()).as_bytes(),
+        0o600,
+    )?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("elastos-rt")
+        .build()
+        .context("starting the async runtime")?;
+    let result = rt.block_on(run(shared.clone()));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let _ = std::fs::remove_file(pid_file(&home));
+    if let Ok(path) = elastos::control::socket_path(&home) {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(lock);
+    result
+}
+
+async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let path = elastos::control::socket_path(&shared.home)?;
+    // A socket left by a supervisor that died: we hold the lock, so nobody else serves it.
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("listening on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+
+    let (root, root_handle) = Actor::spawn(
+        Some("supervisor".into()),
+        Root {
+            shared: shared.clone(),
+        },
+        (),
+    )
+    .await
+    .context("starting the actor tree")?;
+    let audited = shared.audit.append(
+        Event {
+            actor: "supervisor".into(),
+            action: "supervisor.start".into(),
+            resource: shared.did.clone(),
+            decision: Decision::Info,
+            reason: format!(
+                "pid {}, policy {}",
+                std::process::id(),
+                elastos::policy::NAME
+            ),
+            token: None,
+        },
+        Durability::Sync,
+    );
+    if let Err(e) = audited {
+        anyhow::bail!("the audit log cannot be written: {e}");
+    }
+
+    let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<Duration>(1);
+    for source in shared.config.supervisor.default_capsules.clone() {
+        if let Err(e) = control::start_default(&shared, &root, &source).await {
+            tracing::error!(capsule = %source, "default capsule not started: {e}");
+            eprintln!("elastos: default capsule {source} not started: {e}");
+        }
+    }
+    let server = tokio::spawn(control::serve(
+        listener,
+        shared.clone(),
+        root.clone(),
+        down_tx.clone(),
+    ));
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "ready pid={}", std::process::id());
+        let _ = out.flush();
+    }
+    tracing::info!(did = %shared.did, pid = std::process::id(), "supervisor ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let timeout = tokio::select! {
+        t = down_rx.recv() => t.unwrap_or(Duration::from_secs(10)),
+        _ = term.recv() => Duration::from_secs(10),
+        _ = int.recv() => Duration::from_secs(10),
+    };
+    shutdown(&shared, &root, timeout).await;
+    server.abort();
+    root.stop(None);
+    let _ = root_handle.await;
+    Ok(())
+}
+
+async fn shutdown(shared: &Arc<Shared>, root: &ActorRef<RootMsg>, timeout: Duration) {
+    let _ = root
+        .call(
+            |port| RootMsg::Shutdown(timeout, port),
+            Some(timeout + Duration::from_secs(10)),
+        )
+        .await;
+    let _ = shared.audit.append(
+        Event {
+            actor: "supervisor".into(),
+            action: "supervisor.stop".into(),
+            resource: shared.did.clone(),
+            decision: Decision::Info,
+            reason: "down".into(),
+            token: None,
+        },
+        Durability::Sync,
+    );
+    let _ = shared.audit.close();
+}

@@ -1,0 +1,212 @@
+//! Starting capsule-host processes.
+//!
+//! Every fork+exec happens on one long-lived thread, `elastos-spawner`: capsule-host asks for a
+//! parent-death signal, and Linux sends it when the *thread* that forked it exits — a thread of
+//! tokio's blocking pool would retire and take every capsule with it. The child gets a clean
+//! environment, stdin from /dev/null, stdout and stderr as pipes to the supervisor, the capsule's
+//! end of a socketpair as fd 3 and a status pipe as fd 4, and nothing else.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("capsule-host not found next to {exe} (build the workspace with `cargo build`, or set ELASTOS_CAPSULE_HOST)")]
+    NotFound { exe: String },
+    #[error("starting capsule-host: {0}")]
+    Spawn(std::io::Error),
+    #[error(
+        "capsule-host said nothing: it died before starting the capsule (see the capsule's log)"
+    )]
+    Silent,
+    #[error("capsule-host's status is unreadable: {0}")]
+    Status(String),
+    #[error("the spawner thread is gone")]
+    Gone,
+}
+
+pub struct SpawnRequest {
+    pub name: String,
+    pub root: PathBuf,
+    pub entry: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+pub struct Spawned {
+    /// capsule-host's pid: signals for the capsule go here and are forwarded.
+    pub pid: u32,
+    pub child: Child,
+    pub socket: UnixStream,
+    pub stdout: ChildStdout,
+    pub stderr: ChildStderr,
+    pub status: File,
+}
+
+#[derive(Debug, Clone)]
+pub enum HostStatus {
+    Started {
+        capsule_pid: u32,
+        init_pid: u32,
+        isolation: String,
+    },
+    Failed {
+        stage: String,
+        message: String,
+    },
+}
+
+type Job = (SpawnRequest, mpsc::Sender<Result<Spawned, HostError>>);
+
+pub struct Spawner {
+    tx: Mutex<mpsc::Sender<Job>>,
+}
+
+impl Spawner {
+    pub fn start(host_bin: PathBuf) -> Spawner {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let _ = std::thread::Builder::new()
+            .name("elastos-spawner".into())
+            .spawn(move || {
+                for (req, reply) in rx {
+                    let _ = reply.send(spawn_now(&host_bin, req));
+                }
+            });
+        Spawner { tx: Mutex::new(tx) }
+    }
+
+    /// Starts capsule-host for `req`; blocks until it runs (not until the capsule is ready).
+    pub fn spawn(&self, req: SpawnRequest) -> Result<Spawned, HostError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((req, tx))
+            .map_err(|_| HostError::Gone)?;
+        rx.recv().map_err(|_| HostError::Gone)?
+    }
+}
+
+fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError> {
+    let (ours, theirs) = UnixStream::pair().map_err(HostError::Spawn)?;
+    let (status_r, status_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| HostError::Spawn(e.into()))?;
+    let mut cmd = Command::new(host_bin);
+    cmd.env_clear()
+        .arg("--name")
+        .arg(&req.name)
+        .arg("--root")
+        .arg(&req.root)
+        .arg("--entry")
+        .arg(&req.entry)
+        .arg("--parent-pid")
+        .arg(std::process::id().to_string());
+    for (k, v) in &req.env {
+        cmd.arg("--env").arg(format!("{k}={v}"));
+    }
+    cmd.arg("--").args(&req.args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let sock_fd = theirs.as_raw_fd();
+    let status_fd = status_w.as_raw_fd();
+    // SAFETY: between fork and exec the closure only calls dup2/dup (async-signal-safe) on fds
+    // this thread owns; it allocates nothing. Going through a spare fd first keeps it correct
+    // when a source is already 3 or 4.
+    unsafe {
+        cmd.pre_exec(move || {
+            let s = nix::libc::dup(sock_fd);
+            let t = nix::libc::dup(status_fd);
+            if s < 0 || t < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if nix::libc::dup2(s, 3) < 0 || nix::libc::dup2(t, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for spare in [s, t] {
+                if spare != 3 && spare != 4 {
+                    nix::libc::close(spare);
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(HostError::Spawn)?;
+    drop(theirs);
+    drop::<OwnedFd>(status_w);
+    let stdout = child.stdout.take().ok_or(HostError::Silent)?;
+    let stderr = child.stderr.take().ok_or(HostError::Silent)?;
+    Ok(Spawned {
+        pid: child.id(),
+        child,
+        socket: ours,
+        stdout,
+        stderr,
+        status: File::from(status_r),
+    })
+}
+
+/// Reads capsule-host's first status line.
+pub fn read_status(file: &mut File) -> Result<HostStatus, HostError> {
+    let mut line = String::new();
+    BufReader::new(file)
+        .read_line(&mut line)
+        .map_err(|e| HostError::Status(e.to_string()))?;
+    if line.is_empty() {
+        return Err(HostError::Silent);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| HostError::Status(e.to_string()))?;
+    let num = |k: &str| v[k].as_u64().unwrap_or(0) as u32;
+    match v["event"].as_str() {
+        Some("started") => Ok(HostStatus::Started {
+            capsule_pid: num("capsule_pid"),
+            init_pid: num("init_pid"),
+            isolation: v["isolation"].as_str().unwrap_or("unknown").to_string(),
+        }),
+        Some("error") => Ok(HostStatus::Failed {
+            stage: v["stage"].as_str().unwrap_or("?").to_string(),
+            message: v["message"].as_str().unwrap_or("?").to_string(),
+        }),
+        _ => Err(HostError::Status(line)),
+    }
+}
+
+pub fn signal(pid: u32, sig: Signal) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(p), sig);
+    }
+}
+
+/// `ELASTOS_CAPSULE_HOST`, else `capsule-host` next to the running binary.
+pub fn find_host_binary() -> Result<PathBuf, HostError> {
+    if let Some(p) = std::env::var_os("ELASTOS_CAPSULE_HOST") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(HostError::Spawn)?;
+    let candidate = exe.with_file_name("capsule-host");
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    // Test binaries live in target/debug/deps; the binaries one level up.
+    if let Some(up) = exe.parent().and_then(|p| p.parent()) {
+        let c = up.join("capsule-host");
+        if c.is_file() {
+            return Ok(c);
+        }
+    }
+    Err(HostError::NotFound {
+        exe: exe.display().to_string(),
+    })
+}

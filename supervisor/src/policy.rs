@@ -1,0 +1,205 @@
+//! The built-in **development policy**: who gets which token until the shell capsule (which will
+//! hold the node's policy and ask the person) exists.
+//!
+//! It is deliberately narrow and always named in the audit log (`policy=development`):
+//! - a capsule gets a token for what its own `capsule.toml` `requests`, and nothing else: the
+//!   asked resource must lie within a requested pattern and the asked actions within that entry's
+//!   actions; the token names the requested pattern (so one grant covers the namespace), carries
+//!   only the asked actions, lives at most an hour, and is bound to the capsule's name and CID;
+//! - the "provide" capability (`admin` on exactly a namespace pattern) goes only to a first-party
+//!   capsule — one published by this node's key or an issuer it trusts — for a pattern its
+//!   manifest `provides`. Development packages (publisher `dev`) never provide.
+//!
+//! Everything else is denied, with a reason that says what to add to the manifest.
+
+use std::time::Duration;
+
+use elastos_schema::manifest::Manifest;
+use elastos_schema::{Action, ActionSet, Classification};
+
+use crate::token::{resource_matches, resource_within, validate_pattern};
+
+/// Shown in audit records and `elastos status`.
+pub const NAME: &str = "development";
+/// The longest lifetime this policy grants; the SDK renews before expiry.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// What the policy decided for one token request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    Allow {
+        resource: String,
+        actions: ActionSet,
+        ttl: Duration,
+        classification: Classification,
+    },
+    Deny(String),
+}
+
+/// Decides a capsule's `requestToken`.
+pub fn decide(
+    manifest: &Manifest,
+    first_party: bool,
+    resource: &str,
+    actions: ActionSet,
+    ttl: Duration,
+) -> Grant {
+    if actions.is_empty() {
+        return Grant::Deny("no actions asked for".into());
+    }
+    let ttl = if ttl.is_zero() {
+        MAX_TTL
+    } else {
+        ttl.min(MAX_TTL)
+    };
+    if actions.contains(Action::Admin) {
+        if let Some(p) = manifest.provides.iter().find(|p| p.uri == resource) {
+            if actions != single(Action::Admin) {
+                return Grant::Deny("the provide capability is `admin` alone".into());
+            }
+            if !first_party {
+                return Grant::Deny(format!(
+                    "only first-party capsules may provide `{resource}` under the development policy; sign the package with this node's key or a trusted issuer's"
+                ));
+            }
+            return Grant::Allow {
+                resource: p.uri.clone(),
+                actions,
+                ttl,
+                classification: p.classification,
+            };
+        }
+    }
+    if validate_pattern(resource).is_err() {
+        return Grant::Deny(format!("`{resource}` is not a resource or pattern"));
+    }
+    for r in &manifest.requests {
+        let covers = resource_within(&r.resource, resource).unwrap_or(false)
+            || resource_matches(&r.resource, resource).unwrap_or(false);
+        if covers && actions.is_subset_of(r.actions) {
+            return Grant::Allow {
+                resource: r.resource.clone(),
+                actions,
+                ttl,
+                classification: Classification::Internal,
+            };
+        }
+    }
+    Grant::Deny(format!(
+        "capsule.toml of `{}` does not request `{resource}` for {actions}; add a [[requests]] entry with that resource and actions",
+        manifest.name
+    ))
+}
+
+fn single(a: Action) -> ActionSet {
+    let mut s = ActionSet::EMPTY;
+    s.insert(a);
+    s
+}
+
+/// Whether `manifest` may serve `pattern`, and at which classification.
+pub fn may_provide(
+    manifest: &Manifest,
+    first_party: bool,
+    pattern: &str,
+) -> Result<Classification, String> {
+    let Some(p) = manifest.provides.iter().find(|p| p.uri == pattern) else {
+        return Err(format!(
+            "capsule.toml of `{}` does not list `{pattern}` in `provides`",
+            manifest.name
+        ));
+    };
+    if !first_party {
+        return Err(format!(
+            "only first-party capsules may provide under the development policy (`{}` is not)",
+            manifest.name
+        ));
+    }
+    Ok(p.classification)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest::parse(
+            r#"format = 1
+name = "notes"
+version = "1.0.0"
+description = "notes"
+substrate = "native"
+[entrypoint]
+native = "bin/notes"
+[[provides]]
+uri = "localhost://notes/*"
+classification = "confidential"
+[[requests]]
+resource = "localhost://storage/notes/*"
+actions = ["read", "write"]
+reason = "keep notes"
+"#,
+        )
+        .unwrap()
+    }
+
+    fn acts(s: &str) -> ActionSet {
+        ActionSet::parse_list(s).unwrap()
+    }
+
+    #[test]
+    fn grants_what_the_manifest_requests_and_no_more() {
+        let m = manifest();
+        let g = decide(
+            &m,
+            false,
+            "localhost://storage/notes/a",
+            acts("read"),
+            Duration::from_secs(7200),
+        );
+        assert_eq!(
+            g,
+            Grant::Allow {
+                resource: "localhost://storage/notes/*".into(),
+                actions: acts("read"),
+                ttl: MAX_TTL,
+                classification: Classification::Internal
+            }
+        );
+        for (res, a) in [
+            ("localhost://storage/notes/a", "delete"),
+            ("localhost://storage/other/a", "read"),
+            ("localhost://storage/notes", "read"),
+            ("localhost://storage/*", "read"),
+        ] {
+            assert!(
+                matches!(decide(&m, true, res, acts(a), MAX_TTL), Grant::Deny(_)),
+                "{res} {a}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_first_party_capsules_provide_their_own_namespaces() {
+        let m = manifest();
+        let ok = decide(&m, true, "localhost://notes/*", acts("admin"), MAX_TTL);
+        assert!(matches!(
+            ok,
+            Grant::Allow {
+                classification: Classification::Confidential,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(&m, false, "localhost://notes/*", acts("admin"), MAX_TTL),
+            Grant::Deny(_)
+        ));
+        assert!(matches!(
+            decide(&m, true, "localhost://echo/*", acts("admin"), MAX_TTL),
+            Grant::Deny(_)
+        ));
+        assert!(may_provide(&m, true, "localhost://notes/*").is_ok());
+        assert!(may_provide(&m, false, "localhost://notes/*").is_err());
+        assert!(may_provide(&m, true, "localhost://echo/*").is_err());
+    }
+}

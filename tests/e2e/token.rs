@@ -1,0 +1,392 @@
+//! Capability tokens through the command line: issue, inspect, the dry-run check of all 12
+//! checks, delegation, revocation and trusted issuers.
+
+use elastos_e2e::{Node, Run};
+
+const RES: &str = "localhost://storage/notes/*";
+
+fn check(node: &Node, token: &str, caller: &str, resource: &str, action: &str) -> Run {
+    node.run(&[
+        "token",
+        "check",
+        token,
+        "--as",
+        caller,
+        "--resource",
+        resource,
+        "--action",
+        action,
+    ])
+}
+
+#[track_caller]
+fn assert_denied(run: &Run, check: &str) {
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(
+        run.stdout.starts_with(&format!("denied: {check}: ")),
+        "expected a `{check}` denial, got {run:#?}"
+    );
+}
+
+#[track_caller]
+fn assert_allowed(run: &Run) {
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert_eq!(run.stdout.trim(), "allowed");
+}
+
+fn notes_token(node: &Node, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--capsule",
+        "notes",
+        "--resource",
+        RES,
+        "--action",
+        "read,write",
+        "--ttl",
+        "1h",
+    ];
+    args.extend_from_slice(extra);
+    node.issue(&args)
+}
+
+#[test]
+fn an_issued_token_allows_exactly_what_it_names() {
+    let node = Node::new();
+    let t = notes_token(&node, &[]);
+    assert_allowed(&check(
+        &node,
+        &t,
+        "notes",
+        "localhost://storage/notes/today",
+        "write",
+    ));
+    assert_allowed(&check(
+        &node,
+        &t,
+        "notes",
+        "localhost://storage/notes/a/b",
+        "read",
+    ));
+    assert_denied(
+        &check(&node, &t, "mail", "localhost://storage/notes/a", "read"),
+        "subject",
+    );
+    assert_denied(
+        &check(&node, &t, "notes", "localhost://storage/notes/a", "delete"),
+        "action",
+    );
+    // `P/*` never matches P itself, nor a sibling, nor a traversal out of it.
+    assert_denied(
+        &check(&node, &t, "notes", "localhost://storage/notes", "read"),
+        "resource",
+    );
+    assert_denied(
+        &check(&node, &t, "notes", "localhost://storage/notesx/a", "read"),
+        "resource",
+    );
+    assert_denied(
+        &check(
+            &node,
+            &t,
+            "notes",
+            "localhost://storage/notes/../mail",
+            "read",
+        ),
+        "resource",
+    );
+    assert_denied(
+        &check(&node, &t, "notes", "localhost://storage/notes/a%2f", "read"),
+        "resource",
+    );
+    assert_denied(
+        &check(&node, &t, "notes", "LOCALHOST://storage/notes/a", "read"),
+        "resource",
+    );
+    let secret = node.run(&[
+        "token",
+        "check",
+        &t,
+        "--as",
+        "notes",
+        "--resource",
+        "localhost://storage/notes/a",
+        "--action",
+        "read",
+        "--classification",
+        "secret",
+    ]);
+    assert_denied(&secret, "classification");
+}
+
+#[test]
+fn a_token_bound_to_a_cid_is_only_for_that_package() {
+    let node = Node::new();
+    let cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+    let t = node.issue(&[
+        "--capsule",
+        &format!("notes@{cid}"),
+        "--resource",
+        RES,
+        "--action",
+        "read",
+        "--ttl",
+        "1h",
+    ]);
+    let res = "localhost://storage/notes/a";
+    assert_allowed(&check(&node, &t, &format!("notes@{cid}"), res, "read"));
+    assert_denied(&check(&node, &t, "notes", res, "read"), "subject");
+    let other = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e";
+    assert_denied(
+        &check(&node, &t, &format!("notes@{other}"), res, "read"),
+        "subject",
+    );
+}
+
+#[test]
+fn time_bounds_are_enforced() {
+    let node = Node::new();
+    let later = notes_token(&node, &["--not-before", "2999-01-01T00:00:00Z"]);
+    assert_denied(
+        &check(
+            &node,
+            &later,
+            "notes",
+            "localhost://storage/notes/a",
+            "read",
+        ),
+        "not_before",
+    );
+    let short = node.issue(&[
+        "--capsule",
+        "notes",
+        "--resource",
+        RES,
+        "--action",
+        "read",
+        "--ttl",
+        "1s",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_denied(
+        &check(
+            &node,
+            &short,
+            "notes",
+            "localhost://storage/notes/a",
+            "read",
+        ),
+        "expired",
+    );
+}
+
+#[test]
+fn a_tampered_token_fails_its_signature() {
+    let node = Node::new();
+    let t = notes_token(&node, &[]);
+    // Change one character in the middle of the base64url text.
+    let mut chars: Vec<char> = t.chars().collect();
+    let i = chars.len() / 2;
+    chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+    let forged: String = chars.into_iter().collect();
+    let run = check(
+        &node,
+        &forged,
+        "notes",
+        "localhost://storage/notes/a",
+        "read",
+    );
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(
+        run.stdout.starts_with("denied: signature: ")
+            || run.stdout.starts_with("denied: version: "),
+        "{run:#?}"
+    );
+    assert_denied(
+        &check(
+            &node,
+            "not-a-token",
+            "notes",
+            "localhost://storage/notes/a",
+            "read",
+        ),
+        "version",
+    );
+}
+
+#[test]
+fn revoking_a_token_denies_it_and_survives_restart() {
+    let node = Node::new();
+    let t = notes_token(&node, &[]);
+    let keep = notes_token(&node, &[]);
+    let id = node.run(&["token", "inspect", &t, "--json"]).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    node.run(&["revoke", &id]).ok();
+    // Each command is a new process: the revocation was persisted.
+    assert_denied(
+        &check(&node, &t, "notes", "localhost://storage/notes/a", "read"),
+        "revoked",
+    );
+    assert_allowed(&check(
+        &node,
+        &keep,
+        "notes",
+        "localhost://storage/notes/a",
+        "read",
+    ));
+    node.run(&["revoke", "zz"]).code(1);
+}
+
+#[test]
+fn revoke_all_raises_the_epoch() {
+    let node = Node::new();
+    let before = notes_token(&node, &[]);
+    let out = node.run(&["revoke", "--all"]);
+    assert!(out.ok().contains("epoch"), "{out:#?}");
+    assert_denied(
+        &check(
+            &node,
+            &before,
+            "notes",
+            "localhost://storage/notes/a",
+            "read",
+        ),
+        "epoch",
+    );
+    let after = notes_token(&node, &[]);
+    assert_allowed(&check(
+        &node,
+        &after,
+        "notes",
+        "localhost://storage/notes/a",
+        "read",
+    ));
+    node.run(&["revoke"]).code(2);
+}
+
+#[test]
+fn delegation_only_narrows_and_dies_with_its_parent() {
+    let node = Node::new();
+    let parent = notes_token(&node, &["--delegatable"]);
+    let child = node
+        .run(&[
+            "token",
+            "delegate",
+            &parent,
+            "--action",
+            "read",
+            "--resource",
+            "localhost://storage/notes/shared/*",
+            "--ttl",
+            "10m",
+        ])
+        .ok()
+        .trim()
+        .to_string();
+    let shared = "localhost://storage/notes/shared/a";
+    assert_allowed(&check(&node, &child, "notes", shared, "read"));
+    assert_denied(&check(&node, &child, "notes", shared, "write"), "action");
+    assert_denied(
+        &check(
+            &node,
+            &child,
+            "notes",
+            "localhost://storage/notes/a",
+            "read",
+        ),
+        "resource",
+    );
+
+    let v = node.run(&["token", "inspect", &child, "--json"]).json();
+    let parent_id = node.run(&["token", "inspect", &parent, "--json"]).json()["id"].clone();
+    assert_eq!(v["parent"], parent_id);
+
+    // Widening anything is refused.
+    for widen in [
+        vec!["--action", "read,delete"],
+        vec!["--resource", "localhost://storage/*"],
+        vec!["--ttl", "1000h"],
+        vec!["--classification", "secret"],
+    ] {
+        let mut args = vec!["token", "delegate", &parent];
+        args.extend(widen.iter().copied());
+        let run = node.run(&args);
+        assert_eq!(run.code, 1, "widening {widen:?} was accepted: {run:#?}");
+    }
+    // A non-delegatable token has no children.
+    node.run(&["token", "delegate", &child, "--action", "read"])
+        .code(1);
+
+    node.run(&["revoke", parent_id.as_str().unwrap()]).ok();
+    assert_denied(&check(&node, &child, "notes", shared, "read"), "revoked");
+}
+
+#[test]
+fn tokens_from_another_node_need_trust() {
+    let ours = Node::new();
+    ours.did();
+    let theirs = Node::new();
+    let their_did = theirs.did();
+    let t = notes_token(&theirs, &[]);
+    let res = "localhost://storage/notes/a";
+    assert_denied(&check(&ours, &t, "notes", res, "read"), "issuer");
+    ours.run(&["trust", "add", &their_did]).ok();
+    assert_allowed(&check(&ours, &t, "notes", res, "read"));
+    let listed = ours.run(&["trust", "ls", "--json"]).json();
+    assert_eq!(listed, serde_json::json!([their_did]));
+    ours.run(&["trust", "rm", &their_did]).ok();
+    assert_denied(&check(&ours, &t, "notes", res, "read"), "issuer");
+    ours.run(&["trust", "add", "did:web:example.com"]).code(1);
+}
+
+#[test]
+fn inspect_shows_every_field_and_exactly_what_was_signed() {
+    let node = Node::new();
+    let did = node.did();
+    let t = notes_token(
+        &node,
+        &["--max-uses", "5", "--classification", "confidential"],
+    );
+    let v = node.run(&["token", "inspect", &t, "--json"]).json();
+    for key in [
+        "version",
+        "id",
+        "issuer",
+        "subject",
+        "resource",
+        "actions",
+        "not_before",
+        "expiry",
+        "epoch",
+        "max_uses",
+        "classification",
+        "delegatable",
+        "parent",
+        "signed_bytes_hex",
+        "signature_hex",
+    ] {
+        assert!(v.get(key).is_some(), "inspect --json lacks `{key}`: {v:#}");
+    }
+    assert_eq!(v["issuer"], did.as_str());
+    assert_eq!(v["resource"], RES);
+    assert_eq!(v["actions"], serde_json::json!(["read", "write"]));
+    assert_eq!(v["max_uses"], 5);
+    assert_eq!(v["classification"], "confidential");
+
+    // The signature verifies over exactly signed_bytes_hex, which starts with the domain prefix.
+    let signed = hex::decode(v["signed_bytes_hex"].as_str().unwrap()).unwrap();
+    assert!(signed.starts_with(b"elastos/token/v1\0"));
+    let sig: [u8; 64] = hex::decode(v["signature_hex"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let public = elastos::identity::public_from_did(&did).unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap();
+    key.verify_strict(&signed, &ed25519_dalek::Signature::from_bytes(&sig))
+        .expect("signature over signed_bytes_hex");
+
+    let text = node.run(&["token", "inspect", &t]);
+    assert!(text.ok().contains(&did));
+    node.run(&["token", "inspect", "garbage"]).code(1);
+}
