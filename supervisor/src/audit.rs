@@ -14,8 +14,8 @@
 //!   record into `Sync`. If a write or sync fails, the bytes stay buffered, the log reports
 //!   [`AuditError::Unavailable`] to every caller (who must deny), and each later append retries;
 //!   nothing buffered is lost while the process lives.
-//! - **Coalescing.** One actor's denials beyond [`DENIALS_PER_WINDOW`] within a second are
-//!   counted, not written: when the window ends one `audit.coalesced` record (still chained)
+//! - **Coalescing.** One actor's denials of one action beyond [`DENIALS_PER_WINDOW`] within a
+//!   second are counted, not written: when the window ends one `audit.coalesced` record (still chained)
 //!   carries the count and the last reason, so a capsule cannot fill the disk with denials.
 //! - **Recovery.** On open, a torn or unparsable tail of the last segment (never an acknowledged
 //!   `Sync` record: those were synced whole) is cut off and a signed `recovered` record names the
@@ -26,7 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -173,6 +173,7 @@ enum Cmd {
 pub struct AuditLog {
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     available: Arc<AtomicBool>,
+    syncs: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -201,6 +202,7 @@ struct Writer {
     last_append: Instant,
     retry_truncate: bool,
     available: Arc<AtomicBool>,
+    syncs: Arc<AtomicU64>,
     coalesce: HashMap<String, Coalesce>,
 }
 
@@ -303,6 +305,7 @@ impl AuditLog {
             }
         }
         let available = Arc::new(AtomicBool::new(true));
+        let syncs = Arc::new(AtomicU64::new(0));
         let mut w = Writer {
             dir: dir.to_path_buf(),
             key,
@@ -318,6 +321,7 @@ impl AuditLog {
             last_append: Instant::now(),
             retry_truncate: false,
             available: available.clone(),
+            syncs: syncs.clone(),
             coalesce: HashMap::new(),
         };
         if total_len > good_len {
@@ -354,8 +358,14 @@ impl AuditLog {
         Ok(AuditLog {
             tx: Mutex::new(Some(tx)),
             available,
+            syncs,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// How many fdatasyncs the log has made (group commit shares one among many records).
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// Whether the last write or sync succeeded.
@@ -510,7 +520,9 @@ impl Writer {
     fn append(&mut self, ev: Event, d: Durability, done: Done) {
         if ev.decision == Decision::Denied {
             let now = Instant::now();
-            let c = self.coalesce.entry(ev.actor.clone()).or_insert(Coalesce {
+            // Per actor and action: a flood of one kind never hides a different denial.
+            let key = format!("{}\0{}", ev.actor, ev.action);
+            let c = self.coalesce.entry(key).or_insert(Coalesce {
                 start: now,
                 n: 0,
                 suppressed: 0,
@@ -557,8 +569,9 @@ impl Writer {
             .filter(|(_, c)| all || now.duration_since(c.start) >= WINDOW)
             .map(|(k, _)| k.clone())
             .collect();
-        for actor in ended {
-            if let Some(c) = self.coalesce.remove(&actor) {
+        for key in ended {
+            if let Some(c) = self.coalesce.remove(&key) {
+                let actor = key.split('\0').next().unwrap_or_default().to_string();
                 if c.suppressed > 0 {
                     let _ = self.push_record(
                         Event {
@@ -667,6 +680,7 @@ impl Writer {
             });
         }
         self.file.sync_data().map_err(io_err(&path))?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         self.retry_truncate = false;
         self.synced_len += self.unsynced.len() as u64;
         self.unsynced.clear();

@@ -5,4 +5,5 @@ mod audit;
 mod capsule;
 mod cli;
 mod identity;
+mod supervisor;
 mod token;

@@ -35,9 +35,14 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     let home = Home::from_env()?;
     match args.command {
         None => {
-            let key = {
-                let _lock = super::token::state_lock(&home)?;
-                NodeKey::load_or_create(&home).context("loading the node identity")?
+            // An existing key is only read (a running supervisor holds the lock); creating one
+            // takes the lock so two commands never create two keys.
+            let key = match NodeKey::load(&home).context("loading the node identity")? {
+                Some(k) => k,
+                None => {
+                    let _lock = super::token::state_lock(&home)?;
+                    NodeKey::load_or_create(&home).context("loading the node identity")?
+                }
             };
             if args.json {
                 super::print_json(&serde_json::json!({

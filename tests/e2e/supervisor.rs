@@ -1,0 +1,230 @@
+//! The supervisor end to end: `up`, capsules as processes, `ps`, `logs`, `kill`, restarts and
+//! their intensity, malformed frames, `kill -9` of the supervisor, `down`. Capsules here are small
+//! shell scripts (native capsules run unconfined until the confinement issue), so these tests do
+//! not depend on the first-party capsules' build.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use elastos_e2e::{set_mode, Node};
+
+/// A capsule directory whose entry is the shell script `body`.
+fn script_capsule(node: &Node, name: &str, body: &str) -> PathBuf {
+    let dir = node.scratch().join(format!("cap-{name}"));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::write(
+        dir.join("capsule.toml"),
+        format!("format = 1\nname = \"{name}\"\nversion = \"0.1.0\"\ndescription = \"test\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/run\"\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("bin/run"), format!("#!/bin/sh\n{body}\n")).unwrap();
+    set_mode(&dir.join("bin/run"), 0o755);
+    dir
+}
+
+/// A node with a running supervisor, stopped (and checked) when dropped.
+struct Up {
+    node: Node,
+}
+
+impl Up {
+    fn new() -> Up {
+        let node = Node::new();
+        let out = node.run(&["up"]);
+        assert!(out.ok().contains("elastos is up"), "{out:#?}");
+        Up { node }
+    }
+    fn supervisor_pid(&self) -> u32 {
+        self.node.run(&["status", "--json"]).json()["pid"]
+            .as_u64()
+            .unwrap() as u32
+    }
+    fn ps(&self) -> Vec<serde_json::Value> {
+        self.node.run(&["ps", "--json"]).json().as_array().unwrap().clone()
+    }
+    fn capsule(&self, name: &str) -> serde_json::Value {
+        self.ps()
+            .into_iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no capsule {name} in ps"))
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.node.run(&["down", "--timeout", "2s"]);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited: only its parent's reaping is left.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+/// Live processes whose command line contains `marker`.
+fn with_marker(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(marker) && alive(pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn up_twice_status_and_down_leave_nothing() {
+    let up = Up::new();
+    let again = up.node.run(&["up"]);
+    assert!(again.ok().contains("already running (pid"), "{again:#?}");
+    let status = up.node.run(&["status", "--json"]).json();
+    assert_eq!(status["did"], up.node.did());
+    let pid = up.supervisor_pid();
+    assert!(alive(pid));
+    up.node.run(&["down"]).ok();
+    assert!(!alive(pid), "the supervisor outlived down");
+    up.node.run(&["status"]).code(3);
+    up.node.run(&["ps"]).code(3);
+}
+
+#[test]
+fn capsules_run_restart_and_are_listed_logged_and_killed() {
+    let up = Up::new();
+    let dir = script_capsule(&up.node, "ticker", "echo \"hello $*\"\nwhile true; do echo tick; sleep 0.2; done");
+    let out = up.node.run(&["run", "-d", path(&dir), "--", "there"]);
+    assert!(out.ok().starts_with("ticker bafkrei"), "{out:#?}");
+    wait_until("ticker running", Duration::from_secs(10), || up.capsule("ticker")["state"] == "running");
+    let c = up.capsule("ticker");
+    for key in ["name", "cid", "publisher", "substrate", "pid", "state", "uptime_s", "restarts", "calls", "memory_bytes", "layers"] {
+        assert!(c.get(key).is_some(), "ps lacks {key}: {c}");
+    }
+    assert_eq!(c["publisher"], "dev");
+    let pid = c["pid"].as_u64().unwrap() as u32;
+    assert!(alive(pid));
+    wait_until("output in the log", Duration::from_secs(10), || {
+        up.node.run(&["logs", "ticker"]).ok().contains("hello there")
+    });
+    // A name is unique among live capsules.
+    up.node.run(&["run", "-d", path(&dir)]).code(1);
+    // kill: the restart policy (on-failure) brings it back.
+    up.node.run(&["kill", "ticker", "--signal", "TERM"]).ok();
+    wait_until("a restart", Duration::from_secs(10), || {
+        let c = up.capsule("ticker");
+        c["restarts"] == 1 && c["state"] == "running"
+    });
+    assert!(!alive(pid), "the old process survived");
+    // stop keeps it down; start brings it back.
+    up.node.run(&["stop", "ticker"]).ok();
+    assert_eq!(up.capsule("ticker")["state"], "stopped");
+    up.node.run(&["start", "ticker"]).ok();
+    wait_until("started again", Duration::from_secs(10), || up.capsule("ticker")["state"] == "running");
+    up.node.run(&["kill", "nobody"]).code(1);
+    up.node.run(&["logs", "nobody"]).code(1);
+}
+
+#[test]
+fn a_capsule_that_crashes_at_once_is_stopped_by_the_restart_intensity() {
+    let up = Up::new();
+    let good = script_capsule(&up.node, "steady", "while true; do sleep 1; done");
+    let bad = script_capsule(&up.node, "crasher", "echo dying >&2; exit 3");
+    up.node.run(&["run", "-d", path(&good)]).ok();
+    up.node.run(&["run", "-d", path(&bad)]).ok();
+    wait_until("crasher failed", Duration::from_secs(30), || up.capsule("crasher")["state"] == "failed");
+    let c = up.capsule("crasher");
+    assert_eq!(c["restarts"], 5, "{c}");
+    assert_eq!(up.capsule("steady")["state"], "running");
+    assert!(up.node.run(&["logs", "crasher"]).ok().contains("marked failed"));
+    let audit = up.node.run(&["audit", "--capsule", "crasher", "--json"]);
+    let _ = audit.ok();
+    let all = up.node.run(&["audit", "--json"]).ok().to_string();
+    assert!(all.contains("capsule.failed"), "the failure is audited");
+}
+
+#[test]
+fn malformed_and_oversized_frames_leave_the_supervisor_serving() {
+    let up = Up::new();
+    let steady = script_capsule(&up.node, "steady", "while true; do sleep 1; done");
+    up.node.run(&["run", "-d", path(&steady)]).ok();
+    // 10 000 frames of 16 bytes that are not Cap'n Proto, then a length of 2 GiB.
+    let body = r#"cat <&3 >/dev/null &
+i=0
+while [ $i -lt 10000 ]; do printf '\020\000\000\000\377\377\377\377\377\377\377\377\377\377\377\377\377\377\377\377' >&3; i=$((i+1)); done
+printf '\377\377\377\177' >&3
+echo sent
+sleep 1000"#;
+    let hostile = script_capsule(&up.node, "garbage", body);
+    up.node.run(&["run", "-d", path(&hostile), "--restart", "never"]).ok();
+    wait_until("the flood sent", Duration::from_secs(60), || {
+        up.node.run(&["logs", "garbage"]).ok().contains("sent")
+    });
+    wait_until("the oversized frame closed the connection", Duration::from_secs(20), || {
+        up.node.run(&["logs", "garbage"]).ok().contains("exceeds the limit")
+    });
+    // Still serving: status, ps, and the other capsule.
+    up.node.run(&["status"]).ok();
+    assert_eq!(up.capsule("steady")["state"], "running");
+    let audit = up.node.run(&["audit", "--json"]).ok().to_string();
+    assert!(audit.contains("wire.malformed"));
+    assert!(audit.contains("wire.oversized"));
+    assert!(audit.contains("audit.coalesced"), "the flood was coalesced");
+    up.node.run(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn kill_9_of_the_supervisor_leaves_no_capsule_behind_and_the_log_verifies() {
+    let up = Up::new();
+    let marker = format!("elastos-marker-{}", std::process::id());
+    let body = format!(
+        "(setsid sh -c 'sleep 1000; true' {marker} &)\n(sh -c 'sleep 1000; true' {marker} &)\nwhile true; do sleep 1; done"
+    );
+    let dir = script_capsule(&up.node, "forker", &body);
+    up.node.run(&["run", "-d", path(&dir)]).ok();
+    wait_until("the double-forked children", Duration::from_secs(10), || with_marker(&marker).len() == 2);
+    let sup = up.supervisor_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("every capsule process gone", Duration::from_secs(10), || with_marker(&marker).is_empty());
+    // A new supervisor starts (the lock died with the old one) and the log still verifies.
+    assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
+    up.node.run(&["audit", "verify"]).ok();
+    up.node.run(&["down"]).ok();
+    assert!(with_marker(&marker).is_empty());
+}
+
+#[test]
+fn a_foreground_run_streams_output_and_exits_with_the_capsule_code() {
+    let up = Up::new();
+    let dir = script_capsule(&up.node, "once", "echo out-line\necho err-line >&2\nexit 7");
+    let out = up.node.run(&["run", path(&dir)]);
+    out.code(7);
+    assert!(out.stdout.contains("out-line"), "{out:#?}");
+    assert!(out.stderr.contains("err-line"), "{out:#?}");
+    // It does not restart.
+    assert_eq!(up.capsule("once")["state"], "exited");
+}
+
+#[test]
+fn commands_that_need_a_supervisor_say_so_with_exit_3() {
+    let node = Node::new();
+    for args in [&["ps"][..], &["kill", "x"], &["stop", "x"], &["down"], &["status"]] {
+        node.run(args).code(3);
+    }
+}
