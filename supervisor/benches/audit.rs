@@ -22,7 +22,9 @@ const WRITERS: usize = 32;
 
 fn event(i: usize) -> Event {
     Event {
-        actor: format!("capsule:bench{i}@bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"),
+        actor: format!(
+            "capsule:bench{i}@bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        ),
         action: "call".into(),
         resource: "localhost://echo/ping".into(),
         decision: Decision::Allowed,

@@ -1100,7 +1100,7 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         let rec = recs.iter().find(|r| r.action == "recovered").unwrap();
-        assert!(rec.reason.contains("dropped 20 bytes"), "{}", rec.reason);
+        assert!(rec.reason.contains("dropped 19 bytes"), "{}", rec.reason);
         assert!(r.records > before.records);
     }
 

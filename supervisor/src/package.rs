@@ -626,7 +626,7 @@ mod tests {
         let last = b.len() - 1;
         b[last] ^= 1;
         let e = verify(&b).unwrap_err().to_string();
-        assert!(e.contains("file README") && e.contains("hash"), "{e}");
+        assert!(e.contains("file capsule.toml") && e.contains("hash"), "{e}");
         let mut b = p.bytes.clone();
         b.push(0);
         assert!(verify(&b)
