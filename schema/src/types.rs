@@ -216,6 +216,35 @@ impl Limits {
     ];
 }
 
+/// The one mapping between the schema's enum and [`Action`], for every side of the wire.
+impl From<Action> for crate::token_capnp::Action {
+    fn from(a: Action) -> Self {
+        use crate::token_capnp::Action as W;
+        match a {
+            Action::Read => W::Read,
+            Action::Write => W::Write,
+            Action::Execute => W::Execute,
+            Action::Message => W::Message,
+            Action::Delete => W::Delete,
+            Action::Admin => W::Admin,
+        }
+    }
+}
+
+impl From<crate::token_capnp::Action> for Action {
+    fn from(a: crate::token_capnp::Action) -> Self {
+        use crate::token_capnp::Action as W;
+        match a {
+            W::Read => Action::Read,
+            W::Write => Action::Write,
+            W::Execute => Action::Execute,
+            W::Message => Action::Message,
+            W::Delete => Action::Delete,
+            W::Admin => Action::Admin,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,8 +52,9 @@ use crate::identity::{did_from_public, public_from_did, IdentityError, NodeKey};
 use crate::text::sanitize;
 use crate::token::{
     self, check_action, check_classification, check_expired, check_not_before, check_resource,
-    check_subject, resource_within, validate_pattern, verify_signature, verify_signature_with,
-    Check, Denial, SigCache, Subject, Token, TokenError, TokenId, VerifiedToken, MAX_SUBJECT_LEN,
+    check_resource_pattern, check_subject, resource_within, validate_pattern, verify_signature,
+    verify_signature_with, Check, Denial, SigCache, Subject, Token, TokenError, TokenId,
+    VerifiedToken, MAX_SUBJECT_LEN,
 };
 
 /// The state file's name inside `home.state_dir()`.
@@ -430,7 +431,7 @@ impl Authority {
         let bytes = token::text_to_bytes(parent)
             .map_err(|e| AuthorityError::Parent(Denial::new(Check::Version, e.to_string())))?;
         let passed = self
-            .run_checks(&bytes, None, now)
+            .run_checks(&bytes, None, false, now)
             .map_err(AuthorityError::Parent)?;
         let p = passed.token;
         if !p.delegatable {
@@ -590,10 +591,24 @@ impl Authority {
         now: i64,
         consume: bool,
     ) -> Result<Token, Denial> {
-        let passed = self.run_checks(token, Some(req), now)?;
+        let passed = self.run_checks(token, Some(req), false, now)?;
         if consume {
             self.consume(&passed.chain)?;
         }
+        Ok(passed.token)
+    }
+
+    /// The 12 checks for serving a namespace: `req.resource` is the pattern to serve
+    /// (`P/*`), and the token must name that pattern or one it lies within. Calls never come
+    /// here: a call's target is always one concrete resource.
+    pub fn check_serve(
+        &mut self,
+        token: &[u8],
+        req: &CallRequest<'_>,
+        now: i64,
+    ) -> Result<Token, Denial> {
+        let passed = self.run_checks(token, Some(req), true, now)?;
+        self.consume(&passed.chain)?;
         Ok(passed.token)
     }
 
@@ -603,6 +618,7 @@ impl Authority {
         &mut self,
         bytes: &[u8],
         call: Option<&CallRequest<'_>>,
+        pattern: bool,
         now: i64,
     ) -> Result<Passed, Denial> {
         let deny = |check: Check| move |reason: String| Denial::new(check, reason);
@@ -650,7 +666,11 @@ impl Authority {
         if let Some(c) = call {
             check_subject(token, c.caller_name, c.caller_cid).map_err(deny(Check::Subject))?;
             check_action(token, c.action).map_err(deny(Check::Action))?;
-            check_resource(token, c.resource).map_err(deny(Check::Resource))?;
+            if pattern {
+                check_resource_pattern(token, c.resource).map_err(deny(Check::Resource))?;
+            } else {
+                check_resource(token, c.resource).map_err(deny(Check::Resource))?;
+            }
         }
         if token.epoch != self.state.epoch {
             return Err(Denial::new(
@@ -1729,5 +1749,52 @@ mod tests {
             };
             let _ = f.auth.check(&text, &c, NOW, false);
         }
+    }
+
+    #[test]
+    fn serving_needs_admin_on_the_pattern_or_a_wider_one() {
+        let mut f = fixture();
+        let (_, text) = issue(
+            &mut f,
+            IssueRequest {
+                actions: ActionSet::parse_list("admin").unwrap(),
+                ..req()
+            },
+        );
+        let bytes = token::text_to_bytes(&text).unwrap();
+        let serve = |resource| CallRequest {
+            resource,
+            action: Action::Admin,
+            ..call()
+        };
+        f.auth
+            .check_serve(&bytes, &serve(RES), NOW)
+            .expect("the token's own pattern");
+        f.auth
+            .check_serve(&bytes, &serve("localhost://storage/notes/inbox/*"), NOW)
+            .expect("a pattern within it");
+        for (pattern, check) in [
+            ("localhost://storage/*", Check::Resource),
+            ("localhost://storage/mail/*", Check::Resource),
+            // A concrete resource is not a namespace.
+            (REQ_RES, Check::Resource),
+        ] {
+            let d = f
+                .auth
+                .check_serve(&bytes, &serve(pattern), NOW)
+                .unwrap_err();
+            assert_eq!(d.check, check, "{pattern}: {d}");
+        }
+        // Calls keep refusing patterns: a call names one resource.
+        let d = f
+            .auth
+            .check_bytes(&bytes, &serve(RES), NOW, false)
+            .unwrap_err();
+        assert_eq!(d.check, Check::Resource);
+        // Without `admin`, no serving.
+        let (_, reader) = issue(&mut f, req());
+        let reader = token::text_to_bytes(&reader).unwrap();
+        let d = f.auth.check_serve(&reader, &serve(RES), NOW).unwrap_err();
+        assert_eq!(d.check, Check::Action);
     }
 }

@@ -45,8 +45,7 @@ pub fn run(cmd: CapsuleCommand) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("reading the key in {}", path.display()))?,
                 None => {
                     let home = Home::from_env()?;
-                    let _lock = super::token::state_lock(&home)?;
-                    NodeKey::load_or_create(&home).context("loading the node identity")?
+                    super::identity::node_key(&home)?
                 }
             };
             let packed =

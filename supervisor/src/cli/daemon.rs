@@ -16,7 +16,7 @@ use super::{Failure, EXIT_NO_SUPERVISOR};
 pub struct UpArgs {
     /// Stay attached (for systemd and tests); print `ready` on stdout once serving.
     #[arg(long)]
-    foreground: bool,
+    pub foreground: bool,
 }
 
 #[derive(Args)]

@@ -31,19 +31,23 @@ enum IdentityCommand {
     },
 }
 
+/// The node's key, created on first use. An existing key is only read (a running supervisor
+/// holds the lock); creating one takes the lock so two commands never create two keys.
+pub fn node_key(home: &Home) -> anyhow::Result<NodeKey> {
+    match NodeKey::load(home).context("loading the node identity")? {
+        Some(k) => Ok(k),
+        None => {
+            let _lock = super::token::state_lock(home)?;
+            NodeKey::load_or_create(home).context("loading the node identity")
+        }
+    }
+}
+
 pub fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     let home = Home::from_env()?;
     match args.command {
         None => {
-            // An existing key is only read (a running supervisor holds the lock); creating one
-            // takes the lock so two commands never create two keys.
-            let key = match NodeKey::load(&home).context("loading the node identity")? {
-                Some(k) => k,
-                None => {
-                    let _lock = super::token::state_lock(&home)?;
-                    NodeKey::load_or_create(&home).context("loading the node identity")?
-                }
-            };
+            let key = node_key(&home)?;
             if args.json {
                 super::print_json(&serde_json::json!({
                     "did": key.did(),

@@ -98,6 +98,18 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing();
+    // A listing piped into `head` ends quietly, as in any Unix tool, instead of a panic on
+    // EPIPE. Not for the supervisor itself: a capsule closing its socket must never kill it.
+    if !matches!(&cli.command, Some(Command::Up(a)) if a.foreground) {
+        // SAFETY: restoring the default disposition of a signal, before any other thread
+        // exists; no handler function is installed.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     let result = if cli.version {
         print_version()
     } else {

@@ -177,30 +177,55 @@ pub fn ps(a: PsArgs) -> anyhow::Result<ExitCode> {
     }
     let list = r.data.as_array().cloned().unwrap_or_default();
     println!(
-        "{:<16} {:<10} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<10} PUBLISHER",
+        "{:<16} {:<10} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<9} PUBLISHER",
         "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CALLS", "MEM", "SUBSTRATE"
     );
     for c in list {
-        let publisher = c["publisher"].as_str().unwrap_or("?");
-        let publisher = if publisher.len() > 24 {
-            format!("{}…", &publisher[..24])
-        } else {
-            publisher.to_string()
+        let number = |k: &str| c[k].as_u64().map_or("-".to_string(), |n| n.to_string());
+        let uptime = match (c["pid"].as_u64(), c["uptime_s"].as_u64()) {
+            (Some(_), Some(s)) => short_duration(s),
+            _ => "-".to_string(),
+        };
+        let memory = match c["memory_bytes"].as_u64() {
+            Some(b) if b > 0 => format!("{:.1}M", b as f64 / f64::from(1 << 20)),
+            _ => "-".to_string(),
         };
         println!(
-            "{:<16} {:<10} {:>8} {:>7}s {:>8} {:>8} {:>7}M  {:<10} {}",
+            "{:<16} {:<10} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<9} {}",
             sanitize(c["name"].as_str().unwrap_or("?")),
             c["state"].as_str().unwrap_or("?"),
-            c["pid"].as_u64().map_or("-".to_string(), |p| p.to_string()),
-            c["uptime_s"],
-            c["restarts"],
-            c["calls"],
-            c["memory_bytes"].as_u64().unwrap_or(0) / (1 << 20),
+            number("pid"),
+            uptime,
+            number("restarts"),
+            number("calls"),
+            memory,
             c["substrate"].as_str().unwrap_or("?"),
-            publisher
+            short_publisher(c["publisher"].as_str().unwrap_or("?")),
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `42s`, `7m`, `3h`, `2d`: the largest unit, as `docker ps` shows it.
+fn short_duration(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// A DID is long; its start and end are enough to tell publishers apart in a table.
+fn short_publisher(p: &str) -> String {
+    let p = sanitize(p);
+    let chars: Vec<char> = p.chars().collect();
+    if chars.len() <= 24 {
+        return p;
+    }
+    let head: String = chars[..16].iter().collect();
+    let tail: String = chars[chars.len() - 6..].iter().collect();
+    format!("{head}…{tail}")
 }
 
 pub fn kill(a: KillArgs) -> anyhow::Result<ExitCode> {

@@ -26,7 +26,7 @@ use elastos_schema::wire_capnp::{frame, Status};
 use elastos_schema::{token_capnp, versions, Action, ActionSet, Classification};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::Shared;
 
@@ -61,7 +61,27 @@ pub struct Conn {
     pending: Mutex<HashMap<u64, oneshot::Sender<ReplyData>>>,
     next_incoming: AtomicU64,
     in_flight: AtomicUsize,
-    pub calls: AtomicU64,
+    /// Calls this capsule made or served; shared with its earlier and later connections.
+    calls: Arc<AtomicU64>,
+    /// Woken when this capsule's answers no longer fit its write queue: it has stopped reading
+    /// its socket, and its connection is closed rather than buffering without end.
+    stalled: Notify,
+}
+
+impl Conn {
+    /// Queues a frame for this capsule without waiting: the read loop must never block on a
+    /// capsule that does not read (that capsule could then stall everyone who calls it).
+    /// `false` when the queue is full (the connection is then closed) or already gone.
+    fn push(&self, frame: Vec<u8>) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stalled.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
 /// A route: a namespace pattern served by one connection.
@@ -92,10 +112,21 @@ pub async fn serve(shared: Arc<Shared>, peer: Arc<Peer>, stream: UnixStream) -> 
         pending: Mutex::new(HashMap::new()),
         next_incoming: AtomicU64::new(1),
         in_flight: AtomicUsize::new(0),
-        calls: AtomicU64::new(0),
+        calls: shared.conns.counter(&peer.name),
+        stalled: Notify::new(),
     });
     shared.conns.insert(&peer.name, conn.clone());
-    let why = read_loop(&shared, &conn, &mut rd).await;
+    let why = tokio::select! {
+        why = read_loop(&shared, &conn, &mut rd) => why,
+        () = conn.stalled.notified() => {
+            let why = format!(
+                "`{}` stopped reading its socket ({WRITE_QUEUE} frames waiting); connection closed",
+                peer.name
+            );
+            shared.audit_now(&peer.actor(), "wire.stalled", "", Decision::Denied, &why, None);
+            why
+        }
+    };
     // Whatever this capsule served is gone; whoever waits on it hears so at once.
     shared
         .routes
@@ -163,14 +194,14 @@ async fn read_loop(
                         w.set_max_frame(max);
                         wire::encode(&m)
                     };
-                    send_bytes(conn, frame).await;
+                    send_bytes(conn, frame);
                 }
                 Parsed::Hello(v) => {
                     let why = format!(
                         "wire protocol version {v} is unknown (this supervisor speaks {})",
                         versions::WIRE
                     );
-                    answer_error(conn, 0, Status::BadRequest, &why).await;
+                    answer_error(conn, 0, Status::BadRequest, &why);
                     shared.audit_now(
                         &conn.peer.actor(),
                         "wire.hello",
@@ -181,8 +212,8 @@ async fn read_loop(
                     );
                     return why;
                 }
-                Parsed::Malformed(why) => malformed(shared, conn, &why).await,
-                _ => malformed(shared, conn, "the first frame must be a hello").await,
+                Parsed::Malformed(why) => malformed(shared, conn, &why),
+                _ => malformed(shared, conn, "the first frame must be a hello"),
             }
             continue;
         }
@@ -196,8 +227,7 @@ async fn read_loop(
                         id,
                         Status::Busy,
                         "too many calls in flight; retry later",
-                    )
-                    .await;
+                    );
                     continue;
                 }
                 conn.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -210,7 +240,7 @@ async fn read_loop(
                 });
             }
             Parsed::Call(id, Err(e)) => {
-                answer_error(conn, id, Status::BadRequest, &e).await;
+                answer_error(conn, id, Status::BadRequest, &e);
                 shared.audit_now(&conn.peer.actor(), "call", "", Decision::Denied, &e, None);
             }
             Parsed::Reply(id, reply) => {
@@ -233,8 +263,8 @@ async fn read_loop(
             Parsed::Serve { id, pattern, token } => {
                 serve_namespace(shared, conn, id, &pattern, &token).await
             }
-            Parsed::Hello(_) => malformed(shared, conn, "hello sent twice").await,
-            Parsed::Malformed(why) => malformed(shared, conn, &why).await,
+            Parsed::Hello(_) => malformed(shared, conn, "hello sent twice"),
+            Parsed::Malformed(why) => malformed(shared, conn, &why),
         }
     }
 }
@@ -285,7 +315,7 @@ fn parse(body: &[u8]) -> Parsed {
             let mut actions = ActionSet::EMPTY;
             if let Ok(list) = t.get_actions() {
                 for a in list.iter().flatten() {
-                    actions.insert(action_of(a));
+                    actions.insert(Action::from(a));
                 }
             }
             Parsed::RequestToken {
@@ -328,7 +358,7 @@ fn read_call(c: &elastos_schema::wire_capnp::call::Reader<'_>) -> Result<CallDat
         .to_str()
         .map_err(|_| "the target is not UTF-8".to_string())?
         .to_string();
-    let action = action_of(c.get_action().map_err(|_| "unknown action".to_string())?);
+    let action = Action::from(c.get_action().map_err(|_| "unknown action".to_string())?);
     Ok(CallData {
         target,
         action,
@@ -338,28 +368,6 @@ fn read_call(c: &elastos_schema::wire_capnp::call::Reader<'_>) -> Result<CallDat
     })
 }
 
-fn action_of(a: token_capnp::Action) -> Action {
-    match a {
-        token_capnp::Action::Read => Action::Read,
-        token_capnp::Action::Write => Action::Write,
-        token_capnp::Action::Execute => Action::Execute,
-        token_capnp::Action::Message => Action::Message,
-        token_capnp::Action::Delete => Action::Delete,
-        token_capnp::Action::Admin => Action::Admin,
-    }
-}
-
-fn wire_action(a: Action) -> token_capnp::Action {
-    match a {
-        Action::Read => token_capnp::Action::Read,
-        Action::Write => token_capnp::Action::Write,
-        Action::Execute => token_capnp::Action::Execute,
-        Action::Message => token_capnp::Action::Message,
-        Action::Delete => token_capnp::Action::Delete,
-        Action::Admin => token_capnp::Action::Admin,
-    }
-}
-
 fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
     t.ok()
         .and_then(|t| t.to_str().ok())
@@ -367,30 +375,56 @@ fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
         .unwrap_or_default()
 }
 
-async fn send_bytes(conn: &Conn, frame: Result<Vec<u8>, FrameError>) {
-    if let Ok(bytes) = frame {
-        let _ = conn.tx.send(bytes).await;
+fn send_bytes(conn: &Conn, frame: Result<Vec<u8>, FrameError>) -> bool {
+    match frame.and_then(fits) {
+        Ok(bytes) => conn.push(bytes),
+        Err(_) => false,
     }
 }
 
-async fn answer_error(conn: &Conn, id: u64, status: Status, message: &str) {
-    answer(conn, id, status, message, &[]).await;
+/// A frame the supervisor sends obeys the same limit it enforces on capsules.
+fn fits(frame: Vec<u8>) -> Result<Vec<u8>, FrameError> {
+    let len = u32::try_from(frame.len().saturating_sub(4)).unwrap_or(u32::MAX);
+    if len > wire::MAX_FRAME {
+        return Err(FrameError::TooLong {
+            len,
+            max: wire::MAX_FRAME,
+        });
+    }
+    Ok(frame)
 }
 
-async fn answer(conn: &Conn, id: u64, status: Status, message: &str, payload: &[u8]) {
-    let frame = {
+fn answer_error(conn: &Conn, id: u64, status: Status, message: &str) {
+    answer(conn, id, status, message, &[]);
+}
+
+fn answer(conn: &Conn, id: u64, status: Status, message: &str, payload: &[u8]) {
+    let encode = |status: Status, message: &str, payload: &[u8]| {
         let mut m = Builder::new_default();
         let mut a = m.init_root::<frame::Builder>().init_answer();
         a.set_id(id);
         a.set_status(status);
         a.set_message(message);
         a.set_payload(payload);
-        wire::encode(&m)
+        wire::encode(&m).and_then(fits)
     };
-    send_bytes(conn, frame).await;
+    let frame = match encode(status, message, payload) {
+        Ok(f) => f,
+        // A provider's payload that, with the answer around it, exceeds a frame: the caller
+        // hears why instead of waiting for its deadline.
+        Err(e) => match encode(
+            Status::ProviderError,
+            &format!("the answer does not fit one frame ({e}); use a stream"),
+            &[],
+        ) {
+            Ok(f) => f,
+            Err(_) => return,
+        },
+    };
+    conn.push(frame);
 }
 
-async fn malformed(shared: &Shared, conn: &Conn, why: &str) {
+fn malformed(shared: &Shared, conn: &Conn, why: &str) {
     let why = format!("malformed frame: {why}");
     // The connection goes on; denials are coalesced by the audit log under a flood.
     shared.audit_now(
@@ -401,7 +435,7 @@ async fn malformed(shared: &Shared, conn: &Conn, why: &str) {
         &why,
         None,
     );
-    answer_error(conn, 0, Status::BadRequest, &why).await;
+    answer_error(conn, 0, Status::BadRequest, &why);
 }
 
 async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData) {
@@ -430,10 +464,10 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
                 .audit_sync(&actor, "call", &call.target, Decision::Denied, &why, None)
                 .await
             {
-                answer_error(conn, id, Status::Unavailable, "audit unavailable").await;
+                answer_error(conn, id, Status::Unavailable, "audit unavailable");
                 return;
             }
-            answer_error(conn, id, Status::Denied, &format!("denied: {why}")).await;
+            answer_error(conn, id, Status::Denied, &format!("denied: {why}"));
             return;
         }
     };
@@ -448,7 +482,7 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
             &why,
             token_id,
         );
-        answer_error(conn, id, Status::NotFound, &why).await;
+        answer_error(conn, id, Status::NotFound, &why);
         return;
     };
     // Calls under a max-uses token, and every call on a strict node, are durable first.
@@ -466,21 +500,21 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
             )
             .await
         {
-            answer_error(conn, id, Status::Unavailable, "audit unavailable").await;
+            answer_error(conn, id, Status::Unavailable, "audit unavailable");
             return;
         }
-    } else if !shared
-        .audit_group(
+    } else if shared.audit.is_available() {
+        // Answered at once; the record is made durable by group commit within 10 ms.
+        shared.audit_now(
             &actor,
             "call",
             &call.target,
             Decision::Allowed,
             &reason,
             token_id,
-        )
-        .await
-    {
-        answer_error(conn, id, Status::Unavailable, "audit unavailable").await;
+        );
+    } else {
+        answer_error(conn, id, Status::Unavailable, "audit unavailable");
         return;
     }
 
@@ -491,6 +525,7 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
         Duration::from_millis(u64::from(call.deadline_ms)).min(max)
     };
     let provider = &route.conn;
+    provider.calls.fetch_add(1, Ordering::Relaxed);
     let incoming_id = provider.next_incoming.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
     provider
@@ -508,13 +543,43 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
             caller.set_cid(&conn.peer.cid);
             caller.set_publisher(&conn.peer.publisher);
         }
-        inc.set_action(wire_action(call.action));
+        inc.set_action(token_capnp::Action::from(call.action));
         inc.set_resource(&call.target);
         inc.set_payload(&call.payload);
         inc.set_deadline_ms(u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX));
         wire::encode(&m)
     };
-    send_bytes(provider, frame).await;
+    let forwarded = match frame.and_then(fits) {
+        // Not `push`: a provider with a full queue is busy, not necessarily stalled.
+        Ok(bytes) => provider.tx.try_send(bytes).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => (
+                Status::Busy,
+                format!(
+                    "`{}` has too many calls queued; retry later",
+                    provider.peer.name
+                ),
+            ),
+            mpsc::error::TrySendError::Closed(_) => (
+                Status::Unavailable,
+                format!("`{}` went away", provider.peer.name),
+            ),
+        }),
+        Err(e) => Err((
+            Status::BadRequest,
+            format!(
+                "the call does not fit one frame with its caller's details ({e}); use a stream"
+            ),
+        )),
+    };
+    if let Err((status, why)) = forwarded {
+        provider
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&incoming_id);
+        answer_error(conn, id, status, &why);
+        return;
+    }
     match tokio::time::timeout(deadline, rx).await {
         Ok(Ok(reply)) => {
             let status = if reply.status == Status::Ok {
@@ -522,10 +587,10 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
             } else {
                 Status::ProviderError
             };
-            answer(conn, id, status, &reply.message, &reply.payload).await;
+            answer(conn, id, status, &reply.message, &reply.payload);
         }
         Ok(Err(_)) => {
-            answer_error(conn, id, Status::Unavailable, "the provider went away").await;
+            answer_error(conn, id, Status::Unavailable, "the provider went away");
         }
         Err(_) => {
             provider
@@ -545,7 +610,7 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
                 &why,
                 None,
             );
-            answer_error(conn, id, Status::Timeout, &why).await;
+            answer_error(conn, id, Status::Timeout, &why);
         }
     }
 }
@@ -666,7 +731,7 @@ async fn request_token(
                 let list: Vec<Action> = actions.iter().collect();
                 let mut wl = reply.reborrow().init_actions(list.len() as u32);
                 for (i, a) in list.into_iter().enumerate() {
-                    wl.set(i as u32, wire_action(a));
+                    wl.set(i as u32, token_capnp::Action::from(a));
                 }
             }
             TokenOutcome::Refused(status, why) => {
@@ -676,9 +741,7 @@ async fn request_token(
         }
         wire::encode(&m)
     };
-    if let Ok(bytes) = frame {
-        let _ = conn.tx.send(bytes).await;
-    }
+    send_bytes(conn, frame);
 }
 
 async fn serve_namespace(
@@ -703,7 +766,7 @@ async fn serve_namespace(
             .authority
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .check_bytes(token, &req, now_unix(), true)
+            .check_serve(token, &req, now_unix())
             .map_err(|d| format!("{}: {}", d.check.as_str(), d.reason))?;
         let mut routes = shared.routes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = routes.iter().find(|r| r.pattern == pattern) {
@@ -748,9 +811,7 @@ async fn serve_namespace(
         reply.set_message(&message);
         wire::encode(&m)
     };
-    if let Ok(bytes) = frame {
-        let _ = conn.tx.send(bytes).await;
-    }
+    send_bytes(conn, frame);
 }
 
 pub fn now_unix() -> i64 {
@@ -802,28 +863,6 @@ impl Shared {
             reason,
             token,
             Durability::Sync,
-        )
-        .await
-    }
-
-    /// A record made durable by group commit; `false` when the log is unavailable.
-    pub async fn audit_group(
-        &self,
-        actor: &str,
-        action: &str,
-        resource: &str,
-        decision: Decision,
-        reason: &str,
-        token: Option<String>,
-    ) -> bool {
-        self.audit_wait(
-            actor,
-            action,
-            resource,
-            decision,
-            reason,
-            token,
-            Durability::Group,
         )
         .await
     }

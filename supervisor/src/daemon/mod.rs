@@ -14,7 +14,7 @@ pub mod root;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,29 +32,50 @@ use ractor::{Actor, ActorRef};
 use conn::{Conn, Route};
 use root::{Root, RootMsg};
 
-/// Live connections by capsule name.
+/// Live connections by capsule name, and each name's call count (made and served), which
+/// outlives its connections so that `ps` still counts a capsule's calls after it restarts or
+/// exits.
 #[derive(Default)]
-pub struct ConnTable(Mutex<HashMap<String, Arc<Conn>>>);
+pub struct ConnTable {
+    live: Mutex<HashMap<String, Arc<Conn>>>,
+    calls: Mutex<HashMap<String, Arc<AtomicU64>>>,
+}
 
 impl ConnTable {
     pub fn insert(&self, name: &str, conn: Arc<Conn>) {
-        self.0
+        self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), conn);
     }
     pub fn remove(&self, name: &str, conn: &Arc<Conn>) {
-        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.live.lock().unwrap_or_else(|e| e.into_inner());
         if g.get(name).is_some_and(|c| Arc::ptr_eq(c, conn)) {
             g.remove(name);
         }
     }
+    /// The counter a connection of `name` adds its calls to.
+    pub fn counter(&self, name: &str) -> Arc<AtomicU64> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+    /// Forgets a removed capsule's count, so a new capsule of the same name starts at zero.
+    pub fn forget(&self, name: &str) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
     pub fn calls(&self, name: &str) -> u64 {
-        self.0
+        self.calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .map_or(0, |c| c.calls.load(Ordering::Relaxed))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 

@@ -210,6 +210,7 @@ impl Root {
             old.stop(None);
             st.children.remove(&name);
         }
+        self.shared.conns.forget(&name);
         let first_party = self.shared.is_first_party(&spec.stored.publisher);
         let publisher_label = if spec.stored.publisher == self.shared.dev_did {
             "dev".to_string()

@@ -240,6 +240,25 @@ pub(crate) fn check_resource(t: &Token, request: &str) -> Result<(), String> {
     }
 }
 
+/// For serving: the requested pattern must be the token's resource or lie within it.
+pub(crate) fn check_resource_pattern(t: &Token, pattern: &str) -> Result<(), String> {
+    if !pattern.ends_with("/*") {
+        return Err(format!(
+            "`{}` is not a namespace pattern (it must end in `/*`)",
+            sanitize(pattern)
+        ));
+    }
+    match super::resource::resource_within(&t.resource, pattern) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "`{}` is not within the token's resource `{}`",
+            sanitize(pattern),
+            sanitize(&t.resource)
+        )),
+        Err(e) => Err(format!("request refused: {e}")),
+    }
+}
+
 pub(crate) fn check_not_before(t: &Token, now: i64) -> Result<(), String> {
     if now.saturating_add(MAX_CLOCK_SKEW_SECS) < t.not_before {
         Err(format!(

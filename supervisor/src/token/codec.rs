@@ -131,28 +131,6 @@ fn text<'a>(
     Ok(s)
 }
 
-fn action_from_wire(a: token_capnp::Action) -> Action {
-    match a {
-        token_capnp::Action::Read => Action::Read,
-        token_capnp::Action::Write => Action::Write,
-        token_capnp::Action::Execute => Action::Execute,
-        token_capnp::Action::Message => Action::Message,
-        token_capnp::Action::Delete => Action::Delete,
-        token_capnp::Action::Admin => Action::Admin,
-    }
-}
-
-fn action_to_wire(a: Action) -> token_capnp::Action {
-    match a {
-        Action::Read => token_capnp::Action::Read,
-        Action::Write => token_capnp::Action::Write,
-        Action::Execute => token_capnp::Action::Execute,
-        Action::Message => token_capnp::Action::Message,
-        Action::Delete => token_capnp::Action::Delete,
-        Action::Admin => token_capnp::Action::Admin,
-    }
-}
-
 fn class_from_wire(c: token_capnp::Classification) -> Classification {
     match c {
         token_capnp::Classification::Public => Classification::Public,
@@ -206,7 +184,7 @@ pub(crate) fn decode_body(bytes: &[u8]) -> Result<Token, TokenError> {
         let mut actions = ActionSet::EMPTY;
         let mut last: Option<Action> = None;
         for a in b.get_actions().map_err(capnp_err("actions"))?.iter() {
-            let a = action_from_wire(a.map_err(|_| malformed("actions", "an unknown action"))?);
+            let a = Action::from(a.map_err(|_| malformed("actions", "an unknown action"))?);
             if last.is_some_and(|l| l >= a) {
                 return Err(malformed("actions", "not strictly ascending"));
             }
@@ -277,7 +255,7 @@ pub(crate) fn encode_body(t: &Token) -> Result<Vec<u8>, TokenError> {
         {
             let mut list = b.reborrow().init_actions(count);
             for (i, a) in t.actions.iter().enumerate() {
-                list.set(i as u32, action_to_wire(a));
+                list.set(i as u32, token_capnp::Action::from(a));
             }
         }
         b.set_not_before(t.not_before);

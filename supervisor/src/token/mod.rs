@@ -30,7 +30,7 @@ use crate::text::sanitize;
 
 pub(crate) use check::{
     check_action, check_classification, check_expired, check_not_before, check_resource,
-    check_subject,
+    check_resource_pattern, check_subject,
 };
 pub use check::{
     verify_signature, verify_signature_with, Check, Denial, SigCache, VerifiedToken,

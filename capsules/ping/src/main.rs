@@ -1,0 +1,452 @@
+//! `ping`: measures the latency of calls through the supervisor to `echo`. It keeps a fixed
+//! number of calls in flight on one connection, checks that every answer is its own payload, and
+//! prints latency percentiles and throughput.
+//!
+//! Exit status: 0 when every call succeeded, 1 when any failed, 2 for a usage error.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use elastos_sdk::{Action, CallError, CallId, Capsule, ErrorKind, Transport};
+
+const USAGE: &str = "\
+usage: ping [--count N] [--size BYTES] [--concurrency C] [--target URI] [--json]
+            [--wait-for-provider SECS]
+
+  --count N                calls to make (default 1000)
+  --size BYTES             payload size (default 64)
+  --concurrency C          calls kept in flight (default 1)
+  --target URI             where to call (default localhost://echo/ping)
+  --json                   print one JSON object instead of a line
+  --wait-for-provider SECS retry while nobody serves the target yet (default 10)";
+
+/// Only the first few failures are printed: a dead provider would otherwise flood stderr.
+const ERRORS_SHOWN: u64 = 5;
+const RETRY_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, PartialEq)]
+struct Options {
+    count: u64,
+    size: usize,
+    concurrency: usize,
+    target: String,
+    json: bool,
+    wait_for_provider: Duration,
+}
+
+enum Parsed {
+    Run(Options),
+    Help,
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut o = Options {
+        count: 1000,
+        size: 64,
+        concurrency: 1,
+        target: "localhost://echo/ping".into(),
+        json: false,
+        wait_for_provider: Duration::from_secs(10),
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        fn number<N: std::str::FromStr>(flag: &str, v: String) -> Result<N, String> {
+            v.parse()
+                .map_err(|_| format!("{flag}: `{v}` is not a non-negative whole number"))
+        }
+        match flag.as_str() {
+            "--count" => o.count = number(&flag, value(&flag)?)?,
+            "--size" => o.size = number(&flag, value(&flag)?)?,
+            "--concurrency" => o.concurrency = number(&flag, value(&flag)?)?,
+            "--target" => o.target = value(&flag)?,
+            "--wait-for-provider" => {
+                o.wait_for_provider = Duration::from_secs(number(&flag, value(&flag)?)?)
+            }
+            "--json" if inline.is_none() => o.json = true,
+            "-h" | "--help" => return Ok(Parsed::Help),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    if o.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    Ok(Parsed::Run(o))
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("ping: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut capsule = match Capsule::connect() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ping: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(&mut capsule, &options) {
+        Ok(report) => {
+            println!(
+                "{}",
+                if options.json {
+                    report.json()
+                } else {
+                    report.line()
+                }
+            );
+            if report.errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ping: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The payload of call `seq`: a fixed pattern with the sequence number stamped in front, so an
+/// answer that belongs to another call (or was damaged) does not compare equal.
+struct Payloads {
+    base: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Payloads {
+    fn new(size: usize) -> Self {
+        let base: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        Payloads {
+            buf: base.clone(),
+            base,
+        }
+    }
+
+    fn stamp(seq: u64, size: usize) -> ([u8; 8], usize) {
+        (seq.to_le_bytes(), size.min(8))
+    }
+
+    fn make(&mut self, seq: u64) -> &[u8] {
+        let (bytes, n) = Self::stamp(seq, self.buf.len());
+        self.buf[..n].copy_from_slice(&bytes[..n]);
+        &self.buf
+    }
+
+    fn matches(&self, seq: u64, answer: &[u8]) -> bool {
+        let (bytes, n) = Self::stamp(seq, self.base.len());
+        answer.len() == self.base.len()
+            && answer[..n] == bytes[..n]
+            && answer[n..] == self.base[n..]
+    }
+}
+
+struct Report {
+    count: u64,
+    size: usize,
+    concurrency: usize,
+    /// Nanoseconds per successful call, sorted.
+    latencies: Vec<u64>,
+    elapsed: Duration,
+    completed: u64,
+    errors: u64,
+}
+
+impl Report {
+    /// Nearest-rank percentile in microseconds.
+    fn percentile_us(&self, p: u64) -> u64 {
+        let n = self.latencies.len() as u64;
+        if n == 0 {
+            return 0;
+        }
+        let rank = (p * n).div_ceil(100).max(1);
+        self.latencies[(rank - 1) as usize] / 1000
+    }
+
+    fn max_us(&self) -> u64 {
+        self.latencies.last().map_or(0, |ns| ns / 1000)
+    }
+
+    fn calls_per_s(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.completed as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "ping: {} calls of {} bytes at concurrency {}: p50 {} us, p99 {} us, max {} us, {:.0} calls/s, {} errors",
+            self.count,
+            self.size,
+            self.concurrency,
+            self.percentile_us(50),
+            self.percentile_us(99),
+            self.max_us(),
+            self.calls_per_s(),
+            self.errors
+        )
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"count\":{},\"size\":{},\"concurrency\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"calls_per_s\":{:.1},\"errors\":{}}}",
+            self.count,
+            self.size,
+            self.concurrency,
+            self.percentile_us(50),
+            self.percentile_us(99),
+            self.max_us(),
+            self.calls_per_s(),
+            self.errors
+        )
+    }
+}
+
+struct Errors {
+    count: u64,
+}
+
+impl Errors {
+    fn record(&mut self, seq: u64, what: &dyn std::fmt::Display) {
+        self.count += 1;
+        if self.count <= ERRORS_SHOWN {
+            eprintln!("ping: call {seq}: {what}");
+        }
+        if self.count == ERRORS_SHOWN + 1 {
+            eprintln!("ping: further errors are counted, not shown");
+        }
+    }
+}
+
+/// Calls once until the provider answers, so that start-up order does not count as errors and
+/// the token request stays out of the measurement.
+fn wait_for_provider<T: Transport>(
+    capsule: &mut Capsule<T>,
+    o: &Options,
+    payloads: &mut Payloads,
+) -> Result<(), String> {
+    let give_up = Instant::now() + o.wait_for_provider;
+    loop {
+        let payload = payloads.make(u64::MAX).to_vec();
+        match capsule.call(&o.target, Action::Read, &payload) {
+            Ok(answer) if payloads.matches(u64::MAX, &answer) => return Ok(()),
+            Ok(_) => return Err(format!("{}: the answer differs from the payload", o.target)),
+            Err(e)
+                if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Unavailable)
+                    && Instant::now() < give_up =>
+            {
+                std::thread::sleep(RETRY_EVERY);
+            }
+            Err(e) => return Err(format!("{}: {e}", o.target)),
+        }
+    }
+}
+
+fn run<T: Transport>(capsule: &mut Capsule<T>, o: &Options) -> Result<Report, String> {
+    let mut payloads = Payloads::new(o.size);
+    wait_for_provider(capsule, o, &mut payloads)?;
+
+    let mut errors = Errors { count: 0 };
+    let mut latencies = Vec::with_capacity(o.count as usize);
+    let mut in_flight: HashMap<CallId, (u64, Instant)> = HashMap::with_capacity(o.concurrency);
+    let mut sent = 0u64;
+    let mut completed = 0u64;
+    let start = Instant::now();
+    while completed < o.count {
+        while sent < o.count && in_flight.len() < o.concurrency {
+            let seq = sent;
+            sent += 1;
+            let payload = payloads.make(seq);
+            match capsule.send_call(&o.target, Action::Read, payload, None) {
+                Ok(id) => {
+                    in_flight.insert(id, (seq, Instant::now()));
+                }
+                Err(e) => {
+                    completed += 1;
+                    errors.record(seq, &CallError::from(e));
+                    if !capsule.is_connected() {
+                        return Ok(abandon(o, latencies, start, completed, errors));
+                    }
+                }
+            }
+        }
+        match capsule.wait_any() {
+            Ok(Some((id, result))) => {
+                let Some((seq, began)) = in_flight.remove(&id) else {
+                    continue;
+                };
+                completed += 1;
+                match result {
+                    Ok(answer) if payloads.matches(seq, &answer) => {
+                        latencies.push(began.elapsed().as_nanos() as u64);
+                    }
+                    Ok(answer) => errors.record(
+                        seq,
+                        &format!(
+                            "the answer ({} bytes) differs from the payload ({} bytes)",
+                            answer.len(),
+                            o.size
+                        ),
+                    ),
+                    Err(e) => errors.record(seq, &e),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("ping: {e}");
+                return Ok(abandon(o, latencies, start, completed, errors));
+            }
+        }
+    }
+    latencies.sort_unstable();
+    Ok(Report {
+        count: o.count,
+        size: o.size,
+        concurrency: o.concurrency,
+        latencies,
+        elapsed: start.elapsed(),
+        completed,
+        errors: errors.count,
+    })
+}
+
+/// The connection failed: every call not answered yet counts as an error.
+fn abandon(
+    o: &Options,
+    mut latencies: Vec<u64>,
+    start: Instant,
+    completed: u64,
+    errors: Errors,
+) -> Report {
+    latencies.sort_unstable();
+    Report {
+        count: o.count,
+        size: o.size,
+        concurrency: o.concurrency,
+        latencies,
+        elapsed: start.elapsed(),
+        completed,
+        errors: errors.count + (o.count - completed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Parsed, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn arguments_have_defaults_and_both_spellings() {
+        let Ok(Parsed::Run(o)) = parse(&[]) else {
+            panic!()
+        };
+        assert_eq!(
+            o,
+            Options {
+                count: 1000,
+                size: 64,
+                concurrency: 1,
+                target: "localhost://echo/ping".into(),
+                json: false,
+                wait_for_provider: Duration::from_secs(10),
+            }
+        );
+        let Ok(Parsed::Run(o)) = parse(&[
+            "--count",
+            "5",
+            "--size=0",
+            "--concurrency",
+            "8",
+            "--target=localhost://echo/x",
+            "--json",
+            "--wait-for-provider",
+            "0",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            (o.count, o.size, o.concurrency, o.target.as_str(), o.json),
+            (5, 0, 8, "localhost://echo/x", true)
+        );
+        assert_eq!(o.wait_for_provider, Duration::ZERO);
+        assert!(matches!(parse(&["--help"]), Ok(Parsed::Help)));
+        for bad in [
+            &["--count"][..],
+            &["--count", "-1"],
+            &["--size", "x"],
+            &["--concurrency", "0"],
+            &["--json=1"],
+            &["--what"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn payloads_tell_calls_apart() {
+        let mut p = Payloads::new(64);
+        let a = p.make(1).to_vec();
+        let b = p.make(2).to_vec();
+        assert_ne!(a, b);
+        assert!(p.matches(1, &a) && p.matches(2, &b));
+        assert!(!p.matches(1, &b) && !p.matches(1, &a[..63]));
+        let mut tiny = Payloads::new(3);
+        let t = tiny.make(7).to_vec();
+        assert!(tiny.matches(7, &t) && !tiny.matches(8, &t));
+        let mut empty = Payloads::new(0);
+        assert!(empty.make(9).is_empty() && empty.matches(9, &[]));
+    }
+
+    #[test]
+    fn the_report_reads_as_specified() {
+        let r = Report {
+            count: 4,
+            size: 64,
+            concurrency: 2,
+            latencies: vec![10_000, 20_000, 30_000, 400_000],
+            elapsed: Duration::from_millis(2),
+            completed: 4,
+            errors: 1,
+        };
+        assert_eq!(
+            r.line(),
+            "ping: 4 calls of 64 bytes at concurrency 2: p50 20 us, p99 400 us, max 400 us, 2000 calls/s, 1 errors"
+        );
+        assert_eq!(
+            r.json(),
+            r#"{"count":4,"size":64,"concurrency":2,"p50_us":20,"p99_us":400,"max_us":400,"calls_per_s":2000.0,"errors":1}"#
+        );
+    }
+
+    #[test]
+    fn the_manifest_is_valid() {
+        let m = elastos_schema::manifest::Manifest::parse(include_str!("../capsule.toml")).unwrap();
+        assert_eq!(m.name, "ping");
+        assert_eq!(m.requests[0].resource, "localhost://echo/*");
+    }
+}

@@ -1,0 +1,121 @@
+//! How frames move between a capsule and its supervisor. The protocol logic in [`crate::Capsule`]
+//! only sees whole frames, so a substrate (native process, WebAssembly host) supplies nothing but
+//! a [`Transport`].
+
+use std::io;
+
+use elastos_schema::wire::FrameError;
+
+/// A blocking, ordered, reliable carrier of frames.
+pub trait Transport {
+    /// Writes one encoded frame (length prefix included, as made by `wire::encode`).
+    fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Reads one frame body (without its length prefix); `None` at a clean end of stream.
+    fn recv(&mut self) -> Result<Option<Vec<u8>>, FrameError>;
+}
+
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        (**self).send(frame)
+    }
+    fn recv(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        (**self).recv()
+    }
+}
+
+#[cfg(unix)]
+pub use unix::{UnixTransport, SOCKET_FD_ENV};
+
+#[cfg(unix)]
+mod unix {
+    use std::io::{self, BufReader, Write};
+    use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use elastos_schema::wire::{self, FrameError};
+
+    use super::Transport;
+    use crate::SdkError;
+
+    /// The environment variable naming the descriptor of the pre-connected capsule socket.
+    pub const SOCKET_FD_ENV: &str = "ELASTOS_SOCKET_FD";
+
+    /// The inherited descriptor may be wrapped once: a second owner would close it under the
+    /// first.
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+
+    /// A Unix stream socket to the supervisor.
+    pub struct UnixTransport {
+        // Buffered for reads only; writes go straight to the socket through `get_mut`, one
+        // `write_all` per frame.
+        stream: BufReader<UnixStream>,
+        max: u32,
+    }
+
+    impl UnixTransport {
+        /// Wraps a connected stream; frames longer than `wire::MAX_FRAME` are refused.
+        pub fn new(stream: UnixStream) -> Self {
+            UnixTransport {
+                stream: BufReader::with_capacity(64 * 1024, stream),
+                max: wire::MAX_FRAME,
+            }
+        }
+
+        /// Takes the socket the runtime handed to this process: the descriptor named by
+        /// `ELASTOS_SOCKET_FD`. Works once per process.
+        pub fn from_env() -> Result<Self, SdkError> {
+            let raw = std::env::var(SOCKET_FD_ENV).map_err(|_| {
+                SdkError::Env(format!(
+                    "{SOCKET_FD_ENV} is not set: a capsule must be started by the elastos supervisor"
+                ))
+            })?;
+            // 0..=2 are stdio: the runtime never passes the socket there, so such a value is a
+            // mistake that would otherwise turn stdin into "the supervisor".
+            let fd: RawFd = raw
+                .trim()
+                .parse()
+                .ok()
+                .filter(|fd| *fd > 2)
+                .ok_or_else(|| {
+                    SdkError::Env(format!(
+                        "{SOCKET_FD_ENV}={raw:?} is not a descriptor number above 2"
+                    ))
+                })?;
+            if TAKEN.swap(true, Ordering::SeqCst) {
+                return Err(SdkError::Env(
+                    "the capsule socket was already taken by this process".into(),
+                ));
+            }
+            // SAFETY: the runtime hands this process the descriptor named by ELASTOS_SOCKET_FD as
+            // its pre-connected capsule socket; nothing else in the process owns it, and `TAKEN`
+            // guarantees it is wrapped at most once.
+            #[allow(unsafe_code)]
+            let inherited = unsafe { UnixStream::from_raw_fd(fd) };
+            // SO_ERROR fails on a descriptor that is not an open socket. Such a descriptor was
+            // never ours: give it back untouched rather than close it.
+            if let Err(e) = inherited.take_error() {
+                let _ = inherited.into_raw_fd();
+                TAKEN.store(false, Ordering::SeqCst);
+                return Err(SdkError::Env(format!(
+                    "{SOCKET_FD_ENV}={fd} is not an open socket: {e}"
+                )));
+            }
+            // The inherited descriptor survives exec; a close-on-exec duplicate keeps children
+            // this capsule may start from speaking to the supervisor as the capsule.
+            let stream = inherited.try_clone()?;
+            drop(inherited);
+            Ok(UnixTransport::new(stream))
+        }
+    }
+
+    impl Transport for UnixTransport {
+        fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+            self.stream.get_mut().write_all(frame)
+        }
+
+        fn recv(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+            wire::read_frame(&mut self.stream, self.max)
+        }
+    }
+}
