@@ -2,6 +2,7 @@
 //! `$ELASTOS_HOME`. One test binary with a module per area: one place to look, fast to link.
 
 mod audit;
+mod calls;
 mod capsule;
 mod cli;
 mod identity;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use elastos_e2e::{set_mode, Node};
 
 /// A capsule directory whose entry is the shell script `body`.
-fn script_capsule(node: &Node, name: &str, body: &str) -> PathBuf {
+pub(crate) fn script_capsule(node: &Node, name: &str, body: &str) -> PathBuf {
     let dir = node.scratch().join(format!("cap-{name}"));
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::write(
@@ -23,23 +23,26 @@ fn script_capsule(node: &Node, name: &str, body: &str) -> PathBuf {
 }
 
 /// A node with a running supervisor, stopped (and checked) when dropped.
-struct Up {
-    node: Node,
+pub(crate) struct Up {
+    pub(crate) node: Node,
 }
 
 impl Up {
-    fn new() -> Up {
-        let node = Node::new();
+    pub(crate) fn new() -> Up {
+        Up::with_node(Node::new())
+    }
+    /// Starts the supervisor of a node prepared beforehand (its configuration, say).
+    pub(crate) fn with_node(node: Node) -> Up {
         let out = node.run(&["up"]);
         assert!(out.ok().contains("elastos is up"), "{out:#?}");
         Up { node }
     }
-    fn supervisor_pid(&self) -> u32 {
+    pub(crate) fn supervisor_pid(&self) -> u32 {
         self.node.run(&["status", "--json"]).json()["pid"]
             .as_u64()
             .unwrap() as u32
     }
-    fn ps(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn ps(&self) -> Vec<serde_json::Value> {
         self.node
             .run(&["ps", "--json"])
             .json()
@@ -47,7 +50,7 @@ impl Up {
             .unwrap()
             .clone()
     }
-    fn capsule(&self, name: &str) -> serde_json::Value {
+    pub(crate) fn capsule(&self, name: &str) -> serde_json::Value {
         self.ps()
             .into_iter()
             .find(|c| c["name"] == name)
@@ -61,7 +64,7 @@ impl Drop for Up {
     }
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     // A zombie has exited: only its parent's reaping is left.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -75,7 +78,7 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Live processes whose command line contains `marker`.
-fn with_marker(marker: &str) -> Vec<u32> {
+pub(crate) fn with_marker(marker: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -90,7 +93,7 @@ fn with_marker(marker: &str) -> Vec<u32> {
     out
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
@@ -98,7 +101,7 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn path(p: &Path) -> &str {
+pub(crate) fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 

@@ -24,6 +24,23 @@ pub fn elastos_bin() -> PathBuf {
     bin
 }
 
+/// A first-party capsule as `scripts/build-capsules` assembles it:
+/// `<target dir>/capsules/<name>/` (the target directory of this test binary).
+pub fn first_party_capsule(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("test binary is in <target>/<profile>/deps");
+    let dir = target.join("capsules").join(name);
+    assert!(
+        dir.join("capsule.toml").exists(),
+        "{} does not exist: build the first-party capsules first (`scripts/build-capsules`; scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
 /// One node: a private `$ELASTOS_HOME` in a temporary directory.
 pub struct Node {
     pub dir: tempfile::TempDir,
@@ -107,6 +124,22 @@ impl Node {
             .output()
             .expect("running elastos")
             .into()
+    }
+
+    /// Packs a first-party capsule with this node's key (so it is first-party here) and returns
+    /// the package's path.
+    pub fn pack_first_party(&self, name: &str) -> PathBuf {
+        let out = self.scratch().join(format!("{name}.capsule"));
+        let dir = first_party_capsule(name);
+        let run = self.run(&[
+            "capsule",
+            "pack",
+            dir.to_str().expect("utf-8 path"),
+            "-o",
+            out.to_str().expect("utf-8 path"),
+        ]);
+        assert_eq!(run.code, 0, "packing {name}: {run:#?}");
+        out
     }
 
     /// Runs with `input` on stdin.
