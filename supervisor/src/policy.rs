@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use elastos_schema::manifest::Manifest;
+use elastos_schema::manifest::{Manifest, Provide};
 use elastos_schema::{Action, ActionSet, Classification};
 
 use crate::token::{resource_matches, resource_within, validate_pattern};
@@ -53,7 +53,7 @@ pub fn decide(
         ttl.min(MAX_TTL)
     };
     if actions.contains(Action::Admin) {
-        if let Some(p) = manifest.provides.iter().find(|p| p.uri == resource) {
+        if let Some(p) = provides_entry(manifest, resource) {
             if actions != single(Action::Admin) {
                 return Grant::Deny("the provide capability is `admin` alone".into());
             }
@@ -63,7 +63,7 @@ pub fn decide(
                 ));
             }
             return Grant::Allow {
-                resource: p.uri.clone(),
+                resource: resource.to_string(),
                 actions,
                 ttl,
                 classification: p.classification,
@@ -98,14 +98,23 @@ fn single(a: Action) -> ActionSet {
 }
 
 /// Whether `manifest` may serve `pattern`, and at which classification.
+/// The `provides` entry that covers `pattern`: the listed namespace itself, or one inside it
+/// (one echo binary, many instances, each serving its own part).
+fn provides_entry<'m>(manifest: &'m Manifest, pattern: &str) -> Option<&'m Provide> {
+    manifest.provides.iter().find(|p| {
+        p.uri == pattern
+            || (pattern.ends_with("/*") && resource_within(&p.uri, pattern).unwrap_or(false))
+    })
+}
+
 pub fn may_provide(
     manifest: &Manifest,
     first_party: bool,
     pattern: &str,
 ) -> Result<Classification, String> {
-    let Some(p) = manifest.provides.iter().find(|p| p.uri == pattern) else {
+    let Some(p) = provides_entry(manifest, pattern) else {
         return Err(format!(
-            "capsule.toml of `{}` does not list `{pattern}` in `provides`",
+            "capsule.toml of `{}` does not list `{pattern}` (or a namespace around it) in `provides`",
             manifest.name
         ));
     };
@@ -201,5 +210,13 @@ reason = "keep notes"
         assert!(may_provide(&m, true, "localhost://notes/*").is_ok());
         assert!(may_provide(&m, false, "localhost://notes/*").is_err());
         assert!(may_provide(&m, true, "localhost://echo/*").is_err());
+        assert!(may_provide(&m, true, "localhost://notes/work/*").is_ok());
+        assert!(may_provide(&m, true, "localhost://notes/work").is_err());
+        assert!(may_provide(&m, true, "localhost://notesx/*").is_err());
+        // A part of a listed namespace is granted as asked, not widened to the whole.
+        match decide(&m, true, "localhost://notes/work/*", acts("admin"), MAX_TTL) {
+            Grant::Allow { resource, .. } => assert_eq!(resource, "localhost://notes/work/*"),
+            Grant::Deny(why) => panic!("{why}"),
+        }
     }
 }

@@ -55,6 +55,7 @@ fn ping_calls_echo_through_the_supervisor_and_every_call_is_audited() {
     assert_eq!(echo["state"], "running");
     assert!(alive(echo["pid"].as_u64().unwrap() as u32));
     assert!(echo["calls"].as_u64().unwrap() >= 300, "{echo}");
+    assert_eq!(echo["serves"], serde_json::json!(["localhost://echo/*"]));
     let ping_ps = up.capsule("ping");
     assert_eq!(ping_ps["state"], "exited");
     assert!(ping_ps["calls"].as_u64().unwrap() >= 300, "{ping_ps}");
@@ -202,6 +203,27 @@ fn a_capsule_claiming_a_served_namespace_is_refused_and_the_first_keeps_serving(
             .run(&["logs", "echo2"])
             .ok()
             .contains("already served by `echo`")
+    });
+    // Nor a namespace inside a served one: every URI has one provider.
+    up.node
+        .run(&[
+            "run",
+            "-d",
+            path(&echo),
+            "--name",
+            "echo3",
+            "--restart",
+            "never",
+            "--",
+            "--serve",
+            "localhost://echo/inner/*",
+        ])
+        .ok();
+    wait_until("echo3 refused", Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "echo3"])
+            .ok()
+            .contains("overlaps `localhost://echo/*`")
     });
     // A development package (publisher `dev`) may not provide at all under this policy.
     let dev = up.node.run(&[

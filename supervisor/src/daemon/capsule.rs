@@ -78,6 +78,8 @@ pub struct Info {
     pub uptime_s: u64,
     pub restarts: u32,
     pub calls: u64,
+    /// The namespaces this capsule serves now.
+    pub serves: Vec<String>,
     pub memory_bytes: u64,
     pub layers: Vec<String>,
     pub restart: RestartPolicy,
@@ -279,6 +281,7 @@ impl CapsuleActor {
                 .map_or(0, |r| r.started.elapsed().as_secs()),
             restarts: st.restarts,
             calls: self.shared.conns.calls(&st.spec.name),
+            serves: self.shared.served_by(&st.spec.name),
             memory_bytes: pid.map_or(0, tree_rss),
             // Confinement arrives with the next issue; until then nothing is claimed.
             layers: st

@@ -768,18 +768,16 @@ async fn serve_namespace(
             .unwrap_or_else(|e| e.into_inner())
             .check_serve(token, &req, now_unix())
             .map_err(|d| format!("{}: {}", d.check.as_str(), d.reason))?;
-        let mut routes = shared.routes.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = routes.iter().find(|r| r.pattern == pattern) {
-            return Err(format!(
-                "`{pattern}` is already served by `{}`",
-                r.conn.peer.name
-            ));
-        }
-        routes.push(Arc::new(Route {
+        let route = Arc::new(Route {
             pattern: pattern.to_string(),
             classification,
             conn: conn.clone(),
-        }));
+        });
+        shared
+            .routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .claim(pattern, route, |r| r.conn.peer.name.clone())?;
         Ok(classification)
     })();
     let (status, message) = match outcome {

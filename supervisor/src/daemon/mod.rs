@@ -10,6 +10,7 @@ pub mod conn;
 pub mod control;
 pub mod logs;
 pub mod root;
+pub mod routes;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -26,7 +27,6 @@ use elastos::home::Home;
 use elastos::host::Spawner;
 use elastos::identity::NodeKey;
 use elastos::store::Store;
-use elastos::token::resource_matches;
 use ractor::{Actor, ActorRef};
 
 use conn::{Conn, Route};
@@ -87,7 +87,7 @@ pub struct Shared {
     pub config: Config,
     pub authority: Mutex<Authority>,
     pub audit: AuditLog,
-    pub routes: RwLock<Vec<Arc<Route>>>,
+    pub routes: RwLock<routes::Routes<Route>>,
     pub conns: ConnTable,
     pub store: Store,
     pub spawner: Spawner,
@@ -96,14 +96,22 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The most specific route serving `target`.
+    /// The capsule serving `target`, if any.
     pub fn route_for(&self, target: &str) -> Option<Arc<Route>> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        routes
+        routes.lookup(target).map(|(_, r)| r.clone())
+    }
+
+    /// The namespaces the live connection of capsule `name` serves, sorted.
+    pub fn served_by(&self, name: &str) -> Vec<String> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<String> = routes
             .iter()
-            .filter(|r| resource_matches(&r.pattern, target).unwrap_or(false))
-            .max_by_key(|r| r.pattern.len())
-            .cloned()
+            .filter(|r| r.conn.peer.name == name)
+            .map(|r| r.pattern.clone())
+            .collect();
+        out.sort();
+        out
     }
 
     /// Published by this node's key or an issuer it trusts; never the development key.
@@ -203,7 +211,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         config,
         authority: Mutex::new(authority),
         audit,
-        routes: RwLock::new(Vec::new()),
+        routes: RwLock::new(routes::Routes::default()),
         conns: ConnTable::default(),
         store,
         spawner,
