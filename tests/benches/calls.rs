@@ -1,0 +1,293 @@
+//! The cost of a mediated call, against the physical baseline measured in the same run
+//! (plain `fn main`; run by `scripts/bench`, which builds the release binaries and capsules first).
+//!
+//! - Baseline: a raw Unix-socket round trip of length-prefixed frames, 1 hop (client ↔ server)
+//!   and 2 hops (client ↔ forwarding process ↔ server), at concurrency 1 and 32. The helper
+//!   processes are this same executable, re-run with a role.
+//! - Mediated: `ping` → supervisor → `echo`, the real capsules under a real `elastos up`, at
+//!   concurrency 1 and 32. Goal: p50 ≤ 1.5× and p99 ≤ 3× the 2-hop baseline.
+//! - Scale: the call cost with 200 echo capsules running against 2 (goal ≤ 1.1×), and the
+//!   supervisor's RSS idle and with 200 capsules (goal ≤ 15 MiB / ≤ 40 MiB).
+//!
+//! No CPU pinning for any of them: every process may use every core, the same for all.
+//! `ELASTOS_BENCH_QUICK=1` runs briefly (fewer calls, 20 capsules instead of 200).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use elastos_e2e::Node;
+
+/// Bytes of payload in every call: ping's default.
+const PAYLOAD: usize = 64;
+/// The raw frames carry what a mediated call carries: the call frame (payload, target, token)
+/// one way, the answer the other. Measured from the wire: a call with a 64-byte payload is
+/// about 400 bytes, its answer about 100.
+const RAW_REQUEST: usize = 400;
+const RAW_ANSWER: usize = 100;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--role-server") => return serve(Path::new(&args[2])),
+        Some("--role-relay") => return relay(Path::new(&args[2]), Path::new(&args[3])),
+        _ => {}
+    }
+    let quick = std::env::var_os("ELASTOS_BENCH_QUICK").is_some();
+    let calls: u64 = if quick { 2_000 } else { 20_000 };
+    let many: usize = if quick { 20 } else { 200 };
+
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let raw1_c1 = raw(scratch.path(), 1, 1, calls);
+    let raw2_c1 = raw(scratch.path(), 2, 1, calls);
+    let raw1_c32 = raw(scratch.path(), 1, 32, calls);
+    let raw2_c32 = raw(scratch.path(), 2, 32, calls);
+
+    let node = Node::new();
+    let up = node.run(&["up"]);
+    assert_eq!(up.code, 0, "elastos up: {up:#?}");
+    let idle_rss = rss(&node);
+    let echo = node.pack_first_party("echo");
+    let ping = node.pack_first_party("ping");
+    start_echos(&node, &echo, 0..2);
+    let med_c1 = ping_run(&node, &ping, "localhost://echo/0/ping", 1, calls);
+    let med_c32 = ping_run(&node, &ping, "localhost://echo/0/ping", 32, calls);
+    let at_2 = ping_run(&node, &ping, "localhost://echo/1/ping", 1, calls);
+    start_echos(&node, &echo, 2..many);
+    let at_many = ping_run(&node, &ping, "localhost://echo/1/ping", 1, calls);
+    let many_rss = rss(&node);
+    let down = node.run(&["down", "--timeout", "5s"]);
+    assert_eq!(down.code, 0, "elastos down: {down:#?}");
+
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    println!("call path, {PAYLOAD}-byte payloads, {calls} calls per figure, no CPU pinning:");
+    for (what, l) in [
+        ("raw socket, 1 hop, c=1 ", &raw1_c1),
+        ("raw socket, 2 hops, c=1", &raw2_c1),
+        ("raw socket, 1 hop, c=32", &raw1_c32),
+        ("raw socket, 2 hops, c=32", &raw2_c32),
+    ] {
+        println!("  {what:<34} p50 {:>6} us  p99 {:>6} us", l.p50, l.p99);
+    }
+    for (what, l, base) in [
+        ("ping -> supervisor -> echo, c=1", &med_c1, &raw2_c1),
+        ("ping -> supervisor -> echo, c=32", &med_c32, &raw2_c32),
+    ] {
+        println!(
+            "  {what:<34} p50 {:>6} us  p99 {:>6} us  vs 2 hops: p50 {:.2}x (goal <= 1.5), p99 {:.2}x (goal <= 3)",
+            l.p50,
+            l.p99,
+            ratio(l.p50, base.p50),
+            ratio(l.p99, base.p99)
+        );
+    }
+    println!(
+        "  {many} echo capsules against 2, c=1: p50 {} us against {} us: {:.2}x (goal <= 1.1)",
+        at_many.p50,
+        at_2.p50,
+        ratio(at_many.p50, at_2.p50)
+    );
+    println!(
+        "  supervisor RSS: idle {:.1} MiB (goal <= 15), with {many} capsules {:.1} MiB (goal <= 40)",
+        mib(idle_rss),
+        mib(many_rss)
+    );
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    a as f64 / b.max(1) as f64
+}
+
+struct Latency {
+    p50: u64,
+    p99: u64,
+}
+
+fn rss(node: &Node) -> u64 {
+    let status = node.run(&["status", "--json"]);
+    status.json()["rss_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rss_bytes in status: {status:#?}"))
+}
+
+/// Starts `echo-i` serving `localhost://echo/i/*` for each i, and waits until all serve.
+fn start_echos(node: &Node, package: &Path, range: std::ops::Range<usize>) {
+    let package = package.to_str().expect("utf-8 path");
+    for i in range.clone() {
+        let name = format!("echo-{i}");
+        let pattern = format!("localhost://echo/{i}/*");
+        let out = node.run(&["run", "-d", package, "--name", &name, "--", "--serve", &pattern]);
+        assert_eq!(out.code, 0, "starting {name}: {out:#?}");
+    }
+    let start = Instant::now();
+    loop {
+        let ps = node.run(&["ps", "--json"]).json();
+        let serving = ps
+            .as_array()
+            .expect("ps is a list")
+            .iter()
+            .filter(|c| {
+                c["name"].as_str().is_some_and(|n| {
+                    n.strip_prefix("echo-")
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .is_some_and(|i| range.contains(&i))
+                }) && c["serves"].as_array().is_some_and(|s| !s.is_empty())
+            })
+            .count();
+        if serving == range.len() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "only {serving} of {} echo capsules serve after 120 s",
+            range.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ping_run(node: &Node, package: &Path, target: &str, concurrency: usize, calls: u64) -> Latency {
+    let out = node.run(&[
+        "run",
+        package.to_str().expect("utf-8 path"),
+        "--name",
+        "ping-bench",
+        "--",
+        "--count",
+        &calls.to_string(),
+        "--size",
+        &PAYLOAD.to_string(),
+        "--concurrency",
+        &concurrency.to_string(),
+        "--target",
+        target,
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "ping: {out:#?}");
+    let report: serde_json::Value = out
+        .stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report from ping: {out:#?}"));
+    assert_eq!(report["errors"], 0, "{report}");
+    Latency {
+        p50: report["p50_us"].as_u64().expect("p50_us"),
+        p99: report["p99_us"].as_u64().expect("p99_us"),
+    }
+}
+
+/// A helper process of this executable in `role`, listening at `socket` once it returns.
+fn helper(role: &str, args: &[&Path], socket: &Path) -> Child {
+    let exe = std::env::current_exe().expect("current_exe");
+    let child = Command::new(exe)
+        .arg(role)
+        .args(args)
+        .spawn()
+        .expect("spawning a helper");
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{role} did not listen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+/// Round trips through 1 or 2 hops at `concurrency`.
+fn raw(dir: &Path, hops: u32, concurrency: usize, calls: u64) -> Latency {
+    let id = format!("{hops}-{concurrency}");
+    let server_at: PathBuf = dir.join(format!("server-{id}.sock"));
+    let mut children = vec![helper("--role-server", &[&server_at], &server_at)];
+    let target = if hops == 1 {
+        server_at.clone()
+    } else {
+        let relay_at = dir.join(format!("relay-{id}.sock"));
+        children.push(helper("--role-relay", &[&relay_at, &server_at], &relay_at));
+        relay_at
+    };
+    let mut s = UnixStream::connect(&target).expect("connect");
+    let request = frame(RAW_REQUEST);
+    let mut answer = vec![0u8; RAW_ANSWER];
+    let mut sent_at = std::collections::VecDeque::with_capacity(concurrency);
+    let mut latencies = Vec::with_capacity(calls as usize);
+    let (mut sent, mut done) = (0u64, 0u64);
+    while done < calls {
+        while sent < calls && sent_at.len() < concurrency {
+            sent_at.push_back(Instant::now());
+            s.write_all(&request).expect("write");
+            sent += 1;
+        }
+        // The server answers in order, so the oldest call is the one answered.
+        s.read_exact(&mut answer).expect("read");
+        let began = sent_at.pop_front().expect("a call in flight");
+        latencies.push(began.elapsed().as_micros() as u64);
+        done += 1;
+    }
+    drop(s);
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Latency {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+/// A length-prefixed frame of `total` bytes in all.
+fn frame(total: usize) -> Vec<u8> {
+    let mut f = vec![0x5au8; total];
+    f[..4].copy_from_slice(&((total - 4) as u32).to_le_bytes());
+    f
+}
+
+fn read_frame(s: &mut UnixStream, buf: &mut Vec<u8>) -> bool {
+    let mut len = [0u8; 4];
+    if s.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    buf.clear();
+    buf.extend_from_slice(&len);
+    buf.resize(4 + n, 0);
+    s.read_exact(&mut buf[4..]).is_ok()
+}
+
+/// Answers every frame with an answer-sized frame, in order.
+fn serve(at: &Path) {
+    let listener = UnixListener::bind(at).expect("bind");
+    let (mut s, _) = listener.accept().expect("accept");
+    let answer = frame(RAW_ANSWER);
+    let mut buf = Vec::new();
+    while read_frame(&mut s, &mut buf) {
+        if s.write_all(&answer).is_err() {
+            break;
+        }
+    }
+}
+
+/// Forwards whole frames both ways between one client and the server, a thread per direction.
+fn relay(at: &Path, upstream: &Path) {
+    let listener = UnixListener::bind(at).expect("bind");
+    let (client, _) = listener.accept().expect("accept");
+    let server = UnixStream::connect(upstream).expect("connect upstream");
+    let pump = |mut from: UnixStream, mut to: UnixStream| {
+        let mut buf = Vec::new();
+        while read_frame(&mut from, &mut buf) {
+            if to.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    };
+    let (c2, s2) = (
+        client.try_clone().expect("clone"),
+        server.try_clone().expect("clone"),
+    );
+    let up = std::thread::spawn(move || pump(c2, s2));
+    pump(server, client);
+    let _ = up.join();
+}
