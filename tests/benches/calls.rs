@@ -118,7 +118,9 @@ fn start_echos(node: &Node, package: &Path, range: std::ops::Range<usize>) {
     for i in range.clone() {
         let name = format!("echo-{i}");
         let pattern = format!("localhost://echo/{i}/*");
-        let out = node.run(&["run", "-d", package, "--name", &name, "--", "--serve", &pattern]);
+        let out = node.run(&[
+            "run", "-d", package, "--name", &name, "--", "--serve", &pattern,
+        ]);
         assert_eq!(out.code, 0, "starting {name}: {out:#?}");
     }
     let start = Instant::now();
@@ -189,7 +191,10 @@ fn helper(role: &str, args: &[&Path], socket: &Path) -> Child {
         .expect("spawning a helper");
     let start = Instant::now();
     while !socket.exists() {
-        assert!(start.elapsed() < Duration::from_secs(10), "{role} did not listen");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{role} did not listen"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child

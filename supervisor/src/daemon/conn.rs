@@ -1,10 +1,13 @@
 //! One capsule's connection: the call path.
 //!
 //! Each capsule socket has its own reader task, which decodes a frame, checks it against shared
-//! state (the authority, the route table) and forwards it; only the audit append is handed to the
-//! audit writer. No per-call actor mailbox sits on the path, so one capsule's calls never queue
-//! behind another's. A writer task per connection owns the socket's write half and is fed by a
-//! bounded channel.
+//! state (the authority, the route table) and writes it straight into the provider's socket
+//! ([`Outbox`]); the provider's reader writes the answer straight back into the caller's. Only
+//! the audit append is handed to the audit writer. No per-call task or actor mailbox sits on the
+//! path, so a call costs no thread wake-up beyond the sockets' own, and one capsule's calls
+//! never queue behind another's. Slow paths (a durable audit record before an answer) run in a
+//! task of their own so the reader never waits. One sweeper task answers calls whose deadline
+//! passed.
 //!
 //! The caller is always the capsule bound to this socket ([`Peer`]), never a field of a frame.
 //! A provider receives the verified caller (name, CID, publisher), the action and the resource,
@@ -13,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use capnp::message::Builder;
 use elastos::audit::{Decision, Durability, Event};
@@ -24,10 +27,11 @@ use elastos_schema::manifest::Manifest;
 use elastos_schema::wire::{self, FrameError};
 use elastos_schema::wire_capnp::{frame, Status};
 use elastos_schema::{token_capnp, versions, Action, ActionSet, Classification};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
+use super::outbox::{Outbox, SendError};
 use super::Shared;
 
 /// Who is on the other end of a capsule socket, as the supervisor started it.
@@ -57,30 +61,50 @@ struct ReplyData {
 /// The shared handle of a live connection: how others reach this capsule.
 pub struct Conn {
     pub peer: Arc<Peer>,
-    tx: mpsc::Sender<Vec<u8>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<ReplyData>>>,
+    out: Outbox,
+    /// Calls forwarded to this capsule (as a provider) and not answered yet, by incoming id.
+    pending: Mutex<HashMap<u64, Pending>>,
     next_incoming: AtomicU64,
+    /// Calls this capsule made that are not answered yet.
     in_flight: AtomicUsize,
     /// Calls this capsule made or served; shared with its earlier and later connections.
     calls: Arc<AtomicU64>,
-    /// Woken when this capsule's answers no longer fit its write queue: it has stopped reading
-    /// its socket, and its connection is closed rather than buffering without end.
+    /// Woken when this capsule's answers no longer fit its queue: it has stopped reading its
+    /// socket, and its connection is closed rather than buffering without end.
     stalled: Notify,
 }
 
+/// A forwarded call waiting for its provider's reply.
+struct Pending {
+    caller: Arc<Conn>,
+    call_id: u64,
+    target: String,
+    deadline: Instant,
+}
+
 impl Conn {
-    /// Queues a frame for this capsule without waiting: the read loop must never block on a
-    /// capsule that does not read (that capsule could then stall everyone who calls it).
-    /// `false` when the queue is full (the connection is then closed) or already gone.
+    /// Sends a frame for this capsule to read. A full queue means the capsule stopped
+    /// reading: its connection is closed.
     fn push(&self, frame: Vec<u8>) -> bool {
-        match self.tx.try_send(frame) {
+        match self.out.send(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(SendError::Full) => {
                 self.stalled.notify_one();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(SendError::Closed) => false,
         }
+    }
+
+    /// Sends a frame this capsule caused itself (a reply to its own request), waiting for room:
+    /// a capsule that floods without reading slows only its own reader.
+    async fn push_wait(&self, frame: Vec<u8>) {
+        let _ = self.out.send_wait(frame).await;
+    }
+
+    /// One of this capsule's calls is answered (or failed): it may make another.
+    fn call_done(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -91,42 +115,41 @@ pub struct Route {
     pub conn: Arc<Conn>,
 }
 
-const WRITE_QUEUE: usize = 256;
 /// Kept short: capsule-supplied text ends up in audit records and operators' terminals.
 const MAX_TEXT: usize = 2048;
 
 /// Serves one capsule socket until it closes. Returns the reason it ended.
 pub async fn serve(shared: Arc<Shared>, peer: Arc<Peer>, stream: UnixStream) -> String {
-    let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (rd, wr) = stream.into_split();
     let conn = Arc::new(Conn {
         peer: peer.clone(),
-        tx,
+        out: Outbox::new(wr),
         pending: Mutex::new(HashMap::new()),
         next_incoming: AtomicU64::new(1),
         in_flight: AtomicUsize::new(0),
         calls: shared.conns.counter(&peer.name),
         stalled: Notify::new(),
     });
+    let writer = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.out.write_queued().await }
+    });
     shared.conns.insert(&peer.name, conn.clone());
+    // Buffered: under load one read brings several frames.
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let why = tokio::select! {
         why = read_loop(&shared, &conn, &mut rd) => why,
         () = conn.stalled.notified() => {
             let why = format!(
-                "`{}` stopped reading its socket ({WRITE_QUEUE} frames waiting); connection closed",
-                peer.name
+                "`{}` stopped reading its socket ({} frames waiting); connection closed",
+                peer.name,
+                super::outbox::MAX_QUEUED
             );
             shared.audit_now(&peer.actor(), "wire.stalled", "", Decision::Denied, &why, None);
             why
         }
     };
+    conn.out.close();
     // Whatever this capsule served is gone; whoever waits on it hears so at once.
     shared
         .routes
@@ -138,13 +161,17 @@ pub async fn serve(shared: Arc<Shared>, peer: Arc<Peer>, stream: UnixStream) -> 
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .drain()
+        .map(|(_, p)| p)
         .collect();
-    for (_, waiter) in pending {
-        let _ = waiter.send(ReplyData {
-            status: Status::Unavailable,
-            message: format!("provider `{}` went away", peer.name),
-            payload: Vec::new(),
-        });
+    for p in pending {
+        shared.pending_done();
+        answer_error(
+            &p.caller,
+            p.call_id,
+            Status::Unavailable,
+            &format!("provider `{}` went away", peer.name),
+        );
+        p.caller.call_done();
     }
     shared.conns.remove(&peer.name, &conn);
     writer.abort();
@@ -154,7 +181,7 @@ pub async fn serve(shared: Arc<Shared>, peer: Arc<Peer>, stream: UnixStream) -> 
 async fn read_loop(
     shared: &Arc<Shared>,
     conn: &Arc<Conn>,
-    rd: &mut tokio::net::unix::OwnedReadHalf,
+    rd: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
 ) -> String {
     let max = wire::MAX_FRAME;
     let mut greeted = false;
@@ -194,14 +221,14 @@ async fn read_loop(
                         w.set_max_frame(max);
                         wire::encode(&m)
                     };
-                    send_bytes(conn, frame);
+                    send_back(conn, frame).await;
                 }
                 Parsed::Hello(v) => {
                     let why = format!(
                         "wire protocol version {v} is unknown (this supervisor speaks {})",
                         versions::WIRE
                     );
-                    answer_error(conn, 0, Status::BadRequest, &why);
+                    answer_back(conn, 0, Status::BadRequest, &why).await;
                     shared.audit_now(
                         &conn.peer.actor(),
                         "wire.hello",
@@ -212,8 +239,8 @@ async fn read_loop(
                     );
                     return why;
                 }
-                Parsed::Malformed(why) => malformed(shared, conn, &why),
-                _ => malformed(shared, conn, "the first frame must be a hello"),
+                Parsed::Malformed(why) => malformed(shared, conn, &why).await,
+                _ => malformed(shared, conn, "the first frame must be a hello").await,
             }
             continue;
         }
@@ -222,35 +249,39 @@ async fn read_loop(
                 // Bounded in flight: beyond the limit, a clear `busy` and no allocation.
                 if conn.in_flight.load(Ordering::Relaxed) >= shared.config.supervisor.max_in_flight
                 {
-                    answer_error(
+                    answer_back(
                         conn,
                         id,
                         Status::Busy,
                         "too many calls in flight; retry later",
-                    );
+                    )
+                    .await;
                     continue;
                 }
                 conn.in_flight.fetch_add(1, Ordering::Relaxed);
                 conn.calls.fetch_add(1, Ordering::Relaxed);
-                let shared = shared.clone();
-                let conn = conn.clone();
-                tokio::spawn(async move {
-                    handle_call(&shared, &conn, id, call).await;
-                    conn.in_flight.fetch_sub(1, Ordering::Relaxed);
-                });
+                handle_call(shared, conn, id, call);
             }
             Parsed::Call(id, Err(e)) => {
-                answer_error(conn, id, Status::BadRequest, &e);
                 shared.audit_now(&conn.peer.actor(), "call", "", Decision::Denied, &e, None);
+                answer_back(conn, id, Status::BadRequest, &e).await;
             }
             Parsed::Reply(id, reply) => {
-                let waiter = conn
+                let waiting = conn
                     .pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
-                if let Some(w) = waiter {
-                    let _ = w.send(reply);
+                // None: answered after its deadline (the caller heard `timeout`), or a made-up id.
+                if let Some(p) = waiting {
+                    shared.pending_done();
+                    let status = if reply.status == Status::Ok {
+                        Status::Ok
+                    } else {
+                        Status::ProviderError
+                    };
+                    answer(&p.caller, p.call_id, status, &reply.message, &reply.payload);
+                    p.caller.call_done();
                 }
             }
             Parsed::RequestToken {
@@ -263,8 +294,8 @@ async fn read_loop(
             Parsed::Serve { id, pattern, token } => {
                 serve_namespace(shared, conn, id, &pattern, &token).await
             }
-            Parsed::Hello(_) => malformed(shared, conn, "hello sent twice"),
-            Parsed::Malformed(why) => malformed(shared, conn, &why),
+            Parsed::Hello(_) => malformed(shared, conn, "hello sent twice").await,
+            Parsed::Malformed(why) => malformed(shared, conn, &why).await,
         }
     }
 }
@@ -375,10 +406,10 @@ fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
         .unwrap_or_default()
 }
 
-fn send_bytes(conn: &Conn, frame: Result<Vec<u8>, FrameError>) -> bool {
-    match frame.and_then(fits) {
-        Ok(bytes) => conn.push(bytes),
-        Err(_) => false,
+/// Sends a reply to the capsule's own request (see [`Conn::push_wait`]).
+async fn send_back(conn: &Conn, frame: Result<Vec<u8>, FrameError>) {
+    if let Ok(bytes) = frame.and_then(fits) {
+        conn.push_wait(bytes).await;
     }
 }
 
@@ -398,7 +429,21 @@ fn answer_error(conn: &Conn, id: u64, status: Status, message: &str) {
     answer(conn, id, status, message, &[]);
 }
 
+/// An answer another capsule (or the deadline) caused: never waits.
 fn answer(conn: &Conn, id: u64, status: Status, message: &str, payload: &[u8]) {
+    if let Some(frame) = answer_frame(id, status, message, payload) {
+        conn.push(frame);
+    }
+}
+
+/// An answer to the capsule's own frame: waits for room rather than dropping it.
+async fn answer_back(conn: &Conn, id: u64, status: Status, message: &str) {
+    if let Some(frame) = answer_frame(id, status, message, &[]) {
+        conn.push_wait(frame).await;
+    }
+}
+
+fn answer_frame(id: u64, status: Status, message: &str, payload: &[u8]) -> Option<Vec<u8>> {
     let encode = |status: Status, message: &str, payload: &[u8]| {
         let mut m = Builder::new_default();
         let mut a = m.init_root::<frame::Builder>().init_answer();
@@ -408,23 +453,20 @@ fn answer(conn: &Conn, id: u64, status: Status, message: &str, payload: &[u8]) {
         a.set_payload(payload);
         wire::encode(&m).and_then(fits)
     };
-    let frame = match encode(status, message, payload) {
-        Ok(f) => f,
+    match encode(status, message, payload) {
+        Ok(f) => Some(f),
         // A provider's payload that, with the answer around it, exceeds a frame: the caller
         // hears why instead of waiting for its deadline.
-        Err(e) => match encode(
+        Err(e) => encode(
             Status::ProviderError,
             &format!("the answer does not fit one frame ({e}); use a stream"),
             &[],
-        ) {
-            Ok(f) => f,
-            Err(_) => return,
-        },
-    };
-    conn.push(frame);
+        )
+        .ok(),
+    }
 }
 
-fn malformed(shared: &Shared, conn: &Conn, why: &str) {
+async fn malformed(shared: &Shared, conn: &Conn, why: &str) {
     let why = format!("malformed frame: {why}");
     // The connection goes on; denials are coalesced by the audit log under a flood.
     shared.audit_now(
@@ -435,10 +477,13 @@ fn malformed(shared: &Shared, conn: &Conn, why: &str) {
         &why,
         None,
     );
-    answer_error(conn, 0, Status::BadRequest, &why);
+    answer_back(conn, 0, Status::BadRequest, &why).await;
 }
 
-async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData) {
+/// A call from `conn`: checked, audited and forwarded without waiting, unless a durable
+/// record must come first (a denial, a max-uses token, a strict node): then a task of its own
+/// waits for the audit log and the reader goes on.
+fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData) {
     let actor = conn.peer.actor();
     let route = shared.route_for(&call.target);
     let classification = route
@@ -459,15 +504,19 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
         Ok(t) => t,
         Err(denial) => {
             let why = format!("{}: {}", denial.check.as_str(), denial.reason);
+            let (shared, conn) = (shared.clone(), conn.clone());
             // Denials are durable before the answer goes out.
-            if !shared
-                .audit_sync(&actor, "call", &call.target, Decision::Denied, &why, None)
-                .await
-            {
-                answer_error(conn, id, Status::Unavailable, "audit unavailable");
-                return;
-            }
-            answer_error(conn, id, Status::Denied, &format!("denied: {why}"));
+            tokio::spawn(async move {
+                if shared
+                    .audit_sync(&actor, "call", &call.target, Decision::Denied, &why, None)
+                    .await
+                {
+                    answer_back(&conn, id, Status::Denied, &format!("denied: {why}")).await;
+                } else {
+                    answer_back(&conn, id, Status::Unavailable, "audit unavailable").await;
+                }
+                conn.call_done();
+            });
             return;
         }
     };
@@ -483,41 +532,52 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
             token_id,
         );
         answer_error(conn, id, Status::NotFound, &why);
+        conn.call_done();
         return;
     };
-    // Calls under a max-uses token, and every call on a strict node, are durable first.
-    let durable_first = token.max_uses > 0 || shared.config.audit.strict;
     let reason = format!("{} via {}", call.action, route.conn.peer.name);
-    if durable_first {
-        if !shared
-            .audit_sync(
-                &actor,
-                "call",
-                &call.target,
-                Decision::Allowed,
-                &reason,
-                token_id,
-            )
-            .await
-        {
-            answer_error(conn, id, Status::Unavailable, "audit unavailable");
-            return;
-        }
-    } else if shared.audit.is_available() {
-        // Answered at once; the record is made durable by group commit within 10 ms.
-        shared.audit_now(
-            &actor,
-            "call",
-            &call.target,
-            Decision::Allowed,
-            &reason,
-            token_id,
-        );
-    } else {
-        answer_error(conn, id, Status::Unavailable, "audit unavailable");
+    // Calls under a max-uses token, and every call on a strict node, are durable first.
+    if token.max_uses > 0 || shared.config.audit.strict {
+        let (shared, conn) = (shared.clone(), conn.clone());
+        tokio::spawn(async move {
+            if shared
+                .audit_sync(
+                    &actor,
+                    "call",
+                    &call.target,
+                    Decision::Allowed,
+                    &reason,
+                    token_id,
+                )
+                .await
+            {
+                forward(&shared, &conn, id, call, &route);
+            } else {
+                answer_error(&conn, id, Status::Unavailable, "audit unavailable");
+                conn.call_done();
+            }
+        });
         return;
     }
+    if !shared.audit.is_available() {
+        answer_error(conn, id, Status::Unavailable, "audit unavailable");
+        conn.call_done();
+        return;
+    }
+    // Answered at once; the record is made durable by group commit within 10 ms.
+    shared.audit_now(
+        &actor,
+        "call",
+        &call.target,
+        Decision::Allowed,
+        &reason,
+        token_id,
+    );
+    forward(shared, conn, id, call, &route);
+}
 
+/// Hands an allowed call to its provider; the provider's reader answers the caller.
+fn forward(shared: &Shared, conn: &Arc<Conn>, id: u64, call: CallData, route: &Route) {
     let max = shared.config.supervisor.call_deadline;
     let deadline = if call.deadline_ms == 0 {
         max
@@ -527,12 +587,6 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
     let provider = &route.conn;
     provider.calls.fetch_add(1, Ordering::Relaxed);
     let incoming_id = provider.next_incoming.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = oneshot::channel();
-    provider
-        .pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(incoming_id, tx);
     let frame = {
         let mut m = Builder::new_default();
         let mut inc = m.init_root::<frame::Builder>().init_incoming();
@@ -547,70 +601,98 @@ async fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: Call
         inc.set_resource(&call.target);
         inc.set_payload(&call.payload);
         inc.set_deadline_ms(u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX));
-        wire::encode(&m)
+        wire::encode(&m).and_then(fits)
     };
-    let forwarded = match frame.and_then(fits) {
-        // Not `push`: a provider with a full queue is busy, not necessarily stalled.
-        Ok(bytes) => provider.tx.try_send(bytes).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => (
+    let frame = match frame {
+        Ok(f) => f,
+        Err(e) => {
+            let why = format!(
+                "the call does not fit one frame with its caller's details ({e}); use a stream"
+            );
+            answer_error(conn, id, Status::BadRequest, &why);
+            conn.call_done();
+            return;
+        }
+    };
+    // Registered before it is sent: the reply may come back before `send` returns.
+    provider
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            incoming_id,
+            Pending {
+                caller: conn.clone(),
+                call_id: id,
+                target: call.target,
+                deadline: Instant::now() + deadline,
+            },
+        );
+    shared.pending_added();
+    // Not `push`: a provider with a full queue is busy, not necessarily stalled.
+    if let Err(e) = provider.out.send(frame) {
+        let (status, why) = match e {
+            SendError::Full => (
                 Status::Busy,
                 format!(
                     "`{}` has too many calls queued; retry later",
                     provider.peer.name
                 ),
             ),
-            mpsc::error::TrySendError::Closed(_) => (
+            SendError::Closed => (
                 Status::Unavailable,
                 format!("`{}` went away", provider.peer.name),
             ),
-        }),
-        Err(e) => Err((
-            Status::BadRequest,
-            format!(
-                "the call does not fit one frame with its caller's details ({e}); use a stream"
-            ),
-        )),
-    };
-    if let Err((status, why)) = forwarded {
-        provider
+        };
+        let took_back = provider
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&incoming_id);
-        answer_error(conn, id, status, &why);
-        return;
+            .remove(&incoming_id)
+            .is_some();
+        // Else the provider's end already answered the caller.
+        if took_back {
+            shared.pending_done();
+            answer_error(conn, id, status, &why);
+            conn.call_done();
+        }
     }
-    match tokio::time::timeout(deadline, rx).await {
-        Ok(Ok(reply)) => {
-            let status = if reply.status == Status::Ok {
-                Status::Ok
-            } else {
-                Status::ProviderError
+}
+
+/// Answers, with `timeout`, every forwarded call whose deadline passed. Sleeps while no call
+/// waits anywhere, so an idle supervisor does not wake up.
+pub async fn sweep_deadlines(shared: Arc<Shared>) {
+    const TICK: Duration = Duration::from_millis(10);
+    loop {
+        if shared.pending.load(Ordering::Acquire) == 0 {
+            shared.pending_wake.notified().await;
+        }
+        tokio::time::sleep(TICK).await;
+        let now = Instant::now();
+        for provider in shared.conns.live() {
+            let expired: Vec<Pending> = {
+                let mut pending = provider.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let ids: Vec<u64> = pending
+                    .iter()
+                    .filter(|(_, p)| p.deadline <= now)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.iter().filter_map(|id| pending.remove(id)).collect()
             };
-            answer(conn, id, status, &reply.message, &reply.payload);
-        }
-        Ok(Err(_)) => {
-            answer_error(conn, id, Status::Unavailable, "the provider went away");
-        }
-        Err(_) => {
-            provider
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&incoming_id);
-            let why = format!(
-                "`{}` did not answer within {:?}",
-                provider.peer.name, deadline
-            );
-            shared.audit_now(
-                &actor,
-                "call.timeout",
-                &call.target,
-                Decision::Info,
-                &why,
-                None,
-            );
-            answer_error(conn, id, Status::Timeout, &why);
+            for p in expired {
+                shared.pending_done();
+                let why = format!("`{}` did not answer in time", provider.peer.name);
+                shared.audit_now(
+                    &p.caller.peer.actor(),
+                    "call.timeout",
+                    &p.target,
+                    Decision::Info,
+                    &why,
+                    None,
+                );
+                answer_error(&p.caller, p.call_id, Status::Timeout, &why);
+                p.caller.call_done();
+            }
         }
     }
 }
@@ -741,7 +823,7 @@ async fn request_token(
         }
         wire::encode(&m)
     };
-    send_bytes(conn, frame);
+    send_back(conn, frame).await;
 }
 
 async fn serve_namespace(
@@ -809,7 +891,7 @@ async fn serve_namespace(
         reply.set_message(&message);
         wire::encode(&m)
     };
-    send_bytes(conn, frame);
+    send_back(conn, frame).await;
 }
 
 pub fn now_unix() -> i64 {

@@ -9,13 +9,14 @@ pub mod capsule;
 pub mod conn;
 pub mod control;
 pub mod logs;
+pub mod outbox;
 pub mod root;
 pub mod routes;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,15 @@ impl ConnTable {
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
     }
+    /// Every live connection.
+    pub fn live(&self) -> Vec<Arc<Conn>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
     pub fn calls(&self, name: &str) -> u64 {
         self.calls
             .lock()
@@ -93,9 +103,22 @@ pub struct Shared {
     pub spawner: Spawner,
     pub started: Instant,
     pub logs_dir: PathBuf,
+    /// Forwarded calls waiting for a reply, over all providers; the deadline sweeper sleeps on
+    /// `pending_wake` while it is zero.
+    pub pending: AtomicUsize,
+    pub pending_wake: tokio::sync::Notify,
 }
 
 impl Shared {
+    pub fn pending_added(&self) {
+        if self.pending.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.pending_wake.notify_one();
+        }
+    }
+    pub fn pending_done(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// The capsule serving `target`, if any.
     pub fn route_for(&self, target: &str) -> Option<Arc<Route>> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
@@ -217,6 +240,8 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         spawner,
         started: Instant::now(),
         logs_dir,
+        pending: AtomicUsize::new(0),
+        pending_wake: tokio::sync::Notify::new(),
     });
     elastos::fsutil::write_atomic(
         &pid_file(&home),
@@ -284,6 +309,7 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
             eprintln!("elastos: default capsule {source} not started: {e}");
         }
     }
+    let sweeper = tokio::spawn(conn::sweep_deadlines(shared.clone()));
     let server = tokio::spawn(control::serve(
         listener,
         shared.clone(),
@@ -306,6 +332,7 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     };
     shutdown(&shared, &root, timeout).await;
     server.abort();
+    sweeper.abort();
     root.stop(None);
     let _ = root_handle.await;
     Ok(())
