@@ -10,8 +10,9 @@
 //!   log below the signed head, or rewriting it, is detected without the key.
 //! - **Durability.** `Sync` records are written and fdatasync'd before `append` returns, and all
 //!   `Sync` records that arrive together share one fdatasync (group commit). `Group` records are
-//!   acknowledged at once and made durable within `group_commit` (10 ms). `strict` turns every
-//!   record into `Sync`. If a write or sync fails, the bytes stay buffered, the log reports
+//!   made durable within `group_commit` (10 ms) of their submission: they are collected in a
+//!   buffer without waking the writer thread for each (the first of a batch wakes it), and are
+//!   chained, in order, before any later `Sync` record. `strict` turns every record into `Sync`. If a write or sync fails, the bytes stay buffered, the log reports
 //!   [`AuditError::Unavailable`] to every caller (who must deny), and each later append retries;
 //!   nothing buffered is lost while the process lives.
 //! - **Coalescing.** One actor's denials of one action beyond [`DENIALS_PER_WINDOW`] within a
@@ -166,12 +167,18 @@ type Done = Box<dyn FnOnce(Result<Receipt, AuditError>) + Send>;
 
 enum Cmd {
     Append(Event, Durability, Done),
+    /// The group buffer went from empty to not: make it durable within `group_commit`.
+    Kick,
     Close(mpsc::Sender<Result<(), AuditError>>),
 }
+
+/// `Group` records waiting for the writer thread, in submission order.
+type GroupBuffer = Arc<Mutex<Vec<(Event, Done)>>>;
 
 /// The log's writer handle: cheap to share; one writer thread does the I/O.
 pub struct AuditLog {
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    group: GroupBuffer,
     available: Arc<AtomicBool>,
     syncs: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -203,6 +210,10 @@ struct Writer {
     prev: [u8; 32],
     since_checkpoint: u64,
     last_append: Instant,
+    /// When the oldest record not yet durable was submitted: the group commit deadline runs
+    /// from here.
+    oldest_unsynced: Option<Instant>,
+    group: GroupBuffer,
     retry_truncate: bool,
     available: Arc<AtomicBool>,
     syncs: Arc<AtomicU64>,
@@ -309,6 +320,7 @@ impl AuditLog {
         }
         let available = Arc::new(AtomicBool::new(true));
         let syncs = Arc::new(AtomicU64::new(0));
+        let group: GroupBuffer = Arc::default();
         let (notifier, notified) = mpsc::channel::<Vec<(Done, Receipt)>>();
         std::thread::Builder::new()
             .name("elastos-audit-ack".into())
@@ -334,6 +346,8 @@ impl AuditLog {
             prev,
             since_checkpoint: 0,
             last_append: Instant::now(),
+            oldest_unsynced: None,
+            group: group.clone(),
             retry_truncate: false,
             available: available.clone(),
             syncs: syncs.clone(),
@@ -372,6 +386,7 @@ impl AuditLog {
             .map_err(io_err(dir))?;
         Ok(AuditLog {
             tx: Mutex::new(Some(tx)),
+            group,
             available,
             syncs,
             thread: Mutex::new(Some(thread)),
@@ -388,15 +403,33 @@ impl AuditLog {
         self.available.load(Ordering::Relaxed)
     }
 
-    /// Appends without blocking; `done` runs on the writer thread once the record is durable
-    /// (Sync) or accepted (Group).
+    /// Appends without blocking; `done` runs on a thread of the log once the record is durable
+    /// (Sync) or chained (Group, within `group_commit`).
     pub fn submit(
         &self,
         ev: Event,
         d: Durability,
         done: impl FnOnce(Result<Receipt, AuditError>) + Send + 'static,
     ) {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if d == Durability::Group {
+            // Under the `tx` lock: a record buffered here is seen by the `Close` that `close`
+            // sends after taking `tx`.
+            let Some(tx) = guard.as_ref() else {
+                drop(guard);
+                return done(Err(AuditError::Closed));
+            };
+            let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+            let first = group.is_empty();
+            group.push((ev, Box::new(done)));
+            drop(group);
+            if first {
+                let _ = tx.send(Cmd::Kick);
+            }
+            return;
+        }
+        let tx = guard.clone();
+        drop(guard);
         match tx {
             Some(tx) => {
                 if let Err(mpsc::SendError(Cmd::Append(_, _, done))) =
@@ -484,52 +517,97 @@ fn read_head(dir: &Path) -> Result<Option<Head>, AuditError> {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         loop {
-            let pending = !self.unsynced.is_empty() || !self.coalesce.is_empty();
-            let wait = if pending {
-                self.opts.group_commit
-            } else if self.since_checkpoint > 0 {
-                QUIET_CHECKPOINT
-            } else {
-                Duration::from_secs(3600)
+            let due_at = self.oldest_unsynced.map(|t| t + self.opts.group_commit);
+            let wait = match due_at {
+                Some(at) => at.saturating_duration_since(Instant::now()),
+                None if !self.coalesce.is_empty() => self.opts.group_commit,
+                None if self.since_checkpoint > 0 => QUIET_CHECKPOINT,
+                None => Duration::from_secs(3600),
             };
             let first = match rx.recv_timeout(wait) {
                 Ok(c) => Some(c),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
+                    self.drain_group();
                     let _ = self.finish();
                     return;
                 }
             };
-            let mut sync_now = false;
-            let mut closing = None;
             let mut batch: Vec<Cmd> = first.into_iter().collect();
             while let Ok(c) = rx.try_recv() {
                 batch.push(c);
             }
+            // A kick only starts the group commit clock: the buffer fills without waking this
+            // thread until the deadline, or until a record that cannot wait arrives.
+            let mut urgent = false;
+            for cmd in &batch {
+                match cmd {
+                    Cmd::Kick => {
+                        self.oldest_unsynced.get_or_insert_with(Instant::now);
+                    }
+                    Cmd::Append(..) | Cmd::Close(_) => urgent = true,
+                }
+            }
+            let due = self
+                .oldest_unsynced
+                .is_some_and(|t| t.elapsed() >= self.opts.group_commit);
+            // Buffered Group records were submitted before anything in this batch that their
+            // submitters sent after them: chain them first.
+            let mut sync_now = (urgent || due) && self.drain_group() > 0 && self.opts.strict;
+            let mut closing = None;
             for cmd in batch {
                 match cmd {
                     Cmd::Append(ev, d, done) => {
                         sync_now |= d == Durability::Sync || self.opts.strict;
                         self.append(ev, d, done);
                     }
+                    Cmd::Kick => {}
                     Cmd::Close(reply) => closing = Some(reply),
                 }
             }
             self.end_windows(false);
             if let Some(reply) = closing {
+                self.drain_group();
                 let _ = reply.send(self.finish());
                 return;
             }
-            let timer = self.last_append.elapsed() >= self.opts.group_commit;
-            if sync_now || (timer && !self.unsynced.is_empty()) {
-                let _ = self.flush();
+            let due = self
+                .oldest_unsynced
+                .is_some_and(|t| t.elapsed() >= self.opts.group_commit);
+            if sync_now || due {
+                self.drain_group();
+                if self.flush().is_err() {
+                    // Retried after another group commit interval, not in a tight loop.
+                    self.oldest_unsynced = Some(Instant::now());
+                }
             }
             if self.since_checkpoint >= self.opts.checkpoint_every
                 || (self.since_checkpoint > 0 && self.last_append.elapsed() >= QUIET_CHECKPOINT)
             {
                 let _ = self.checkpoint();
             }
+            // Records buffered while this thread worked sent no kick (the buffer was not empty):
+            // their clock starts now.
+            if self.oldest_unsynced.is_none()
+                && !self
+                    .group
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+            {
+                self.oldest_unsynced = Some(Instant::now());
+            }
         }
+    }
+
+    /// Chains the buffered Group records; returns how many.
+    fn drain_group(&mut self) -> usize {
+        let records = std::mem::take(&mut *self.group.lock().unwrap_or_else(|e| e.into_inner()));
+        let n = records.len();
+        for (ev, done) in records {
+            self.append(ev, Durability::Group, done);
+        }
+        n
     }
 
     fn append(&mut self, ev: Event, d: Durability, done: Done) {
@@ -639,6 +717,7 @@ impl Writer {
         self.prev = hash;
         self.since_checkpoint += 1;
         self.last_append = Instant::now();
+        self.oldest_unsynced.get_or_insert(self.last_append);
         Ok(Receipt { seq: rec.seq, hash })
     }
 
@@ -676,6 +755,7 @@ impl Writer {
 
     fn write_and_sync(&mut self) -> Result<(), AuditError> {
         if self.unsynced.is_empty() {
+            self.oldest_unsynced = None;
             return Ok(());
         }
         let path = self.segment_path();
@@ -703,6 +783,7 @@ impl Writer {
         self.retry_truncate = false;
         self.synced_len += self.unsynced.len() as u64;
         self.unsynced.clear();
+        self.oldest_unsynced = None;
         Ok(())
     }
 
@@ -1142,6 +1223,59 @@ mod tests {
             "group record not durable"
         );
         log.close().unwrap();
+    }
+
+    #[test]
+    fn group_records_are_durable_in_time_under_a_steady_stream_and_keep_their_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = Arc::new(open(tmp.path(), AuditOptions::default()));
+        log.submit(
+            ev("capsule:early", Decision::Allowed),
+            Durability::Group,
+            |_| {},
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = {
+            let (log, stop) = (log.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    log.submit(
+                        ev("capsule:steady", Decision::Allowed),
+                        Durability::Group,
+                        |_| {},
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        // A stream that never pauses must not postpone the group commit.
+        std::thread::sleep(Duration::from_millis(300));
+        let text = fs::read_to_string(seg1(tmp.path())).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        producer.join().unwrap();
+        assert!(
+            text.contains("capsule:early"),
+            "not durable while the stream went on"
+        );
+        // A Group record, then a Sync one from the same thread: chained in that order.
+        log.submit(
+            ev("capsule:first", Decision::Allowed),
+            Durability::Group,
+            |_| {},
+        );
+        log.append(ev("capsule:second", Decision::Allowed), Durability::Sync)
+            .unwrap();
+        log.close().unwrap();
+        let seq_of = |actor: &str| {
+            read_records(tmp.path())
+                .unwrap()
+                .map(Result::unwrap)
+                .find(|r| r.actor == actor)
+                .unwrap()
+                .seq
+        };
+        assert!(seq_of("capsule:first") < seq_of("capsule:second"));
+        verify(tmp.path(), &vk(), None).unwrap();
     }
 
     #[test]
