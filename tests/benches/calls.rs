@@ -9,7 +9,11 @@
 //! - Scale: the call cost with 200 echo capsules running against 2 (goal ≤ 1.1×), and the
 //!   supervisor's RSS idle and with 200 capsules (goal ≤ 15 MiB / ≤ 40 MiB).
 //!
-//! No CPU pinning for any of them: every process may use every core, the same for all.
+//! The same CPU pinning for all: this process pins itself to one CPU before it starts anything,
+//! and every process it starts (the helpers, the supervisor, capsule-host, the capsules)
+//! inherits that. On a small virtual machine unpinned figures swing by 10× from run to run with
+//! where the scheduler happens to place each process; pinned, they repeat.
+//! `ELASTOS_BENCH_CPU=N` picks the CPU (default 0); `ELASTOS_BENCH_CPU=all` pins nothing.
 //! `ELASTOS_BENCH_QUICK=1` runs briefly (fewer calls, 20 capsules instead of 200).
 
 use std::io::{Read, Write};
@@ -35,6 +39,7 @@ fn main() {
         Some("--role-relay") => return relay(Path::new(&args[2]), Path::new(&args[3])),
         _ => {}
     }
+    let pinning = pin();
     let quick = std::env::var_os("ELASTOS_BENCH_QUICK").is_some();
     let calls: u64 = if quick { 2_000 } else { 20_000 };
     let many: usize = if quick { 20 } else { 200 };
@@ -62,7 +67,7 @@ fn main() {
     assert_eq!(down.code, 0, "elastos down: {down:#?}");
 
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
-    println!("call path, {PAYLOAD}-byte payloads, {calls} calls per figure, no CPU pinning:");
+    println!("call path, {PAYLOAD}-byte payloads, {calls} calls per figure, {pinning}:");
     for (what, l) in [
         ("raw socket, 1 hop, c=1 ", &raw1_c1),
         ("raw socket, 2 hops, c=1", &raw2_c1),
@@ -94,6 +99,22 @@ fn main() {
         mib(idle_rss),
         mib(many_rss)
     );
+}
+
+/// Pins this process (and so all it starts) as `ELASTOS_BENCH_CPU` says; describes it.
+fn pin() -> String {
+    let want = std::env::var("ELASTOS_BENCH_CPU").unwrap_or_else(|_| "0".into());
+    if want == "all" {
+        return "no CPU pinning".into();
+    }
+    let cpu: usize = want
+        .parse()
+        .unwrap_or_else(|_| panic!("ELASTOS_BENCH_CPU={want}: a CPU number or `all`"));
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).expect("a CPU number this machine has");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .unwrap_or_else(|e| panic!("pinning to CPU {cpu}: {e}"));
+    format!("every process pinned to CPU {cpu}")
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
