@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::Mutex;
 
@@ -41,6 +41,8 @@ pub struct SpawnRequest {
     pub entry: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// A pipe for the capsule's stdin (`elastos run -i`); else /dev/null.
+    pub stdin: bool,
 }
 
 pub struct Spawned {
@@ -50,6 +52,7 @@ pub struct Spawned {
     pub socket: UnixStream,
     pub stdout: ChildStdout,
     pub stderr: ChildStderr,
+    pub stdin: Option<ChildStdin>,
     pub status: File,
 }
 
@@ -115,10 +118,14 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
         cmd.arg("--env").arg(format!("{k}={v}"));
     }
     cmd.arg("--").args(&req.args);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    cmd.stdin(if req.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
     let sock_fd = theirs.as_raw_fd();
     let status_fd = status_w.as_raw_fd();
     // SAFETY: between fork and exec the closure only calls dup2/dup (async-signal-safe) on fds
@@ -147,12 +154,14 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
     drop::<OwnedFd>(status_w);
     let stdout = child.stdout.take().ok_or(HostError::Silent)?;
     let stderr = child.stderr.take().ok_or(HostError::Silent)?;
+    let stdin = child.stdin.take();
     Ok(Spawned {
         pid: child.id(),
         child,
         socket: ours,
         stdout,
         stderr,
+        stdin,
         status: File::from(status_r),
     })
 }

@@ -289,6 +289,25 @@ fn a_foreground_run_streams_output_and_exits_with_the_capsule_code() {
 }
 
 #[test]
+fn run_i_forwards_stdin_to_the_capsule_until_eof() {
+    let up = Up::new();
+    let dir = script_capsule(
+        &up.node,
+        "reader",
+        "while read l; do echo \"got:$l\"; done\necho eof",
+    );
+    let out = up
+        .node
+        .run_with_stdin(&["run", "-i", path(&dir)], "hello\nworld\n");
+    assert!(out.ok().contains("got:hello\ngot:world\neof"), "{out:#?}");
+    // Without -i the capsule's stdin is empty: it sees EOF at once.
+    let out = up
+        .node
+        .run_with_stdin(&["run", path(&dir), "--name", "reader2"], "ignored\n");
+    assert_eq!(out.ok().trim(), "eof", "{out:#?}");
+}
+
+#[test]
 fn commands_that_need_a_supervisor_say_so_with_exit_3() {
     let node = Node::new();
     for args in [

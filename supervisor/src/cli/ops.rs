@@ -105,9 +105,6 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         RunSource::Stored(a.what.clone())
     };
-    if a.interactive {
-        anyhow::bail!("-i (forwarding stdin) is not supported yet; run the capsule without -i");
-    }
     let mut c = connect(&home)?;
     let attach = !a.detach;
     let r = check(c.request(&Request::Run(RunRequest {
@@ -131,19 +128,44 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGHUP);
     set.thread_block()?;
-    let mut writer = c.writer()?;
-    std::thread::spawn(move || loop {
-        let Ok(sig) = set.wait() else { return };
-        let name = sig.as_str().trim_start_matches("SIG").to_string();
-        let mut line = match serde_json::to_vec(&Request::Signal { signal: name }) {
-            Ok(l) => l,
-            Err(_) => return,
+    // Signals and stdin share the connection's write side: one line at a time.
+    let writer = std::sync::Arc::new(std::sync::Mutex::new(c.writer()?));
+    let send = move |req: &Request| -> bool {
+        let Ok(mut line) = serde_json::to_vec(req) else {
+            return false;
         };
         line.push(b'\n');
-        if writer.write_all(&line).is_err() {
+        let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.write_all(&line).is_ok()
+    };
+    let send_signal = send.clone();
+    std::thread::spawn(move || loop {
+        let Ok(sig) = set.wait() else { return };
+        let signal = sig.as_str().trim_start_matches("SIG").to_string();
+        if !send_signal(&Request::Signal { signal }) {
             return;
         }
     });
+    if a.interactive {
+        std::thread::spawn(move || {
+            use base64::Engine;
+            use std::io::Read;
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut input = std::io::stdin().lock();
+            loop {
+                match input.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let data = base64::engine::general_purpose::STANDARD.encode(&buf[..n]);
+                        if !send(&Request::Stdin { data }) {
+                            return;
+                        }
+                    }
+                }
+            }
+            send(&Request::StdinClose);
+        });
+    }
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     loop {

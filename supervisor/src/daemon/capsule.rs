@@ -96,6 +96,9 @@ pub struct Spec {
     pub restart: RestartPolicy,
     /// An attached `elastos run`: output and the exit code go here too.
     pub attach: Option<mpsc::UnboundedSender<Event>>,
+    /// `elastos run -i`: the operator's input; taken by the first start (a foreground run
+    /// never restarts).
+    pub stdin: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
 }
 
 pub enum Msg {
@@ -327,6 +330,7 @@ impl CapsuleActor {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            stdin: st.spec.stdin.is_some(),
         };
         let shared = self.shared.clone();
         let spawned = tokio::task::spawn_blocking(move || {
@@ -363,8 +367,23 @@ impl CapsuleActor {
             socket,
             stdout,
             stderr,
+            stdin,
             ..
         } = spawned;
+        if let (Some(input), Some(mut pipe)) = (st.spec.stdin.take(), stdin) {
+            // A thread of its own: a capsule that does not read its stdin blocks only this.
+            std::thread::Builder::new()
+                .name(format!("stdin-{}", st.spec.name))
+                .spawn(move || {
+                    use std::io::Write;
+                    for chunk in input {
+                        if pipe.write_all(&chunk).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .ok();
+        }
         // Output: one blocking reader per stream; lines go to the log and an attached run.
         pump(stdout, "stdout", st.log.clone(), st.spec.attach.clone());
         pump(stderr, "stderr", st.log.clone(), st.spec.attach.clone());

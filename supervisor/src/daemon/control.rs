@@ -351,6 +351,7 @@ pub async fn start_default(
         args: Vec::new(),
         restart: RestartPolicy::Always,
         attach: None,
+        stdin: None,
     };
     match root
         .call(|p| RootMsg::Run(Box::new(spec), p), Some(CALL_TIMEOUT))
@@ -389,12 +390,19 @@ async fn run_request(
     };
     let (tx, mut events) = mpsc::unbounded_channel();
     let cid = stored.cid.clone();
+    let (mut stdin_tx, stdin_rx) = if run.attach && run.interactive {
+        let (t, r) = std::sync::mpsc::channel::<Vec<u8>>();
+        (Some(t), Some(r))
+    } else {
+        (None, None)
+    };
     let spec = RunSpec {
         stored,
         name: run.name,
         args: run.args,
         restart,
         attach: run.attach.then_some(tx),
+        stdin: stdin_rx,
     };
     let name = match root
         .call(|p| RootMsg::Run(Box::new(spec), p), Some(CALL_TIMEOUT))
@@ -430,10 +438,21 @@ async fn run_request(
                         return Ok(());
                     }
                     Ok(_) => {
-                        if let Ok(Request::Signal { signal }) = serde_json::from_str::<Request>(&line) {
-                            if let Ok(sig) = parse_signal(&signal) {
-                                let _ = root.call(|p| RootMsg::Kill(name.clone(), sig, p), Some(CALL_TIMEOUT)).await;
+                        match serde_json::from_str::<Request>(&line) {
+                            Ok(Request::Signal { signal }) => {
+                                if let Ok(sig) = parse_signal(&signal) {
+                                    let _ = root.call(|p| RootMsg::Kill(name.clone(), sig, p), Some(CALL_TIMEOUT)).await;
+                                }
                             }
+                            Ok(Request::Stdin { data }) => {
+                                let bytes = base64::engine::general_purpose::STANDARD.decode(data.trim());
+                                if let (Some(tx), Ok(bytes)) = (&stdin_tx, bytes) {
+                                    let _ = tx.send(bytes);
+                                }
+                            }
+                            // Dropping the sender closes the capsule's stdin once all is written.
+                            Ok(Request::StdinClose) => stdin_tx = None,
+                            _ => {}
                         }
                         line.clear();
                     }
@@ -453,9 +472,4 @@ fn self_rss() -> u64 {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
-}
-
-#[allow(dead_code)]
-fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
 }

@@ -25,6 +25,8 @@ pub struct RunSpec {
     pub args: Vec<String>,
     pub restart: RestartPolicy,
     pub attach: Option<mpsc::UnboundedSender<Event>>,
+    /// `elastos run -i`: what the operator types, for the capsule's stdin; closed at EOF.
+    pub stdin: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
 }
 
 type Reply<T> = RpcReplyPort<Result<T, String>>;
@@ -225,6 +227,7 @@ impl Root {
             args: spec.args,
             restart: spec.restart,
             attach: spec.attach,
+            stdin: spec.stdin,
         };
         let actor = CapsuleActor {
             shared: self.shared.clone(),
