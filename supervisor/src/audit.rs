@@ -3,8 +3,8 @@
 //! - **Chain.** Every record carries `prev`, the hash of the record before it
 //!   (SHA-256 of `elastos/audit-record/v1\0` ‖ that record's line), so editing, removing or
 //!   reordering a record breaks every later link.
-//! - **Checkpoints.** Every `checkpoint_every` records, at segment rotation, after a second of
-//!   quiet and at close, a `checkpoint` record signs the head it follows (`seq − 1`, `prev`) with
+//! - **Checkpoints.** Once a second while records arrive (and at most every `checkpoint_every`
+//!   records), at segment rotation, and at close, a `checkpoint` record signs the head it follows (`seq − 1`, `prev`) with
 //!   the node key under `elastos/audit-checkpoint/v1\0`, and the `head` file (replaced
 //!   atomically) holds the same signed head. Anyone with the node's DID can verify; truncating the
 //!   log below the signed head, or rewriting it, is detected without the key.
@@ -46,7 +46,8 @@ pub const RECORD_DOMAIN: &[u8] = b"elastos/audit-record/v1\0";
 /// Denials one actor may write per second before the rest are counted.
 pub const DENIALS_PER_WINDOW: u32 = 20;
 const WINDOW: Duration = Duration::from_secs(1);
-const QUIET_CHECKPOINT: Duration = Duration::from_secs(1);
+/// How long a record may go without a signed checkpoint after it.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const ZERO_HASH: [u8; 32] = [0; 32];
 
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +158,7 @@ impl Default for AuditOptions {
             strict: false,
             group_commit: Duration::from_millis(10),
             segment_bytes: 64 << 20,
-            checkpoint_every: 1000,
+            checkpoint_every: 100_000,
             fail_sync: None,
         }
     }
@@ -171,6 +172,11 @@ enum Cmd {
     Kick,
     Close(mpsc::Sender<Result<(), AuditError>>),
 }
+
+/// Group records that may wait for the writer thread before the log reports itself unavailable
+/// (and calls are denied): a flood of allowed calls costs bounded memory, never an unbounded
+/// backlog of unaudited work.
+pub const MAX_BUFFERED: usize = 100_000;
 
 /// `Group` records waiting for the writer thread, in submission order.
 type GroupBuffer = Arc<Mutex<Vec<(Event, Done)>>>;
@@ -210,6 +216,7 @@ struct Writer {
     prev: [u8; 32],
     since_checkpoint: u64,
     last_append: Instant,
+    last_checkpoint: Instant,
     /// When the oldest record not yet durable was submitted: the group commit deadline runs
     /// from here.
     oldest_unsynced: Option<Instant>,
@@ -269,6 +276,14 @@ struct Head {
     hash: String,
     sig: String,
     time: String,
+}
+
+/// Lower-case hex of a hash, without `hex::encode`'s per-character iterator (one per record).
+fn hex_of(bytes: &[u8; 32]) -> String {
+    let mut out = [0u8; 64];
+    // Cannot fail: the output is exactly twice the input.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    out.iter().map(|&b| b as char).collect()
 }
 
 fn now_text() -> String {
@@ -346,6 +361,7 @@ impl AuditLog {
             prev,
             since_checkpoint: 0,
             last_append: Instant::now(),
+            last_checkpoint: Instant::now(),
             oldest_unsynced: None,
             group: group.clone(),
             retry_truncate: false,
@@ -398,9 +414,11 @@ impl AuditLog {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    /// Whether the last write or sync succeeded.
+    /// Whether the log takes records: the last write or sync succeeded, and the writer keeps up
+    /// (fewer than [`MAX_BUFFERED`] records wait for it). Callers deny while it does not.
     pub fn is_available(&self) -> bool {
         self.available.load(Ordering::Relaxed)
+            && self.group.lock().unwrap_or_else(|e| e.into_inner()).len() < MAX_BUFFERED
     }
 
     /// Appends without blocking; `done` runs on a thread of the log once the record is durable
@@ -521,7 +539,9 @@ impl Writer {
             let wait = match due_at {
                 Some(at) => at.saturating_duration_since(Instant::now()),
                 None if !self.coalesce.is_empty() => self.opts.group_commit,
-                None if self.since_checkpoint > 0 => QUIET_CHECKPOINT,
+                None if self.since_checkpoint > 0 => {
+                    CHECKPOINT_INTERVAL.saturating_sub(self.last_checkpoint.elapsed())
+                }
                 None => Duration::from_secs(3600),
             };
             let first = match rx.recv_timeout(wait) {
@@ -582,7 +602,8 @@ impl Writer {
                 }
             }
             if self.since_checkpoint >= self.opts.checkpoint_every
-                || (self.since_checkpoint > 0 && self.last_append.elapsed() >= QUIET_CHECKPOINT)
+                || (self.since_checkpoint > 0
+                    && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
             {
                 let _ = self.checkpoint();
             }
@@ -705,13 +726,17 @@ impl Writer {
             decision: ev.decision,
             reason: ev.reason,
             token: ev.token,
-            prev: hex::encode(self.prev),
+            prev: hex_of(&self.prev),
             count,
             sig,
         };
-        let line = serde_json::to_vec(&rec).map_err(|e| AuditError::Corrupt(e.to_string()))?;
-        let hash = record_hash(&line);
-        self.unsynced.extend_from_slice(&line);
+        // Serialised in place at the end of the buffer: no line-sized allocation per record.
+        let start = self.unsynced.len();
+        if let Err(e) = serde_json::to_writer(&mut self.unsynced, &rec) {
+            self.unsynced.truncate(start);
+            return Err(AuditError::Corrupt(e.to_string()));
+        }
+        let hash = record_hash(&self.unsynced[start..]);
         self.unsynced.push(b'\n');
         self.seq = rec.seq;
         self.prev = hash;
@@ -819,6 +844,7 @@ impl Writer {
             serde_json::to_vec_pretty(&head).map_err(|e| AuditError::Corrupt(e.to_string()))?;
         write_atomic(&path, &bytes, 0o600).map_err(io_err(&path))?;
         self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
         Ok(())
     }
 
@@ -1276,6 +1302,28 @@ mod tests {
         };
         assert!(seq_of("capsule:first") < seq_of("capsule:second"));
         verify(tmp.path(), &vk(), None).unwrap();
+    }
+
+    #[test]
+    fn a_backlog_the_writer_has_not_taken_makes_the_log_unavailable_and_loses_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A group commit interval long enough that the writer leaves the buffer alone.
+        let log = open(
+            tmp.path(),
+            AuditOptions {
+                group_commit: Duration::from_secs(30),
+                ..Default::default()
+            },
+        );
+        for _ in 0..MAX_BUFFERED - 1 {
+            log.submit(ev("capsule:busy", Decision::Allowed), Durability::Group, |_| {});
+        }
+        assert!(log.is_available());
+        log.submit(ev("capsule:busy", Decision::Allowed), Durability::Group, |_| {});
+        assert!(!log.is_available(), "a full backlog must stop new calls");
+        log.close().unwrap();
+        let r = verify(tmp.path(), &vk(), None).unwrap();
+        assert!(r.records >= MAX_BUFFERED as u64, "{r:?}");
     }
 
     #[test]
