@@ -498,13 +498,7 @@ async fn malformed(shared: &Shared, conn: &Conn, why: &str) {
 /// A call from `conn`: checked, audited and forwarded without waiting, unless a durable
 /// record must come first (a denial, a max-uses token, a strict node): then a task of its own
 /// waits for the audit log and the reader goes on.
-fn handle_call(
-    shared: &Arc<Shared>,
-    conn: &Arc<Conn>,
-    id: u64,
-    call: CallData,
-    batch: &mut Batch,
-) {
+fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData, batch: &mut Batch) {
     let actor = conn.peer.actor();
     let route = shared.route_for(&call.target);
     let classification = route
@@ -750,8 +744,7 @@ impl Batch {
 
 /// Whether `buf` starts with a whole frame: then the next read will not wait for the socket.
 fn whole_frame_buffered(buf: &[u8]) -> bool {
-    buf.len() >= 4
-        && buf.len() - 4 >= u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+    buf.len() >= 4 && buf.len() - 4 >= u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
 }
 
 /// Answers, with `timeout`, every forwarded call whose deadline passed. Sleeps while no call
