@@ -14,6 +14,7 @@ pub mod authority;
 pub mod cid;
 pub mod config;
 pub mod control;
+pub mod doctor;
 pub mod fsutil;
 pub mod home;
 pub mod host;

@@ -16,3 +16,71 @@ fn completions_are_generated() {
     let out = node.run(&["completions", "bash"]);
     assert!(out.ok().contains("elastos"));
 }
+
+/// What this project claims of the machine it runs on: Landlock, seccomp and user namespaces
+/// (confinement is built on them). A CI machine without one fails here, loudly, by name.
+#[test]
+fn doctor_reports_every_feature_and_the_required_ones_are_present() {
+    let node = Node::new();
+    let out = node.run(&["doctor", "--json"]);
+    let report = out.json();
+    let features = report["features"].as_array().expect("features");
+    let names: Vec<&str> = features.iter().filter_map(|f| f["name"].as_str()).collect();
+    for want in [
+        "kernel",
+        "landlock",
+        "seccomp",
+        "user_namespaces",
+        "cgroups",
+        "kvm",
+        "qemu",
+        "capnp",
+        "elastos_home",
+        "disk_space",
+    ] {
+        assert!(names.contains(&want), "doctor lacks {want}: {names:?}");
+    }
+    for f in features {
+        for key in ["name", "ok", "required", "detail", "fix"] {
+            assert!(f.get(key).is_some(), "{key} missing in {f}");
+        }
+        if f["required"] == true {
+            assert_eq!(f["ok"], true, "a required feature is missing here: {f}");
+        }
+        if f["ok"] == false {
+            assert_ne!(
+                f["fix"], "",
+                "a missing feature must say how to fix it: {f}"
+            );
+        }
+    }
+    out.code(0);
+    // doctor only reads: it does not create the home it inspects.
+    assert!(!node.home().exists());
+}
+
+#[test]
+fn doctor_fails_when_the_home_is_open_to_others() {
+    let node = Node::new();
+    std::fs::create_dir_all(node.home()).unwrap();
+    elastos_e2e::set_mode(&node.home(), 0o755);
+    let out = node.run(&["doctor", "--json"]);
+    out.code(1);
+    let report = out.json();
+    let home = report["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "elastos_home")
+        .unwrap()
+        .clone();
+    assert_eq!(home["ok"], false, "{home}");
+    assert!(
+        home["fix"].as_str().unwrap().contains("chmod 700"),
+        "{home}"
+    );
+    // The text form names it too.
+    let text = node.run(&["doctor"]);
+    text.code(1);
+    assert!(text.stdout.contains("MISSING  elastos_home"), "{text:#?}");
+}

@@ -81,6 +81,12 @@ enum Command {
     Restart(ops::NameArgs),
     /// Show a capsule's output and lifecycle events.
     Logs(ops::LogsArgs),
+    /// Report the kernel features the runtime uses, whether this machine has them, and how
+    /// to fix what is missing. Exits 1 when a required one is missing.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -158,6 +164,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Start(a) => ops::simple("start", a),
         Command::Restart(a) => ops::simple("restart", a),
         Command::Logs(a) => ops::logs(a),
+        Command::Doctor { json } => doctor(json),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -168,6 +175,32 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn doctor(json: bool) -> anyhow::Result<ExitCode> {
+    // Reads only: the home is measured, never created.
+    let home = elastos::home::Home::from_env()?;
+    let features = elastos::doctor::run(home.root());
+    if json {
+        print_json(&serde_json::json!({ "features": features }))?;
+    } else {
+        for f in &features {
+            let mark = match (f.ok, f.required) {
+                (true, _) => "ok  ",
+                (false, true) => "MISSING",
+                (false, false) => "missing",
+            };
+            println!("{mark:<8} {:<16} {}", f.name, f.detail);
+            if !f.ok {
+                println!("{:<8} {:<16} fix: {}", "", "", f.fix);
+            }
+        }
+    }
+    Ok(if elastos::doctor::healthy(&features) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
 }
 
 fn print_version() -> anyhow::Result<ExitCode> {
