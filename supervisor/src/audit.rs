@@ -148,6 +148,8 @@ pub struct AuditOptions {
     pub group_commit: Duration,
     pub segment_bytes: u64,
     pub checkpoint_every: u64,
+    /// Buffered Group records the writer chains at a time under a steady stream.
+    pub chain_every: usize,
     /// Fault injection for tests: while true, every sync fails as if the disk were full.
     pub fail_sync: Option<Arc<AtomicBool>>,
 }
@@ -159,6 +161,7 @@ impl Default for AuditOptions {
             group_commit: Duration::from_millis(10),
             segment_bytes: 64 << 20,
             checkpoint_every: 100_000,
+            chain_every: CHAIN_EVERY,
             fail_sync: None,
         }
     }
@@ -168,8 +171,9 @@ type Done = Box<dyn FnOnce(Result<Receipt, AuditError>) + Send>;
 
 enum Cmd {
     Append(Event, Durability, Done),
-    /// The group buffer went from empty to not: make it durable within `group_commit`.
-    Kick,
+    /// The group buffer went from empty to not (`false`): make it durable within
+    /// `group_commit`. Or it holds another [`CHAIN_EVERY`] records (`true`): chain them now.
+    Kick(bool),
     Close(mpsc::Sender<Result<(), AuditError>>),
     /// From the sync thread: the job handed to it is durable, or failed (its bytes come back,
     /// to be written again before anything newer).
@@ -196,6 +200,11 @@ struct Job {
 /// backlog of unaudited work.
 pub const MAX_BUFFERED: usize = 100_000;
 
+/// Under a steady stream the writer chains buffered records this many at a time, not all of a
+/// group commit interval's worth at once: on a busy core, chaining a thousand records in one go
+/// holds the CPU for a millisecond, which every call in flight would wait out.
+const CHAIN_EVERY: usize = 16;
+
 /// `Group` records waiting for the writer thread, in submission order.
 type GroupBuffer = Arc<Mutex<Vec<(Event, Done)>>>;
 
@@ -203,6 +212,7 @@ type GroupBuffer = Arc<Mutex<Vec<(Event, Done)>>>;
 pub struct AuditLog {
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     group: GroupBuffer,
+    chain_every: usize,
     available: Arc<AtomicBool>,
     syncs: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -385,6 +395,7 @@ impl AuditLog {
         let available = Arc::new(AtomicBool::new(true));
         let syncs = Arc::new(AtomicU64::new(0));
         let group: GroupBuffer = Arc::default();
+        let chain_every = opts.chain_every.max(2);
         let (notifier, notified) = mpsc::channel::<Vec<(Done, Receipt)>>();
         std::thread::Builder::new()
             .name("elastos-audit-ack".into())
@@ -489,6 +500,7 @@ impl AuditLog {
         Ok(AuditLog {
             tx: Mutex::new(Some(tx)),
             group,
+            chain_every,
             available,
             syncs,
             thread: Mutex::new(Some(thread)),
@@ -524,11 +536,13 @@ impl AuditLog {
                 return done(Err(AuditError::Closed));
             };
             let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
-            let first = group.is_empty();
             group.push((ev, Box::new(done)));
+            let n = group.len();
             drop(group);
-            if first {
-                let _ = tx.send(Cmd::Kick);
+            if n == 1 {
+                let _ = tx.send(Cmd::Kick(false));
+            } else if n.is_multiple_of(self.chain_every) {
+                let _ = tx.send(Cmd::Kick(true));
             }
             return;
         }
@@ -647,8 +661,9 @@ impl Writer {
             let mut urgent = false;
             for cmd in &batch {
                 match cmd {
-                    Cmd::Kick => {
+                    Cmd::Kick(chain) => {
                         self.oldest_unsynced.get_or_insert_with(Instant::now);
+                        urgent |= chain;
                     }
                     Cmd::Append(..) | Cmd::Close(_) => urgent = true,
                     Cmd::Synced(..) => {}
@@ -667,7 +682,7 @@ impl Writer {
                         sync_now |= d == Durability::Sync || self.opts.strict;
                         self.append(ev, d, done);
                     }
-                    Cmd::Kick => {}
+                    Cmd::Kick(_) => {}
                     Cmd::Close(reply) => closing = Some(reply),
                     // The sync thread is free: whoever waits goes next, at once (the pipeline).
                     Cmd::Synced(n, r) => {
@@ -1569,6 +1584,7 @@ mod tests {
             tmp.path(),
             AuditOptions {
                 group_commit: Duration::from_secs(30),
+                chain_every: usize::MAX,
                 ..Default::default()
             },
         );
