@@ -53,6 +53,7 @@ pub enum Request {
     StdinClose,
     /// The trust-core commands, while the supervisor holds the state lock.
     Issue(IssueParams),
+    Delegate(DelegateParams),
     Revoke {
         id: String,
     },
@@ -104,6 +105,21 @@ pub struct IssueParams {
     pub classification: String,
     pub delegatable: bool,
     pub not_before: Option<i64>,
+}
+
+/// `elastos token delegate` while the supervisor holds the state lock; `None` keeps the
+/// parent's value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DelegateParams {
+    pub parent: String,
+    pub subject_name: Option<String>,
+    pub subject_cid: Option<String>,
+    pub resource: Option<String>,
+    pub actions: Option<String>,
+    pub ttl_secs: Option<u64>,
+    pub max_uses: Option<u64>,
+    pub classification: Option<String>,
+    pub delegatable: bool,
 }
 
 /// The first line of every answer.

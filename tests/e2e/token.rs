@@ -323,6 +323,35 @@ fn delegation_only_narrows_and_dies_with_its_parent() {
 }
 
 #[test]
+fn issue_delegate_and_revoke_go_through_a_running_supervisor() {
+    let node = Node::new();
+    assert!(node.run(&["up"]).ok().contains("elastos is up"));
+    let parent = notes_token(&node, &["--delegatable"]);
+    let child = node
+        .run(&["token", "delegate", &parent, "--action", "read"])
+        .ok()
+        .trim()
+        .to_string();
+    let shared = "localhost://storage/notes/a";
+    assert_allowed(&check(&node, &child, "notes", shared, "read"));
+    assert_denied(&check(&node, &child, "notes", shared, "write"), "action");
+    node.run(&["token", "delegate", &parent, "--action", "read,delete"])
+        .code(1);
+    let parent_id = node.run(&["token", "inspect", &parent, "--json"]).json()["id"].clone();
+    node.run(&["revoke", parent_id.as_str().unwrap()]).ok();
+    assert_denied(&check(&node, &child, "notes", shared, "read"), "revoked");
+    // Each went through the supervisor's audit log.
+    let audit = node.run(&["audit", "--json"]).ok().to_string();
+    for action in ["token.issue", "token.delegate", "token.revoke"] {
+        assert!(
+            audit.contains(&format!("\"action\":\"{action}\"")),
+            "{action} not audited"
+        );
+    }
+    node.run(&["down"]).ok();
+}
+
+#[test]
 fn tokens_from_another_node_need_trust() {
     let ours = Node::new();
     ours.did();

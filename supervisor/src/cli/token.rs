@@ -270,14 +270,32 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::Delegate(a) => {
             let home = Home::from_env()?;
-            let (_lock, key, mut authority) = writable_authority(&home)?;
             let subject = a.capsule.as_deref().map(subject).transpose()?;
+            let actions = a.action.as_deref().map(ActionSet::parse_list).transpose()?;
+            let remote = elastos::control::Request::Delegate(elastos::control::DelegateParams {
+                parent: a.parent.clone(),
+                subject_name: subject.as_ref().map(|s| s.0.clone()),
+                subject_cid: subject.as_ref().and_then(|s| s.1.clone()),
+                resource: a.resource.clone(),
+                actions: actions.map(|a| a.to_string()),
+                ttl_secs: a.ttl.map(|t| t.as_secs()),
+                max_uses: a.max_uses,
+                classification: a.classification.map(|c| c.to_string()),
+                delegatable: a.delegatable,
+            });
+            if let Some(data) = via_supervisor(&home, &remote)? {
+                let text = data["token"].as_str().unwrap_or_default().to_string();
+                let decoded = token::decode(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+                print_issued(&decoded.token, &text, a.json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (_lock, key, mut authority) = writable_authority(&home)?;
             let (tok, encoded) = authority.delegate(
                 &a.parent,
                 Narrowing {
                     subject,
                     resource: a.resource,
-                    actions: a.action.as_deref().map(ActionSet::parse_list).transpose()?,
+                    actions,
                     ttl: a.ttl,
                     max_uses: a.max_uses,
                     classification: a.classification,

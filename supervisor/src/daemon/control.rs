@@ -126,6 +126,7 @@ async fn handle(
             Response::ok(json!({"pid": std::process::id()}))
         }
         Request::Issue(p) => issue(&shared, p).await,
+        Request::Delegate(p) => delegate(&shared, p).await,
         Request::Revoke { id } => match TokenId::parse(&id) {
             Ok(tid) => {
                 let r = shared
@@ -294,6 +295,49 @@ async fn issue(shared: &Arc<Shared>, p: elastos::control::IssueParams) -> Respon
                 "token.issue",
                 &p.resource,
                 &format!("to {}", token.subject_display()),
+                Some(token.id.to_string()),
+            )
+            .await;
+            Response::ok(json!({"token": text, "id": token.id.to_string(), "expiry": token.expiry}))
+        }
+        Err(e) => Response::err(e.to_string()),
+    }
+}
+
+async fn delegate(shared: &Arc<Shared>, p: elastos::control::DelegateParams) -> Response {
+    let actions = match p.actions.as_deref().map(ActionSet::parse_list).transpose() {
+        Ok(a) => a,
+        Err(e) => return usage(e.to_string()),
+    };
+    let classification = match p.classification.as_deref().map(str::parse).transpose() {
+        Ok(c) => c,
+        Err(e) => return usage(format!("{e}")),
+    };
+    let narrowing = elastos::authority::Narrowing {
+        subject: p.subject_name.map(|n| (n, p.subject_cid)),
+        resource: p.resource,
+        actions,
+        ttl: p.ttl_secs.map(Duration::from_secs),
+        max_uses: p.max_uses,
+        classification,
+        delegatable: p.delegatable,
+    };
+    let r = shared
+        .authority
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .delegate(&p.parent, narrowing, super::conn::now_unix());
+    match r {
+        Ok((token, text)) => {
+            operator(
+                shared,
+                "token.delegate",
+                &token.resource,
+                &format!(
+                    "child of {} for {}",
+                    token.parent_display(),
+                    token.subject_display()
+                ),
                 Some(token.id.to_string()),
             )
             .await;
