@@ -1,7 +1,7 @@
 //! capsule-host: the per-capsule process. The supervisor starts one per capsule:
 //!
 //! ```text
-//! capsule-host --name N --root DIR --entry REL --parent-pid P [--env K=V]... -- ARGS...
+//! capsule-host --name N --root DIR --entry REL --parent-pid P [--limits JSON] [--env K=V]... -- ARGS...
 //! fd 3: the capsule's socket (one end of a socketpair)   fd 4: status pipe (JSON lines)
 //! ```
 //!
@@ -15,13 +15,19 @@
 //! child subreaper and kills every descendant itself ("subreaper" isolation, weaker: a SIGKILL of
 //! capsule-host orphans grandchildren).
 //!
-//! Confinement (user namespace, mounts, Landlock, seccomp, limits) slots in between the namespace
-//! and the exec in the next issue. Exit codes: the capsule's own (128+N for signal N); 125 a host
-//! error; 126 entry not executable; 127 entry not found.
+//! Confinement ([`confine`]) runs in the capsule's process between the fork and the exec, in a
+//! fixed order, and fails closed: a step that fails is reported on the status pipe with its name
+//! (through a close-on-exec pipe from the capsule's process: EOF means the exec happened) and
+//! the capsule never runs. In force so far: limits, `no_new_privs`, seccomp; the user
+//! namespace, private root and Landlock follow. Exit codes: the capsule's own (128+N for signal
+//! N); 125 a host error; 126 entry not executable; 127 entry not found.
+
+mod confine;
+mod seccomp;
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -47,6 +53,7 @@ struct Args {
     parent_pid: i32,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    limits: elastos_schema::Limits,
 }
 
 fn fail(stage: &str, why: impl std::fmt::Display) -> ! {
@@ -86,12 +93,20 @@ fn parse_args() -> Args {
     let (mut name, mut root, mut entry, mut parent) = (None, None, None, None);
     let mut env = Vec::new();
     let mut args = Vec::new();
+    let mut limits = elastos_schema::Limits::default();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--name" => name = it.next(),
             "--root" => root = it.next().map(PathBuf::from),
             "--entry" => entry = it.next(),
             "--parent-pid" => parent = it.next().and_then(|p| p.parse().ok()),
+            "--limits" => match it.next().map(|j| serde_json::from_str(&j)) {
+                Some(Ok(l)) => limits = l,
+                _ => {
+                    eprintln!("capsule-host: --limits takes the manifest's [limits] as JSON");
+                    std::process::exit(125);
+                }
+            },
             "--env" => {
                 if let Some((k, v)) = it.next().as_deref().and_then(|kv| kv.split_once('=')) {
                     env.push((k.to_string(), v.to_string()));
@@ -114,6 +129,7 @@ fn parse_args() -> Args {
             parent_pid,
             env,
             args,
+            limits,
         },
         _ => {
             eprintln!("capsule-host: --name, --root, --entry and --parent-pid are required: capsule-host is started by the elastos supervisor, not by hand");
@@ -195,6 +211,14 @@ fn main() {
         fail("signal mask", e);
     }
 
+    // Prepared now: building the filters allocates, which the forked children must not.
+    let plan = confine::Plan::native(&a.limits).unwrap_or_else(|e| fail("seccomp", e));
+    let layers = plan.layers();
+    // The capsule's process reports a failed confinement step here; the exec closes it.
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .unwrap_or_else(|e| fail("confinement pipe", e));
+    let err_w_raw = err_w.as_raw_fd();
+
     let isolation = match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
         Ok(()) => "pid-namespace",
         Err(_) => {
@@ -210,9 +234,18 @@ fn main() {
         let _ = nix::unistd::setsid();
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
         let _ = SigSet::all().thread_unblock();
-        close_above(SOCKET_FD);
+        // The report pipe moves to fd 4 (the status pipe's number: this process has no use for
+        // that), still close-on-exec; everything else above the socket goes.
+        // SAFETY: dup3 on descriptors this process owns.
+        if unsafe { nix::libc::dup3(err_w_raw, STATUS_FD, nix::libc::O_CLOEXEC) } < 0 {
+            std::process::exit(125);
+        }
+        close_above(STATUS_FD);
         if std::env::set_current_dir(&a.root).is_err() {
             std::process::exit(125);
+        }
+        if let Err(f) = confine::apply(&mut confine::Kernel, &plan) {
+            report_failure(&f);
         }
         let err = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
         let code = match err {
@@ -236,14 +269,19 @@ fn main() {
                     Ok(ForkResult::Child) => launch(),
                     Ok(ForkResult::Parent { child }) => child,
                 };
+                drop(err_r);
+                drop(err_w);
                 drop_fds();
                 std::process::exit(supervise(capsule, &mask, false));
             }
             Ok(ForkResult::Parent { child }) => {
+                drop(err_w);
+                confined_or_fail(err_r);
                 status(&format!(
-                    r#"{{"event":"started","capsule_pid":{},"init_pid":{},"isolation":"{isolation}"}}"#,
+                    r#"{{"event":"started","capsule_pid":{},"init_pid":{},"isolation":"{isolation}","layers":{}}}"#,
                     child.as_raw(),
-                    child.as_raw()
+                    child.as_raw(),
+                    layers_json(&layers)
                 ));
                 drop_fds();
                 std::process::exit(supervise(child, &mask, false));
@@ -255,10 +293,13 @@ fn main() {
             Err(e) => fail("fork capsule", e),
             Ok(ForkResult::Child) => launch(),
             Ok(ForkResult::Parent { child }) => {
+                drop(err_w);
+                confined_or_fail(err_r);
                 status(&format!(
-                    r#"{{"event":"started","capsule_pid":{},"init_pid":{},"isolation":"{isolation}"}}"#,
+                    r#"{{"event":"started","capsule_pid":{},"init_pid":{},"isolation":"{isolation}","layers":{}}}"#,
                     child.as_raw(),
-                    std::process::id()
+                    std::process::id(),
+                    layers_json(&layers)
                 ));
                 drop_fds();
                 let code = supervise(child, &mask, true);
@@ -267,6 +308,35 @@ fn main() {
             }
         }
     }
+}
+
+/// In the capsule's process: a confinement step failed. Says which on the report pipe (fd 4)
+/// and ends: the capsule never runs.
+fn report_failure(f: &confine::Failure) -> ! {
+    let line = format!("{}\t{}", f.step, f.why);
+    // SAFETY: write(2) of a buffer this process owns to its own descriptor.
+    unsafe {
+        nix::libc::write(STATUS_FD, line.as_ptr().cast(), line.len());
+    }
+    std::process::exit(125);
+}
+
+/// Waits for the capsule's exec (EOF on the report pipe) or its failure report; a failure ends
+/// capsule-host with the failed step as its status.
+fn confined_or_fail(err_r: OwnedFd) {
+    let mut report = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::fs::File::from(err_r), &mut report);
+    if let Some((step, why)) = report.split_once('\t') {
+        fail(step, format!("{why} (the capsule was not started)"));
+    }
+}
+
+fn layers_json(layers: &[String]) -> String {
+    let quoted: Vec<String> = layers
+        .iter()
+        .map(|l| format!("\"{}\"", escape(l)))
+        .collect();
+    format!("[{}]", quoted.join(","))
 }
 
 /// The socket and the status pipe belong to the capsule and the first status line; the parents

@@ -43,6 +43,8 @@ pub struct SpawnRequest {
     pub env: Vec<(String, String)>,
     /// A pipe for the capsule's stdin (`elastos run -i`); else /dev/null.
     pub stdin: bool,
+    /// The manifest's `[limits]`, which capsule-host enforces.
+    pub limits: elastos_schema::Limits,
 }
 
 pub struct Spawned {
@@ -62,6 +64,8 @@ pub enum HostStatus {
         capsule_pid: u32,
         init_pid: u32,
         isolation: String,
+        /// The confinement layers capsule-host put in force.
+        layers: Vec<String>,
     },
     Failed {
         stage: String,
@@ -114,6 +118,8 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
         .arg(&req.entry)
         .arg("--parent-pid")
         .arg(std::process::id().to_string());
+    let limits = serde_json::to_string(&req.limits).map_err(|e| HostError::Spawn(e.into()))?;
+    cmd.arg("--limits").arg(limits);
     for (k, v) in &req.env {
         cmd.arg("--env").arg(format!("{k}={v}"));
     }
@@ -183,6 +189,14 @@ pub fn read_status(file: &mut File) -> Result<HostStatus, HostError> {
             capsule_pid: num("capsule_pid"),
             init_pid: num("init_pid"),
             isolation: v["isolation"].as_str().unwrap_or("unknown").to_string(),
+            layers: v["layers"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }),
         Some("error") => Ok(HostStatus::Failed {
             stage: v["stage"].as_str().unwrap_or("?").to_string(),

@@ -5,6 +5,7 @@ mod audit;
 mod calls;
 mod capsule;
 mod cli;
+mod confinement;
 mod identity;
 mod supervisor;
 mod token;

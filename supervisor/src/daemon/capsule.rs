@@ -144,6 +144,8 @@ pub struct CapsuleState {
     stop_waiters: Vec<RpcReplyPort<()>>,
     exit_code: Option<i32>,
     isolation: Option<String>,
+    /// What capsule-host reported in force for the running process.
+    layers: Vec<String>,
     pending_restart: bool,
 }
 
@@ -179,6 +181,7 @@ impl Actor for CapsuleActor {
             stop_waiters: Vec::new(),
             exit_code: None,
             isolation: None,
+            layers: Vec::new(),
             pending_restart: false,
         })
     }
@@ -286,10 +289,11 @@ impl CapsuleActor {
             calls: self.shared.conns.calls(&st.spec.name),
             serves: self.shared.served_by(&st.spec.name),
             memory_bytes: pid.map_or(0, tree_rss),
-            // Confinement arrives with the next issue; until then nothing is claimed.
+            // Only what capsule-host reported in force for the live process.
             layers: st
                 .isolation
                 .iter()
+                .chain(st.layers.iter())
                 .filter(|_| pid.is_some())
                 .cloned()
                 .collect(),
@@ -331,6 +335,7 @@ impl CapsuleActor {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             stdin: st.spec.stdin.is_some(),
+            limits: manifest.limits.clone(),
         };
         let shared = self.shared.clone();
         let spawned = tokio::task::spawn_blocking(move || {
@@ -353,6 +358,10 @@ impl CapsuleActor {
         st.generation += 1;
         let generation = st.generation;
         let pid = spawned.pid;
+        st.layers = match &status {
+            HostStatus::Started { layers, .. } => layers.clone(),
+            HostStatus::Failed { .. } => Vec::new(),
+        };
         st.isolation = match &status {
             HostStatus::Started { isolation, .. } => Some(isolation.clone()),
             HostStatus::Failed { .. } => None,
@@ -456,6 +465,21 @@ impl CapsuleActor {
 
     async fn exited(&self, myself: &ActorRef<Msg>, st: &mut CapsuleState, code: i32) {
         st.log.event(&format!("exited with code {code}"));
+        // 128 + SIGSYS: the seccomp filter killed it for a forbidden system call.
+        if code == 128 + nix::libc::SIGSYS {
+            let why = "killed by its seccomp filter: it made a forbidden system call (ptrace, bpf, mount, ...; see capsule-host/src/seccomp.rs)";
+            st.log.event(why);
+            self.shared
+                .audit_sync(
+                    "supervisor",
+                    "capsule.seccomp",
+                    &st.peer.actor(),
+                    Decision::Denied,
+                    why,
+                    None,
+                )
+                .await;
+        }
         self.shared
             .audit_sync(
                 "supervisor",

@@ -1,0 +1,138 @@
+//! `probe ATTEMPT`: one escape attempt of the hostile test capsule, without side effects.
+//!
+//! Prints `reached: ...` when the call got to the kernel and did what it asks (the control run,
+//! outside elastos, shows every attempt can succeed), or `blocked: ...` when it was refused. A
+//! call the seccomp filter forbids outright kills the process instead (SIGSYS).
+
+use std::process::ExitCode;
+
+use nix::libc;
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn verdict(ok: bool, what: &str) -> ExitCode {
+    if ok {
+        println!("reached: {what}");
+    } else {
+        println!(
+            "blocked: {what}: {}",
+            std::io::Error::from_raw_os_error(errno())
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let attempt = std::env::args().nth(1).unwrap_or_default();
+    // SAFETY (for every block below): raw system calls with integer or null arguments that the
+    // kernel validates; none of them writes to memory of this process except where noted.
+    unsafe {
+        match attempt.as_str() {
+            // Becoming traceable is harmless, and proves ptrace is reachable.
+            "ptrace" => verdict(libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == 0, "ptrace"),
+            // A map of one u32: creates and closes a BPF object, nothing attached.
+            "bpf" => {
+                let mut attr = [0u32; 12];
+                attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+                attr[1] = 4;
+                attr[2] = 4;
+                attr[3] = 1;
+                let fd = libc::syscall(
+                    libc::SYS_bpf,
+                    0, // BPF_MAP_CREATE
+                    attr.as_mut_ptr(),
+                    std::mem::size_of_val(&attr),
+                );
+                verdict(fd >= 0, "bpf map create")
+            }
+            "keyctl" => {
+                // KEYCTL_GET_KEYRING_ID of the session keyring, without creating it.
+                let r = libc::syscall(libc::SYS_keyctl, 0, -3i64, 0);
+                verdict(r >= 0 || errno() == libc::ENOKEY, "keyctl")
+            }
+            "userfaultfd" => {
+                let r = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC);
+                verdict(r >= 0, "userfaultfd")
+            }
+            "io_uring" => {
+                let mut params = [0u8; 120];
+                let r = libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr());
+                verdict(r >= 0, "io_uring_setup")
+            }
+            // A UTS namespace for this short-lived process alone: nothing outside changes.
+            "unshare" => verdict(
+                libc::unshare(libc::CLONE_NEWUTS) == 0,
+                "unshare(CLONE_NEWUTS)",
+            ),
+            "mount" => {
+                let r = libc::syscall(
+                    libc::SYS_mount,
+                    c"none".as_ptr(),
+                    c"/nonexistent-elastos-probe".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    0,
+                );
+                // ENOENT means the kernel looked at the path: reached.
+                verdict(r == 0 || errno() == libc::ENOENT, "mount")
+            }
+            "chroot" => verdict(libc::chroot(c"/".as_ptr()) == 0, "chroot(/)"),
+            "inet_socket" => {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                verdict(fd >= 0, "socket(AF_INET)")
+            }
+            "netlink_socket" => {
+                let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0);
+                verdict(fd >= 0, "socket(AF_NETLINK)")
+            }
+            "clone_newuser" => {
+                let pid = libc::syscall(
+                    libc::SYS_clone,
+                    (libc::CLONE_NEWUSER | libc::SIGCHLD) as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                );
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                if pid > 0 {
+                    libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+                }
+                verdict(pid > 0, "clone(CLONE_NEWUSER)")
+            }
+            "core_dump" => {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(libc::RLIMIT_CORE, &mut lim);
+                println!(
+                    "{}: core dumps (limit {})",
+                    if lim.rlim_max > 0 {
+                        "reached"
+                    } else {
+                        "blocked"
+                    },
+                    lim.rlim_max
+                );
+                ExitCode::SUCCESS
+            }
+            "new_privs" => {
+                let nnp = libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0);
+                println!(
+                    "{}: exec may gain privileges (no_new_privs = {nnp})",
+                    if nnp == 0 { "reached" } else { "blocked" }
+                );
+                ExitCode::SUCCESS
+            }
+            other => {
+                eprintln!("probe: unknown attempt `{other}`");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
