@@ -4,9 +4,15 @@
 //! tested without privileges by a recorder; the real [`Kernel`] makes the system calls. The
 //! order of the whole design (docs/ARCHITECTURE.md) is: user namespace, the other namespaces,
 //! PID 1, private root, limits, capabilities and uid, `no_new_privs`, Landlock, seccomp, exec.
-//! Implemented so far, in that order: **limits**, **no_new_privs**, **seccomp**. A step that
-//! fails stops the sequence and names itself; the capsule never runs half-confined.
+//! Implemented so far, in that order: **limits**, **no_new_privs**, **Landlock**, **seccomp**.
+//! A step that fails stops the sequence and names itself; the capsule never runs half-confined.
 
+use std::path::PathBuf;
+
+use landlock::{
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope, ABI,
+};
 use nix::sys::resource::Resource;
 use seccompiler::BpfProgram;
 
@@ -16,12 +22,60 @@ use elastos_schema::Limits;
 pub trait Sys {
     fn set_rlimit(&mut self, resource: Resource, limit: u64) -> Result<(), String>;
     fn no_new_privs(&mut self) -> Result<(), String>;
+    fn landlock(&mut self, rules: &FsRules) -> Result<(), String>;
     fn seccomp(&mut self, programs: &[BpfProgram]) -> Result<(), String>;
+}
+
+/// What the capsule may reach in the file system; everything else (the host's files, other
+/// capsules', `/proc`, `/sys`, devices) is out of reach. TCP bind and connect, signals to
+/// processes outside the capsule and abstract Unix sockets are refused too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsRules {
+    /// Read and execute: the package, and the host's libraries when granted.
+    pub read_exec: Vec<PathBuf>,
+    /// Everything: the capsule's private tmp.
+    pub read_write: Vec<PathBuf>,
+    /// Read and write of single files: `/dev/null`, `/dev/zero`, `/dev/urandom`.
+    pub devices: Vec<PathBuf>,
+}
+
+/// The host's libraries and programs, read-only, for a capsule granted `host://libs`.
+pub const HOST_LIB_PATHS: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/bin",
+    "/sbin",
+    "/etc/ld.so.cache",
+];
+
+impl FsRules {
+    pub fn native(root: PathBuf, tmp: Option<PathBuf>, host_libs: bool) -> FsRules {
+        let mut read_exec = vec![root];
+        if host_libs {
+            read_exec.extend(
+                HOST_LIB_PATHS
+                    .iter()
+                    .map(PathBuf::from)
+                    .filter(|p| p.exists()),
+            );
+        }
+        FsRules {
+            read_exec,
+            read_write: tmp.into_iter().collect(),
+            devices: ["/dev/null", "/dev/zero", "/dev/urandom"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+        }
+    }
 }
 
 /// What to apply, prepared before the fork (preparing allocates; applying does not).
 pub struct Plan {
     pub rlimits: Vec<(Resource, u64)>,
+    pub fs: FsRules,
+    pub host_libs: bool,
     pub seccomp: Vec<BpfProgram>,
 }
 
@@ -39,7 +93,7 @@ pub const DEFAULT_OPEN_FILES: u64 = 1024;
 pub const MAX_FILE_SIZE: u64 = 1 << 30;
 
 impl Plan {
-    pub fn native(limits: &Limits) -> Result<Plan, String> {
+    pub fn native(limits: &Limits, fs: FsRules, host_libs: bool) -> Result<Plan, String> {
         let mut rlimits = vec![
             (
                 Resource::RLIMIT_NOFILE,
@@ -53,7 +107,12 @@ impl Plan {
             rlimits.push((Resource::RLIMIT_CPU, s));
         }
         let seccomp = crate::seccomp::compile(crate::seccomp::NATIVE).map_err(|e| e.to_string())?;
-        Ok(Plan { rlimits, seccomp })
+        Ok(Plan {
+            rlimits,
+            fs,
+            host_libs,
+            seccomp,
+        })
     }
 
     /// The layers this plan puts in force, as `ps` shows them.
@@ -70,11 +129,16 @@ impl Plan {
             })
             .collect();
         names.sort_unstable();
-        vec![
+        let mut out = vec![
             format!("rlimits({})", names.join(",")),
             "no-new-privs".into(),
-            "seccomp".into(),
-        ]
+            "landlock".into(),
+        ];
+        if self.host_libs {
+            out.push("host-libs".into());
+        }
+        out.push("seccomp".into());
+        out
     }
 }
 
@@ -88,6 +152,10 @@ pub fn apply(sys: &mut impl Sys, plan: &Plan) -> Result<(), Failure> {
     }
     sys.no_new_privs().map_err(|why| Failure {
         step: "no_new_privs",
+        why,
+    })?;
+    sys.landlock(&plan.fs).map_err(|why| Failure {
+        step: "landlock",
         why,
     })?;
     sys.seccomp(&plan.seccomp).map_err(|why| Failure {
@@ -107,6 +175,37 @@ impl Sys for Kernel {
     }
     fn no_new_privs(&mut self) -> Result<(), String> {
         nix::sys::prctl::set_no_new_privs().map_err(|e| e.desc().to_string())
+    }
+    fn landlock(&mut self, rules: &FsRules) -> Result<(), String> {
+        // The newest ABI this crate knows; what the kernel lacks beyond ABI 1 (file system
+        // rules) degrades, and a kernel without Landlock at all fails this step.
+        let abi = ABI::V6;
+        let ruleset = Ruleset::default()
+            .set_compatibility(CompatLevel::BestEffort)
+            .handle_access(AccessFs::from_all(abi))
+            .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
+            .and_then(|r| r.scope(Scope::from_all(abi)))
+            .and_then(|r| r.create())
+            .map_err(|e| e.to_string())?;
+        let file_rw = AccessFs::ReadFile | AccessFs::WriteFile;
+        let ruleset = ruleset
+            .add_rules(landlock::path_beneath_rules(
+                &rules.read_exec,
+                AccessFs::from_read(abi),
+            ))
+            .and_then(|r| {
+                r.add_rules(landlock::path_beneath_rules(
+                    &rules.read_write,
+                    AccessFs::from_all(abi),
+                ))
+            })
+            .and_then(|r| r.add_rules(landlock::path_beneath_rules(&rules.devices, file_rw)))
+            .map_err(|e| e.to_string())?;
+        let status = ruleset.restrict_self().map_err(|e| e.to_string())?;
+        if status.ruleset == RulesetStatus::NotEnforced {
+            return Err("the kernel enforces no Landlock rules (see `elastos doctor`)".into());
+        }
+        Ok(())
     }
     fn seccomp(&mut self, programs: &[BpfProgram]) -> Result<(), String> {
         crate::seccomp::install(programs).map_err(|e| e.to_string())
@@ -142,17 +241,24 @@ mod tests {
         fn no_new_privs(&mut self) -> Result<(), String> {
             self.step("no_new_privs")
         }
+        fn landlock(&mut self, rules: &FsRules) -> Result<(), String> {
+            self.step(&format!("landlock {}", rules.read_exec.len()))
+        }
         fn seccomp(&mut self, programs: &[BpfProgram]) -> Result<(), String> {
             self.step(&format!("seccomp {}", programs.len()))
         }
     }
 
     fn plan() -> Plan {
-        Plan::native(&Limits {
-            open_files: Some(64),
-            cpu_seconds: Some(30),
-            ..Default::default()
-        })
+        Plan::native(
+            &Limits {
+                open_files: Some(64),
+                cpu_seconds: Some(30),
+                ..Default::default()
+            },
+            FsRules::native("/capsule".into(), None, false),
+            false,
+        )
         .unwrap()
     }
 
@@ -168,6 +274,7 @@ mod tests {
                 "limit RLIMIT_CORE=0",
                 "limit RLIMIT_CPU=30",
                 "no_new_privs",
+                "landlock 1",
                 "seccomp 4",
             ]
         );
@@ -178,7 +285,8 @@ mod tests {
         for (fail_at, step, ran) in [
             ("limit RLIMIT_NOFILE", "limits", 1),
             ("no_new_privs", "no_new_privs", 5),
-            ("seccomp", "seccomp", 6),
+            ("landlock", "landlock", 6),
+            ("seccomp", "seccomp", 7),
         ] {
             let mut r = Recorder {
                 fail_at: Some(fail_at),
@@ -193,11 +301,29 @@ mod tests {
 
     #[test]
     fn layers_name_only_what_the_plan_enforces() {
-        let p = Plan::native(&Limits::default()).unwrap();
+        let p = Plan::native(
+            &Limits::default(),
+            FsRules::native("/capsule".into(), None, false),
+            false,
+        )
+        .unwrap();
         assert_eq!(
             p.layers(),
-            ["rlimits(core,fsize,nofile)", "no-new-privs", "seccomp"]
+            [
+                "rlimits(core,fsize,nofile)",
+                "no-new-privs",
+                "landlock",
+                "seccomp"
+            ]
         );
+        let libs = Plan::native(
+            &Limits::default(),
+            FsRules::native("/capsule".into(), None, true),
+            true,
+        )
+        .unwrap();
+        assert!(libs.layers().contains(&"host-libs".to_string()));
+        assert!(libs.fs.read_exec.contains(&PathBuf::from("/usr")));
         assert_eq!(p.rlimits[0], (Resource::RLIMIT_NOFILE, DEFAULT_OPEN_FILES));
     }
 }

@@ -1,7 +1,8 @@
 //! capsule-host: the per-capsule process. The supervisor starts one per capsule:
 //!
 //! ```text
-//! capsule-host --name N --root DIR --entry REL --parent-pid P [--limits JSON] [--env K=V]... -- ARGS...
+//! capsule-host --name N --root DIR --entry REL --parent-pid P [--limits JSON] [--tmp DIR]
+//!              [--host-libs] [--env K=V]... -- ARGS...
 //! fd 3: the capsule's socket (one end of a socketpair)   fd 4: status pipe (JSON lines)
 //! ```
 //!
@@ -54,6 +55,10 @@ struct Args {
     env: Vec<(String, String)>,
     args: Vec<String>,
     limits: elastos_schema::Limits,
+    /// The capsule's private writable directory (its `TMPDIR`).
+    tmp: Option<PathBuf>,
+    /// Granted `host://libs`: the host's libraries and programs, read-only.
+    host_libs: bool,
 }
 
 fn fail(stage: &str, why: impl std::fmt::Display) -> ! {
@@ -94,12 +99,16 @@ fn parse_args() -> Args {
     let mut env = Vec::new();
     let mut args = Vec::new();
     let mut limits = elastos_schema::Limits::default();
+    let mut tmp = None;
+    let mut host_libs = false;
     while let Some(a) = it.next() {
         match a.as_str() {
             "--name" => name = it.next(),
             "--root" => root = it.next().map(PathBuf::from),
             "--entry" => entry = it.next(),
             "--parent-pid" => parent = it.next().and_then(|p| p.parse().ok()),
+            "--tmp" => tmp = it.next().map(PathBuf::from),
+            "--host-libs" => host_libs = true,
             "--limits" => match it.next().map(|j| serde_json::from_str(&j)) {
                 Some(Ok(l)) => limits = l,
                 _ => {
@@ -130,6 +139,8 @@ fn parse_args() -> Args {
             env,
             args,
             limits,
+            tmp,
+            host_libs,
         },
         _ => {
             eprintln!("capsule-host: --name, --root, --entry and --parent-pid are required: capsule-host is started by the elastos supervisor, not by hand");
@@ -194,6 +205,11 @@ fn main() {
         CString::new(format!("ELASTOS_CAPSULE={}", a.name)).unwrap_or_else(|_| fail("env", "NUL")),
         CString::new("PATH=/usr/bin:/bin").unwrap_or_else(|_| fail("env", "NUL")),
     ];
+    if let Some(t) = &a.tmp {
+        envp.push(
+            CString::new(format!("TMPDIR={}", t.display())).unwrap_or_else(|_| fail("env", "NUL")),
+        );
+    }
     for (k, v) in &a.env {
         envp.push(
             CString::new(format!("{k}={v}")).unwrap_or_else(|_| fail("env", "NUL in a variable")),
@@ -212,7 +228,9 @@ fn main() {
     }
 
     // Prepared now: building the filters allocates, which the forked children must not.
-    let plan = confine::Plan::native(&a.limits).unwrap_or_else(|e| fail("seccomp", e));
+    let fs = confine::FsRules::native(a.root.clone(), a.tmp.clone(), a.host_libs);
+    let plan =
+        confine::Plan::native(&a.limits, fs, a.host_libs).unwrap_or_else(|e| fail("seccomp", e));
     let layers = plan.layers();
     // The capsule's process reports a failed confinement step here; the exec closes it.
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)

@@ -184,7 +184,19 @@ impl Lines<'_> {
     }
 }
 
+/// The resource a capsule requests (`read`) to see the host's shared libraries and programs
+/// read-only (`/usr`, `/lib*`, `/bin`, `/sbin`, `/etc/ld.so.cache`): what a dynamically linked
+/// program or a shell script needs. First-party native capsules are static and do without.
+pub const HOST_LIBS: &str = "host://libs";
+
 impl Manifest {
+    /// Whether the manifest asks for [`HOST_LIBS`].
+    pub fn requests_host_libs(&self) -> bool {
+        self.requests
+            .iter()
+            .any(|r| r.resource == HOST_LIBS && r.actions.contains(Action::Read))
+    }
+
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
         let lines = Lines(text);
         // The format comes first and is checked before anything else is interpreted.

@@ -45,6 +45,10 @@ pub struct SpawnRequest {
     pub stdin: bool,
     /// The manifest's `[limits]`, which capsule-host enforces.
     pub limits: elastos_schema::Limits,
+    /// The capsule's private writable directory.
+    pub tmp: Option<PathBuf>,
+    /// Policy granted `host://libs`.
+    pub host_libs: bool,
 }
 
 pub struct Spawned {
@@ -120,6 +124,12 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
         .arg(std::process::id().to_string());
     let limits = serde_json::to_string(&req.limits).map_err(|e| HostError::Spawn(e.into()))?;
     cmd.arg("--limits").arg(limits);
+    if let Some(t) = &req.tmp {
+        cmd.arg("--tmp").arg(t);
+    }
+    if req.host_libs {
+        cmd.arg("--host-libs");
+    }
     for (k, v) in &req.env {
         cmd.arg("--env").arg(format!("{k}={v}"));
     }

@@ -36,6 +36,12 @@ pub enum Grant {
     Deny(String),
 }
 
+/// Whether the capsule may see the host's libraries read-only (`host://libs` in its manifest's
+/// `requests`): granted when asked for under the development policy, and shown in `ps`.
+pub fn grants_host_libs(manifest: &Manifest) -> bool {
+    manifest.requests_host_libs()
+}
+
 /// Decides a capsule's `requestToken`.
 pub fn decide(
     manifest: &Manifest,

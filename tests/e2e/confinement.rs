@@ -1,8 +1,8 @@
 //! Confinement, end to end: the hostile probe (`tests/src/bin/probe.rs`) run as a capsule, one
 //! attempt per run, against the same probe run directly (the control run), which shows every
-//! attempt would otherwise reach the kernel. So far: the seccomp policy, `no_new_privs` and the
-//! limits; the attempts the next layers stop (host files, other processes, the network as a
-//! whole) join as those layers land.
+//! attempt would otherwise reach its target. Targets are made by the test (a listener, a file,
+//! another capsule's data) or harmless to reach (signal 0, read-only opens); the control run
+//! needs root, as CI has, to reach `/etc/shadow` and to mount, chroot or load BPF.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,15 +22,6 @@ const KILLED: &[&str] = &[
     "mount",
     "chroot",
 ];
-/// Calls refused with an error, and limits in force.
-const BLOCKED: &[&str] = &[
-    "inet_socket",
-    "netlink_socket",
-    "clone_newuser",
-    "core_dump",
-    "new_privs",
-];
-
 fn probe_bin() -> PathBuf {
     let p = elastos_bin().with_file_name("probe");
     assert!(
@@ -46,7 +37,7 @@ fn probe_capsule(node: &Node) -> PathBuf {
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::write(
         dir.join("capsule.toml"),
-        "format = 1\nname = \"probe\"\nversion = \"0.1.0\"\ndescription = \"hostile probe\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/probe\"\n",
+        "format = 1\nname = \"probe\"\nversion = \"0.1.0\"\ndescription = \"hostile probe\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/probe\"\n[[requests]]\nresource = \"host://libs\"\nactions = [\"read\"]\nreason = \"dynamically linked\"\n",
     )
     .unwrap();
     std::fs::copy(probe_bin(), dir.join("bin/probe")).unwrap();
@@ -54,66 +45,172 @@ fn probe_capsule(node: &Node) -> PathBuf {
     dir
 }
 
-#[test]
-fn the_control_run_reaches_every_target() {
-    for attempt in KILLED.iter().chain(BLOCKED) {
-        let mut cmd = std::process::Command::new(probe_bin());
-        cmd.arg(attempt);
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setrlimit in the child before exec; async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                let unlimited = nix::libc::rlimit {
-                    rlim_cur: nix::libc::RLIM_INFINITY,
-                    rlim_max: nix::libc::RLIM_INFINITY,
-                };
-                if nix::libc::setrlimit(nix::libc::RLIMIT_CORE, &unlimited) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let out = cmd.output().expect("running the probe");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.starts_with("reached:"),
-            "the control run of `{attempt}` did not reach its target, so the confined run proves nothing: {out:?}"
-        );
+/// Every escape the hostile capsule tries that is not one of the killed calls: (attempt,
+/// argument). Targets are things the test itself made or the machine always has.
+fn escapes(up: &Up, t: &Targets) -> Vec<(&'static str, String)> {
+    let home = up.node.home();
+    let s = |p: &std::path::Path| p.display().to_string();
+    vec![
+        ("read_file", "/etc/shadow".into()),
+        ("read_file", s(&home.join("node.key"))),
+        ("read_file", s(&t.host_secret)),
+        ("read_file", s(&t.victim_secret)),
+        (
+            "read_file",
+            "../../../../../../../../../../etc/shadow".into(),
+        ),
+        ("read_file", "/dev/random".into()),
+        ("list_dir", "/proc/1".into()),
+        ("list_dir", s(&home)),
+        ("write_file", s(&t.written)),
+        ("symlink_read", s(&t.host_secret)),
+        ("hardlink", s(&t.host_secret)),
+        ("exec", s(&t.shell_copy)),
+        ("signal", std::process::id().to_string()),
+        ("signal", t.supervisor_pid.to_string()),
+        ("unix_request", s(&home.join("control.sock"))),
+        ("tcp_connect", t.tcp_port.to_string()),
+        ("udp_send", t.udp_port.to_string()),
+        ("tcp_bind", String::new()),
+        ("inet_socket", String::new()),
+        ("netlink_socket", String::new()),
+        ("clone_newuser", String::new()),
+        ("core_dump", String::new()),
+        ("new_privs", String::new()),
+    ]
+}
+
+struct Targets {
+    host_secret: PathBuf,
+    victim_secret: PathBuf,
+    written: PathBuf,
+    shell_copy: PathBuf,
+    supervisor_pid: u32,
+    tcp_port: u16,
+    udp_port: u16,
+}
+
+/// The control run: the same probe, unconfined, as this test's user (root in CI), with a tmp on
+/// the same file system as the targets.
+fn control(attempt: &str, arg: &str, tmp: &std::path::Path) -> std::process::Output {
+    let mut cmd = std::process::Command::new(probe_bin());
+    cmd.arg(attempt).arg(arg).env("TMPDIR", tmp);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let unlimited = nix::libc::rlimit {
+                rlim_cur: nix::libc::RLIM_INFINITY,
+                rlim_max: nix::libc::RLIM_INFINITY,
+            };
+            if nix::libc::setrlimit(nix::libc::RLIMIT_CORE, &unlimited) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
+    cmd.output().expect("running the probe")
 }
 
 #[test]
-fn a_capsule_cannot_make_the_calls_its_seccomp_policy_forbids() {
+fn a_hostile_capsule_is_stopped_at_every_escape_the_control_run_shows_possible() {
     let up = Up::new();
-    let dir = probe_capsule(&up.node);
-    for attempt in KILLED {
-        let name = format!("probe-{}", attempt.replace('_', "-"));
-        let out = up
-            .node
-            .run(&["run", path(&dir), "--name", &name, "--", attempt]);
-        // 128 + SIGSYS (31): killed by the filter before the call ran.
-        assert_eq!(out.code, 159, "`{attempt}` was not killed: {out:#?}");
-        assert!(!out.stdout.contains("reached"), "{out:#?}");
-        let log = up.node.run(&["logs", &name]).ok().to_string();
-        assert!(log.contains("killed by its seccomp filter"), "{log}");
-    }
-    for attempt in BLOCKED {
-        let name = format!("probe-{}", attempt.replace('_', "-"));
-        let out = up
-            .node
-            .run(&["run", path(&dir), "--name", &name, "--", attempt]);
+    let scratch = up.node.scratch();
+    // Another capsule's data, in its private tmp.
+    let victim = script_capsule(
+        &up.node,
+        "victim",
+        "echo secret > \"$TMPDIR/secret\"\nwhile true; do sleep 1; done",
+    );
+    up.node.run(&["run", "-d", path(&victim)]).ok();
+    let victim_secret = up.node.home().join("tmp/capsules/victim/secret");
+    wait_until("the victim's secret", Duration::from_secs(10), || {
+        victim_secret.exists()
+    });
+    let host_secret = scratch.join("host-secret");
+    std::fs::write(&host_secret, "the invoking user's data").unwrap();
+    let shell_copy = scratch.join("sh-copy");
+    std::fs::copy("/bin/sh", &shell_copy).unwrap();
+    set_mode(&shell_copy, 0o755);
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = Targets {
+        host_secret,
+        victim_secret,
+        written: scratch.join("written-by-the-capsule"),
+        shell_copy,
+        supervisor_pid: up.supervisor_pid(),
+        tcp_port: tcp.local_addr().unwrap().port(),
+        udp_port: udp.local_addr().unwrap().port(),
+    };
+    let escapes = escapes(&up, &t);
+    assert!(escapes.len() + KILLED.len() >= 30);
+
+    // Control: each attempt reaches its target when nothing confines it.
+    let control_tmp = scratch.join("control-tmp");
+    std::fs::create_dir_all(&control_tmp).unwrap();
+    for (attempt, arg) in &escapes {
+        let out = control(attempt, arg, &control_tmp);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let reached = out.status.success() && !stdout.contains("blocked");
         assert!(
-            out.ok().starts_with("blocked:"),
-            "`{attempt}` was not blocked: {out:#?}"
+            reached,
+            "control run of `{attempt} {arg}` did not reach its target, so the confined run would prove nothing: {out:?}"
         );
     }
-    // Each kill is in the audit log, against the capsule.
+    for attempt in KILLED {
+        let out = control(attempt, "", &control_tmp);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("reached:"),
+            "control run of `{attempt}`: {out:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&t.written);
+
+    // Confined: every one is refused or killed, each reported on its own.
+    let dir = probe_capsule(&up.node);
+    let mut failures = Vec::new();
+    for (i, (attempt, arg)) in escapes.iter().enumerate() {
+        let name = format!("escape-{i}");
+        let out = up
+            .node
+            .run(&["run", path(&dir), "--name", &name, "--", attempt, arg]);
+        if !(out.code == 0 && out.stdout.starts_with("blocked:")) {
+            failures.push(format!("`{attempt} {arg}`: {out:?}"));
+        }
+    }
+    for attempt in KILLED {
+        let name = format!("killed-{}", attempt.replace('_', "-"));
+        let out = up
+            .node
+            .run(&["run", path(&dir), "--name", &name, "--", attempt]);
+        if out.code != 159 {
+            failures.push(format!("`{attempt}` not killed: {out:?}"));
+        } else {
+            let log = up.node.run(&["logs", &name]).ok().to_string();
+            assert!(log.contains("killed by its seccomp filter"), "{log}");
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "escapes that worked:\n{}",
+        failures.join("\n")
+    );
+    assert!(!t.written.exists(), "the capsule wrote outside its tmp");
+    assert_eq!(
+        std::fs::read_to_string(&t.victim_secret).unwrap().trim(),
+        "secret"
+    );
+    // The kills and the refused control connection are audited.
     let audit = up.node.run(&["audit", "--json"]).ok().to_string();
     let kills = audit
         .lines()
         .filter(|l| l.contains("\"action\":\"capsule.seccomp\""))
         .count();
     assert_eq!(kills, KILLED.len(), "{audit}");
+    assert!(audit.contains("\"action\":\"control.refused\""), "{audit}");
+    // And the supervisor still serves.
+    up.node.run(&["status"]).ok();
 }
 
 #[test]

@@ -14,7 +14,8 @@ pub(crate) fn script_capsule(node: &Node, name: &str, body: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::write(
         dir.join("capsule.toml"),
-        format!("format = 1\nname = \"{name}\"\nversion = \"0.1.0\"\ndescription = \"test\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/run\"\n"),
+        // A shell script needs the host's shell and libraries: it asks for them.
+        format!("format = 1\nname = \"{name}\"\nversion = \"0.1.0\"\ndescription = \"test\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/run\"\n[[requests]]\nresource = \"host://libs\"\nactions = [\"read\"]\nreason = \"runs /bin/sh\"\n"),
     )
     .unwrap();
     std::fs::write(dir.join("bin/run"), format!("#!/bin/sh\n{body}\n")).unwrap();

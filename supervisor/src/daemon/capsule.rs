@@ -336,6 +336,15 @@ impl CapsuleActor {
                 .collect(),
             stdin: st.spec.stdin.is_some(),
             limits: manifest.limits.clone(),
+            tmp: match fresh_tmp(&self.shared, &st.spec.name) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.fail(st, &format!("could not prepare its tmp directory: {e}"))
+                        .await;
+                    return;
+                }
+            },
+            host_libs: elastos::policy::grants_host_libs(manifest),
         };
         let shared = self.shared.clone();
         let spawned = tokio::task::spawn_blocking(move || {
@@ -627,4 +636,19 @@ fn tree_rss(pid: u32) -> u64 {
         }
     }
     total
+}
+
+/// The capsule's private writable directory, empty at every start:
+/// `$ELASTOS_HOME/tmp/capsules/NAME` (0700; only this capsule's rules reach it).
+fn fresh_tmp(shared: &Shared, name: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = shared.home.root().join("tmp").join("capsules").join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    Ok(dir)
 }

@@ -39,9 +39,25 @@ pub async fn serve(
             continue;
         };
         let me = nix::unistd::getuid().as_raw();
-        match stream.peer_cred() {
-            Ok(c) if c.uid() == me || c.uid() == 0 => {}
+        let pid = match stream.peer_cred() {
+            Ok(c) if c.uid() == me || c.uid() == 0 => c.pid(),
             _ => continue,
+        };
+        // A capsule may share the operator's uid (until capsules get uids of their own), and
+        // Landlock does not stop it connecting to a named socket: the operator's channel
+        // refuses every process that runs under a capsule-host.
+        if let Some(pid) = pid.filter(|p| *p > 0) {
+            if let Some(why) = capsule_process(pid as u32) {
+                shared.audit_now(
+                    &format!("process:{pid}"),
+                    "control.refused",
+                    "control.sock",
+                    elastos::audit::Decision::Denied,
+                    &why,
+                    None,
+                );
+                continue;
+            }
         }
         let shared = shared.clone();
         let root = root.clone();
@@ -52,6 +68,40 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Why `pid` is (part of) a capsule, or `None` for an operator's process: it lives in another
+/// PID namespace (every capsule has its own), or it descends from a capsule-host.
+fn capsule_process(pid: u32) -> Option<String> {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    match (ns(&pid.to_string()), ns("self")) {
+        (Some(theirs), Some(ours)) if theirs != ours => {
+            return Some(format!(
+                "pid {pid} is in another PID namespace (a capsule): the control socket is the operator's"
+            ))
+        }
+        // Gone already, or unreadable: nothing to serve either way.
+        (None, _) => return Some(format!("pid {pid} cannot be identified")),
+        _ => {}
+    }
+    let mut cur = pid;
+    for _ in 0..64 {
+        let stat = std::fs::read_to_string(format!("/proc/{cur}/stat")).ok()?;
+        // comm is inside the last parentheses; the parent pid follows the state.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(').map(|(_, c)| c)?;
+        if comm == "capsule-host" {
+            return Some(format!(
+                "pid {pid} descends from a capsule-host (a capsule): the control socket is the operator's"
+            ));
+        }
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        if ppid <= 1 {
+            return None;
+        }
+        cur = ppid;
+    }
+    None
 }
 
 async fn write_line<T: serde::Serialize>(

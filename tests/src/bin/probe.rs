@@ -26,6 +26,8 @@ fn verdict(ok: bool, what: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let attempt = std::env::args().nth(1).unwrap_or_default();
+    let arg = std::env::args().nth(2).unwrap_or_default();
+    let carg = std::ffi::CString::new(arg.clone()).unwrap_or_default();
     // SAFETY (for every block below): raw system calls with integer or null arguments that the
     // kernel validates; none of them writes to memory of this process except where noted.
     unsafe {
@@ -128,6 +130,98 @@ fn main() -> ExitCode {
                     if nnp == 0 { "reached" } else { "blocked" }
                 );
                 ExitCode::SUCCESS
+            }
+            // Opens read-only, reads nothing: reaching the file is the proof.
+            "read_file" => {
+                let fd = libc::open(carg.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                verdict(fd >= 0, &format!("open {arg} for reading"))
+            }
+            // Creates the file the test names (in the test's own scratch directory).
+            "write_file" => {
+                let fd = libc::open(
+                    carg.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                    0o600,
+                );
+                verdict(fd >= 0, &format!("create {arg}"))
+            }
+            "list_dir" => {
+                let d = libc::opendir(carg.as_ptr());
+                verdict(!d.is_null(), &format!("list {arg}"))
+            }
+            // Signal 0: checks the right to signal, delivers nothing.
+            "signal" => {
+                let pid: i32 = arg.parse().unwrap_or(1);
+                verdict(libc::kill(pid, 0) == 0, &format!("signal pid {pid}"))
+            }
+            "exec" => {
+                let argv = [
+                    carg.as_ptr(),
+                    c"-c".as_ptr(),
+                    c"true".as_ptr(),
+                    std::ptr::null(),
+                ];
+                libc::execv(carg.as_ptr(), argv.as_ptr());
+                verdict(false, &format!("exec {arg}"))
+            }
+            // Asks a Unix-socket server for its status (the supervisor's control socket: what
+            // an operator may do, a capsule must not).
+            "unix_request" => {
+                use std::io::{Read, Write};
+                match std::os::unix::net::UnixStream::connect(&arg) {
+                    Ok(mut s) => {
+                        let _ = s.write_all(b"{\"op\":\"status\"}\n");
+                        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                        let mut buf = [0u8; 256];
+                        let n = s.read(&mut buf).unwrap_or(0);
+                        if n > 0 {
+                            println!("reached: {arg} answered");
+                        } else {
+                            println!("blocked: {arg} closed the connection unanswered");
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        println!("blocked: connect {arg}: {e}");
+                        ExitCode::SUCCESS
+                    }
+                }
+            }
+            "tcp_connect" => {
+                let ok =
+                    std::net::TcpStream::connect(("127.0.0.1", arg.parse::<u16>().unwrap_or(1)));
+                verdict(ok.is_ok(), &format!("TCP connect 127.0.0.1:{arg}"))
+            }
+            "udp_send" => {
+                let ok = std::net::UdpSocket::bind("127.0.0.1:0")
+                    .and_then(|s| s.send_to(b"x", ("127.0.0.1", arg.parse::<u16>().unwrap_or(9))));
+                verdict(ok.is_ok(), &format!("UDP send to 127.0.0.1:{arg}"))
+            }
+            "tcp_bind" => {
+                let ok = std::net::TcpListener::bind("127.0.0.1:0");
+                verdict(ok.is_ok(), "TCP bind 127.0.0.1")
+            }
+            // A link in the capsule's own tmp that points at a file outside.
+            "symlink_read" => {
+                let tmp = std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into());
+                let link =
+                    std::ffi::CString::new(format!("{tmp}/probe-link-{}", std::process::id()))
+                        .unwrap_or_default();
+                libc::symlink(carg.as_ptr(), link.as_ptr());
+                let fd = libc::open(link.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                libc::unlink(link.as_ptr());
+                verdict(fd >= 0, &format!("read {arg} through a symlink"))
+            }
+            "hardlink" => {
+                let tmp = std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into());
+                let link =
+                    std::ffi::CString::new(format!("{tmp}/probe-hard-{}", std::process::id()))
+                        .unwrap_or_default();
+                let r = libc::link(carg.as_ptr(), link.as_ptr());
+                if r == 0 {
+                    libc::unlink(link.as_ptr());
+                }
+                verdict(r == 0, &format!("hard-link {arg}"))
             }
             other => {
                 eprintln!("probe: unknown attempt `{other}`");
