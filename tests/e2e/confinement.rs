@@ -244,12 +244,9 @@ fn ps_shows_the_layers_in_force() {
 #[test]
 fn a_layer_that_cannot_be_applied_keeps_the_capsule_from_running() {
     let up = Up::new();
-    let marker = up.node.scratch().join("it-ran");
-    let dir = script_capsule(
-        &up.node,
-        "overreach",
-        &format!("touch {}", marker.display()),
-    );
+    // Its private tmp is the one place it could write if it ran.
+    let marker = up.node.home().join("tmp/capsules/overreach/it-ran");
+    let dir = script_capsule(&up.node, "overreach", "touch \"$TMPDIR/it-ran\"");
     // More open files than the kernel allows anyone (fs.nr_open): setrlimit fails, even for root.
     let manifest = dir.join("capsule.toml");
     let mut text = std::fs::read_to_string(&manifest).unwrap();
