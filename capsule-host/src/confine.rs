@@ -4,14 +4,15 @@
 //! tested without privileges by a recorder; the real [`Kernel`] makes the system calls. The
 //! order of the whole design (docs/ARCHITECTURE.md) is: user namespace, the other namespaces,
 //! PID 1, private root, limits, capabilities and uid, `no_new_privs`, Landlock, seccomp, exec.
-//! Implemented so far, in that order: **limits**, **no_new_privs**, **Landlock**, **seccomp**.
+//! Implemented so far, in that order: **limits**, **identity** (its own uid, no capabilities),
+//! **no_new_privs**, **Landlock**, **seccomp**.
 //! A step that fails stops the sequence and names itself; the capsule never runs half-confined.
 
 use std::path::PathBuf;
 
 use landlock::{
-    Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreated,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use nix::sys::resource::Resource;
 use seccompiler::BpfProgram;
@@ -21,6 +22,7 @@ use elastos_schema::Limits;
 /// The system calls confinement needs, one method per step.
 pub trait Sys {
     fn set_rlimit(&mut self, resource: Resource, limit: u64) -> Result<(), String>;
+    fn switch_uid(&mut self, uid: u32) -> Result<(), String>;
     fn no_new_privs(&mut self) -> Result<(), String>;
     fn landlock(&mut self, rules: &FsRules) -> Result<(), String>;
     fn seccomp(&mut self, programs: &[BpfProgram]) -> Result<(), String>;
@@ -74,6 +76,9 @@ impl FsRules {
 /// What to apply, prepared before the fork (preparing allocates; applying does not).
 pub struct Plan {
     pub rlimits: Vec<(Resource, u64)>,
+    /// The capsule's own host uid and gid; `None` keeps the invoking user's (not root's: a root
+    /// supervisor always passes one).
+    pub uid: Option<u32>,
     pub fs: FsRules,
     pub host_libs: bool,
     pub seccomp: Vec<BpfProgram>,
@@ -86,6 +91,8 @@ pub struct Failure {
     pub why: String,
 }
 
+/// Processes and threads of a capsule with its own uid, when the manifest names no limit.
+pub const DEFAULT_PROCESSES: u64 = 256;
 /// Open files when the manifest names no limit.
 pub const DEFAULT_OPEN_FILES: u64 = 1024;
 /// The largest file a capsule may write (no key in `[limits]` yet: the storage quota comes
@@ -93,7 +100,12 @@ pub const DEFAULT_OPEN_FILES: u64 = 1024;
 pub const MAX_FILE_SIZE: u64 = 1 << 30;
 
 impl Plan {
-    pub fn native(limits: &Limits, fs: FsRules, host_libs: bool) -> Result<Plan, String> {
+    pub fn native(
+        limits: &Limits,
+        uid: Option<u32>,
+        fs: FsRules,
+        host_libs: bool,
+    ) -> Result<Plan, String> {
         let mut rlimits = vec![
             (
                 Resource::RLIMIT_NOFILE,
@@ -106,9 +118,17 @@ impl Plan {
         if let Some(s) = limits.cpu_seconds {
             rlimits.push((Resource::RLIMIT_CPU, s));
         }
+        // Counted per uid: meaningful only when the capsule has a uid of its own.
+        if uid.is_some() {
+            rlimits.push((
+                Resource::RLIMIT_NPROC,
+                limits.processes.map_or(DEFAULT_PROCESSES, u64::from),
+            ));
+        }
         let seccomp = crate::seccomp::compile(crate::seccomp::NATIVE).map_err(|e| e.to_string())?;
         Ok(Plan {
             rlimits,
+            uid,
             fs,
             host_libs,
             seccomp,
@@ -125,15 +145,17 @@ impl Plan {
                 Resource::RLIMIT_FSIZE => "fsize",
                 Resource::RLIMIT_CORE => "core",
                 Resource::RLIMIT_CPU => "cpu",
+                Resource::RLIMIT_NPROC => "nproc",
                 _ => "other",
             })
             .collect();
         names.sort_unstable();
-        let mut out = vec![
-            format!("rlimits({})", names.join(",")),
-            "no-new-privs".into(),
-            "landlock".into(),
-        ];
+        let mut out = vec![format!("rlimits({})", names.join(","))];
+        if let Some(uid) = self.uid {
+            out.push(format!("uid({uid})"));
+        }
+        out.push("no-new-privs".into());
+        out.push("landlock".into());
         if self.host_libs {
             out.push("host-libs".into());
         }
@@ -148,6 +170,12 @@ pub fn apply(sys: &mut impl Sys, plan: &Plan) -> Result<(), Failure> {
         sys.set_rlimit(resource, limit).map_err(|why| Failure {
             step: "limits",
             why: format!("{resource:?} = {limit}: {why}"),
+        })?;
+    }
+    if let Some(uid) = plan.uid {
+        sys.switch_uid(uid).map_err(|why| Failure {
+            step: "identity",
+            why: format!("uid {uid}: {why}"),
         })?;
     }
     sys.no_new_privs().map_err(|why| Failure {
@@ -165,20 +193,21 @@ pub fn apply(sys: &mut impl Sys, plan: &Plan) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The real system calls. Used in the capsule's process after fork, before exec: nothing here
-/// allocates on success.
-pub struct Kernel;
+/// The real system calls, in the capsule's process after fork, before exec.
+pub struct Kernel {
+    /// Built (its paths opened) before the fork: after the uid switch the capsule could not walk
+    /// the paths through the node's private home any more.
+    landlock: Option<RulesetCreated>,
+}
 
-impl Sys for Kernel {
-    fn set_rlimit(&mut self, resource: Resource, limit: u64) -> Result<(), String> {
-        nix::sys::resource::setrlimit(resource, limit, limit).map_err(|e| e.desc().to_string())
-    }
-    fn no_new_privs(&mut self) -> Result<(), String> {
-        nix::sys::prctl::set_no_new_privs().map_err(|e| e.desc().to_string())
-    }
-    fn landlock(&mut self, rules: &FsRules) -> Result<(), String> {
+impl Kernel {
+    pub fn prepare(rules: &FsRules) -> Result<Kernel, Failure> {
+        let fail = |why: String| Failure {
+            step: "landlock",
+            why,
+        };
         // The newest ABI this crate knows; what the kernel lacks beyond ABI 1 (file system
-        // rules) degrades, and a kernel without Landlock at all fails this step.
+        // rules) degrades, and a kernel without Landlock at all fails at restrict time.
         let abi = ABI::V6;
         let ruleset = Ruleset::default()
             .set_compatibility(CompatLevel::BestEffort)
@@ -186,7 +215,7 @@ impl Sys for Kernel {
             .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
             .and_then(|r| r.scope(Scope::from_all(abi)))
             .and_then(|r| r.create())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| fail(e.to_string()))?;
         let file_rw = AccessFs::ReadFile | AccessFs::WriteFile;
         let ruleset = ruleset
             .add_rules(landlock::path_beneath_rules(
@@ -200,7 +229,83 @@ impl Sys for Kernel {
                 ))
             })
             .and_then(|r| r.add_rules(landlock::path_beneath_rules(&rules.devices, file_rw)))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Kernel {
+            landlock: Some(ruleset),
+        })
+    }
+}
+
+impl Sys for Kernel {
+    fn set_rlimit(&mut self, resource: Resource, limit: u64) -> Result<(), String> {
+        nix::sys::resource::setrlimit(resource, limit, limit).map_err(|e| e.desc().to_string())
+    }
+    fn switch_uid(&mut self, uid: u32) -> Result<(), String> {
+        use nix::libc;
+        let last = |what: &str| format!("{what}: {}", nix::errno::Errno::last().desc());
+        // SAFETY (each call below): prctl and set*id with integer arguments only.
+        unsafe {
+            // Locked before anything else, while CAP_SETPCAP is still held: uid 0 would
+            // bring no capabilities back, and neither would keep-caps or ambient raises.
+            const BITS: libc::c_ulong = 0x01 | 0x02 | 0x08 | 0x20 | 0x40 | 0x80;
+            if libc::prctl(libc::PR_SET_SECUREBITS, BITS, 0, 0, 0) != 0 {
+                return Err(last("securebits"));
+            }
+            for cap in 0..64 {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                    && nix::errno::Errno::last() != nix::errno::Errno::EINVAL
+                {
+                    return Err(last("dropping the bounding set"));
+                }
+            }
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(last("clearing ambient capabilities"));
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0 {
+                return Err(last("setgroups"));
+            }
+            if libc::setresgid(uid, uid, uid) != 0 {
+                return Err(last("setresgid"));
+            }
+            if libc::setresuid(uid, uid, uid) != 0 {
+                return Err(last("setresuid"));
+            }
+        }
+        // Trust, then verify: no way back to root, no capability left.
+        let (r, e, s) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        if r != uid || e != uid || s != uid {
+            return Err(format!("still uid {r}/{e}, gid {s}"));
+        }
+        let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(str::trim)
+            .unwrap_or("?");
+        if !eff.trim_start_matches('0').is_empty() {
+            return Err(format!("capabilities remain: CapEff {eff}"));
+        }
+        Ok(())
+    }
+    fn no_new_privs(&mut self) -> Result<(), String> {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| e.desc().to_string())
+    }
+    fn landlock(&mut self, _rules: &FsRules) -> Result<(), String> {
+        let ruleset = self
+            .landlock
+            .take()
+            .ok_or("the Landlock ruleset was not prepared")?;
         let status = ruleset.restrict_self().map_err(|e| e.to_string())?;
         if status.ruleset == RulesetStatus::NotEnforced {
             return Err("the kernel enforces no Landlock rules (see `elastos doctor`)".into());
@@ -238,6 +343,9 @@ mod tests {
         fn set_rlimit(&mut self, resource: Resource, limit: u64) -> Result<(), String> {
             self.step(&format!("limit {resource:?}={limit}"))
         }
+        fn switch_uid(&mut self, uid: u32) -> Result<(), String> {
+            self.step(&format!("uid {uid}"))
+        }
         fn no_new_privs(&mut self) -> Result<(), String> {
             self.step("no_new_privs")
         }
@@ -254,8 +362,10 @@ mod tests {
             &Limits {
                 open_files: Some(64),
                 cpu_seconds: Some(30),
+                processes: Some(16),
                 ..Default::default()
             },
+            Some(200_001),
             FsRules::native("/capsule".into(), None, false),
             false,
         )
@@ -273,6 +383,8 @@ mod tests {
                 &format!("limit RLIMIT_FSIZE={MAX_FILE_SIZE}"),
                 "limit RLIMIT_CORE=0",
                 "limit RLIMIT_CPU=30",
+                "limit RLIMIT_NPROC=16",
+                "uid 200001",
                 "no_new_privs",
                 "landlock 1",
                 "seccomp 4",
@@ -284,9 +396,10 @@ mod tests {
     fn a_failing_step_stops_everything_after_it_and_names_itself() {
         for (fail_at, step, ran) in [
             ("limit RLIMIT_NOFILE", "limits", 1),
-            ("no_new_privs", "no_new_privs", 5),
-            ("landlock", "landlock", 6),
-            ("seccomp", "seccomp", 7),
+            ("uid", "identity", 6),
+            ("no_new_privs", "no_new_privs", 7),
+            ("landlock", "landlock", 8),
+            ("seccomp", "seccomp", 9),
         ] {
             let mut r = Recorder {
                 fail_at: Some(fail_at),
@@ -303,6 +416,7 @@ mod tests {
     fn layers_name_only_what_the_plan_enforces() {
         let p = Plan::native(
             &Limits::default(),
+            None,
             FsRules::native("/capsule".into(), None, false),
             false,
         )
@@ -318,11 +432,14 @@ mod tests {
         );
         let libs = Plan::native(
             &Limits::default(),
+            Some(200_000),
             FsRules::native("/capsule".into(), None, true),
             true,
         )
         .unwrap();
         assert!(libs.layers().contains(&"host-libs".to_string()));
+        assert!(libs.layers().contains(&"uid(200000)".to_string()));
+        assert!(libs.layers()[0].contains("nproc"));
         assert!(libs.fs.read_exec.contains(&PathBuf::from("/usr")));
         assert_eq!(p.rlimits[0], (Resource::RLIMIT_NOFILE, DEFAULT_OPEN_FILES));
     }

@@ -29,7 +29,6 @@ mod seccomp;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -59,6 +58,8 @@ struct Args {
     tmp: Option<PathBuf>,
     /// Granted `host://libs`: the host's libraries and programs, read-only.
     host_libs: bool,
+    /// The capsule's own host uid and gid.
+    uid: Option<u32>,
 }
 
 fn fail(stage: &str, why: impl std::fmt::Display) -> ! {
@@ -101,6 +102,7 @@ fn parse_args() -> Args {
     let mut limits = elastos_schema::Limits::default();
     let mut tmp = None;
     let mut host_libs = false;
+    let mut uid = None;
     while let Some(a) = it.next() {
         match a.as_str() {
             "--name" => name = it.next(),
@@ -109,6 +111,13 @@ fn parse_args() -> Args {
             "--parent-pid" => parent = it.next().and_then(|p| p.parse().ok()),
             "--tmp" => tmp = it.next().map(PathBuf::from),
             "--host-libs" => host_libs = true,
+            "--uid" => match it.next().and_then(|u| u.parse::<u32>().ok()) {
+                Some(u) if u != 0 => uid = Some(u),
+                _ => {
+                    eprintln!("capsule-host: --uid takes a non-zero uid");
+                    std::process::exit(125);
+                }
+            },
             "--limits" => match it.next().map(|j| serde_json::from_str(&j)) {
                 Some(Ok(l)) => limits = l,
                 _ => {
@@ -141,6 +150,7 @@ fn parse_args() -> Args {
             limits,
             tmp,
             host_libs,
+            uid,
         },
         _ => {
             eprintln!("capsule-host: --name, --root, --entry and --parent-pid are required: capsule-host is started by the elastos supervisor, not by hand");
@@ -191,8 +201,10 @@ fn main() {
         Err(e) => fail("entry", e),
     };
     // Everything exec needs is prepared before forking.
-    let prog =
-        CString::new(entry.as_os_str().as_bytes()).unwrap_or_else(|_| fail("entry", "NUL in path"));
+    // Relative to the package directory, the capsule's working directory: a capsule with a uid
+    // of its own could not walk the absolute path through the node's private home.
+    let prog = CString::new(format!("./{}", a.entry).as_bytes())
+        .unwrap_or_else(|_| fail("entry", "NUL in path"));
     let mut argv = vec![CString::new(a.name.as_bytes()).unwrap_or_else(|_| fail("args", "NUL"))];
     for s in &a.args {
         argv.push(
@@ -229,9 +241,17 @@ fn main() {
 
     // Prepared now: building the filters allocates, which the forked children must not.
     let fs = confine::FsRules::native(a.root.clone(), a.tmp.clone(), a.host_libs);
-    let plan =
-        confine::Plan::native(&a.limits, fs, a.host_libs).unwrap_or_else(|e| fail("seccomp", e));
+    // A root capsule-host never hands a capsule host root.
+    if a.uid.is_none() && nix::unistd::geteuid().is_root() {
+        fail(
+            "identity",
+            "running as root without --uid: a capsule never runs as host root",
+        );
+    }
+    let plan = confine::Plan::native(&a.limits, a.uid, fs, a.host_libs)
+        .unwrap_or_else(|e| fail("seccomp", e));
     let layers = plan.layers();
+    let mut kernel = confine::Kernel::prepare(&plan.fs).unwrap_or_else(|f| fail(f.step, f.why));
     // The capsule's process reports a failed confinement step here; the exec closes it.
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .unwrap_or_else(|e| fail("confinement pipe", e));
@@ -246,7 +266,7 @@ fn main() {
             "subreaper"
         }
     };
-    let launch = || -> ! {
+    let mut launch = || -> ! {
         // The capsule: its own session (never the operator's terminal), its socket at fd 3,
         // nothing else above stderr, a clean signal mask.
         let _ = nix::unistd::setsid();
@@ -258,11 +278,15 @@ fn main() {
         if unsafe { nix::libc::dup3(err_w_raw, STATUS_FD, nix::libc::O_CLOEXEC) } < 0 {
             std::process::exit(125);
         }
-        close_above(STATUS_FD);
+        // Close-on-exec rather than closed: the Landlock ruleset's descriptor is still needed
+        // until the exec, which then closes everything above the report pipe at once.
+        if cloexec_above(STATUS_FD).is_err() {
+            std::process::exit(125);
+        }
         if std::env::set_current_dir(&a.root).is_err() {
             std::process::exit(125);
         }
-        if let Err(f) = confine::apply(&mut confine::Kernel, &plan) {
+        if let Err(f) = confine::apply(&mut kernel, &plan) {
             report_failure(&f);
         }
         let err = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
@@ -367,17 +391,21 @@ fn drop_fds() {
     }
 }
 
-fn close_above(fd: i32) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
+fn cloexec_above(fd: i32) -> Result<(), nix::errno::Errno> {
+    const CLOSE_RANGE_CLOEXEC: nix::libc::c_uint = 1 << 2;
+    // SAFETY: close_range(2) with integer arguments; it only sets flags on descriptors.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            (fd + 1) as nix::libc::c_uint,
+            nix::libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
     };
-    let fds: Vec<i32> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .filter(|n| *n > fd)
-        .collect();
-    for n in fds {
-        let _ = nix::unistd::close(n);
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(nix::errno::Errno::last())
     }
 }
 

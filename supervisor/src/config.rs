@@ -37,6 +37,10 @@ pub struct SupervisorConfig {
     /// Calls one capsule may have in flight before it is answered `busy`.
     #[serde(default = "max_in_flight_default")]
     pub max_in_flight: usize,
+    /// When the supervisor runs as root, each capsule runs as its own host uid and gid from
+    /// this base upwards (a range no user of the machine should have).
+    #[serde(default = "capsule_uid_base_default")]
+    pub capsule_uid_base: u32,
 }
 
 impl Default for SupervisorConfig {
@@ -47,6 +51,7 @@ impl Default for SupervisorConfig {
             restart_window: restart_window_default(),
             call_deadline: call_deadline_default(),
             max_in_flight: max_in_flight_default(),
+            capsule_uid_base: capsule_uid_base_default(),
         }
     }
 }
@@ -62,6 +67,10 @@ fn call_deadline_default() -> std::time::Duration {
 }
 fn max_in_flight_default() -> usize {
     64
+}
+
+fn capsule_uid_base_default() -> u32 {
+    200_000
 }
 
 /// Durations in the config file are written the human way ("10s", "2m").

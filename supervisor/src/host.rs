@@ -49,6 +49,8 @@ pub struct SpawnRequest {
     pub tmp: Option<PathBuf>,
     /// Policy granted `host://libs`.
     pub host_libs: bool,
+    /// The capsule's own host uid and gid (a root supervisor's capsules never run as root).
+    pub uid: Option<u32>,
 }
 
 pub struct Spawned {
@@ -129,6 +131,9 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
     }
     if req.host_libs {
         cmd.arg("--host-libs");
+    }
+    if let Some(uid) = req.uid {
+        cmd.arg("--uid").arg(uid.to_string());
     }
     for (k, v) in &req.env {
         cmd.arg("--env").arg(format!("{k}={v}"));

@@ -336,7 +336,12 @@ impl CapsuleActor {
                 .collect(),
             stdin: st.spec.stdin.is_some(),
             limits: manifest.limits.clone(),
-            tmp: match fresh_tmp(&self.shared, &st.spec.name) {
+            uid: self.shared.capsule_uid(&st.spec.name),
+            tmp: match fresh_tmp(
+                &self.shared,
+                &st.spec.name,
+                self.shared.capsule_uid(&st.spec.name),
+            ) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     self.fail(st, &format!("could not prepare its tmp directory: {e}"))
@@ -403,8 +408,23 @@ impl CapsuleActor {
                 .ok();
         }
         // Output: one blocking reader per stream; lines go to the log and an attached run.
-        pump(stdout, "stdout", st.log.clone(), st.spec.attach.clone());
-        pump(stderr, "stderr", st.log.clone(), st.spec.attach.clone());
+        // The exit is reported after the output: an attached `run` must print everything the
+        // capsule wrote before it returns the exit code.
+        let (drained_tx, drained) = std::sync::mpsc::channel::<()>();
+        pump(
+            stdout,
+            "stdout",
+            st.log.clone(),
+            st.spec.attach.clone(),
+            drained_tx.clone(),
+        );
+        pump(
+            stderr,
+            "stderr",
+            st.log.clone(),
+            st.spec.attach.clone(),
+            drained_tx,
+        );
         let me = myself.clone();
         std::thread::Builder::new()
             .name(format!("wait-{}", st.spec.name))
@@ -413,6 +433,15 @@ impl CapsuleActor {
                     Ok(s) => exit_code(s),
                     Err(_) => 125,
                 };
+                // Both streams at EOF, or a bounded wait: a descendant that escaped with the
+                // pipe open must not hold the exit back.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                for _ in 0..2 {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if drained.recv_timeout(left).is_err() {
+                        break;
+                    }
+                }
                 let _ = me.cast(Msg::Exited { generation, code });
             })
             .ok();
@@ -574,6 +603,7 @@ fn pump(
     name: &'static str,
     log: Arc<CapsuleLog>,
     attach: Option<mpsc::UnboundedSender<Event>>,
+    drained: std::sync::mpsc::Sender<()>,
 ) {
     let _ = std::thread::Builder::new()
         .name(format!("out-{name}"))
@@ -600,6 +630,7 @@ fn pump(
                     }
                 }
             }
+            let _ = drained.send(());
         });
 }
 
@@ -638,17 +669,22 @@ fn tree_rss(pid: u32) -> u64 {
     total
 }
 
-/// The capsule's private writable directory, empty at every start:
-/// `$ELASTOS_HOME/tmp/capsules/NAME` (0700; only this capsule's rules reach it).
-fn fresh_tmp(shared: &Shared, name: &str) -> std::io::Result<std::path::PathBuf> {
+/// The capsule's private writable directory, empty at every start: `RUN_DIR/NAME`, 0700 and
+/// owned by the capsule's uid (only its own Landlock rules reach it).
+fn fresh_tmp(shared: &Shared, name: &str, uid: Option<u32>) -> std::io::Result<std::path::PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let dir = shared.home.root().join("tmp").join("capsules").join(name);
+    let dir = shared.run_dir.join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)?;
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    if let Some(uid) = uid {
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(uid)),
+        )
+        .map_err(std::io::Error::from)?;
+    }
     Ok(dir)
 }

@@ -41,7 +41,22 @@ pub async fn serve(
         let me = nix::unistd::getuid().as_raw();
         let pid = match stream.peer_cred() {
             Ok(c) if c.uid() == me || c.uid() == 0 => c.pid(),
-            _ => continue,
+            Ok(c) => {
+                // A capsule with a uid of its own lands here; so would any other local user.
+                shared.audit_now(
+                    &format!("uid:{}", c.uid()),
+                    "control.refused",
+                    "control.sock",
+                    elastos::audit::Decision::Denied,
+                    &format!(
+                        "peer uid {} is not the operator's ({me}): the control socket is the operator's",
+                        c.uid()
+                    ),
+                    None,
+                );
+                continue;
+            }
+            Err(_) => continue,
         };
         // A capsule may share the operator's uid (until capsules get uids of their own), and
         // Landlock does not stop it connecting to a named socket: the operator's channel
@@ -144,6 +159,7 @@ async fn handle(
             "home": shared.home.root(),
             "policy": elastos::policy::NAME,
             "rss_bytes": self_rss(),
+            "run_dir": shared.run_dir.display().to_string(),
         })),
         Request::Ps => match root.call(RootMsg::Ps, Some(CALL_TIMEOUT)).await {
             Ok(ractor::rpc::CallResult::Success(list)) => Response::ok(json!(list)),

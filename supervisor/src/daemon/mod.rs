@@ -107,6 +107,11 @@ pub struct Shared {
     /// `pending_wake` while it is zero.
     pub pending: AtomicUsize,
     pub pending_wake: tokio::sync::Notify,
+    /// Where each capsule's private tmp lives: a directory of this supervisor's own (0711),
+    /// outside `$ELASTOS_HOME` (0700), which a capsule running as its own uid could not enter.
+    pub run_dir: PathBuf,
+    /// Each capsule's own host uid, when the supervisor runs as root; stable for its life.
+    capsule_uids: Mutex<HashMap<String, u32>>,
 }
 
 impl Shared {
@@ -117,6 +122,17 @@ impl Shared {
     }
     pub fn pending_done(&self) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The host uid capsule `name` runs as: its own, from the configured base, when the
+    /// supervisor is root; `None` (the supervisor's own uid) otherwise.
+    pub fn capsule_uid(&self, name: &str) -> Option<u32> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let mut uids = self.capsule_uids.lock().unwrap_or_else(|e| e.into_inner());
+        let next = self.config.supervisor.capsule_uid_base + uids.len() as u32;
+        Some(*uids.entry(name.to_string()).or_insert(next))
     }
 
     /// The capsule serving `target`, if any.
@@ -197,6 +213,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
     // other processes of the same user.
     nix::sys::prctl::set_dumpable(false).context("making the supervisor non-dumpable")?;
     let logs_dir = home.ensure_dir("logs")?;
+    let run_dir = make_run_dir().context("creating the capsules' runtime directory")?;
     let log_file = tracing_appender::rolling::never(&logs_dir, "supervisor.log");
     let (writer, _guard) = tracing_appender::non_blocking(log_file);
     let _ = tracing_subscriber::fmt()
@@ -242,6 +259,8 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         logs_dir,
         pending: AtomicUsize::new(0),
         pending_wake: tokio::sync::Notify::new(),
+        run_dir: run_dir.clone(),
+        capsule_uids: Mutex::new(HashMap::new()),
     });
     elastos::fsutil::write_atomic(
         &pid_file(&home),
@@ -335,7 +354,25 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     sweeper.abort();
     root.stop(None);
     let _ = root_handle.await;
+    let _ = std::fs::remove_dir_all(&shared.run_dir);
     Ok(())
+}
+
+/// A fresh directory of this supervisor's in the system's temp dir: created, never reused, so
+/// nobody can prepare it (or a symlink in its place) beforehand.
+fn make_run_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let dir = std::env::temp_dir().join(format!(
+        "elastos-{}-{}",
+        std::process::id(),
+        hex::encode(rnd)
+    ));
+    // Traversable by the capsules' uids (to reach their own tmp), listable by nobody else.
+    std::fs::DirBuilder::new().mode(0o711).create(&dir)?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+    Ok(dir)
 }
 
 async fn shutdown(shared: &Arc<Shared>, root: &ActorRef<RootMsg>, timeout: Duration) {

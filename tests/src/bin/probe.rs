@@ -223,6 +223,56 @@ fn main() -> ExitCode {
                 }
                 verdict(r == 0, &format!("hard-link {arg}"))
             }
+            "setuid_root" => verdict(libc::setuid(0) == 0, "setuid(0)"),
+            // Past the capsule's 1024 (its soft and hard limit): raising a soft limit up to the
+            // hard one is always allowed, raising the hard one needs CAP_SYS_RESOURCE.
+            "raise_nofile" => {
+                let want = libc::rlimit {
+                    rlim_cur: 2048,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                let mut now = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut now);
+                let target = libc::rlimit {
+                    rlim_cur: want.rlim_cur,
+                    rlim_max: now.rlim_max.max(want.rlim_cur),
+                };
+                verdict(
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &target) == 0,
+                    "raise RLIMIT_NOFILE to 2048",
+                )
+            }
+            // At most 300 children, each waiting on a pipe and gone when it closes: a bounded
+            // bomb that harms nothing in the control run either.
+            "fork_bomb" => {
+                let mut fds = [0i32; 2];
+                libc::pipe(fds.as_mut_ptr());
+                let mut n = 0;
+                while n < 300 {
+                    let pid = libc::fork();
+                    if pid == 0 {
+                        libc::close(fds[1]);
+                        let mut b = [0u8; 1];
+                        libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+                        libc::_exit(0);
+                    }
+                    if pid < 0 {
+                        break;
+                    }
+                    n += 1;
+                }
+                libc::close(fds[1]);
+                while libc::wait(std::ptr::null_mut()) > 0 {}
+                if n >= 300 {
+                    println!("reached: 300 processes");
+                } else {
+                    println!("blocked: fork failed after {n} processes");
+                }
+                ExitCode::SUCCESS
+            }
             other => {
                 eprintln!("probe: unknown attempt `{other}`");
                 ExitCode::from(2)
