@@ -91,6 +91,8 @@ pub struct Failure {
     pub why: String,
 }
 
+/// Resident memory of a capsule when the manifest names no limit.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
 /// Processes and threads of a capsule with its own uid, when the manifest names no limit.
 pub const DEFAULT_PROCESSES: u64 = 256;
 /// Open files when the manifest names no limit.
@@ -100,9 +102,11 @@ pub const DEFAULT_OPEN_FILES: u64 = 1024;
 pub const MAX_FILE_SIZE: u64 = 1 << 30;
 
 impl Plan {
+    /// `data_limit`: the memory cap as `RLIMIT_DATA`, when no cgroup enforces it.
     pub fn native(
         limits: &Limits,
         uid: Option<u32>,
+        data_limit: Option<u64>,
         fs: FsRules,
         host_libs: bool,
     ) -> Result<Plan, String> {
@@ -117,6 +121,9 @@ impl Plan {
         ];
         if let Some(s) = limits.cpu_seconds {
             rlimits.push((Resource::RLIMIT_CPU, s));
+        }
+        if let Some(d) = data_limit {
+            rlimits.push((Resource::RLIMIT_DATA, d));
         }
         // Counted per uid: meaningful only when the capsule has a uid of its own.
         if uid.is_some() {
@@ -146,6 +153,7 @@ impl Plan {
                 Resource::RLIMIT_CORE => "core",
                 Resource::RLIMIT_CPU => "cpu",
                 Resource::RLIMIT_NPROC => "nproc",
+                Resource::RLIMIT_DATA => "data",
                 _ => "other",
             })
             .collect();
@@ -366,6 +374,7 @@ mod tests {
                 ..Default::default()
             },
             Some(200_001),
+            None,
             FsRules::native("/capsule".into(), None, false),
             false,
         )
@@ -417,6 +426,7 @@ mod tests {
         let p = Plan::native(
             &Limits::default(),
             None,
+            None,
             FsRules::native("/capsule".into(), None, false),
             false,
         )
@@ -433,6 +443,7 @@ mod tests {
         let libs = Plan::native(
             &Limits::default(),
             Some(200_000),
+            Some(1 << 30),
             FsRules::native("/capsule".into(), None, true),
             true,
         )
@@ -440,6 +451,7 @@ mod tests {
         assert!(libs.layers().contains(&"host-libs".to_string()));
         assert!(libs.layers().contains(&"uid(200000)".to_string()));
         assert!(libs.layers()[0].contains("nproc"));
+        assert!(libs.layers()[0].contains("data"));
         assert!(libs.fs.read_exec.contains(&PathBuf::from("/usr")));
         assert_eq!(p.rlimits[0], (Resource::RLIMIT_NOFILE, DEFAULT_OPEN_FILES));
     }

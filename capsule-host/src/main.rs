@@ -23,6 +23,7 @@
 //! namespace, private root and Landlock follow. Exit codes: the capsule's own (128+N for signal
 //! N); 125 a host error; 126 entry not executable; 127 entry not found.
 
+mod cgroup;
 mod confine;
 mod seccomp;
 
@@ -248,9 +249,25 @@ fn main() {
             "running as root without --uid: a capsule never runs as host root",
         );
     }
-    let plan = confine::Plan::native(&a.limits, a.uid, fs, a.host_libs)
+    // Process and memory caps: cgroup v1 when this root capsule-host can, else rlimits.
+    let memory = a.limits.memory.unwrap_or(confine::DEFAULT_MEMORY);
+    let processes = a
+        .limits
+        .processes
+        .map_or(confine::DEFAULT_PROCESSES, u64::from);
+    // capsule-host and init are in the group too.
+    let cgroups = cgroup::enter(&a.name, memory, processes + 2);
+    let data_limit = match &cgroups {
+        Ok(_) => None,
+        Err(_) => Some(memory),
+    };
+    let plan = confine::Plan::native(&a.limits, a.uid, data_limit, fs, a.host_libs)
         .unwrap_or_else(|e| fail("seccomp", e));
-    let layers = plan.layers();
+    let mut layers = plan.layers();
+    if let Ok(cg) = &cgroups {
+        layers.insert(0, cg.layer());
+    }
+    let cgroups = cgroups.ok();
     let mut kernel = confine::Kernel::prepare(&plan.fs).unwrap_or_else(|f| fail(f.step, f.why));
     // The capsule's process reports a failed confinement step here; the exec closes it.
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -326,7 +343,11 @@ fn main() {
                     layers_json(&layers)
                 ));
                 drop_fds();
-                std::process::exit(supervise(child, &mask, false));
+                let code = supervise(child, &mask, false);
+                if let Some(cg) = &cgroups {
+                    cg.leave_and_remove();
+                }
+                std::process::exit(code);
             }
         }
     } else {
@@ -346,6 +367,9 @@ fn main() {
                 drop_fds();
                 let code = supervise(child, &mask, true);
                 kill_descendants();
+                if let Some(cg) = &cgroups {
+                    cg.leave_and_remove();
+                }
                 std::process::exit(code);
             }
         }

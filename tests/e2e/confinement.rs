@@ -11,6 +11,9 @@ use elastos_e2e::{elastos_bin, set_mode, Node};
 
 use crate::supervisor::{path, script_capsule, wait_until, Up};
 
+/// The probe capsule's memory cap: far below the bomb's 512 MiB.
+const PROBE_MEMORY: u64 = 128 << 20;
+
 /// Calls the seccomp filter forbids outright: the process dies of SIGSYS.
 const KILLED: &[&str] = &[
     "ptrace",
@@ -37,7 +40,7 @@ fn probe_capsule(node: &Node) -> PathBuf {
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::write(
         dir.join("capsule.toml"),
-        "format = 1\nname = \"probe\"\nversion = \"0.1.0\"\ndescription = \"hostile probe\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/probe\"\n[[requests]]\nresource = \"host://libs\"\nactions = [\"read\"]\nreason = \"dynamically linked\"\n",
+        format!("format = 1\nname = \"probe\"\nversion = \"0.1.0\"\ndescription = \"hostile probe\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/probe\"\n[limits]\nmemory = {PROBE_MEMORY}\n[[requests]]\nresource = \"host://libs\"\nactions = [\"read\"]\nreason = \"dynamically linked\"\n"),
     )
     .unwrap();
     std::fs::copy(probe_bin(), dir.join("bin/probe")).unwrap();
@@ -200,6 +203,23 @@ fn a_hostile_capsule_is_stopped_at_every_escape_the_control_run_shows_possible()
             assert!(log.contains("killed by its seccomp filter"), "{log}");
         }
     }
+    // The memory bomb: the OOM killer (SIGKILL, 137) or a refused allocation, both at the cap.
+    let control_bomb = control("memory_bomb", "", &control_tmp);
+    assert!(
+        String::from_utf8_lossy(&control_bomb.stdout).starts_with("reached:"),
+        "control run of the memory bomb: {control_bomb:?}"
+    );
+    let bomb = up.node.run(&[
+        "run",
+        path(&dir),
+        "--name",
+        "memory-bomb",
+        "--",
+        "memory_bomb",
+    ]);
+    if !(bomb.code == 137 || (bomb.code == 0 && bomb.stdout.starts_with("blocked:"))) {
+        failures.push(format!("memory bomb: {bomb:?}"));
+    }
     assert!(
         failures.is_empty(),
         "escapes that worked:\n{}",
@@ -248,6 +268,17 @@ fn ps_shows_the_layers_in_force() {
             layers
                 .iter()
                 .any(|l| l.starts_with("rlimits(") && l.contains("nproc")),
+            "{layers:?}"
+        );
+    }
+    // This kind of machine has cgroup v1 memory and pids controllers: they cap the capsule.
+    if nix::unistd::geteuid().is_root()
+        && std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+    {
+        assert!(
+            layers
+                .iter()
+                .any(|l| l.starts_with("cgroup-v1(memory=512MiB,pids=258)")),
             "{layers:?}"
         );
     }

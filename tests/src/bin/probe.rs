@@ -224,6 +224,27 @@ fn main() -> ExitCode {
                 verdict(r == 0, &format!("hard-link {arg}"))
             }
             "setuid_root" => verdict(libc::setuid(0) == 0, "setuid(0)"),
+            // Touches up to 512 MiB, 16 MiB at a time: the bound of both runs. A memory cap
+            // kills the process (SIGKILL from the OOM killer) or refuses the allocation.
+            "memory_bomb" => {
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                let chunk = 16 << 20;
+                while held.len() * chunk < 512 << 20 {
+                    let mut v: Vec<u8> = Vec::new();
+                    if v.try_reserve_exact(chunk).is_err() {
+                        break;
+                    }
+                    v.resize(chunk, 1);
+                    held.push(v);
+                }
+                let mib = held.len() * 16;
+                if mib >= 512 {
+                    println!("reached: 512 MiB resident");
+                } else {
+                    println!("blocked: allocation refused at {mib} MiB");
+                }
+                ExitCode::SUCCESS
+            }
             // Past the capsule's 1024 (its soft and hard limit): raising a soft limit up to the
             // hard one is always allowed, raising the hard one needs CAP_SYS_RESOURCE.
             "raise_nofile" => {

@@ -1,0 +1,100 @@
+//! Mandatory process and memory caps, by the best mechanism the machine offers.
+//!
+//! cgroup v1 `memory` and `pids` (what this kind of machine has: no v2 delegation): capsule-host
+//! puts itself, before it forks anything, in `/sys/fs/cgroup/{memory,pids}/elastos/NAME.PID`
+//! with `memory.limit_in_bytes` (resident memory, the manifest's `memory`) and `pids.max`, so
+//! every process of the capsule is counted and a bomb meets the kernel's limit, not ours. It
+//! leaves and removes the groups when the capsule is gone, and removes the empty groups that a
+//! killed capsule-host left behind. Without root or without those controllers, the caps fall
+//! back to `RLIMIT_DATA` (address space a process may allocate, not resident memory) and the
+//! per-uid `RLIMIT_NPROC` (see `confine`); `ps` names the mechanism in force.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// The groups capsule-host entered.
+pub struct Cgroups {
+    dirs: Vec<PathBuf>,
+    pub memory: u64,
+    pub pids: u64,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), String> {
+    fs::write(path, value).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Enters fresh v1 `memory` and `pids` groups with these caps, or says why it cannot (then the
+/// caller falls back to rlimits). `pids` counts capsule-host and init too.
+pub fn enter(name: &str, memory: u64, pids: u64) -> Result<Cgroups, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("not root: cgroups are not delegated to this user".into());
+    }
+    let mem_root = Path::new(ROOT).join("memory");
+    let pids_root = Path::new(ROOT).join("pids");
+    if !mem_root.join("memory.limit_in_bytes").exists() || !pids_root.is_dir() {
+        return Err("no cgroup v1 memory and pids controllers".into());
+    }
+    let leaf = format!("{name}.{}", std::process::id());
+    let mut dirs = Vec::new();
+    for (root, settings) in [
+        (
+            &mem_root,
+            vec![
+                ("memory.limit_in_bytes", memory.to_string()),
+                // No swap beyond the limit where the kernel accounts swap.
+                ("memory.memsw.limit_in_bytes", memory.to_string()),
+            ],
+        ),
+        (&pids_root, vec![("pids.max", pids.to_string())]),
+    ] {
+        let parent = root.join("elastos");
+        fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        remove_empty_children(&parent);
+        let dir = parent.join(&leaf);
+        fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        dirs.push(dir.clone());
+        for (file, value) in settings {
+            let path = dir.join(file);
+            if file == "memory.memsw.limit_in_bytes" && !path.exists() {
+                continue;
+            }
+            write(&path, &value)?;
+        }
+        write(&dir.join("cgroup.procs"), &std::process::id().to_string())?;
+    }
+    Ok(Cgroups { dirs, memory, pids })
+}
+
+/// Groups of capsule-hosts that were killed before they could clean up: empty, so removable.
+fn remove_empty_children(parent: &Path) {
+    if let Ok(rd) = fs::read_dir(parent) {
+        for e in rd.flatten() {
+            // rmdir fails on a group that still has processes: exactly the ones to keep.
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+}
+
+impl Cgroups {
+    /// Moves capsule-host back to the root groups and removes its own, once the capsule's
+    /// processes are gone.
+    pub fn leave_and_remove(&self) {
+        let me = std::process::id().to_string();
+        for dir in &self.dirs {
+            if let Some(root) = dir.parent().and_then(Path::parent) {
+                let _ = fs::write(root.join("cgroup.procs"), &me);
+            }
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
+    pub fn layer(&self) -> String {
+        format!(
+            "cgroup-v1(memory={}MiB,pids={})",
+            self.memory >> 20,
+            self.pids
+        )
+    }
+}
