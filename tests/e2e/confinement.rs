@@ -293,6 +293,16 @@ fn ps_shows_the_layers_in_force() {
     );
     let text = up.node.run(&["ps"]).ok().to_string();
     assert!(text.contains("idle"), "{text}");
+    // inspect: the same layers, each explained, and the manifest behind them.
+    let inspected = up.node.run(&["inspect", "idle", "--json"]).json();
+    assert_eq!(inspected["layers"], up.capsule("idle")["layers"]);
+    assert_eq!(inspected["manifest"]["name"], "idle");
+    let text = up.node.run(&["inspect", "idle"]).ok().to_string();
+    assert!(
+        text.contains("landlock") && text.contains("its package (read) and private tmp only"),
+        "{text}"
+    );
+    up.node.run(&["inspect", "nobody"]).code(1);
 }
 
 #[test]

@@ -81,6 +81,9 @@ enum Command {
     Restart(ops::NameArgs),
     /// Show a capsule's output and lifecycle events.
     Logs(ops::LogsArgs),
+    /// Everything about one capsule: state, package, what it serves, the confinement layers
+    /// in force and what each means, its manifest's requests and limits.
+    Inspect(ops::InspectArgs),
     /// Report the kernel features the runtime uses, whether this machine has them, and how
     /// to fix what is missing. Exits 1 when a required one is missing.
     Doctor {
@@ -164,6 +167,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Start(a) => ops::simple("start", a),
         Command::Restart(a) => ops::simple("restart", a),
         Command::Logs(a) => ops::logs(a),
+        Command::Inspect(a) => ops::inspect(a),
         Command::Doctor { json } => doctor(json),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -45,6 +45,14 @@ pub struct PsArgs {
 }
 
 #[derive(Args)]
+pub struct InspectArgs {
+    /// The capsule's name (see `elastos ps`).
+    name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 pub struct KillArgs {
     name: String,
     /// TERM, KILL, INT, HUP, USR1… or a number.
@@ -346,4 +354,103 @@ pub fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
         }
         let _ = std::io::stdout().flush();
     }
+}
+
+/// What a layer named in `ps` means, for `inspect`.
+fn layer_meaning(layer: &str) -> &'static str {
+    match layer.split('(').next().unwrap_or("") {
+        "pid-namespace" => "its own PID namespace: it sees only its own processes, and nothing outlives it",
+        "subreaper" => "no PID namespace (no privilege for one): capsule-host reaps and kills its descendants",
+        "cgroup-v1" => "resident memory and process caps, enforced by the kernel for all its processes",
+        "rlimits" => "per-process limits it cannot raise: open files, file size, no core dumps, ...",
+        "uid" => "its own host uid and gid, with no capabilities and no way back to root",
+        "no-new-privs" => "exec can never gain privileges (setuid binaries, file capabilities)",
+        "landlock" => "file system: its package (read) and private tmp only; no TCP; no signals or abstract sockets beyond itself",
+        "host-libs" => "granted host://libs: the host's libraries and programs, read-only",
+        "seccomp" => "forbidden system calls kill it (ptrace, bpf, mount, ...); no sockets but AF_UNIX",
+        _ => "",
+    }
+}
+
+pub fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    let r = check(connect(&home)?.request(&Request::Ps)?)?;
+    let Some(c) = r
+        .data
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == a.name.as_str()))
+        .cloned()
+    else {
+        anyhow::bail!(
+            "no capsule named `{}` (see `elastos ps`)",
+            sanitize(&a.name)
+        );
+    };
+    // The manifest, from the content store (verified again on the way).
+    let manifest = c["cid"]
+        .as_str()
+        .and_then(|cid| elastos::store::Store::open(&home).ok()?.by_cid(cid).ok())
+        .map(|s| s.manifest);
+    if a.json {
+        let mut out = c.clone();
+        out["manifest"] = serde_json::to_value(&manifest)?;
+        super::print_json(&out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |k: &str| sanitize(c[k].as_str().unwrap_or("-"));
+    println!("name:       {}", text("name"));
+    let pid = c["pid"].as_u64().map_or("-".into(), |p| p.to_string());
+    println!(
+        "state:      {} (pid {pid}, {} restarts, restart {})",
+        text("state"),
+        c["restarts"],
+        text("restart")
+    );
+    match &manifest {
+        Some(m) => println!(
+            "package:    {} ({} {}, publisher {})",
+            text("cid"),
+            sanitize(&m.name),
+            sanitize(&m.version),
+            text("publisher")
+        ),
+        None => println!("package:    {} (not in the store)", text("cid")),
+    }
+    println!("substrate:  {}", text("substrate"));
+    let serves: Vec<String> = c["serves"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|s| s.as_str()).map(sanitize).collect())
+        .unwrap_or_default();
+    println!(
+        "serves:     {}",
+        if serves.is_empty() {
+            "-".into()
+        } else {
+            serves.join(", ")
+        }
+    );
+    println!("calls:      {}", c["calls"]);
+    println!("layers:");
+    for l in c["layers"].as_array().into_iter().flatten() {
+        let l = l.as_str().unwrap_or("?");
+        println!("  {:<40} {}", sanitize(l), layer_meaning(l));
+    }
+    if let Some(m) = &manifest {
+        if !m.requests.is_empty() {
+            println!("requests:");
+            for r in &m.requests {
+                println!(
+                    "  {} {}: {}",
+                    sanitize(&r.resource),
+                    r.actions,
+                    sanitize(&r.reason)
+                );
+            }
+        }
+        println!(
+            "limits:     {}",
+            serde_json::to_string(&m.limits).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
