@@ -39,7 +39,7 @@ fn main() {
         Some("--role-relay") => return relay(Path::new(&args[2]), Path::new(&args[3])),
         _ => {}
     }
-    let pinning = pin();
+    let pinning = elastos_e2e::pin_for_bench();
     let quick = std::env::var_os("ELASTOS_BENCH_QUICK").is_some();
     let calls: u64 = if quick { 2_000 } else { 20_000 };
     let many: usize = if quick { 20 } else { 200 };
@@ -109,22 +109,6 @@ fn main() {
         mib(idle_rss),
         mib(many_rss)
     );
-}
-
-/// Pins this process (and so all it starts) as `ELASTOS_BENCH_CPU` says; describes it.
-fn pin() -> String {
-    let want = std::env::var("ELASTOS_BENCH_CPU").unwrap_or_else(|_| "0".into());
-    if want == "all" {
-        return "no CPU pinning".into();
-    }
-    let cpu: usize = want
-        .parse()
-        .unwrap_or_else(|_| panic!("ELASTOS_BENCH_CPU={want}: a CPU number or `all`"));
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).expect("a CPU number this machine has");
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .unwrap_or_else(|e| panic!("pinning to CPU {cpu}: {e}"));
-    format!("every process pinned to CPU {cpu}")
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

@@ -195,6 +195,22 @@ impl Node {
     }
 }
 
+/// For benchmarks: pins this process (and so all it starts) as `ELASTOS_BENCH_CPU` says; describes it.
+pub fn pin_for_bench() -> String {
+    let want = std::env::var("ELASTOS_BENCH_CPU").unwrap_or_else(|_| "0".into());
+    if want == "all" {
+        return "no CPU pinning".into();
+    }
+    let cpu: usize = want
+        .parse()
+        .unwrap_or_else(|_| panic!("ELASTOS_BENCH_CPU={want}: a CPU number or `all`"));
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).expect("a CPU number this machine has");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .unwrap_or_else(|e| panic!("pinning to CPU {cpu}: {e}"));
+    format!("every process pinned to CPU {cpu}")
+}
+
 pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");

@@ -352,6 +352,7 @@ impl CapsuleActor {
             host_libs: elastos::policy::grants_host_libs(manifest),
         };
         let shared = self.shared.clone();
+        let spawn_began = Instant::now();
         let spawned = tokio::task::spawn_blocking(move || {
             let mut s = shared.spawner.spawn(req)?;
             let status = host::read_status(&mut s.status)?;
@@ -455,8 +456,12 @@ impl CapsuleActor {
                         let shared = self.shared.clone();
                         let peer = st.peer.clone();
                         let log = st.log.clone();
+                        let ready = conn::Ready {
+                            since: spawn_began,
+                            log: log.clone(),
+                        };
                         tokio::spawn(async move {
-                            let why = conn::serve(shared, peer, stream).await;
+                            let why = conn::serve(shared, peer, stream, ready).await;
                             log.event(&format!("connection ended: {why}"));
                         });
                     }

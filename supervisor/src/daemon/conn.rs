@@ -118,8 +118,20 @@ pub struct Route {
 /// Kept short: capsule-supplied text ends up in audit records and operators' terminals.
 const MAX_TEXT: usize = 2048;
 
+/// Where to say that the capsule is ready (its hello arrived), and since when it was starting:
+/// the cold start an operator waits for, in the capsule's log.
+pub struct Ready {
+    pub since: Instant,
+    pub log: Arc<super::logs::CapsuleLog>,
+}
+
 /// Serves one capsule socket until it closes. Returns the reason it ended.
-pub async fn serve(shared: Arc<Shared>, peer: Arc<Peer>, stream: UnixStream) -> String {
+pub async fn serve(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    stream: UnixStream,
+    ready: Ready,
+) -> String {
     let (rd, wr) = stream.into_split();
     let conn = Arc::new(Conn {
         peer: peer.clone(),
@@ -138,7 +150,7 @@ pub async fn serve(shared: Arc<Shared>, peer: Arc<Peer>, stream: UnixStream) -> 
     // Buffered: under load one read brings several frames.
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let why = tokio::select! {
-        why = read_loop(&shared, &conn, &mut rd) => why,
+        why = read_loop(&shared, &conn, &mut rd, &ready) => why,
         () = conn.stalled.notified() => {
             let why = format!(
                 "`{}` stopped reading its socket ({} frames waiting); connection closed",
@@ -182,6 +194,7 @@ async fn read_loop(
     shared: &Arc<Shared>,
     conn: &Arc<Conn>,
     rd: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    ready: &Ready,
 ) -> String {
     let max = wire::MAX_FRAME;
     let mut greeted = false;
@@ -231,6 +244,10 @@ async fn read_loop(
                         wire::encode(&m)
                     };
                     send_back(conn, frame).await;
+                    ready.log.event(&format!(
+                        "ready on its socket {:.2} ms after spawn",
+                        ready.since.elapsed().as_secs_f64() * 1000.0
+                    ));
                 }
                 Parsed::Hello(v) => {
                     let why = format!(

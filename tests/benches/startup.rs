@@ -1,0 +1,120 @@
+//! Capsule cold start, against a plain spawn and `bwrap --unshare-all` of a trivial program, in
+//! one run (plain `fn main`; run by `scripts/bench` after building the release binaries).
+//!
+//! - plain: spawn `/bin/true` and wait for it.
+//! - bwrap: `bwrap --unshare-all` (user, mount, PID, IPC, UTS, net, cgroup namespaces) with a
+//!   read-only `/usr`, `/proc` and `/dev`, running `/bin/true`.
+//! - elastos: `echo` started by the supervisor — capsule-host spawned, cgroups entered, limits,
+//!   uid switch, `no_new_privs`, Landlock, seccomp, exec — until its hello arrives on its
+//!   socket, as the supervisor measures it ("ready on its socket X ms after spawn" in the log).
+//!
+//! Goal: elastos ≤ 1.5× bwrap. Same CPU pinning for all (see `pin_for_bench`).
+//! `ELASTOS_BENCH_QUICK=1` starts 5 of each instead of 40.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use elastos_e2e::Node;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn timed(cmd: &mut Command) -> f64 {
+    let start = Instant::now();
+    let st = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawning");
+    assert!(st.success(), "{cmd:?} failed: {st}");
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let pinning = elastos_e2e::pin_for_bench();
+    let quick = std::env::var_os("ELASTOS_BENCH_QUICK").is_some();
+    let n = if quick { 5 } else { 40 };
+
+    let plain: Vec<f64> = (0..n)
+        .map(|_| timed(&mut Command::new("/bin/true")))
+        .collect();
+    let bwrap_bin = ["/usr/bin/bwrap", "/bin/bwrap"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("bwrap is not installed: scripts/setup installs Debian's bubblewrap");
+    let bwrap: Vec<f64> = (0..n)
+        .map(|_| {
+            timed(Command::new(bwrap_bin).args([
+                "--unshare-all",
+                "--die-with-parent",
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                "--symlink",
+                "usr/bin",
+                "/bin",
+                "--symlink",
+                "usr/lib",
+                "/lib",
+                "--symlink",
+                "usr/lib64",
+                "/lib64",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "/bin/true",
+            ]))
+        })
+        .collect();
+
+    let node = Node::new();
+    let up = node.run(&["up"]);
+    assert_eq!(up.code, 0, "elastos up: {up:#?}");
+    let echo = node.pack_first_party("echo");
+    let echo = echo.to_str().expect("utf-8 path");
+    let mut cold = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("cold-{i}");
+        let pattern = format!("localhost://echo/cold-{i}/*");
+        let out = node.run(&[
+            "run", "-d", echo, "--name", &name, "--", "--serve", &pattern,
+        ]);
+        assert_eq!(out.code, 0, "{out:#?}");
+        let start = Instant::now();
+        let ms = loop {
+            let log = node.run(&["logs", &name]);
+            if let Some(ms) = log.stdout.lines().find_map(|l| {
+                l.split_once("ready on its socket ")
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .and_then(|v| v.parse::<f64>().ok())
+            }) {
+                break ms;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{name} never became ready: {log:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        cold.push(ms);
+        // One at a time: the next start does not share the CPU with this one.
+        let stop = node.run(&["stop", &name]);
+        assert_eq!(stop.code, 0, "{stop:#?}");
+    }
+    let down = node.run(&["down", "--timeout", "5s"]);
+    assert_eq!(down.code, 0, "{down:#?}");
+
+    let (p, b, e) = (median(plain), median(bwrap), median(cold));
+    println!("capsule cold start, {n} of each, {pinning}:");
+    println!("  plain spawn of /bin/true          median {p:>7.2} ms");
+    println!("  bwrap --unshare-all /bin/true     median {b:>7.2} ms");
+    println!(
+        "  elastos echo, spawn to ready      median {e:>7.2} ms   {:.2}x bwrap (goal <= 1.5), {:.2}x plain",
+        e / b,
+        e / p
+    );
+}
