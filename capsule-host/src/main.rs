@@ -274,15 +274,46 @@ fn main() {
         .unwrap_or_else(|e| fail("confinement pipe", e));
     let err_w_raw = err_w.as_raw_fd();
 
-    let isolation = match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
-        Ok(()) => "pid-namespace",
-        Err(_) => {
-            if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-                fail("child subreaper", e);
+    // Namespaces: with the privilege (a root supervisor), the capsule also gets a network
+    // namespace with no device but an unconfigured loopback, its own IPC objects, hostname and
+    // mount table (nothing it mounts or unmounts propagates, and seccomp refuses mounts anyway),
+    // and its own cgroup root view. The user namespace and a private root come later.
+    use nix::sched::CloneFlags as F;
+    let all = F::CLONE_NEWPID
+        | F::CLONE_NEWNET
+        | F::CLONE_NEWIPC
+        | F::CLONE_NEWUTS
+        | F::CLONE_NEWNS
+        | F::CLONE_NEWCGROUP;
+    let (isolation, namespaces) = if nix::sched::unshare(all).is_ok() {
+        // Private, so that no mount event crosses between the host and the capsule.
+        if let Err(e) = nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ) {
+            fail("mount namespace", e);
+        }
+        (
+            "pid-namespace",
+            Some("namespaces(pid,net,ipc,uts,mnt,cgroup)"),
+        )
+    } else {
+        match nix::sched::unshare(F::CLONE_NEWPID) {
+            Ok(()) => ("pid-namespace", None),
+            Err(_) => {
+                if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+                    fail("child subreaper", e);
+                }
+                ("subreaper", None)
             }
-            "subreaper"
         }
     };
+    if let Some(ns) = namespaces {
+        layers.insert(0, ns.to_string());
+    }
     let mut launch = || -> ! {
         // The capsule: its own session (never the operator's terminal), its socket at fd 3,
         // nothing else above stderr, a clean signal mask.

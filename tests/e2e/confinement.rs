@@ -271,6 +271,25 @@ fn ps_shows_the_layers_in_force() {
             "{layers:?}"
         );
     }
+    // A root supervisor's capsule lives in namespaces of its own: seen from here, its network,
+    // IPC, hostname and mount namespaces differ from this test's.
+    if nix::unistd::geteuid().is_root() {
+        assert!(
+            layers.contains(&"namespaces(pid,net,ipc,uts,mnt,cgroup)"),
+            "{layers:?}"
+        );
+        let pid = up.capsule("idle")["pid"].as_u64().unwrap();
+        // ps names capsule-host's pid; the capsule is below it, inside the namespaces.
+        let inside = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| pid.to_string());
+        for ns in ["net", "ipc", "uts", "mnt", "pid_for_children"] {
+            let theirs = std::fs::read_link(format!("/proc/{inside}/ns/{ns}")).unwrap();
+            let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+            assert_ne!(theirs, ours, "{ns} namespace shared with the host");
+        }
+    }
     // This kind of machine has cgroup v1 memory and pids controllers: they cap the capsule.
     if nix::unistd::geteuid().is_root()
         && std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
