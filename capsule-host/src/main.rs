@@ -25,6 +25,7 @@
 
 mod cgroup;
 mod confine;
+mod newroot;
 mod seccomp;
 
 use std::ffi::CString;
@@ -218,11 +219,6 @@ fn main() {
         CString::new(format!("ELASTOS_CAPSULE={}", a.name)).unwrap_or_else(|_| fail("env", "NUL")),
         CString::new("PATH=/usr/bin:/bin").unwrap_or_else(|_| fail("env", "NUL")),
     ];
-    if let Some(t) = &a.tmp {
-        envp.push(
-            CString::new(format!("TMPDIR={}", t.display())).unwrap_or_else(|_| fail("env", "NUL")),
-        );
-    }
     for (k, v) in &a.env {
         envp.push(
             CString::new(format!("{k}={v}")).unwrap_or_else(|_| fail("env", "NUL in a variable")),
@@ -314,6 +310,28 @@ fn main() {
     if let Some(ns) = namespaces {
         layers.insert(0, ns.to_string());
     }
+    // A private root, where there is a mount namespace to build it in (and a tmp to give it).
+    let private_root = match (namespaces, &a.tmp) {
+        (Some(_), Some(tmp)) => {
+            let dir = tmp.with_extension("root");
+            let _ = std::fs::remove_dir(&dir);
+            if let Err(e) = std::fs::create_dir(&dir) {
+                fail("root", format!("{}: {e}", dir.display()));
+            }
+            layers.insert(1, "private-root".to_string());
+            Some((dir, newroot::plan(&a.root, tmp, a.host_libs)))
+        }
+        _ => None,
+    };
+    let tmp_seen = match (&private_root, &a.tmp) {
+        (Some(_), _) => Some(PathBuf::from("/tmp")),
+        (None, t) => t.clone(),
+    };
+    if let Some(t) = &tmp_seen {
+        envp.push(
+            CString::new(format!("TMPDIR={}", t.display())).unwrap_or_else(|_| fail("env", "NUL")),
+        );
+    }
     let mut launch = || -> ! {
         // The capsule: its own session (never the operator's terminal), its socket at fd 3,
         // nothing else above stderr, a clean signal mask.
@@ -331,7 +349,8 @@ fn main() {
         if cloexec_above(STATUS_FD).is_err() {
             std::process::exit(125);
         }
-        if std::env::set_current_dir(&a.root).is_err() {
+        // In a private root, init left everyone in /capsule already.
+        if private_root.is_none() && std::env::set_current_dir(&a.root).is_err() {
             std::process::exit(125);
         }
         if let Err(f) = confine::apply(&mut kernel, &plan) {
@@ -353,6 +372,18 @@ fn main() {
             Ok(ForkResult::Child) => {
                 // Init, PID 1 of the new namespace.
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+                // The private root, from inside the PID namespace (its /proc) and before the
+                // capsule exists; a failure is the capsule's, reported like any other step.
+                if let Some((dir, ops)) = &private_root {
+                    // A mount namespace of init's own: pivot_root moves the root of every
+                    // process in the namespace, and capsule-host keeps the host's view (it
+                    // still removes the capsule's cgroups afterwards).
+                    let own_ns = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                        .map_err(|e| format!("a mount namespace for init: {e}"));
+                    if let Err(why) = own_ns.and_then(|()| newroot::apply(dir, ops)) {
+                        report_failure_on(err_w_raw, &confine::Failure { step: "root", why });
+                    }
+                }
                 // SAFETY: single-threaded, as above.
                 let capsule = match unsafe { nix::unistd::fork() } {
                     Err(_) => std::process::exit(125),
@@ -377,6 +408,9 @@ fn main() {
                 let code = supervise(child, &mask, false);
                 if let Some(cg) = &cgroups {
                     cg.leave_and_remove();
+                }
+                if let Some((dir, _)) = &private_root {
+                    let _ = std::fs::remove_dir(dir);
                 }
                 std::process::exit(code);
             }
@@ -410,10 +444,14 @@ fn main() {
 /// In the capsule's process: a confinement step failed. Says which on the report pipe (fd 4)
 /// and ends: the capsule never runs.
 fn report_failure(f: &confine::Failure) -> ! {
+    report_failure_on(STATUS_FD, f)
+}
+
+fn report_failure_on(fd: i32, f: &confine::Failure) -> ! {
     let line = format!("{}\t{}", f.step, f.why);
-    // SAFETY: write(2) of a buffer this process owns to its own descriptor.
+    // SAFETY: write(2) of a buffer this process owns to a descriptor it owns.
     unsafe {
-        nix::libc::write(STATUS_FD, line.as_ptr().cast(), line.len());
+        nix::libc::write(fd, line.as_ptr().cast(), line.len());
     }
     std::process::exit(125);
 }

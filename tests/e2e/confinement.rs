@@ -129,15 +129,16 @@ fn a_hostile_capsule_is_stopped_at_every_escape_the_control_run_shows_possible()
         "echo secret > \"$TMPDIR/secret\"\necho \"tmp=$TMPDIR\"\nwhile true; do sleep 1; done",
     );
     up.node.run(&["run", "-d", path(&victim)]).ok();
-    let mut victim_tmp = None;
+    // Inside, its tmp is /tmp; on the host it is RUN_DIR/victim.
+    let run_dir = PathBuf::from(
+        up.node.run(&["status", "--json"]).json()["run_dir"]
+            .as_str()
+            .unwrap(),
+    );
+    let victim_secret = run_dir.join("victim/secret");
     wait_until("the victim's secret", Duration::from_secs(10), || {
-        let log = up.node.run(&["logs", "victim"]).ok().to_string();
-        victim_tmp = log
-            .lines()
-            .find_map(|l| l.split_once("tmp=").map(|(_, t)| PathBuf::from(t.trim())));
-        victim_tmp.is_some()
+        up.node.run(&["logs", "victim"]).ok().contains("tmp=")
     });
-    let victim_secret = victim_tmp.unwrap().join("secret");
     assert!(victim_secret.exists(), "{}", victim_secret.display());
     let host_secret = scratch.join("host-secret");
     std::fs::write(&host_secret, "the invoking user's data").unwrap();
@@ -284,6 +285,18 @@ fn ps_shows_the_layers_in_force() {
             .ok()
             .and_then(|c| c.split_whitespace().next().map(str::to_string))
             .unwrap_or_else(|| pid.to_string());
+        // Its root holds only what it was given (host-libs included for this shell script).
+        let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{inside}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        root.sort();
+        assert_eq!(
+            root,
+            ["bin", "capsule", "dev", "etc", "lib", "lib64", "proc", "sbin", "tmp", "usr"],
+            "{layers:?}"
+        );
+        assert!(layers.contains(&"private-root"), "{layers:?}");
         for ns in ["net", "ipc", "uts", "mnt", "pid_for_children"] {
             let theirs = std::fs::read_link(format!("/proc/{inside}/ns/{ns}")).unwrap();
             let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();

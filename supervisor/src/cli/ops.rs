@@ -360,6 +360,7 @@ pub fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
 fn layer_meaning(layer: &str) -> &'static str {
     match layer.split('(').next().unwrap_or("") {
         "pid-namespace" => "its own PID namespace: it sees only its own processes, and nothing outlives it",
+        "private-root" => "its own root: its package at /capsule, /tmp, three devices, its /proc (and /usr with host-libs); nothing else of the host",
         "namespaces" => "its own network (no device but loopback), IPC, hostname, mount table and cgroup view",
         "subreaper" => "no PID namespace (no privilege for one): capsule-host reaps and kills its descendants",
         "cgroup-v1" => "resident memory and process caps, enforced by the kernel for all its processes",

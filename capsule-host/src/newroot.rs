@@ -1,0 +1,245 @@
+//! The capsule's private root (step 4 of confinement): a small tmpfs holding only what the
+//! capsule was given, made its `/` with `pivot_root`, the host's tree detached.
+//!
+//! ```text
+//! /capsule   its package, read-only (nosuid, nodev)        /tmp   its private tmp (noexec)
+//! /dev/null, /dev/zero, /dev/urandom (bind-mounted nodes)  /proc  its own PID namespace's
+//! /usr, /etc/ld.so.cache and /bin /lib /lib64 /sbin links: only with `host://libs`
+//! ```
+//!
+//! Built by init (PID 1 of the capsule's PID namespace: its `/proc` must be mounted from inside
+//! that namespace, before the old root is detached) in the private mount namespace. The mounts
+//! are data ([`plan`]), tested for what they give; [`apply`] carries them out. Landlock rules
+//! were attached to the same inodes before, so they hold on these views unchanged.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// One step of building the root, relative to the new root's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Dir(&'static str),
+    /// Bind `source` at `target`; `read_only`, `exec` as given; always nosuid, nodev (but for
+    /// device nodes, which need dev).
+    Bind {
+        source: PathBuf,
+        target: &'static str,
+        read_only: bool,
+        exec: bool,
+        device: bool,
+    },
+    /// An empty file to bind a file or device node onto.
+    File(&'static str),
+    Symlink {
+        link: &'static str,
+        to: &'static str,
+    },
+    Proc(&'static str),
+}
+
+/// What the capsule's root holds.
+pub fn plan(package: &Path, tmp: &Path, host_libs: bool) -> Vec<Op> {
+    let mut ops = vec![
+        Op::Dir("capsule"),
+        Op::Bind {
+            source: package.to_path_buf(),
+            target: "capsule",
+            read_only: true,
+            exec: true,
+            device: false,
+        },
+        Op::Dir("tmp"),
+        Op::Bind {
+            source: tmp.to_path_buf(),
+            target: "tmp",
+            read_only: false,
+            exec: false,
+            device: false,
+        },
+        Op::Dir("dev"),
+    ];
+    for node in ["null", "zero", "urandom"] {
+        let target: &'static str = match node {
+            "null" => "dev/null",
+            "zero" => "dev/zero",
+            _ => "dev/urandom",
+        };
+        ops.push(Op::File(target));
+        ops.push(Op::Bind {
+            source: PathBuf::from("/dev").join(node),
+            target,
+            read_only: false,
+            exec: false,
+            device: true,
+        });
+    }
+    ops.push(Op::Dir("proc"));
+    ops.push(Op::Proc("proc"));
+    if host_libs {
+        ops.push(Op::Dir("usr"));
+        ops.push(Op::Bind {
+            source: "/usr".into(),
+            target: "usr",
+            read_only: true,
+            exec: true,
+            device: false,
+        });
+        // Debian's merged /usr: the top-level directories are links into it.
+        for (link, to) in [
+            ("bin", "usr/bin"),
+            ("sbin", "usr/sbin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
+            ops.push(Op::Symlink { link, to });
+        }
+        if Path::new("/etc/ld.so.cache").exists() {
+            ops.push(Op::Dir("etc"));
+            ops.push(Op::File("etc/ld.so.cache"));
+            ops.push(Op::Bind {
+                source: "/etc/ld.so.cache".into(),
+                target: "etc/ld.so.cache",
+                read_only: true,
+                exec: false,
+                device: false,
+            });
+        }
+    }
+    ops
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Builds the root in `new_root` (an empty directory), pivots into it, detaches the old one and
+/// changes to `/capsule`. In a private mount namespace, as root (inside it).
+pub fn apply(new_root: &Path, ops: &[Op]) -> Result<(), String> {
+    let none = None::<&str>;
+    mount(
+        Some("tmpfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=1m"),
+    )
+    .map_err(|e| err("tmpfs for the root", e))?;
+    for op in ops {
+        match op {
+            Op::Dir(d) => std::fs::create_dir(new_root.join(d)).map_err(|e| err(d, e))?,
+            Op::File(f) => {
+                std::fs::File::create(new_root.join(f)).map_err(|e| err(f, e))?;
+            }
+            Op::Symlink { link, to } => {
+                std::os::unix::fs::symlink(to, new_root.join(link)).map_err(|e| err(link, e))?
+            }
+            Op::Proc(p) => mount(
+                Some("proc"),
+                &new_root.join(p),
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                none,
+            )
+            .map_err(|e| err("/proc", e))?,
+            Op::Bind {
+                source,
+                target,
+                read_only,
+                exec,
+                device,
+            } => {
+                let at = new_root.join(target);
+                mount(
+                    Some(source.as_path()),
+                    &at,
+                    none,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    none,
+                )
+                .map_err(|e| err(&format!("binding {}", source.display()), e))?;
+                // Flags apply on a remount of the bind, not on the bind itself.
+                let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID;
+                if !device {
+                    flags |= MsFlags::MS_NODEV;
+                }
+                if *read_only {
+                    flags |= MsFlags::MS_RDONLY;
+                }
+                if !exec {
+                    flags |= MsFlags::MS_NOEXEC;
+                }
+                mount(none, &at, none, flags, none)
+                    .map_err(|e| err(&format!("remounting {target}"), e))?;
+            }
+        }
+    }
+    let old = new_root.join(".old-root");
+    std::fs::create_dir(&old).map_err(|e| err("old root mount point", e))?;
+    nix::unistd::pivot_root(new_root, &old).map_err(|e| err("pivot_root", e))?;
+    std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
+    umount2("/.old-root", MntFlags::MNT_DETACH).map_err(|e| err("detaching the old root", e))?;
+    std::fs::remove_dir("/.old-root").map_err(|e| err("removing the old root's mount point", e))?;
+    // The tmpfs itself read-only now: the capsule writes only to /tmp.
+    mount(
+        none,
+        "/",
+        none,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        none,
+    )
+    .map_err(|e| err("making / read-only", e))?;
+    std::env::set_current_dir("/capsule").map_err(|e| err("chdir /capsule", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binds(ops: &[Op]) -> Vec<(&str, bool, bool)> {
+        ops.iter()
+            .filter_map(|o| match o {
+                Op::Bind {
+                    target,
+                    read_only,
+                    exec,
+                    ..
+                } => Some((*target, *read_only, *exec)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_root_holds_only_what_was_given() {
+        let ops = plan(Path::new("/store/x"), Path::new("/run/t"), false);
+        assert_eq!(
+            binds(&ops),
+            [
+                ("capsule", true, true),
+                ("tmp", false, false),
+                ("dev/null", false, false),
+                ("dev/zero", false, false),
+                ("dev/urandom", false, false),
+            ]
+        );
+        assert!(ops.contains(&Op::Proc("proc")));
+        assert!(!ops.iter().any(|o| matches!(o, Op::Symlink { .. })));
+    }
+
+    #[test]
+    fn host_libs_add_usr_read_only_and_the_loader_cache() {
+        let ops = plan(Path::new("/store/x"), Path::new("/run/t"), true);
+        let b = binds(&ops);
+        assert!(b.contains(&("usr", true, true)), "{b:?}");
+        assert!(ops.contains(&Op::Symlink {
+            link: "bin",
+            to: "usr/bin"
+        }));
+        // Nothing writable but /tmp, nothing executable from /tmp.
+        assert!(b
+            .iter()
+            .all(|(t, ro, exec)| *ro || t.starts_with("dev/") || (*t == "tmp" && !exec)));
+    }
+}
