@@ -172,6 +172,29 @@ impl Plan {
     }
 }
 
+/// The layers this machine cannot give (name, why) against those the node lets capsules run
+/// without: the markers `ps` shows (`WITHOUT-name`), or the first layer that stops the capsule.
+pub fn without(
+    missing: &[(&'static str, &str)],
+    allowed: &[String],
+) -> Result<Vec<String>, Failure> {
+    missing
+        .iter()
+        .map(|(name, why)| {
+            if allowed.iter().any(|l| l == name) {
+                Ok(format!("WITHOUT-{name}"))
+            } else {
+                Err(Failure {
+                    step: name,
+                    why: format!(
+                        "{why}; see `elastos doctor`, or run capsules without it on purpose by setting [confinement] allow_without = [\"{name}\"] in config.toml"
+                    ),
+                })
+            }
+        })
+        .collect()
+}
+
 /// Applies `plan` through `sys`, in order; the first failure stops it.
 pub fn apply(sys: &mut impl Sys, plan: &Plan) -> Result<(), Failure> {
     for &(resource, limit) in &plan.rlimits {
@@ -419,6 +442,25 @@ mod tests {
             assert!(f.why.contains("refused by the test"), "{f:?}");
             assert_eq!(r.steps.len(), ran, "{fail_at}: {:?}", r.steps);
         }
+    }
+
+    #[test]
+    fn a_missing_layer_stops_the_capsule_unless_the_node_allows_it() {
+        let missing = [("namespaces", "need root"), ("cgroups", "no controllers")];
+        let f = without(&missing, &[]).unwrap_err();
+        assert_eq!(f.step, "namespaces");
+        assert!(
+            f.why.contains("allow_without = [\"namespaces\"]"),
+            "{}",
+            f.why
+        );
+        let f = without(&missing, &["namespaces".into()]).unwrap_err();
+        assert_eq!(f.step, "cgroups");
+        assert_eq!(
+            without(&missing, &["cgroups".into(), "namespaces".into()]).unwrap(),
+            ["WITHOUT-namespaces", "WITHOUT-cgroups"]
+        );
+        assert!(without(&[], &[]).unwrap().is_empty());
     }
 
     #[test]

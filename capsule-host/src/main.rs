@@ -62,6 +62,8 @@ struct Args {
     host_libs: bool,
     /// The capsule's own host uid and gid.
     uid: Option<u32>,
+    /// Layers the node allows capsules to run without when this machine cannot apply them.
+    allow_without: Vec<String>,
 }
 
 fn fail(stage: &str, why: impl std::fmt::Display) -> ! {
@@ -105,6 +107,7 @@ fn parse_args() -> Args {
     let mut tmp = None;
     let mut host_libs = false;
     let mut uid = None;
+    let mut allow_without = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--name" => name = it.next(),
@@ -113,6 +116,7 @@ fn parse_args() -> Args {
             "--parent-pid" => parent = it.next().and_then(|p| p.parse().ok()),
             "--tmp" => tmp = it.next().map(PathBuf::from),
             "--host-libs" => host_libs = true,
+            "--allow-without" => allow_without.extend(it.next()),
             "--uid" => match it.next().and_then(|u| u.parse::<u32>().ok()) {
                 Some(u) if u != 0 => uid = Some(u),
                 _ => {
@@ -153,6 +157,7 @@ fn parse_args() -> Args {
             tmp,
             host_libs,
             uid,
+            allow_without,
         },
         _ => {
             eprintln!("capsule-host: --name, --root, --entry and --parent-pid are required: capsule-host is started by the elastos supervisor, not by hand");
@@ -323,6 +328,43 @@ fn main() {
         }
         _ => None,
     };
+    // Fail closed: a layer this machine cannot give the capsule stops it, unless the node names
+    // it in `[confinement] allow_without`; then every listing shows its absence.
+    let missing: Vec<(&str, &str)> = [
+        (
+            "namespaces",
+            namespaces.is_none(),
+            "network, IPC, UTS, mount and cgroup namespaces need root (or, later, a user namespace)",
+        ),
+        (
+            "private-root",
+            private_root.is_none(),
+            "a private root needs a mount namespace",
+        ),
+        (
+            "uid",
+            a.uid.is_none(),
+            "a uid of its own needs a root supervisor (or, later, a user namespace)",
+        ),
+        (
+            "cgroups",
+            cgroups.is_none(),
+            "no cgroup memory and pids controllers for this user: only rlimits cap it",
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, gone, _)| *gone)
+    .map(|(name, _, why)| (name, why))
+    .collect();
+    match confine::without(&missing, &a.allow_without) {
+        Ok(weaker) => {
+            for (layer, (name, why)) in weaker.into_iter().zip(&missing) {
+                eprintln!("capsule-host: WARNING: running WITHOUT {name} ({why}), as [confinement] allow_without permits");
+                layers.push(layer);
+            }
+        }
+        Err(f) => fail(f.step, f.why),
+    }
     let tmp_seen = match (&private_root, &a.tmp) {
         (Some(_), _) => Some(PathBuf::from("/tmp")),
         (None, t) => t.clone(),

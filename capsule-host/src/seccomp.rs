@@ -8,8 +8,8 @@
 //!   namespace changes, chroot, swap, reboot, clocks, raw port I/O.
 //! - **ENOSYS** for `clone3`: its flags sit in memory a filter cannot read, so it cannot be
 //!   checked; libc falls back to `clone`, whose flags it can.
-//! - **EPERM** for `clone` with any namespace flag, and for the TIOCSTI ioctl (typing into a
-//!   terminal).
+//! - **EPERM** for `clone` with any namespace flag, for the TIOCSTI ioctl (typing into a
+//!   terminal), and for `execveat` (exec by descriptor: code from a memfd, no path to check).
 //! - **EAFNOSUPPORT** for sockets of any family but AF_UNIX: no network until a grant says so.
 //!
 //! Everything else is allowed for now; the allow-list with ENOSYS for unknown calls comes with
@@ -133,6 +133,14 @@ pub const NATIVE: &[Entry] = &[
         name: "clone3",
         nr: libc::SYS_clone3,
         verdict: Verdict::Errno(libc::ENOSYS),
+        when: When::Always,
+    },
+    // Exec by descriptor runs code no path names (a memfd, a deleted file), out of Landlock's
+    // sight; glibc's fexecve falls back to /proc/self/fd, which Landlock refuses.
+    Entry {
+        name: "execveat",
+        nr: libc::SYS_execveat,
+        verdict: Verdict::Errno(libc::EPERM),
         when: When::Always,
     },
     Entry {

@@ -15,7 +15,24 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    #[serde(default)]
+    pub confinement: ConfinementConfig,
 }
+
+/// Confinement fails closed: a capsule whose layer this machine cannot apply does not start.
+/// Running without one takes naming it here, node-wide; `ps`, the capsule's log and the audit
+/// log then say so for every capsule that runs without it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfinementConfig {
+    /// Layers capsules may run without when the machine cannot provide them:
+    /// `namespaces`, `private-root`, `uid`, `cgroups`.
+    #[serde(default)]
+    pub allow_without: Vec<String>,
+}
+
+/// The layers `allow_without` may name.
+pub const OPTIONAL_LAYERS: [&str; 4] = ["namespaces", "private-root", "uid", "cgroups"];
 
 /// How the supervisor runs capsules.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +160,20 @@ impl Config {
                 known: elastos_schema::versions::STATE,
             });
         }
+        if let Some(bad) = cfg
+            .confinement
+            .allow_without
+            .iter()
+            .find(|l| !OPTIONAL_LAYERS.contains(&l.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                path,
+                why: format!(
+                    "[confinement] allow_without: `{bad}` is not a layer that may be left out (one of {})",
+                    OPTIONAL_LAYERS.join(", ")
+                ),
+            });
+        }
         Ok(cfg)
     }
 }
@@ -161,5 +192,29 @@ mod tests {
         std::fs::write(home.config_file(), "format = 1\n[audit]\nstrickt = true\n").unwrap();
         let err = Config::load(&home).unwrap_err().to_string();
         assert!(err.contains("strickt"), "{err}");
+    }
+
+    #[test]
+    fn only_known_layers_may_be_left_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().to_path_buf());
+        assert!(Config::load(&home).unwrap().confinement.allow_without.is_empty());
+        std::fs::write(
+            home.config_file(),
+            "format = 1\n[confinement]\nallow_without = [\"cgroups\", \"uid\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Config::load(&home).unwrap().confinement.allow_without,
+            ["cgroups", "uid"]
+        );
+        // Landlock and seccomp can never be left out.
+        std::fs::write(
+            home.config_file(),
+            "format = 1\n[confinement]\nallow_without = [\"seccomp\"]\n",
+        )
+        .unwrap();
+        let err = Config::load(&home).unwrap_err().to_string();
+        assert!(err.contains("`seccomp` is not a layer that may be left out"), "{err}");
     }
 }

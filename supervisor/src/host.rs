@@ -51,6 +51,8 @@ pub struct SpawnRequest {
     pub host_libs: bool,
     /// The capsule's own host uid and gid (a root supervisor's capsules never run as root).
     pub uid: Option<u32>,
+    /// Layers the node allows capsules to run without (`[confinement] allow_without`).
+    pub allow_without: Vec<String>,
 }
 
 pub struct Spawned {
@@ -134,6 +136,9 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
     }
     if let Some(uid) = req.uid {
         cmd.arg("--uid").arg(uid.to_string());
+    }
+    for layer in &req.allow_without {
+        cmd.arg("--allow-without").arg(layer);
     }
     for (k, v) in &req.env {
         cmd.arg("--env").arg(format!("{k}={v}"));

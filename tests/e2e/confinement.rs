@@ -83,6 +83,8 @@ fn escapes(up: &Up, t: &Targets) -> Vec<(&'static str, String)> {
         ("setuid_root", String::new()),
         ("raise_nofile", String::new()),
         ("fork_bomb", String::new()),
+        ("fd_exhaustion", String::new()),
+        ("tiocsti", String::new()),
     ]
 }
 
@@ -112,6 +114,15 @@ fn control(attempt: &str, arg: &str, tmp: &std::path::Path) -> std::process::Out
             if nix::libc::setrlimit(nix::libc::RLIMIT_CORE, &unlimited) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Open files up to the hard limit, so the fd probe shows what an unconfined
+            // process may do.
+            let mut nofile = nix::libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut nofile);
+            nofile.rlim_cur = nofile.rlim_max;
+            nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &nofile);
             Ok(())
         });
     }
@@ -203,6 +214,24 @@ fn a_hostile_capsule_is_stopped_at_every_escape_the_control_run_shows_possible()
             let log = up.node.run(&["logs", &name]).ok().to_string();
             assert!(log.contains("killed by its seccomp filter"), "{log}");
         }
+    }
+    // memfd exec: code in no file. The control run copies the probe itself into a memfd.
+    let control_memfd = control("memfd_exec", probe_bin().to_str().unwrap(), &control_tmp);
+    assert!(
+        String::from_utf8_lossy(&control_memfd.stdout).contains("code from a memfd ran"),
+        "control run of memfd exec: {control_memfd:?}"
+    );
+    let memfd = up.node.run(&[
+        "run",
+        path(&dir),
+        "--name",
+        "memfd",
+        "--",
+        "memfd_exec",
+        "bin/probe",
+    ]);
+    if !(memfd.code == 0 && memfd.stdout.starts_with("blocked:")) {
+        failures.push(format!("memfd exec: {memfd:?}"));
     }
     // The memory bomb: the OOM killer (SIGKILL, 137) or a refused allocation, both at the cap.
     let control_bomb = control("memory_bomb", "", &control_tmp);

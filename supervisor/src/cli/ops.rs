@@ -358,6 +358,9 @@ pub fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
 
 /// What a layer named in `ps` means, for `inspect`.
 fn layer_meaning(layer: &str) -> &'static str {
+    if layer.starts_with("WITHOUT-") {
+        return "MISSING on this machine, and allowed by [confinement] allow_without: see `elastos doctor`";
+    }
     match layer.split('(').next().unwrap_or("") {
         "pid-namespace" => "its own PID namespace: it sees only its own processes, and nothing outlives it",
         "private-root" => "its own root: its package at /capsule, /tmp, three devices, its /proc (and /usr with host-libs); nothing else of the host",

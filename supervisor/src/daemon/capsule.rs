@@ -350,6 +350,7 @@ impl CapsuleActor {
                 }
             },
             host_libs: elastos::policy::grants_host_libs(manifest),
+            allow_without: self.shared.config.confinement.allow_without.clone(),
         };
         let shared = self.shared.clone();
         let spawn_began = Instant::now();
@@ -473,7 +474,22 @@ impl CapsuleActor {
                         "capsule.start",
                         &st.peer.actor(),
                         Decision::Info,
-                        &format!("pid {pid}, publisher {}", st.spec.publisher_label),
+                        &{
+                            let without: Vec<&str> = st
+                                .layers
+                                .iter()
+                                .filter_map(|l| l.strip_prefix("WITHOUT-"))
+                                .collect();
+                            let mut reason =
+                                format!("pid {pid}, publisher {}", st.spec.publisher_label);
+                            if !without.is_empty() {
+                                reason.push_str(&format!(
+                                    "; RUNNING WITHOUT {} ([confinement] allow_without)",
+                                    without.join(", ")
+                                ));
+                            }
+                            reason
+                        },
                         None,
                     )
                     .await;

@@ -224,6 +224,58 @@ fn main() -> ExitCode {
                 verdict(r == 0, &format!("hard-link {arg}"))
             }
             "setuid_root" => verdict(libc::setuid(0) == 0, "setuid(0)"),
+            // Runs code that is in no file: a copy of `arg` (a program) in a memfd, executed.
+            "memfd_exec" => {
+                let Ok(bytes) = std::fs::read(&arg) else {
+                    println!("blocked: memfd exec: cannot read {arg}");
+                    return ExitCode::SUCCESS;
+                };
+                let fd = libc::memfd_create(c"probe".as_ptr(), 0);
+                if fd < 0 {
+                    return verdict(false, "memfd_create");
+                }
+                libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+                let argv = [c"probe".as_ptr(), c"memfd_ran".as_ptr(), std::ptr::null()];
+                let envp = [std::ptr::null::<libc::c_char>()];
+                libc::fexecve(fd, argv.as_ptr(), envp.as_ptr());
+                verdict(false, "exec from a memfd")
+            }
+            "memfd_ran" => {
+                println!("reached: code from a memfd ran");
+                ExitCode::SUCCESS
+            }
+            // Opens /dev/null up to 4096 times (the bound of both runs).
+            "fd_exhaustion" => {
+                let mut n = 0;
+                while n < 4096 {
+                    if libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) < 0 {
+                        break;
+                    }
+                    n += 1;
+                }
+                if n >= 4096 {
+                    println!("reached: 4096 descriptors");
+                } else {
+                    println!("blocked: open failed after {n} descriptors");
+                }
+                ExitCode::SUCCESS
+            }
+            // Types into a terminal: a pty this probe opens itself.
+            "tiocsti" => {
+                let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+                if master < 0 || libc::grantpt(master) != 0 || libc::unlockpt(master) != 0 {
+                    return verdict(false, "open a pty");
+                }
+                let name = libc::ptsname(master);
+                let slave = if name.is_null() {
+                    -1
+                } else {
+                    libc::open(name, libc::O_RDWR | libc::O_NOCTTY)
+                };
+                let c: libc::c_char = b'x' as libc::c_char;
+                let ok = slave >= 0 && libc::ioctl(slave, libc::TIOCSTI, &c) == 0;
+                verdict(ok, "TIOCSTI on a pty")
+            }
             // Touches up to 512 MiB, 16 MiB at a time: the bound of both runs. A memory cap
             // kills the process (SIGKILL from the OOM killer) or refuses the allocation.
             "memory_bomb" => {
