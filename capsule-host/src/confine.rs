@@ -419,7 +419,7 @@ mod tests {
                 "uid 200001",
                 "no_new_privs",
                 "landlock 1",
-                "seccomp 4",
+                "seccomp 5",
             ]
         );
     }

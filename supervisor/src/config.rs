@@ -198,7 +198,11 @@ mod tests {
     fn only_known_layers_may_be_left_out() {
         let tmp = tempfile::tempdir().unwrap();
         let home = Home::at(tmp.path().to_path_buf());
-        assert!(Config::load(&home).unwrap().confinement.allow_without.is_empty());
+        assert!(Config::load(&home)
+            .unwrap()
+            .confinement
+            .allow_without
+            .is_empty());
         std::fs::write(
             home.config_file(),
             "format = 1\n[confinement]\nallow_without = [\"cgroups\", \"uid\"]\n",
@@ -215,6 +219,9 @@ mod tests {
         )
         .unwrap();
         let err = Config::load(&home).unwrap_err().to_string();
-        assert!(err.contains("`seccomp` is not a layer that may be left out"), "{err}");
+        assert!(
+            err.contains("`seccomp` is not a layer that may be left out"),
+            "{err}"
+        );
     }
 }
