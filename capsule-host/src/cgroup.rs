@@ -19,7 +19,12 @@ pub struct Cgroups {
     dirs: Vec<PathBuf>,
     pub memory: u64,
     pub pids: u64,
+    /// Share of one core, in percent, when the manifest asks for a cap.
+    pub cpu: Option<u32>,
 }
+
+/// The CFS period the cpu share is a fraction of.
+const CPU_PERIOD_US: u64 = 100_000;
 
 fn write(path: &Path, value: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("{}: {e}", path.display()))
@@ -27,7 +32,7 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
 
 /// Enters fresh v1 `memory` and `pids` groups with these caps, or says why it cannot (then the
 /// caller falls back to rlimits). `pids` counts capsule-host and init too.
-pub fn enter(name: &str, memory: u64, pids: u64) -> Result<Cgroups, String> {
+pub fn enter(name: &str, memory: u64, pids: u64, cpu: Option<u32>) -> Result<Cgroups, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("not root: cgroups are not delegated to this user".into());
     }
@@ -36,9 +41,13 @@ pub fn enter(name: &str, memory: u64, pids: u64) -> Result<Cgroups, String> {
     if !mem_root.join("memory.limit_in_bytes").exists() || !pids_root.is_dir() {
         return Err("no cgroup v1 memory and pids controllers".into());
     }
+    let cpu_root = Path::new(ROOT).join("cpu");
+    if cpu.is_some() && !cpu_root.join("cpu.cfs_quota_us").exists() {
+        return Err("a cpu share was asked for, and there is no cgroup v1 cpu controller".into());
+    }
     let leaf = format!("{name}.{}", std::process::id());
     let mut dirs = Vec::new();
-    for (root, settings) in [
+    let mut groups = vec![
         (
             &mem_root,
             vec![
@@ -48,7 +57,19 @@ pub fn enter(name: &str, memory: u64, pids: u64) -> Result<Cgroups, String> {
             ],
         ),
         (&pids_root, vec![("pids.max", pids.to_string())]),
-    ] {
+    ];
+    if let Some(share) = cpu {
+        // At least 1 ms per period: the kernel refuses less.
+        let quota = (CPU_PERIOD_US * u64::from(share) / 100).max(1000);
+        groups.push((
+            &cpu_root,
+            vec![
+                ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                ("cpu.cfs_quota_us", quota.to_string()),
+            ],
+        ));
+    }
+    for (root, settings) in groups {
         let parent = root.join("elastos");
         fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         remove_empty_children(&parent);
@@ -64,7 +85,12 @@ pub fn enter(name: &str, memory: u64, pids: u64) -> Result<Cgroups, String> {
         }
         write(&dir.join("cgroup.procs"), &std::process::id().to_string())?;
     }
-    Ok(Cgroups { dirs, memory, pids })
+    Ok(Cgroups {
+        dirs,
+        memory,
+        pids,
+        cpu,
+    })
 }
 
 /// Groups of capsule-hosts that were killed before they could clean up: empty, so removable.
@@ -91,8 +117,9 @@ impl Cgroups {
     }
 
     pub fn layer(&self) -> String {
+        let cpu = self.cpu.map(|c| format!(",cpu={c}%")).unwrap_or_default();
         format!(
-            "cgroup-v1(memory={}MiB,pids={})",
+            "cgroup-v1(memory={}MiB,pids={}{cpu})",
             self.memory >> 20,
             self.pids
         )

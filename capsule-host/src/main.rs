@@ -257,7 +257,7 @@ fn main() {
         .processes
         .map_or(confine::DEFAULT_PROCESSES, u64::from);
     // capsule-host and init are in the group too.
-    let cgroups = cgroup::enter(&a.name, memory, processes + 2);
+    let cgroups = cgroup::enter(&a.name, memory, processes + 2, a.limits.cpu);
     let data_limit = match &cgroups {
         Ok(_) => None,
         Err(_) => Some(memory),

@@ -390,3 +390,31 @@ fn a_layer_that_cannot_be_applied_keeps_the_capsule_from_running() {
     );
     assert!(!marker.exists(), "the capsule ran without its limits");
 }
+
+#[test]
+fn a_cpu_share_caps_a_busy_capsule() {
+    if !std::path::Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists()
+        || !nix::unistd::geteuid().is_root()
+    {
+        panic!("this machine is expected to offer the cgroup v1 cpu controller to root (see `elastos doctor`)");
+    }
+    let up = Up::new();
+    let dir = probe_capsule(&up.node);
+    // The same probe with a cap of a tenth of a core.
+    let manifest = dir.join("capsule.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("[limits]\n", "[limits]\ncpu = 10\n");
+    std::fs::write(&manifest, text).unwrap();
+    let out = up
+        .node
+        .run(&["run", path(&dir), "--name", "burner", "--", "cpu_burn"]);
+    let share: f64 = out
+        .ok()
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{out:#?}"));
+    // A tenth of a core over half a second, with a period's slack.
+    assert!(share <= 0.35, "a 10% cap let it use {share:.2} of a core");
+}

@@ -240,6 +240,22 @@ fn main() -> ExitCode {
                 libc::fexecve(fd, argv.as_ptr(), envp.as_ptr());
                 verdict(false, "exec from a memfd")
             }
+            // Spins for 500 ms of wall time; prints the share of a core it got.
+            "cpu_burn" => {
+                let start = std::time::Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < std::time::Duration::from_millis(500) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts);
+                let cpu = ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;
+                println!("share: {:.2} ({x})", cpu / start.elapsed().as_secs_f64());
+                ExitCode::SUCCESS
+            }
             "memfd_ran" => {
                 println!("reached: code from a memfd ran");
                 ExitCode::SUCCESS
