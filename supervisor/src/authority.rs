@@ -625,8 +625,7 @@ impl Authority {
 
         // version: the outer layer. Anything that is not a well-formed SignedToken of a known
         // version is a `version` denial (documented contract), never a panic.
-        let cache_key = SigCache::key(bytes);
-        let verified = match self.sig_cache.get(&cache_key) {
+        let verified = match self.sig_cache.get(bytes) {
             Some(v) => v,
             None => {
                 let parts = token::decode_signed_bytes(bytes)
@@ -646,7 +645,7 @@ impl Authority {
                     token,
                     signer: parts.signer,
                 });
-                self.sig_cache.insert(cache_key, v.clone());
+                self.sig_cache.insert(bytes, v.clone());
                 v
             }
         };
@@ -1722,7 +1721,7 @@ mod tests {
         });
         let mut c = SigCache::new(3);
         for i in 0..10u8 {
-            c.insert([i; 32], v.clone());
+            c.insert(&[i; 32], v.clone());
         }
         assert_eq!(c.len(), 3);
         assert!(c.get(&[9; 32]).is_some() && c.get(&[0; 32]).is_none());
