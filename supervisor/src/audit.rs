@@ -1098,6 +1098,14 @@ impl Disk {
         back: mpsc::Sender<Cmd>,
         acks: mpsc::Sender<Vec<(Done, Receipt)>>,
     ) {
+        // Durability gates every denial and grant: on a busy machine this thread should get the
+        // CPU the moment its fdatasync returns. Raising priority needs CAP_SYS_NICE; without it
+        // the thread keeps the default, which only costs throughput.
+        // SAFETY: setpriority on this thread's own id, integer arguments only.
+        unsafe {
+            let tid = nix::libc::syscall(nix::libc::SYS_gettid) as nix::libc::id_t;
+            nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid, -10);
+        }
         let mut failed = false;
         while let Ok(first) = jobs.recv() {
             let mut ready = vec![first];
