@@ -205,6 +205,14 @@ fn writable_authority(home: &Home) -> anyhow::Result<(StateLock, Arc<NodeKey>, A
     Ok((lock, key, authority))
 }
 
+/// Prints a token the supervisor issued or delegated.
+fn print_remote(data: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
+    let text = data["token"].as_str().unwrap_or_default();
+    let decoded = token::decode(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    print_issued(&decoded.token, text, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_issued(tok: &token::Token, encoded: &str, json: bool) -> anyhow::Result<()> {
     if json {
         super::print_json(&serde_json::json!({
@@ -236,10 +244,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 not_before: a.not_before,
             });
             if let Some(data) = via_supervisor(&home, &remote)? {
-                let text = data["token"].as_str().unwrap_or_default().to_string();
-                let decoded = token::decode(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-                print_issued(&decoded.token, &text, a.json)?;
-                return Ok(ExitCode::SUCCESS);
+                return print_remote(&data, a.json);
             }
             let (_lock, key, mut authority) = writable_authority(&home)?;
             let (tok, encoded) = authority.issue(IssueRequest {
@@ -284,10 +289,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 delegatable: a.delegatable,
             });
             if let Some(data) = via_supervisor(&home, &remote)? {
-                let text = data["token"].as_str().unwrap_or_default().to_string();
-                let decoded = token::decode(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-                print_issued(&decoded.token, &text, a.json)?;
-                return Ok(ExitCode::SUCCESS);
+                return print_remote(&data, a.json);
             }
             let (_lock, key, mut authority) = writable_authority(&home)?;
             let (tok, encoded) = authority.delegate(
