@@ -64,6 +64,8 @@ struct Args {
     uid: Option<u32>,
     /// Layers the node allows capsules to run without when this machine cannot apply them.
     allow_without: Vec<String>,
+    /// Its private persistent directory, when granted.
+    state: Option<PathBuf>,
 }
 
 fn fail(stage: &str, why: impl std::fmt::Display) -> ! {
@@ -108,6 +110,7 @@ fn parse_args() -> Args {
     let mut host_libs = false;
     let mut uid = None;
     let mut allow_without = Vec::new();
+    let mut state = None;
     while let Some(a) = it.next() {
         match a.as_str() {
             "--name" => name = it.next(),
@@ -117,6 +120,7 @@ fn parse_args() -> Args {
             "--tmp" => tmp = it.next().map(PathBuf::from),
             "--host-libs" => host_libs = true,
             "--allow-without" => allow_without.extend(it.next()),
+            "--state" => state = it.next().map(PathBuf::from),
             "--uid" => match it.next().and_then(|u| u.parse::<u32>().ok()) {
                 Some(u) if u != 0 => uid = Some(u),
                 _ => {
@@ -158,6 +162,7 @@ fn parse_args() -> Args {
             host_libs,
             uid,
             allow_without,
+            state,
         },
         _ => {
             eprintln!("capsule-host: --name, --root, --entry and --parent-pid are required: capsule-host is started by the elastos supervisor, not by hand");
@@ -242,7 +247,8 @@ fn main() {
     }
 
     // Prepared now: building the filters allocates, which the forked children must not.
-    let fs = confine::FsRules::native(a.root.clone(), a.tmp.clone(), a.host_libs);
+    let mut fs = confine::FsRules::native(a.root.clone(), a.tmp.clone(), a.host_libs);
+    fs.read_write.extend(a.state.clone());
     // A root capsule-host never hands a capsule host root.
     if a.uid.is_none() && nix::unistd::geteuid().is_root() {
         fail(
@@ -324,7 +330,10 @@ fn main() {
                 fail("root", format!("{}: {e}", dir.display()));
             }
             layers.insert(1, "private-root".to_string());
-            Some((dir, newroot::plan(&a.root, tmp, a.host_libs)))
+            Some((
+                dir,
+                newroot::plan(&a.root, tmp, a.state.as_deref(), a.host_libs),
+            ))
         }
         _ => None,
     };
@@ -369,6 +378,17 @@ fn main() {
         (Some(_), _) => Some(PathBuf::from("/tmp")),
         (None, t) => t.clone(),
     };
+    if a.state.is_some() {
+        layers.push("state".to_string());
+        let seen = match &private_root {
+            Some(_) => PathBuf::from("/state"),
+            None => a.state.clone().unwrap_or_default(),
+        };
+        envp.push(
+            CString::new(format!("ELASTOS_STATE={}", seen.display()))
+                .unwrap_or_else(|_| fail("env", "NUL")),
+        );
+    }
     if let Some(t) = &tmp_seen {
         envp.push(
             CString::new(format!("TMPDIR={}", t.display())).unwrap_or_else(|_| fail("env", "NUL")),

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! /capsule   its package, read-only (nosuid, nodev)        /tmp   its private tmp (noexec)
+//! /state     its persistent directory, when granted (noexec)
 //! /dev/null, /dev/zero, /dev/urandom (bind-mounted nodes)  /proc  its own PID namespace's
 //! /usr, /etc/ld.so.cache and /bin /lib /lib64 /sbin links: only with `host://libs`
 //! ```
@@ -39,7 +40,7 @@ pub enum Op {
 }
 
 /// What the capsule's root holds.
-pub fn plan(package: &Path, tmp: &Path, host_libs: bool) -> Vec<Op> {
+pub fn plan(package: &Path, tmp: &Path, state: Option<&Path>, host_libs: bool) -> Vec<Op> {
     let mut ops = vec![
         Op::Dir("capsule"),
         Op::Bind {
@@ -59,6 +60,16 @@ pub fn plan(package: &Path, tmp: &Path, host_libs: bool) -> Vec<Op> {
         },
         Op::Dir("dev"),
     ];
+    if let Some(state) = state {
+        ops.push(Op::Dir("state"));
+        ops.push(Op::Bind {
+            source: state.to_path_buf(),
+            target: "state",
+            read_only: false,
+            exec: false,
+            device: false,
+        });
+    }
     for node in ["null", "zero", "urandom"] {
         let target: &'static str = match node {
             "null" => "dev/null",
@@ -213,7 +224,7 @@ mod tests {
 
     #[test]
     fn the_root_holds_only_what_was_given() {
-        let ops = plan(Path::new("/store/x"), Path::new("/run/t"), false);
+        let ops = plan(Path::new("/store/x"), Path::new("/run/t"), None, false);
         assert_eq!(
             binds(&ops),
             [
@@ -230,16 +241,22 @@ mod tests {
 
     #[test]
     fn host_libs_add_usr_read_only_and_the_loader_cache() {
-        let ops = plan(Path::new("/store/x"), Path::new("/run/t"), true);
+        let ops = plan(
+            Path::new("/store/x"),
+            Path::new("/run/t"),
+            Some(Path::new("/h/state/x")),
+            true,
+        );
         let b = binds(&ops);
         assert!(b.contains(&("usr", true, true)), "{b:?}");
+        assert!(b.contains(&("state", false, false)), "{b:?}");
         assert!(ops.contains(&Op::Symlink {
             link: "bin",
             to: "usr/bin"
         }));
         // Nothing writable but /tmp, nothing executable from /tmp.
-        assert!(b
-            .iter()
-            .all(|(t, ro, exec)| *ro || t.starts_with("dev/") || (*t == "tmp" && !exec)));
+        assert!(b.iter().all(|(t, ro, exec)| *ro
+            || t.starts_with("dev/")
+            || ((*t == "tmp" || *t == "state") && !exec)));
     }
 }

@@ -189,12 +189,25 @@ impl Lines<'_> {
 /// program or a shell script needs. First-party native capsules are static and do without.
 pub const HOST_LIBS: &str = "host://libs";
 
+/// The resource a capsule requests (`read`, `write`) for a private directory that outlives its
+/// restarts: `/state` inside its root.
+pub const STATE: &str = "host://state";
+
 impl Manifest {
     /// Whether the manifest asks for [`HOST_LIBS`].
     pub fn requests_host_libs(&self) -> bool {
         self.requests
             .iter()
             .any(|r| r.resource == HOST_LIBS && r.actions.contains(Action::Read))
+    }
+
+    /// Whether the manifest asks for a [`STATE`] directory (read and write).
+    pub fn requests_state(&self) -> bool {
+        self.requests.iter().any(|r| {
+            r.resource == STATE
+                && r.actions.contains(Action::Read)
+                && r.actions.contains(Action::Write)
+        })
     }
 
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {

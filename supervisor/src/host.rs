@@ -53,6 +53,8 @@ pub struct SpawnRequest {
     pub uid: Option<u32>,
     /// Layers the node allows capsules to run without (`[confinement] allow_without`).
     pub allow_without: Vec<String>,
+    /// Its private persistent directory, when granted.
+    pub state: Option<PathBuf>,
 }
 
 pub struct Spawned {
@@ -136,6 +138,9 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
     }
     if let Some(uid) = req.uid {
         cmd.arg("--uid").arg(uid.to_string());
+    }
+    if let Some(s) = &req.state {
+        cmd.arg("--state").arg(s);
     }
     for layer in &req.allow_without {
         cmd.arg("--allow-without").arg(layer);

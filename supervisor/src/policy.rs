@@ -42,6 +42,12 @@ pub fn grants_host_libs(manifest: &Manifest) -> bool {
     manifest.requests_host_libs()
 }
 
+/// Whether the capsule gets its private persistent directory (`host://state` read+write in its
+/// manifest): granted when asked for under the development policy, and shown in `ps`.
+pub fn grants_state(manifest: &Manifest) -> bool {
+    manifest.requests_state()
+}
+
 /// Decides a capsule's `requestToken`.
 pub fn decide(
     manifest: &Manifest,

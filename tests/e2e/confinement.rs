@@ -418,3 +418,39 @@ fn a_cpu_share_caps_a_busy_capsule() {
     // A tenth of a core over half a second, with a period's slack.
     assert!(share <= 0.35, "a 10% cap let it use {share:.2} of a core");
 }
+
+#[test]
+fn a_granted_state_directory_outlives_restarts_and_no_other_capsule_sees_it() {
+    let up = Up::new();
+    let dir = script_capsule(
+        &up.node,
+        "counter",
+        "n=$(cat \"$ELASTOS_STATE/n\" 2>/dev/null || echo 0)\nn=$((n+1))\necho $n > \"$ELASTOS_STATE/n\"\necho \"count=$n at $ELASTOS_STATE\"",
+    );
+    let manifest = dir.join("capsule.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(
+        "[[requests]]\nresource = \"host://state\"\nactions = [\"read\", \"write\"]\nreason = \"keeps a count\"\n",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let first = up.node.run(&["run", path(&dir)]);
+    assert!(first.ok().contains("count=1"), "{first:#?}");
+    let second = up.node.run(&["run", path(&dir)]);
+    assert!(second.ok().contains("count=2"), "{second:#?}");
+    // It lives in the node's home, owned by the capsule's uid when the supervisor is root.
+    let on_host = up.node.home().join("state/capsules/counter/n");
+    assert_eq!(std::fs::read_to_string(&on_host).unwrap().trim(), "2");
+    // Another capsule, granted no state, reaches neither its own nor this one.
+    let nosy = script_capsule(
+        &up.node,
+        "nosy",
+        &format!(
+            "echo \"state=[$ELASTOS_STATE]\"\ncat {} && echo LEAKED\nexit 0",
+            on_host.display()
+        ),
+    );
+    let out = up.node.run(&["run", path(&nosy)]);
+    let stdout = out.ok();
+    assert!(stdout.contains("state=[]"), "{out:#?}");
+    assert!(!stdout.contains("LEAKED"), "{out:#?}");
+}

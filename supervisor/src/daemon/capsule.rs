@@ -351,6 +351,22 @@ impl CapsuleActor {
             },
             host_libs: elastos::policy::grants_host_libs(manifest),
             allow_without: self.shared.config.confinement.allow_without.clone(),
+            state: if elastos::policy::grants_state(manifest) {
+                match state_dir(
+                    &self.shared,
+                    &st.spec.name,
+                    self.shared.capsule_uid(&st.spec.name),
+                ) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        self.fail(st, &format!("could not prepare its state directory: {e}"))
+                            .await;
+                        return;
+                    }
+                }
+            } else {
+                None
+            },
         };
         let shared = self.shared.clone();
         let spawn_began = Instant::now();
@@ -708,4 +724,48 @@ fn fresh_tmp(shared: &Shared, name: &str, uid: Option<u32>) -> std::io::Result<s
         .map_err(std::io::Error::from)?;
     }
     Ok(dir)
+}
+
+/// The capsule's private persistent directory, `$ELASTOS_HOME/state/capsules/NAME`: kept across
+/// restarts, 0700 and owned by the capsule's uid. Reached only through its own root (`/state`)
+/// or Landlock rule; the path through the 0700 home is closed to it otherwise.
+fn state_dir(shared: &Shared, name: &str, uid: Option<u32>) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = shared.home.state_dir().join("capsules");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&parent)?;
+    let dir = parent.join(name);
+    if !dir.exists() {
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    }
+    // Capsule uids are handed out per supervisor run: what an earlier run's uid left is
+    // given to this one's.
+    if let Some(uid) = uid {
+        chown_tree(&dir, uid)?;
+    }
+    Ok(dir)
+}
+
+/// Gives a tree to `uid` without following links.
+fn chown_tree(path: &std::path::Path, uid: u32) -> std::io::Result<()> {
+    let id = (
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(uid)),
+    );
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        id.0,
+        id.1,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(std::io::Error::from)?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid)?;
+        }
+    }
+    Ok(())
 }
