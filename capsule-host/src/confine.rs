@@ -39,6 +39,9 @@ pub struct FsRules {
     pub read_write: Vec<PathBuf>,
     /// Read and write of single files: `/dev/null`, `/dev/zero`, `/dev/urandom`.
     pub devices: Vec<PathBuf>,
+    /// Granted the network (`host://net` or `host://loopback`): TCP is not refused here, and
+    /// seccomp allows IP sockets. Which network it reaches is its namespace's business.
+    pub network: bool,
 }
 
 /// The host's libraries and programs, read-only, for a capsule granted `host://libs`.
@@ -69,6 +72,7 @@ impl FsRules {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            network: false,
         }
     }
 }
@@ -132,7 +136,8 @@ impl Plan {
                 limits.processes.map_or(DEFAULT_PROCESSES, u64::from),
             ));
         }
-        let seccomp = crate::seccomp::compile(crate::seccomp::NATIVE).map_err(|e| e.to_string())?;
+        let seccomp = crate::seccomp::compile(&crate::seccomp::native(fs.network))
+            .map_err(|e| e.to_string())?;
         Ok(Plan {
             rlimits,
             uid,
@@ -243,7 +248,13 @@ impl Kernel {
         let ruleset = Ruleset::default()
             .set_compatibility(CompatLevel::BestEffort)
             .handle_access(AccessFs::from_all(abi))
-            .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
+            .and_then(|r| {
+                if rules.network {
+                    Ok(r)
+                } else {
+                    r.handle_access(AccessNet::from_all(abi))
+                }
+            })
             .and_then(|r| r.scope(Scope::from_all(abi)))
             .and_then(|r| r.create())
             .map_err(|e| fail(e.to_string()))?;

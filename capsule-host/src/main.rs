@@ -66,6 +66,8 @@ struct Args {
     allow_without: Vec<String>,
     /// Its private persistent directory, when granted.
     state: Option<PathBuf>,
+    /// Its network grant: `host` (the host's network) or `loopback` (its own, loopback only).
+    net: Option<String>,
 }
 
 fn fail(stage: &str, why: impl std::fmt::Display) -> ! {
@@ -111,6 +113,7 @@ fn parse_args() -> Args {
     let mut uid = None;
     let mut allow_without = Vec::new();
     let mut state = None;
+    let mut net = None;
     while let Some(a) = it.next() {
         match a.as_str() {
             "--name" => name = it.next(),
@@ -121,6 +124,13 @@ fn parse_args() -> Args {
             "--host-libs" => host_libs = true,
             "--allow-without" => allow_without.extend(it.next()),
             "--state" => state = it.next().map(PathBuf::from),
+            "--net" => match it.next().as_deref() {
+                Some(n @ ("host" | "loopback")) => net = Some(n.to_string()),
+                _ => {
+                    eprintln!("capsule-host: --net takes host or loopback");
+                    std::process::exit(125);
+                }
+            },
             "--uid" => match it.next().and_then(|u| u.parse::<u32>().ok()) {
                 Some(u) if u != 0 => uid = Some(u),
                 _ => {
@@ -163,6 +173,7 @@ fn parse_args() -> Args {
             uid,
             allow_without,
             state,
+            net,
         },
         _ => {
             eprintln!("capsule-host: --name, --root, --entry and --parent-pid are required: capsule-host is started by the elastos supervisor, not by hand");
@@ -249,6 +260,7 @@ fn main() {
     // Prepared now: building the filters allocates, which the forked children must not.
     let mut fs = confine::FsRules::native(a.root.clone(), a.tmp.clone(), a.host_libs);
     fs.read_write.extend(a.state.clone());
+    fs.network = a.net.is_some();
     // A root capsule-host never hands a capsule host root.
     if a.uid.is_none() && nix::unistd::geteuid().is_root() {
         fail(
@@ -286,12 +298,12 @@ fn main() {
     // mount table (nothing it mounts or unmounts propagates, and seccomp refuses mounts anyway),
     // and its own cgroup root view. The user namespace and a private root come later.
     use nix::sched::CloneFlags as F;
-    let all = F::CLONE_NEWPID
-        | F::CLONE_NEWNET
-        | F::CLONE_NEWIPC
-        | F::CLONE_NEWUTS
-        | F::CLONE_NEWNS
-        | F::CLONE_NEWCGROUP;
+    let host_net = a.net.as_deref() == Some("host");
+    let mut all =
+        F::CLONE_NEWPID | F::CLONE_NEWIPC | F::CLONE_NEWUTS | F::CLONE_NEWNS | F::CLONE_NEWCGROUP;
+    if !host_net {
+        all |= F::CLONE_NEWNET;
+    }
     let (isolation, namespaces) = if nix::sched::unshare(all).is_ok() {
         // Private, so that no mount event crosses between the host and the capsule.
         if let Err(e) = nix::mount::mount(
@@ -303,10 +315,17 @@ fn main() {
         ) {
             fail("mount namespace", e);
         }
-        (
-            "pid-namespace",
-            Some("namespaces(pid,net,ipc,uts,mnt,cgroup)"),
-        )
+        if a.net.as_deref() == Some("loopback") {
+            if let Err(e) = loopback_up() {
+                fail("network", format!("bringing up its loopback: {e}"));
+            }
+        }
+        let label = if host_net {
+            "namespaces(pid,ipc,uts,mnt,cgroup)"
+        } else {
+            "namespaces(pid,net,ipc,uts,mnt,cgroup)"
+        };
+        ("pid-namespace", Some(label))
     } else {
         match nix::sched::unshare(F::CLONE_NEWPID) {
             Ok(()) => ("pid-namespace", None),
@@ -378,6 +397,9 @@ fn main() {
         (Some(_), _) => Some(PathBuf::from("/tmp")),
         (None, t) => t.clone(),
     };
+    if let Some(n) = &a.net {
+        layers.push(format!("net({n})"));
+    }
     if a.state.is_some() {
         layers.push("state".to_string());
         let seen = match &private_root {
@@ -525,6 +547,34 @@ fn confined_or_fail(err_r: OwnedFd) {
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(err_r), &mut report);
     if let Some((step, why)) = report.split_once('\t') {
         fail(step, format!("{why} (the capsule was not started)"));
+    }
+}
+
+/// Sets `lo` up in this process's (new) network namespace: the loopback-only grant.
+fn loopback_up() -> Result<(), String> {
+    use nix::libc;
+    // SAFETY: a socket, two ioctls on an ifreq this function owns, and a close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(nix::errno::Errno::last().desc().into());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        let r = if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            Err(nix::errno::Errno::last().desc().to_string())
+        } else {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) < 0 {
+                Err(nix::errno::Errno::last().desc().to_string())
+            } else {
+                Ok(())
+            }
+        };
+        libc::close(fd);
+        r
     }
 }
 

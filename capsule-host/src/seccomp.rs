@@ -38,6 +38,11 @@ pub enum When {
         arg: u8,
         bits: &'static [u64],
     },
+    /// Argument `arg` (a 32-bit int) is none of `values`.
+    NoneOf {
+        arg: u8,
+        values: &'static [u32],
+    },
     /// Argument `arg` (a 32-bit int) differs from `value`.
     Ne {
         arg: u8,
@@ -464,6 +469,32 @@ pub const ALLOWED: &[(&str, i64)] = &[
     ("execveat", libc::SYS_execveat),
 ];
 
+/// Socket families a capsule granted the network may open (not netlink, not packet, not raw
+/// families beyond these).
+const NET_FAMILIES: &[u32] = &[
+    libc::AF_UNIX as u32,
+    libc::AF_INET as u32,
+    libc::AF_INET6 as u32,
+];
+
+/// The native policy for a capsule with (`net`) or without a network grant: with it, IP sockets
+/// are allowed besides Unix ones.
+pub fn native(net: bool) -> Vec<Entry> {
+    NATIVE
+        .iter()
+        .map(|e| match (net, e.nr) {
+            (true, libc::SYS_socket | libc::SYS_socketpair) => Entry {
+                when: When::NoneOf {
+                    arg: 0,
+                    values: NET_FAMILIES,
+                },
+                ..*e
+            },
+            _ => *e,
+        })
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     #[error("building the seccomp filter: {0}")]
@@ -500,6 +531,24 @@ pub fn compile(policy: &[Entry]) -> Result<Vec<BpfProgram>, SeccompError> {
                     );
                 }
             }
+            // One rule, its conditions all true together: not this one, nor that one, ...
+            When::NoneOf { arg, values } => rules.push(
+                SeccompRule::new(
+                    values
+                        .iter()
+                        .map(|v| {
+                            SeccompCondition::new(
+                                arg,
+                                SeccompCmpArgLen::Dword,
+                                SeccompCmpOp::Ne,
+                                u64::from(*v),
+                            )
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(bad)?,
+                )
+                .map_err(bad)?,
+            ),
             When::Ne { arg, value } => rules.push(
                 SeccompRule::new(vec![SeccompCondition::new(
                     arg,
@@ -577,6 +626,7 @@ mod tests {
             When::Always => {}
             When::AnyBit { arg, bits } => a[arg as usize] = bits[0],
             When::Ne { arg, value } => a[arg as usize] = u64::from(value.wrapping_add(1)),
+            When::NoneOf { arg, .. } => a[arg as usize] = libc::AF_NETLINK as u64,
             When::Eq { arg, value } => a[arg as usize] = value,
         }
         a
@@ -663,6 +713,39 @@ mod tests {
         // getpid: untouched.
         let st = under_policy(&programs, libc::SYS_getpid, [0; 6]);
         assert!(matches!(st, WaitStatus::Exited(_, 0)), "{st:?}");
+    }
+
+    #[test]
+    fn a_network_grant_allows_ip_sockets_and_still_no_others() {
+        let programs = compile(&native(true)).unwrap();
+        for family in [libc::AF_INET, libc::AF_INET6, libc::AF_UNIX] {
+            let st = under_policy(
+                &programs,
+                libc::SYS_socket,
+                [family as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0],
+            );
+            assert!(matches!(st, WaitStatus::Exited(_, 0)), "{family}: {st:?}");
+        }
+        let st = under_policy(
+            &programs,
+            libc::SYS_socket,
+            [libc::AF_NETLINK as u64, libc::SOCK_RAW as u64, 0, 0, 0, 0],
+        );
+        assert!(
+            matches!(st, WaitStatus::Exited(_, libc::EAFNOSUPPORT)),
+            "{st:?}"
+        );
+        // Without the grant, IP sockets are refused.
+        let programs = compile(&native(false)).unwrap();
+        let st = under_policy(
+            &programs,
+            libc::SYS_socket,
+            [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0],
+        );
+        assert!(
+            matches!(st, WaitStatus::Exited(_, libc::EAFNOSUPPORT)),
+            "{st:?}"
+        );
     }
 
     #[test]

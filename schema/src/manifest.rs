@@ -193,12 +193,35 @@ pub const HOST_LIBS: &str = "host://libs";
 /// restarts: `/state` inside its root.
 pub const STATE: &str = "host://state";
 
+/// The resources a capsule requests (`read`, `write`) for a network: the host's
+/// (`host://net`), or a loopback of its own and nothing else (`host://loopback`).
+pub const NET_HOST: &str = "host://net";
+pub const NET_LOOPBACK: &str = "host://loopback";
+
 impl Manifest {
     /// Whether the manifest asks for [`HOST_LIBS`].
     pub fn requests_host_libs(&self) -> bool {
         self.requests
             .iter()
             .any(|r| r.resource == HOST_LIBS && r.actions.contains(Action::Read))
+    }
+
+    /// The network the manifest asks for: `host`, `loopback` (the wider one wins), or none.
+    pub fn requested_net(&self) -> Option<&'static str> {
+        let asks = |uri: &str| {
+            self.requests.iter().any(|r| {
+                r.resource == uri
+                    && r.actions.contains(Action::Read)
+                    && r.actions.contains(Action::Write)
+            })
+        };
+        if asks(NET_HOST) {
+            Some("host")
+        } else if asks(NET_LOOPBACK) {
+            Some("loopback")
+        } else {
+            None
+        }
     }
 
     /// Whether the manifest asks for a [`STATE`] directory (read and write).

@@ -55,6 +55,8 @@ pub struct SpawnRequest {
     pub allow_without: Vec<String>,
     /// Its private persistent directory, when granted.
     pub state: Option<PathBuf>,
+    /// Its network grant: `host` or `loopback`.
+    pub net: Option<&'static str>,
 }
 
 pub struct Spawned {
@@ -138,6 +140,9 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
     }
     if let Some(uid) = req.uid {
         cmd.arg("--uid").arg(uid.to_string());
+    }
+    if let Some(n) = req.net {
+        cmd.arg("--net").arg(n);
     }
     if let Some(s) = &req.state {
         cmd.arg("--state").arg(s);

@@ -42,6 +42,12 @@ pub fn grants_host_libs(manifest: &Manifest) -> bool {
     manifest.requests_host_libs()
 }
 
+/// The network the capsule gets (`host://net` → `host`, `host://loopback` → `loopback`):
+/// granted when asked for under the development policy, and shown in `ps`.
+pub fn grants_net(manifest: &Manifest) -> Option<&'static str> {
+    manifest.requested_net()
+}
+
 /// Whether the capsule gets its private persistent directory (`host://state` read+write in its
 /// manifest): granted when asked for under the development policy, and shown in `ps`.
 pub fn grants_state(manifest: &Manifest) -> bool {

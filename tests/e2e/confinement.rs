@@ -454,3 +454,42 @@ fn a_granted_state_directory_outlives_restarts_and_no_other_capsule_sees_it() {
     assert!(stdout.contains("state=[]"), "{out:#?}");
     assert!(!stdout.contains("LEAKED"), "{out:#?}");
 }
+
+/// The probe capsule, granted `resource`.
+fn granted_probe(node: &Node, name: &str, resource: &str) -> PathBuf {
+    let dir = probe_capsule(node);
+    let granted = node.scratch().join(name);
+    std::fs::create_dir_all(granted.join("bin")).unwrap();
+    std::fs::copy(dir.join("bin/probe"), granted.join("bin/probe")).unwrap();
+    set_mode(&granted.join("bin/probe"), 0o755);
+    let mut text = std::fs::read_to_string(dir.join("capsule.toml")).unwrap();
+    text.push_str(&format!(
+        "[[requests]]\nresource = \"{resource}\"\nactions = [\"read\", \"write\"]\nreason = \"test\"\n"
+    ));
+    std::fs::write(granted.join("capsule.toml"), text).unwrap();
+    granted
+}
+
+#[test]
+fn the_network_comes_only_with_a_grant_host_or_loopback() {
+    let up = Up::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let probe = |dir: &PathBuf, name: &str, attempt: &str| {
+        up.node
+            .run(&["run", path(dir), "--name", name, "--", attempt, &port])
+            .ok()
+            .to_string()
+    };
+    // host://net: the host's network, this test's listener included.
+    let host = granted_probe(&up.node, "net-host", "host://net");
+    assert!(probe(&host, "h1", "tcp_connect").starts_with("reached:"));
+    // host://loopback: a loopback of its own, and nothing of the host's.
+    let lo = granted_probe(&up.node, "net-lo", "host://loopback");
+    assert!(probe(&lo, "l1", "tcp_self").starts_with("reached:"));
+    assert!(probe(&lo, "l2", "tcp_connect").starts_with("blocked:"));
+    // Neither: no IP socket at all.
+    let none = probe_capsule(&up.node);
+    assert!(probe(&none, "n1", "tcp_self").starts_with("blocked:"));
+    drop(listener);
+}

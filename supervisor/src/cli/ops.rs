@@ -364,6 +364,8 @@ fn layer_meaning(layer: &str) -> &'static str {
     match layer.split('(').next().unwrap_or("") {
         "pid-namespace" => "its own PID namespace: it sees only its own processes, and nothing outlives it",
         "private-root" => "its own root: its package at /capsule, /tmp, three devices, its /proc (and /usr with host-libs); nothing else of the host",
+        "net" => "granted a network: host (the host's) or loopback (its own, nothing else)",
+        "state" => "granted host://state: its own persistent directory at /state",
         "namespaces" => "its own network (no device but loopback), IPC, hostname, mount table and cgroup view",
         "subreaper" => "no PID namespace (no privilege for one): capsule-host reaps and kills its descendants",
         "cgroup-v1" => "resident memory and process caps, enforced by the kernel for all its processes",

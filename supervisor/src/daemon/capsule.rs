@@ -351,6 +351,7 @@ impl CapsuleActor {
             },
             host_libs: elastos::policy::grants_host_libs(manifest),
             allow_without: self.shared.config.confinement.allow_without.clone(),
+            net: elastos::policy::grants_net(manifest),
             state: if elastos::policy::grants_state(manifest) {
                 match state_dir(
                     &self.shared,

@@ -197,6 +197,15 @@ fn main() -> ExitCode {
                     .and_then(|s| s.send_to(b"x", ("127.0.0.1", arg.parse::<u16>().unwrap_or(9))));
                 verdict(ok.is_ok(), &format!("UDP send to 127.0.0.1:{arg}"))
             }
+            // A listener of its own on 127.0.0.1, and a connection to it.
+            "tcp_self" => {
+                let ok = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| {
+                    let addr = l.local_addr()?;
+                    let stream = std::net::TcpStream::connect(addr)?;
+                    Ok((l, stream))
+                });
+                verdict(ok.is_ok(), "TCP to its own listener on 127.0.0.1")
+            }
             "tcp_bind" => {
                 let ok = std::net::TcpListener::bind("127.0.0.1:0");
                 verdict(ok.is_ok(), "TCP bind 127.0.0.1")
