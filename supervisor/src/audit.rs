@@ -27,7 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -212,6 +212,9 @@ type GroupBuffer = Arc<Mutex<Vec<(Event, Done)>>>;
 pub struct AuditLog {
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     group: GroupBuffer,
+    /// How many records `group` holds, kept under its lock, read without it: the per-call
+    /// availability check takes no lock.
+    buffered: Arc<AtomicUsize>,
     chain_every: usize,
     available: Arc<AtomicBool>,
     syncs: Arc<AtomicU64>,
@@ -274,6 +277,9 @@ struct Writer {
     /// from here.
     oldest_unsynced: Option<Instant>,
     group: GroupBuffer,
+    /// How many records `group` holds, kept under its lock, read without it: the per-call
+    /// availability check takes no lock.
+    buffered: Arc<AtomicUsize>,
     available: Arc<AtomicBool>,
     coalesce: HashMap<String, Coalesce>,
 }
@@ -395,6 +401,7 @@ impl AuditLog {
         let available = Arc::new(AtomicBool::new(true));
         let syncs = Arc::new(AtomicU64::new(0));
         let group: GroupBuffer = Arc::default();
+        let buffered = Arc::new(AtomicUsize::new(0));
         let chain_every = opts.chain_every.max(2);
         let (notifier, notified) = mpsc::channel::<Vec<(Done, Receipt)>>();
         std::thread::Builder::new()
@@ -441,6 +448,7 @@ impl AuditLog {
             last_checkpoint: Instant::now(),
             oldest_unsynced: None,
             group: group.clone(),
+            buffered: buffered.clone(),
             available: available.clone(),
             coalesce: HashMap::new(),
         };
@@ -500,6 +508,7 @@ impl AuditLog {
         Ok(AuditLog {
             tx: Mutex::new(Some(tx)),
             group,
+            buffered,
             chain_every,
             available,
             syncs,
@@ -516,7 +525,7 @@ impl AuditLog {
     /// (fewer than [`MAX_BUFFERED`] records wait for it). Callers deny while it does not.
     pub fn is_available(&self) -> bool {
         self.available.load(Ordering::Relaxed)
-            && self.group.lock().unwrap_or_else(|e| e.into_inner()).len() < MAX_BUFFERED
+            && self.buffered.load(Ordering::Relaxed) < MAX_BUFFERED
     }
 
     /// Appends without blocking; `done` runs on a thread of the log once the record is durable
@@ -537,6 +546,7 @@ impl AuditLog {
             };
             let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
             group.push((ev, Box::new(done)));
+            self.buffered.store(group.len(), Ordering::Relaxed);
             let n = group.len();
             drop(group);
             if n == 1 {
@@ -726,7 +736,11 @@ impl Writer {
 
     /// Chains the buffered Group records; returns how many.
     fn drain_group(&mut self) -> usize {
-        let records = std::mem::take(&mut *self.group.lock().unwrap_or_else(|e| e.into_inner()));
+        let records = {
+            let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+            self.buffered.store(0, Ordering::Relaxed);
+            std::mem::take(&mut *group)
+        };
         let n = records.len();
         for (ev, done) in records {
             self.append(ev, Durability::Group, done);

@@ -324,6 +324,7 @@ impl CapsuleActor {
         }
         let mut args = manifest.args.clone();
         args.extend(st.spec.args.iter().cloned());
+        let uid = self.shared.capsule_uid(&st.spec.name);
         let req = SpawnRequest {
             name: st.spec.name.clone(),
             root: st.spec.stored.root.clone(),
@@ -336,12 +337,8 @@ impl CapsuleActor {
                 .collect(),
             stdin: st.spec.stdin.is_some(),
             limits: manifest.limits.clone(),
-            uid: self.shared.capsule_uid(&st.spec.name),
-            tmp: match fresh_tmp(
-                &self.shared,
-                &st.spec.name,
-                self.shared.capsule_uid(&st.spec.name),
-            ) {
+            uid,
+            tmp: match fresh_tmp(&self.shared, &st.spec.name, uid) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     self.fail(st, &format!("could not prepare its tmp directory: {e}"))
@@ -353,11 +350,7 @@ impl CapsuleActor {
             allow_without: self.shared.config.confinement.allow_without.clone(),
             net: elastos::policy::grants_net(manifest),
             state: if elastos::policy::grants_state(manifest) {
-                match state_dir(
-                    &self.shared,
-                    &st.spec.name,
-                    self.shared.capsule_uid(&st.spec.name),
-                ) {
+                match state_dir(&self.shared, &st.spec.name, uid) {
                     Ok(d) => Some(d),
                     Err(e) => {
                         self.fail(st, &format!("could not prepare its state directory: {e}"))
@@ -717,12 +710,7 @@ fn fresh_tmp(shared: &Shared, name: &str, uid: Option<u32>) -> std::io::Result<s
     }
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     if let Some(uid) = uid {
-        nix::unistd::chown(
-            &dir,
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(uid)),
-        )
-        .map_err(std::io::Error::from)?;
+        chown_tree(&dir, uid)?;
     }
     Ok(dir)
 }

@@ -167,6 +167,19 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::UnixStream;
 
+    /// An outbox on one end of a socket pair with its writer task running; the other end.
+    fn drained_outbox() -> (Arc<Outbox>, UnixStream, tokio::task::JoinHandle<()>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        // Dropping the read half closes nothing: the socket lives as long as the write half.
+        let (_, wr) = a.into_split();
+        let out = Arc::new(Outbox::new(wr));
+        let writer = tokio::spawn({
+            let out = out.clone();
+            async move { out.write_queued().await }
+        });
+        (out, b, writer)
+    }
+
     fn frame(i: u32, len: usize) -> Vec<u8> {
         let mut f = vec![(i % 251) as u8; len];
         f[..4].copy_from_slice(&i.to_le_bytes());
@@ -175,13 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_arrive_whole_and_in_order_past_a_full_socket() {
-        let (a, mut b) = UnixStream::pair().unwrap();
-        let (_rd, wr) = a.into_split();
-        let out = Arc::new(Outbox::new(wr));
-        let writer = tokio::spawn({
-            let out = out.clone();
-            async move { out.write_queued().await }
-        });
+        let (out, mut b, writer) = drained_outbox();
         // Far more than a socket buffer holds, but within the queue: nothing is refused.
         let len = 64 * 1024;
         let n = 100u32;
@@ -217,13 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn send_wait_waits_for_a_slow_reader_instead_of_refusing() {
-        let (a, mut b) = UnixStream::pair().unwrap();
-        let (_rd, wr) = a.into_split();
-        let out = Arc::new(Outbox::new(wr));
-        let writer = tokio::spawn({
-            let out = out.clone();
-            async move { out.write_queued().await }
-        });
+        let (out, mut b, writer) = drained_outbox();
         let n = 2_000u32;
         let sender = tokio::spawn({
             let out = out.clone();
