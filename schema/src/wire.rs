@@ -34,15 +34,92 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
-/// A decoded frame: an owned, aligned single-segment message.
-pub type Message = capnp::message::Reader<capnp::serialize::OwnedSegments>;
+/// A decoded frame: a single-segment message read in place from the frame's bytes.
+pub type Message<'a> = capnp::message::Reader<Segment<'a>>;
+
+/// The one segment of a frame. Borrowed from the received bytes when they are 8-byte aligned
+/// (a reader's buffer from the allocator, or a [`FrameBuf`]): no copy and no allocation per
+/// frame; otherwise copied once into aligned words, as Cap'n Proto readers need.
+pub enum Segment<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<capnp::Word>),
+}
+
+impl ReaderSegments for Segment<'_> {
+    fn get_segment(&self, idx: u32) -> Option<&[u8]> {
+        match (idx, self) {
+            (0, Segment::Borrowed(b)) => Some(b),
+            (0, Segment::Owned(w)) => Some(capnp::Word::words_to_bytes(w)),
+            _ => None,
+        }
+    }
+}
+
+/// A reusable 8-byte aligned buffer for one frame body at a time: a reader that keeps one per
+/// connection allocates nothing per frame, and [`decode`] reads it in place.
+#[derive(Default)]
+pub struct FrameBuf {
+    words: Vec<capnp::Word>,
+    len: usize,
+}
+
+/// A buffer grown for a rare large frame is given back above this size.
+const KEEP_BYTES: usize = 64 * 1024;
+
+impl FrameBuf {
+    pub fn new() -> Self {
+        FrameBuf::default()
+    }
+
+    /// Room for a body of `len` bytes, to be filled by the caller (its content is stale).
+    pub fn prepare(&mut self, len: usize) -> &mut [u8] {
+        let words = len.div_ceil(8);
+        if self.words.len() * 8 > KEEP_BYTES && words * 8 <= KEEP_BYTES {
+            self.words = Vec::new();
+        }
+        if self.words.len() < words {
+            self.words
+                .resize(words, capnp::word(0, 0, 0, 0, 0, 0, 0, 0));
+        }
+        self.len = len;
+        &mut capnp::Word::words_to_bytes_mut(&mut self.words)[..len]
+    }
+
+    /// The body last prepared.
+    pub fn bytes(&self) -> &[u8] {
+        &capnp::Word::words_to_bytes(&self.words)[..self.len]
+    }
+}
+
+/// Room for the fixed parts of any frame besides its variable-length fields.
+const FIXED_WORDS: usize = 32;
+
+/// A builder whose first segment holds a frame with `variable` bytes of text and data fields,
+/// so that encoding never flattens a second segment (a copy of the whole payload) and a small
+/// frame does not pay for zeroing the default 8 KiB segment.
+pub fn builder_for(variable: usize) -> Builder<HeapAllocator> {
+    let words = u32::try_from(variable / 8 + FIXED_WORDS).unwrap_or(u32::MAX);
+    Builder::new(HeapAllocator::new().first_segment_words(words))
+}
 
 /// Serialises `message` as one frame: length prefix, segment table, one segment. A builder that
 /// grew a second segment is copied into one segment first.
 pub fn encode(message: &Builder<HeapAllocator>) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::new();
+    encode_into(message, &mut out, u32::MAX)?;
+    Ok(out)
+}
+
+/// Appends `message` to `out` as one frame, unless its body would exceed `max` bytes: then
+/// `out` is left as it was. Frames for one destination collect in one buffer this way.
+pub fn encode_into(
+    message: &Builder<HeapAllocator>,
+    out: &mut Vec<u8>,
+    max: u32,
+) -> Result<(), FrameError> {
     let segments = message.get_segments_for_output();
     if segments.len() == 1 {
-        return Ok(frame_of(segments[0]));
+        return frame_into(segments[0], out, max);
     }
     let total: usize = segments.iter().map(|s| s.len()).sum();
     let words =
@@ -59,45 +136,56 @@ pub fn encode(message: &Builder<HeapAllocator>) -> Result<Vec<u8>, FrameError> {
             "message does not fit one segment".into(),
         ));
     }
-    Ok(frame_of(segments[0]))
+    frame_into(segments[0], out, max)
 }
 
-fn frame_of(segment: &[u8]) -> Vec<u8> {
+fn frame_into(segment: &[u8], out: &mut Vec<u8>, max: u32) -> Result<(), FrameError> {
     let body_len = 8 + segment.len();
-    let mut out = Vec::with_capacity(4 + body_len);
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    let len = u32::try_from(body_len).unwrap_or(u32::MAX);
+    if len > max {
+        return Err(FrameError::TooLong { len, max });
+    }
+    out.reserve(4 + body_len);
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&((segment.len() / 8) as u32).to_le_bytes());
     out.extend_from_slice(segment);
-    out
+    Ok(())
 }
 
 /// Decodes the bytes of one frame (without its length prefix). Never panics on any input.
-pub fn decode(body: &[u8]) -> Result<Message, FrameError> {
+/// Reads in place when `body` is 8-byte aligned, and copies it once otherwise.
+pub fn decode(body: &[u8]) -> Result<Message<'_>, FrameError> {
     if body.len() < 8 || !body.len().is_multiple_of(8) {
         return Err(FrameError::Malformed(
             "length is not a whole number of 8-byte words".into(),
         ));
     }
+    // The segment table of a single-segment message: segment count minus one, then its size.
+    let word = |i: usize| u32::from_le_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+    if word(0) != 0 {
+        return Err(FrameError::Malformed("more than one segment".into()));
+    }
+    let segment = &body[8..];
+    let declared = word(4) as usize;
+    if declared != segment.len() / 8 {
+        return Err(FrameError::Malformed(format!(
+            "the segment table declares {declared} words, the frame holds {}",
+            segment.len() / 8
+        )));
+    }
     let mut options = ReaderOptions::new();
     options
         .traversal_limit_in_words(Some(body.len() / 8))
         .nesting_limit(NESTING_LIMIT);
-    // `read_message` copies into aligned words it owns, detaching the message from the
-    // connection's read buffer.
-    let mut rest = body;
-    let reader = capnp::serialize::read_message(&mut rest, options)
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(FrameError::Malformed(format!(
-            "{} trailing bytes after the message",
-            rest.len()
-        )));
-    }
-    if reader.get_segments().len() != 1 {
-        return Err(FrameError::Malformed("more than one segment".into()));
-    }
-    Ok(reader)
+    let segment = if segment.as_ptr().align_offset(8) == 0 {
+        Segment::Borrowed(segment)
+    } else {
+        let mut words = capnp::Word::allocate_zeroed_vec(segment.len() / 8);
+        capnp::Word::words_to_bytes_mut(&mut words).copy_from_slice(segment);
+        Segment::Owned(words)
+    };
+    Ok(capnp::message::Reader::new(segment, options))
 }
 
 /// Reads one frame body (without the length prefix). `Ok(None)` is a clean end of stream before a
@@ -205,10 +293,101 @@ mod tests {
         assert!(decode(&h).is_err());
     }
 
+    fn sdk_of(body: &[u8]) -> String {
+        let msg = decode(body).unwrap();
+        let f = msg.get_root::<frame::Reader>().unwrap();
+        let frame::Which::Hello(h) = f.which().unwrap() else {
+            panic!("not a hello")
+        };
+        h.unwrap().get_sdk().unwrap().to_string().unwrap()
+    }
+
+    #[test]
+    fn aligned_bodies_are_read_in_place_and_unaligned_ones_copied_alike() {
+        let bytes = hello();
+        let mut buf = FrameBuf::new();
+        buf.prepare(bytes.len() - 4).copy_from_slice(&bytes[4..]);
+        assert!(matches!(
+            decode(buf.bytes()).unwrap().into_segments(),
+            Segment::Borrowed(_)
+        ));
+        assert_eq!(sdk_of(buf.bytes()), "test");
+        // One byte off alignment: the same message, through a copy.
+        let mut shifted = vec![0u8; bytes.len() + 1];
+        shifted[1..bytes.len() - 3].copy_from_slice(&bytes[4..]);
+        let unaligned = &shifted[1..bytes.len() - 3];
+        assert_ne!(unaligned.as_ptr().align_offset(8), 0);
+        assert!(matches!(
+            decode(unaligned).unwrap().into_segments(),
+            Segment::Owned(_)
+        ));
+        assert_eq!(sdk_of(unaligned), "test");
+    }
+
+    #[test]
+    fn a_frame_buffer_is_reused_and_gives_back_what_a_large_frame_took() {
+        let mut buf = FrameBuf::new();
+        buf.prepare(100);
+        let small = buf.words.capacity();
+        buf.prepare(40);
+        assert_eq!(buf.bytes().len(), 40);
+        assert_eq!(
+            buf.words.capacity(),
+            small,
+            "a smaller frame reuses the buffer"
+        );
+        buf.prepare(1 << 20);
+        buf.prepare(100);
+        assert!(buf.words.capacity() * 8 <= KEEP_BYTES);
+    }
+
+    #[test]
+    fn frames_collect_in_one_buffer_and_one_over_the_limit_leaves_it_untouched() {
+        let mut out = Vec::new();
+        let mut m = builder_for(4);
+        m.init_root::<frame::Builder>().init_hello().set_sdk("test");
+        encode_into(&m, &mut out, MAX_FRAME).unwrap();
+        let one = out.len();
+        encode_into(&m, &mut out, MAX_FRAME).unwrap();
+        assert_eq!(out.len(), 2 * one);
+        let err = encode_into(&m, &mut out, 8).unwrap_err();
+        assert!(matches!(err, FrameError::TooLong { .. }), "{err}");
+        assert_eq!(out.len(), 2 * one);
+        let mut r = &out[..];
+        for _ in 0..2 {
+            let body = read_frame(&mut r, MAX_FRAME).unwrap().unwrap();
+            assert_eq!(sdk_of(&body), "test");
+        }
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_sized_builder_encodes_a_payload_without_a_second_segment() {
+        let payload = vec![9u8; 10_000];
+        let mut m = builder_for(payload.len());
+        let mut a = m.init_root::<frame::Builder>().init_answer();
+        a.set_message("some words");
+        a.set_payload(&payload);
+        assert_eq!(m.get_segments_for_output().len(), 1);
+    }
+
+    #[test]
+    fn a_segment_table_that_disagrees_with_the_length_is_malformed() {
+        let mut h = hello()[4..].to_vec();
+        h[4] += 1;
+        assert!(decode(&h).is_err());
+    }
+
     proptest::proptest! {
         #[test]
-        fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            if let Ok(msg) = decode(&bytes) {
+        fn decode_never_panics(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            shift in 0usize..8,
+        ) {
+            // At every alignment: in place and copied.
+            let mut shifted = vec![0u8; shift];
+            shifted.extend_from_slice(&bytes);
+            if let Ok(msg) = decode(&shifted[shift..]) {
                 if let Ok(f) = msg.get_root::<frame::Reader>() {
                     let _ = f.which();
                 }

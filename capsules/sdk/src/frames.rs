@@ -3,23 +3,17 @@
 
 use std::time::Duration;
 
-use capnp::message::{Builder, HeapAllocator};
 use elastos_schema::wire_capnp::{frame, Status};
 use elastos_schema::{token_capnp, wire, Action};
 
 use crate::{CallError, Caller, ErrorKind, Grant, Incoming, SdkError};
 
-/// Room for the fixed parts of any frame besides its variable-length fields.
-const FIXED_WORDS: usize = 32;
-
-/// Builds one frame in a first segment big enough for `variable` bytes of fields, so that
-/// `wire::encode` never has to flatten a second segment (a copy of the whole payload).
+/// Builds one frame sized for `variable` bytes of fields (see [`wire::builder_for`]).
 fn build(
     variable: usize,
     fill: impl FnOnce(frame::Builder<'_>) -> capnp::Result<()>,
 ) -> Result<Vec<u8>, SdkError> {
-    let words = u32::try_from(variable / 8 + FIXED_WORDS).unwrap_or(u32::MAX);
-    let mut m = Builder::new(HeapAllocator::new().first_segment_words(words));
+    let mut m = wire::builder_for(variable);
     fill(m.init_root::<frame::Builder>())
         .map_err(|e| SdkError::Protocol(format!("building a frame: {e}")))?;
     wire::encode(&m).map_err(|e| SdkError::Protocol(format!("encoding a frame: {e}")))

@@ -159,13 +159,13 @@ impl Actor for CapsuleActor {
         myself: ActorRef<Msg>,
         spec: Spec,
     ) -> Result<CapsuleState, ActorProcessingErr> {
-        let peer = Arc::new(Peer {
-            name: spec.name.clone(),
-            cid: spec.stored.cid.clone(),
-            publisher: spec.publisher_label.clone(),
-            first_party: spec.first_party,
-            manifest: Arc::new(spec.stored.manifest.clone()),
-        });
+        let peer = Arc::new(Peer::new(
+            spec.name.clone(),
+            spec.stored.cid.clone(),
+            spec.publisher_label.clone(),
+            spec.first_party,
+            Arc::new(spec.stored.manifest.clone()),
+        ));
         let log = Arc::new(CapsuleLog::open(&self.shared.logs_dir, &spec.name));
         myself.cast(Msg::Start)?;
         Ok(CapsuleState {
@@ -482,7 +482,7 @@ impl CapsuleActor {
                     .audit_sync(
                         "supervisor",
                         "capsule.start",
-                        &st.peer.actor(),
+                        st.peer.actor(),
                         Decision::Info,
                         &{
                             let without: Vec<&str> = st
@@ -524,7 +524,7 @@ impl CapsuleActor {
             .audit_sync(
                 "supervisor",
                 "capsule.failed",
-                &st.peer.actor(),
+                st.peer.actor(),
                 Decision::Info,
                 why,
                 None,
@@ -542,7 +542,7 @@ impl CapsuleActor {
                 .audit_sync(
                     "supervisor",
                     "capsule.seccomp",
-                    &st.peer.actor(),
+                    st.peer.actor(),
                     Decision::Denied,
                     why,
                     None,
@@ -553,7 +553,7 @@ impl CapsuleActor {
             .audit_sync(
                 "supervisor",
                 "capsule.exit",
-                &st.peer.actor(),
+                st.peer.actor(),
                 Decision::Info,
                 &format!("exit code {code}"),
                 None,

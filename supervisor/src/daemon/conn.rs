@@ -43,19 +43,39 @@ pub struct Peer {
     pub publisher: String,
     pub first_party: bool,
     pub manifest: Arc<Manifest>,
+    /// Its name in audit records, made once: every call is audited under it.
+    actor: String,
 }
 
 impl Peer {
-    pub fn actor(&self) -> String {
-        format!("capsule:{}@{}", self.name, self.cid)
+    pub fn new(
+        name: String,
+        cid: String,
+        publisher: String,
+        first_party: bool,
+        manifest: Arc<Manifest>,
+    ) -> Peer {
+        let actor = format!("capsule:{name}@{cid}");
+        Peer {
+            name,
+            cid,
+            publisher,
+            first_party,
+            manifest,
+            actor,
+        }
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.actor
     }
 }
 
-/// What a provider answered to one incoming call.
-struct ReplyData {
+/// What a provider answered to one incoming call, read in place from its frame.
+struct ReplyView<'a> {
     status: Status,
     message: String,
-    payload: Vec<u8>,
+    payload: &'a [u8],
 }
 
 /// The shared handle of a live connection: how others reach this capsule.
@@ -157,7 +177,7 @@ pub async fn serve(
                 peer.name,
                 super::outbox::MAX_QUEUED
             );
-            shared.audit_now(&peer.actor(), "wire.stalled", "", Decision::Denied, &why, None);
+            shared.audit_now(peer.actor(), "wire.stalled", "", Decision::Denied, &why, None);
             why
         }
     };
@@ -199,6 +219,8 @@ async fn read_loop(
     let max = wire::MAX_FRAME;
     let mut greeted = false;
     let mut batch = Batch::default();
+    // One aligned buffer for every frame of this connection, decoded in place.
+    let mut body = wire::FrameBuf::new();
     loop {
         // Whatever this read brought is handled: send it before waiting for the socket again.
         if !whole_frame_buffered(rd.buffer()) || batch.is_full() {
@@ -212,7 +234,7 @@ async fn read_loop(
         if len > max {
             let why = format!("frame of {len} bytes exceeds the limit of {max}; connection closed");
             shared.audit_now(
-                &conn.peer.actor(),
+                conn.peer.actor(),
                 "wire.oversized",
                 "",
                 Decision::Denied,
@@ -221,11 +243,11 @@ async fn read_loop(
             );
             return why;
         }
-        let mut body = vec![0u8; len as usize];
-        if rd.read_exact(&mut body).await.is_err() {
+        if rd.read_exact(body.prepare(len as usize)).await.is_err() {
             return "socket closed inside a frame".into();
         }
-        let parsed = parse(&body);
+        let msg = wire::decode(body.bytes());
+        let parsed = parse(&msg);
         // Only calls and replies join the batch; anything else may wait, so first send it.
         if !matches!(parsed, Parsed::Call(..) | Parsed::Reply(..)) {
             batch.flush(shared);
@@ -256,7 +278,7 @@ async fn read_loop(
                     );
                     answer_back(conn, 0, Status::BadRequest, &why).await;
                     shared.audit_now(
-                        &conn.peer.actor(),
+                        conn.peer.actor(),
                         "wire.hello",
                         "",
                         Decision::Denied,
@@ -291,7 +313,7 @@ async fn read_loop(
             }
             Parsed::Call(id, Err(e)) => {
                 batch.flush(shared);
-                shared.audit_now(&conn.peer.actor(), "call", "", Decision::Denied, &e, None);
+                shared.audit_now(conn.peer.actor(), "call", "", Decision::Denied, &e, None);
                 answer_back(conn, id, Status::BadRequest, &e).await;
             }
             Parsed::Reply(id, reply) => {
@@ -308,11 +330,10 @@ async fn read_loop(
                     } else {
                         Status::ProviderError
                     };
-                    if let Some(frame) =
-                        answer_frame(p.call_id, status, &reply.message, &reply.payload)
-                    {
-                        batch.add(&p.caller, frame, None);
-                    }
+                    let _ = batch.add_with(&p.caller, None, |out| {
+                        answer_into(out, p.call_id, status, &reply.message, reply.payload);
+                        Ok::<(), ()>(())
+                    });
                     p.caller.call_done();
                 }
             }
@@ -332,12 +353,13 @@ async fn read_loop(
     }
 }
 
-/// A frame from a capsule, read out of its Cap'n Proto message into owned values (readers are
-/// not `Send` and must not live across an await).
-enum Parsed {
+/// A frame from a capsule. Calls and replies, the frames every call is made of, borrow their
+/// fields from the frame; the others are read into owned values. (Readers are not `Send` and
+/// must not live across an await: only plain slices and strings are kept.)
+enum Parsed<'a> {
     Hello(u16),
-    Call(u64, Result<CallData, String>),
-    Reply(u64, ReplyData),
+    Call(u64, Result<CallView<'a>, String>),
+    Reply(u64, ReplyView<'a>),
     RequestToken {
         id: u64,
         resource: String,
@@ -353,8 +375,8 @@ enum Parsed {
     Malformed(String),
 }
 
-fn parse(body: &[u8]) -> Parsed {
-    let msg = match wire::decode(body) {
+fn parse<'a>(msg: &'a Result<wire::Message<'_>, FrameError>) -> Parsed<'a> {
+    let msg = match msg {
         Ok(m) => m,
         Err(e) => return Parsed::Malformed(e.to_string()),
     };
@@ -368,10 +390,10 @@ fn parse(body: &[u8]) -> Parsed {
         Ok(frame::Which::Call(Ok(c))) => Parsed::Call(c.get_id(), read_call(&c)),
         Ok(frame::Which::Reply(Ok(r))) => Parsed::Reply(
             r.get_id(),
-            ReplyData {
+            ReplyView {
                 status: r.get_status().unwrap_or(Status::ProviderError),
                 message: text(r.get_message()),
-                payload: r.get_payload().map(|p| p.to_vec()).unwrap_or_default(),
+                payload: r.get_payload().unwrap_or_default(),
             },
         ),
         Ok(frame::Which::RequestToken(Ok(t))) => {
@@ -406,27 +428,59 @@ fn parse(body: &[u8]) -> Parsed {
     }
 }
 
+/// A call, read in place from its frame.
+#[derive(Clone, Copy)]
+struct CallView<'a> {
+    target: &'a str,
+    action: Action,
+    token: &'a [u8],
+    payload: &'a [u8],
+    deadline_ms: u32,
+}
+
+/// A call that waits for the audit log in a task of its own (its frame's buffer is reused).
 struct CallData {
     target: String,
     action: Action,
-    token: Vec<u8>,
     payload: Vec<u8>,
     deadline_ms: u32,
 }
 
-fn read_call(c: &elastos_schema::wire_capnp::call::Reader<'_>) -> Result<CallData, String> {
+impl CallView<'_> {
+    fn owned(&self) -> CallData {
+        CallData {
+            target: self.target.to_string(),
+            action: self.action,
+            payload: self.payload.to_vec(),
+            deadline_ms: self.deadline_ms,
+        }
+    }
+}
+
+impl CallData {
+    fn view(&self) -> CallView<'_> {
+        CallView {
+            target: &self.target,
+            action: self.action,
+            token: &[],
+            payload: &self.payload,
+            deadline_ms: self.deadline_ms,
+        }
+    }
+}
+
+fn read_call<'a>(c: &elastos_schema::wire_capnp::call::Reader<'a>) -> Result<CallView<'a>, String> {
     let target = c
         .get_target()
         .map_err(|e| e.to_string())?
         .to_str()
-        .map_err(|_| "the target is not UTF-8".to_string())?
-        .to_string();
+        .map_err(|_| "the target is not UTF-8".to_string())?;
     let action = Action::from(c.get_action().map_err(|_| "unknown action".to_string())?);
-    Ok(CallData {
+    Ok(CallView {
         target,
         action,
-        token: c.get_token().map_err(|e| e.to_string())?.to_vec(),
-        payload: c.get_payload().map_err(|e| e.to_string())?.to_vec(),
+        token: c.get_token().map_err(|e| e.to_string())?,
+        payload: c.get_payload().map_err(|e| e.to_string())?,
         deadline_ms: c.get_deadline_ms(),
     })
 }
@@ -476,25 +530,27 @@ async fn answer_back(conn: &Conn, id: u64, status: Status, message: &str) {
 }
 
 fn answer_frame(id: u64, status: Status, message: &str, payload: &[u8]) -> Option<Vec<u8>> {
-    let encode = |status: Status, message: &str, payload: &[u8]| {
-        let mut m = Builder::new_default();
+    let mut out = Vec::new();
+    answer_into(&mut out, id, status, message, payload);
+    (!out.is_empty()).then_some(out)
+}
+
+/// Appends an answer frame to `out`.
+fn answer_into(out: &mut Vec<u8>, id: u64, status: Status, message: &str, payload: &[u8]) {
+    let encode = |out: &mut Vec<u8>, status: Status, message: &str, payload: &[u8]| {
+        let mut m = wire::builder_for(message.len() + payload.len());
         let mut a = m.init_root::<frame::Builder>().init_answer();
         a.set_id(id);
         a.set_status(status);
         a.set_message(message);
         a.set_payload(payload);
-        wire::encode(&m).and_then(fits)
+        wire::encode_into(&m, out, wire::MAX_FRAME)
     };
-    match encode(status, message, payload) {
-        Ok(f) => Some(f),
+    if let Err(e) = encode(out, status, message, payload) {
         // A provider's payload that, with the answer around it, exceeds a frame: the caller
         // hears why instead of waiting for its deadline.
-        Err(e) => encode(
-            Status::ProviderError,
-            &format!("the answer does not fit one frame ({e}); use a stream"),
-            &[],
-        )
-        .ok(),
+        let why = format!("the answer does not fit one frame ({e}); use a stream");
+        let _ = encode(out, Status::ProviderError, &why, &[]);
     }
 }
 
@@ -502,7 +558,7 @@ async fn malformed(shared: &Shared, conn: &Conn, why: &str) {
     let why = format!("malformed frame: {why}");
     // The connection goes on; denials are coalesced by the audit log under a flood.
     shared.audit_now(
-        &conn.peer.actor(),
+        conn.peer.actor(),
         "wire.malformed",
         "",
         Decision::Denied,
@@ -515,9 +571,15 @@ async fn malformed(shared: &Shared, conn: &Conn, why: &str) {
 /// A call from `conn`: checked, audited and forwarded without waiting, unless a durable
 /// record must come first (a denial, a max-uses token, a strict node): then a task of its own
 /// waits for the audit log and the reader goes on.
-fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData, batch: &mut Batch) {
+fn handle_call(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    id: u64,
+    call: CallView<'_>,
+    batch: &mut Batch,
+) {
     let actor = conn.peer.actor();
-    let route = shared.route_for(&call.target);
+    let route = shared.route_for(call.target);
     let classification = route
         .as_ref()
         .map_or(Classification::Internal, |r| r.classification);
@@ -525,22 +587,23 @@ fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData, 
         let req = CallRequest {
             caller_name: &conn.peer.name,
             caller_cid: Some(&conn.peer.cid),
-            resource: &call.target,
+            resource: call.target,
             action: call.action,
             classification,
         };
         let mut authority = shared.authority.lock().unwrap_or_else(|e| e.into_inner());
-        authority.check_bytes(&call.token, &req, now_unix(), true)
+        authority.check_bytes(call.token, &req, now_unix(), true)
     };
     let token = match checked {
         Ok(t) => t,
         Err(denial) => {
             let why = format!("{}: {}", denial.check.as_str(), denial.reason);
-            let (shared, conn) = (shared.clone(), conn.clone());
+            let (shared, conn, target) = (shared.clone(), conn.clone(), call.target.to_string());
             // Denials are durable before the answer goes out.
             tokio::spawn(async move {
+                let actor = conn.peer.actor();
                 if shared
-                    .audit_sync(&actor, "call", &call.target, Decision::Denied, &why, None)
+                    .audit_sync(actor, "call", &target, Decision::Denied, &why, None)
                     .await
                 {
                     answer_back(&conn, id, Status::Denied, &format!("denied: {why}")).await;
@@ -555,14 +618,7 @@ fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData, 
     let token_id = Some(token.id.to_string());
     let Some(route) = route else {
         let why = format!("no capsule serves `{}`", call.target);
-        shared.audit_now(
-            &actor,
-            "call",
-            &call.target,
-            Decision::Denied,
-            &why,
-            token_id,
-        );
+        shared.audit_now(actor, "call", call.target, Decision::Denied, &why, token_id);
         answer_error(conn, id, Status::NotFound, &why);
         conn.call_done();
         return;
@@ -570,11 +626,12 @@ fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData, 
     let reason = format!("{} via {}", call.action, route.conn.peer.name);
     // Calls under a max-uses token, and every call on a strict node, are durable first.
     if token.max_uses > 0 || shared.config.audit.strict {
-        let (shared, conn) = (shared.clone(), conn.clone());
+        let (shared, conn, call) = (shared.clone(), conn.clone(), call.owned());
         tokio::spawn(async move {
+            let actor = conn.peer.actor();
             if shared
                 .audit_sync(
-                    &actor,
+                    actor,
                     "call",
                     &call.target,
                     Decision::Allowed,
@@ -583,7 +640,7 @@ fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData, 
                 )
                 .await
             {
-                forward(&shared, &conn, id, call, &route, None);
+                forward(&shared, &conn, id, call.view(), &route, None);
             } else {
                 answer_error(&conn, id, Status::Unavailable, "audit unavailable");
                 conn.call_done();
@@ -597,14 +654,14 @@ fn handle_call(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u64, call: CallData, 
         return;
     }
     // Answered at once; the record is made durable by group commit within 10 ms.
-    shared.audit_now(
-        &actor,
-        "call",
-        &call.target,
-        Decision::Allowed,
-        &reason,
-        token_id,
-    );
+    shared.audit_owned(Event {
+        actor: actor.to_string(),
+        action: "call".to_string(),
+        resource: call.target.to_string(),
+        decision: Decision::Allowed,
+        reason,
+        token: token_id,
+    });
     forward(shared, conn, id, call, &route, Some(batch));
 }
 
@@ -614,9 +671,9 @@ fn forward(
     shared: &Shared,
     conn: &Arc<Conn>,
     id: u64,
-    call: CallData,
+    call: CallView<'_>,
     route: &Route,
-    batch: Option<&mut Batch>,
+    mut batch: Option<&mut Batch>,
 ) {
     let max = shared.config.supervisor.call_deadline;
     let deadline = if call.deadline_ms == 0 {
@@ -627,33 +684,43 @@ fn forward(
     let provider = &route.conn;
     provider.calls.fetch_add(1, Ordering::Relaxed);
     let incoming_id = provider.next_incoming.fetch_add(1, Ordering::Relaxed);
-    let frame = {
-        let mut m = Builder::new_default();
+    let peer = &conn.peer;
+    let mut m = wire::builder_for(
+        peer.name.len()
+            + peer.cid.len()
+            + peer.publisher.len()
+            + call.target.len()
+            + call.payload.len(),
+    );
+    {
         let mut inc = m.init_root::<frame::Builder>().init_incoming();
         inc.set_id(incoming_id);
         {
             let mut caller = inc.reborrow().init_caller();
-            caller.set_name(&conn.peer.name);
-            caller.set_cid(&conn.peer.cid);
-            caller.set_publisher(&conn.peer.publisher);
+            caller.set_name(&peer.name);
+            caller.set_cid(&peer.cid);
+            caller.set_publisher(&peer.publisher);
         }
         inc.set_action(token_capnp::Action::from(call.action));
-        inc.set_resource(&call.target);
-        inc.set_payload(&call.payload);
+        inc.set_resource(call.target);
+        inc.set_payload(call.payload);
         inc.set_deadline_ms(u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX));
-        wire::encode(&m).and_then(fits)
+    }
+    // Encoded straight into the batch's buffer for this provider, or a buffer of its own.
+    let encode = |out: &mut Vec<u8>| wire::encode_into(&m, out, wire::MAX_FRAME);
+    let mut own = Vec::new();
+    let encoded = match batch.as_deref_mut() {
+        Some(b) => b.add_with(provider, Some(incoming_id), encode),
+        None => encode(&mut own),
     };
-    let frame = match frame {
-        Ok(f) => f,
-        Err(e) => {
-            let why = format!(
-                "the call does not fit one frame with its caller's details ({e}); use a stream"
-            );
-            answer_error(conn, id, Status::BadRequest, &why);
-            conn.call_done();
-            return;
-        }
-    };
+    if let Err(e) = encoded {
+        let why = format!(
+            "the call does not fit one frame with its caller's details ({e}); use a stream"
+        );
+        answer_error(conn, id, Status::BadRequest, &why);
+        conn.call_done();
+        return;
+    }
     // Registered before it is sent: the reply may come back before `send` returns.
     provider
         .pending
@@ -664,14 +731,13 @@ fn forward(
             Pending {
                 caller: conn.clone(),
                 call_id: id,
-                target: call.target,
+                target: call.target.to_string(),
                 deadline: Instant::now() + deadline,
             },
         );
     shared.pending_added();
-    match batch {
-        Some(b) => b.add(provider, frame, Some(incoming_id)),
-        None => deliver(shared, provider, frame, &[incoming_id], false),
+    if batch.is_none() {
+        deliver(shared, provider, own, &[incoming_id], false);
     }
 }
 
@@ -727,13 +793,20 @@ struct Outgoing {
 const BATCH_BYTES: usize = 256 * 1024;
 
 impl Batch {
-    fn add(&mut self, to: &Arc<Conn>, frame: Vec<u8>, forwarded: Option<u64>) {
+    /// Lets `encode` append one frame for `to` (a call forwarded under `forwarded`, or an
+    /// answer); an `encode` that fails must leave the buffer as it was.
+    fn add_with<E>(
+        &mut self,
+        to: &Arc<Conn>,
+        forwarded: Option<u64>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let entry = match self.out.iter_mut().position(|o| Arc::ptr_eq(&o.to, to)) {
             Some(i) => &mut self.out[i],
             None => {
                 self.out.push(Outgoing {
                     to: to.clone(),
-                    frames: Vec::with_capacity(frame.len()),
+                    frames: Vec::new(),
                     forwarded: Vec::new(),
                     answers: false,
                 });
@@ -741,11 +814,12 @@ impl Batch {
                 &mut self.out[last]
             }
         };
-        entry.frames.extend_from_slice(&frame);
+        encode(&mut entry.frames)?;
         match forwarded {
             Some(id) => entry.forwarded.push(id),
             None => entry.answers = true,
         }
+        Ok(())
     }
 
     fn is_full(&self) -> bool {
@@ -753,7 +827,7 @@ impl Batch {
     }
 
     fn flush(&mut self, shared: &Shared) {
-        for o in self.out.drain(..) {
+        for o in self.out.drain(..).filter(|o| !o.frames.is_empty()) {
             deliver(shared, &o.to, o.frames, &o.forwarded, o.answers);
         }
     }
@@ -788,7 +862,7 @@ pub async fn sweep_deadlines(shared: Arc<Shared>) {
                 shared.pending_done();
                 let why = format!("`{}` did not answer in time", provider.peer.name);
                 shared.audit_now(
-                    &p.caller.peer.actor(),
+                    p.caller.peer.actor(),
                     "call.timeout",
                     &p.target,
                     Decision::Info,
@@ -858,7 +932,7 @@ async fn request_token(
                     let why = format!("policy={}: {reason}", policy::NAME);
                     let audited = shared
                         .audit_sync(
-                            &actor,
+                            actor,
                             "token.grant",
                             &granted,
                             Decision::Allowed,
@@ -889,7 +963,7 @@ async fn request_token(
             let why = format!("policy={}: {why}", policy::NAME);
             shared
                 .audit_sync(
-                    &actor,
+                    actor,
                     "token.request",
                     resource,
                     Decision::Denied,
@@ -971,7 +1045,7 @@ async fn serve_namespace(
         Ok(c) => {
             shared
                 .audit_sync(
-                    &actor,
+                    actor,
                     "serve",
                     pattern,
                     Decision::Allowed,
@@ -983,7 +1057,7 @@ async fn serve_namespace(
         }
         Err(why) => {
             shared
-                .audit_sync(&actor, "serve", pattern, Decision::Denied, &why, None)
+                .audit_sync(actor, "serve", pattern, Decision::Denied, &why, None)
                 .await;
             (Status::Denied, why)
         }
@@ -1007,6 +1081,11 @@ pub fn now_unix() -> i64 {
 
 /// Audits a wire event without waiting; used where the answer does not depend on it.
 impl Shared {
+    /// [`Shared::audit_now`] for an event already made: the per-call record copies nothing.
+    pub fn audit_owned(&self, ev: Event) {
+        self.audit.submit(ev, Durability::Group, |_| {});
+    }
+
     pub fn audit_now(
         &self,
         actor: &str,
@@ -1076,5 +1155,85 @@ impl Shared {
             let _ = tx.send(r.is_ok());
         });
         rx.await.unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads every answer in `buf`: (id, status, message, payload length).
+    fn answers(buf: &[u8]) -> Vec<(u64, Status, String, usize)> {
+        let mut r = buf;
+        let mut out = Vec::new();
+        while let Some(body) = wire::read_frame(&mut r, u32::MAX).unwrap() {
+            let msg = wire::decode(&body).unwrap();
+            let f = msg.get_root::<frame::Reader>().unwrap();
+            let frame::Which::Answer(a) = f.which().unwrap() else {
+                panic!("not an answer")
+            };
+            let a = a.unwrap();
+            out.push((
+                a.get_id(),
+                a.get_status().unwrap(),
+                a.get_message().unwrap().to_string().unwrap(),
+                a.get_payload().unwrap().len(),
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn answers_collect_in_one_buffer_and_one_too_big_for_a_frame_says_so() {
+        let mut buf = Vec::new();
+        answer_into(&mut buf, 1, Status::Ok, "", b"hello");
+        answer_into(
+            &mut buf,
+            2,
+            Status::Ok,
+            "",
+            &vec![0; wire::MAX_FRAME as usize],
+        );
+        answer_into(&mut buf, 3, Status::NotFound, "no such thing", &[]);
+        let got = answers(&buf);
+        assert_eq!(got.len(), 3);
+        assert_eq!((got[0].0, got[0].1, got[0].3), (1, Status::Ok, 5));
+        assert_eq!(
+            (got[1].0, got[1].1, got[1].3),
+            (2, Status::ProviderError, 0)
+        );
+        assert!(got[1].2.contains("does not fit one frame"), "{}", got[1].2);
+        assert_eq!((got[2].0, got[2].1), (3, Status::NotFound));
+        assert_eq!(got[2].2, "no such thing");
+    }
+
+    #[test]
+    fn a_call_is_read_in_place_and_kept_whole_when_it_must_wait() {
+        let mut m = wire::builder_for(64);
+        {
+            let mut c = m.init_root::<frame::Builder>().init_call();
+            c.set_id(7);
+            c.set_target("localhost://echo/x");
+            c.set_action(token_capnp::Action::Write);
+            c.set_token(b"tok");
+            c.set_payload(b"payload");
+            c.set_deadline_ms(250);
+        }
+        let frame = wire::encode(&m).unwrap();
+        let mut buf = wire::FrameBuf::new();
+        buf.prepare(frame.len() - 4).copy_from_slice(&frame[4..]);
+        let msg = wire::decode(buf.bytes());
+        let Parsed::Call(7, Ok(view)) = parse(&msg) else {
+            panic!("not a call")
+        };
+        assert_eq!(view.target, "localhost://echo/x");
+        assert_eq!(view.action, Action::Write);
+        assert_eq!(view.token, b"tok");
+        let owned = view.owned();
+        let again = owned.view();
+        assert_eq!(
+            (again.target, again.payload, again.deadline_ms),
+            ("localhost://echo/x", &b"payload"[..], 250)
+        );
     }
 }
