@@ -191,6 +191,28 @@ pub fn decode(body: &[u8]) -> Result<Message<'_>, FrameError> {
 /// Reads one frame body (without the length prefix). `Ok(None)` is a clean end of stream before a
 /// frame began; a stream that ends inside a frame is an error.
 pub fn read_frame(r: &mut impl Read, max: u32) -> Result<Option<Vec<u8>>, FrameError> {
+    let Some(len) = read_len(r, max)? else {
+        return Ok(None);
+    };
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(Some(body))
+}
+
+/// [`read_frame`] into a reusable buffer: `Ok(false)` at a clean end of stream.
+pub fn read_frame_into(
+    r: &mut impl Read,
+    max: u32,
+    buf: &mut FrameBuf,
+) -> Result<bool, FrameError> {
+    let Some(len) = read_len(r, max)? else {
+        return Ok(false);
+    };
+    r.read_exact(buf.prepare(len))?;
+    Ok(true)
+}
+
+fn read_len(r: &mut impl Read, max: u32) -> Result<Option<usize>, FrameError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -206,9 +228,7 @@ pub fn read_frame(r: &mut impl Read, max: u32) -> Result<Option<Vec<u8>>, FrameE
     if len > max {
         return Err(FrameError::TooLong { len, max });
     }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body)?;
-    Ok(Some(body))
+    Ok(Some(len as usize))
 }
 
 /// Writes an encoded frame (as made by [`encode`]) in one call.
@@ -277,6 +297,24 @@ mod tests {
         let bytes = hello();
         assert!(read_frame(&mut &bytes[..bytes.len() - 1], MAX_FRAME).is_err());
         assert!(read_frame(&mut &bytes[..2], MAX_FRAME).is_err());
+        let mut buf = FrameBuf::new();
+        assert!(!read_frame_into(&mut &[][..], MAX_FRAME, &mut buf).unwrap());
+        assert!(read_frame_into(&mut &bytes[..bytes.len() - 1], MAX_FRAME, &mut buf).is_err());
+        let err = read_frame_into(&mut &bytes[..], 8, &mut buf).unwrap_err();
+        assert!(matches!(err, FrameError::TooLong { .. }), "{err}");
+    }
+
+    #[test]
+    fn frames_read_into_one_buffer_one_after_another() {
+        let mut two = hello();
+        two.extend_from_slice(&hello());
+        let mut r = &two[..];
+        let mut buf = FrameBuf::new();
+        for _ in 0..2 {
+            assert!(read_frame_into(&mut r, MAX_FRAME, &mut buf).unwrap());
+            assert_eq!(sdk_of(buf.bytes()), "test");
+        }
+        assert!(!read_frame_into(&mut r, MAX_FRAME, &mut buf).unwrap());
     }
 
     #[test]

@@ -346,9 +346,9 @@ struct Head {
 /// Lower-case hex of a hash, without `hex::encode`'s per-character iterator (one per record).
 fn hex_of(bytes: &[u8; 32]) -> String {
     let mut out = [0u8; 64];
-    // Cannot fail: the output is exactly twice the input.
+    // Cannot fail: the output is exactly twice the input, and hex is ASCII.
     let _ = hex::encode_to_slice(bytes, &mut out);
-    out.iter().map(|&b| b as char).collect()
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn now_text() -> String {

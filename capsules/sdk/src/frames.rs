@@ -8,19 +8,23 @@ use elastos_schema::{token_capnp, wire, Action};
 
 use crate::{CallError, Caller, ErrorKind, Grant, Incoming, SdkError};
 
-/// Builds one frame sized for `variable` bytes of fields (see [`wire::builder_for`]).
+/// Builds one frame sized for `variable` bytes of fields (see [`wire::builder_for`]) and
+/// encodes it into `out`, the capsule's reused send buffer, in place of what it held.
 fn build(
+    out: &mut Vec<u8>,
     variable: usize,
     fill: impl FnOnce(frame::Builder<'_>) -> capnp::Result<()>,
-) -> Result<Vec<u8>, SdkError> {
+) -> Result<(), SdkError> {
+    out.clear();
     let mut m = wire::builder_for(variable);
     fill(m.init_root::<frame::Builder>())
         .map_err(|e| SdkError::Protocol(format!("building a frame: {e}")))?;
-    wire::encode(&m).map_err(|e| SdkError::Protocol(format!("encoding a frame: {e}")))
+    wire::encode_into(&m, out, u32::MAX)
+        .map_err(|e| SdkError::Protocol(format!("encoding a frame: {e}")))
 }
 
-pub(crate) fn hello(version: u16, sdk: &str) -> Result<Vec<u8>, SdkError> {
-    build(sdk.len(), |f| {
+pub(crate) fn hello(out: &mut Vec<u8>, version: u16, sdk: &str) -> Result<(), SdkError> {
+    build(out, sdk.len(), |f| {
         let mut h = f.init_hello();
         h.set_version(version);
         h.set_sdk(sdk);
@@ -29,14 +33,15 @@ pub(crate) fn hello(version: u16, sdk: &str) -> Result<Vec<u8>, SdkError> {
 }
 
 pub(crate) fn call(
+    out: &mut Vec<u8>,
     id: u64,
     target: &str,
     action: Action,
     token: &[u8],
     payload: &[u8],
     deadline_ms: u32,
-) -> Result<Vec<u8>, SdkError> {
-    build(target.len() + token.len() + payload.len(), |f| {
+) -> Result<(), SdkError> {
+    build(out, target.len() + token.len() + payload.len(), |f| {
         let mut c = f.init_call();
         c.set_id(id);
         c.set_target(target);
@@ -49,30 +54,40 @@ pub(crate) fn call(
 }
 
 pub(crate) fn request_token(
+    out: &mut Vec<u8>,
     id: u64,
     resource: &str,
     actions: &[Action],
     reason: &str,
     ttl_seconds: u32,
-) -> Result<Vec<u8>, SdkError> {
-    build(resource.len() + reason.len() + actions.len() * 2, |f| {
-        let mut r = f.init_request_token();
-        r.set_id(id);
-        r.set_resource(resource);
-        r.set_reason(reason);
-        r.set_ttl_seconds(ttl_seconds);
-        let n = u32::try_from(actions.len())
-            .map_err(|_| capnp::Error::failed("too many actions".into()))?;
-        let mut list = r.init_actions(n);
-        for (i, a) in (0..n).zip(actions) {
-            list.set(i, token_capnp::Action::from(*a));
-        }
-        Ok(())
-    })
+) -> Result<(), SdkError> {
+    build(
+        out,
+        resource.len() + reason.len() + actions.len() * 2,
+        |f| {
+            let mut r = f.init_request_token();
+            r.set_id(id);
+            r.set_resource(resource);
+            r.set_reason(reason);
+            r.set_ttl_seconds(ttl_seconds);
+            let n = u32::try_from(actions.len())
+                .map_err(|_| capnp::Error::failed("too many actions".into()))?;
+            let mut list = r.init_actions(n);
+            for (i, a) in (0..n).zip(actions) {
+                list.set(i, token_capnp::Action::from(*a));
+            }
+            Ok(())
+        },
+    )
 }
 
-pub(crate) fn serve(id: u64, pattern: &str, token: &[u8]) -> Result<Vec<u8>, SdkError> {
-    build(pattern.len() + token.len(), |f| {
+pub(crate) fn serve(
+    out: &mut Vec<u8>,
+    id: u64,
+    pattern: &str,
+    token: &[u8],
+) -> Result<(), SdkError> {
+    build(out, pattern.len() + token.len(), |f| {
         let mut s = f.init_serve();
         s.set_id(id);
         s.set_pattern(pattern);
@@ -82,12 +97,13 @@ pub(crate) fn serve(id: u64, pattern: &str, token: &[u8]) -> Result<Vec<u8>, Sdk
 }
 
 pub(crate) fn reply(
+    out: &mut Vec<u8>,
     id: u64,
     status: Status,
     message: &str,
     payload: &[u8],
-) -> Result<Vec<u8>, SdkError> {
-    build(message.len() + payload.len(), |f| {
+) -> Result<(), SdkError> {
+    build(out, message.len() + payload.len(), |f| {
         let mut r = f.init_reply();
         r.set_id(id);
         r.set_status(status);

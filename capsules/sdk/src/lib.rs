@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use elastos_schema::versions;
 use elastos_schema::wire_capnp::Status;
 
-pub use elastos_schema::wire::FrameError;
+pub use elastos_schema::wire::{FrameBuf, FrameError};
 pub use elastos_schema::Action;
 pub use error::{CallError, ErrorKind, SdkError};
 pub use transport::Transport;
@@ -181,6 +181,10 @@ impl Dead {
 /// A capsule's connection to its supervisor.
 pub struct Capsule<T: Transport> {
     transport: T,
+    /// Every frame is received into this buffer and decoded in place,
+    rx: FrameBuf,
+    /// and encoded into this one to be sent: no allocation per frame for either.
+    tx: Vec<u8>,
     name: String,
     cid: String,
     max_frame: u32,
@@ -220,6 +224,8 @@ impl<T: Transport> Capsule<T> {
     pub fn with_transport(transport: T) -> Result<Self, SdkError> {
         let mut capsule = Capsule {
             transport,
+            rx: FrameBuf::new(),
+            tx: Vec::new(),
             name: String::new(),
             cid: String::new(),
             max_frame: 0,
@@ -236,13 +242,14 @@ impl<T: Transport> Capsule<T> {
             clock: Box::new(unix_now),
         };
         let sdk = format!("elastos-sdk {} {SUBSTRATE}", env!("CARGO_PKG_VERSION"));
-        capsule.send(&frames::hello(versions::WIRE, &sdk)?)?;
-        let body = match capsule.transport.recv() {
-            Ok(Some(body)) => body,
-            Ok(None) => return Err(SdkError::Closed),
+        frames::hello(&mut capsule.tx, versions::WIRE, &sdk)?;
+        capsule.send_tx()?;
+        match capsule.transport.recv_into(&mut capsule.rx) {
+            Ok(true) => {}
+            Ok(false) => return Err(SdkError::Closed),
             Err(e) => return Err(frame_error(e)),
-        };
-        match frames::parse(&body)? {
+        }
+        match frames::parse(capsule.rx.bytes())? {
             Event::Welcome {
                 version,
                 name,
@@ -315,9 +322,9 @@ impl<T: Transport> Capsule<T> {
         let ttl_seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let ttl_seconds = u32::try_from(ttl_seconds).unwrap_or(u32::MAX);
         let id = self.next_request;
-        let frame = frames::request_token(id, resource, actions, reason, ttl_seconds)?;
-        self.check_fits(&frame, resource.len() + reason.len())?;
-        self.send(&frame)?;
+        frames::request_token(&mut self.tx, id, resource, actions, reason, ttl_seconds)?;
+        self.check_fits(resource.len() + reason.len())?;
+        self.send_tx()?;
         self.next_request += 1;
         self.tokens.insert(id, None);
         let grant = self.block_on(|c| match c.tokens.get(&id) {
@@ -363,7 +370,8 @@ impl<T: Transport> Capsule<T> {
         let cached = &self.grants[index];
         let serial = cached.serial;
         let id = self.next_call;
-        let frame = frames::call(
+        frames::call(
+            &mut self.tx,
             id,
             target,
             action,
@@ -371,8 +379,8 @@ impl<T: Transport> Capsule<T> {
             payload,
             deadline_ms,
         )?;
-        self.check_fits(&frame, payload.len())?;
-        self.send(&frame)?;
+        self.check_fits(payload.len())?;
+        self.send_tx()?;
         self.next_call += 1;
         self.calls.insert(id, serial);
         Ok(CallId(id))
@@ -433,9 +441,9 @@ impl<T: Transport> Capsule<T> {
             DEFAULT_TTL,
         )?;
         let id = self.next_request;
-        let frame = frames::serve(id, pattern, &grant.token)?;
-        self.check_fits(&frame, pattern.len())?;
-        self.send(&frame)?;
+        frames::serve(&mut self.tx, id, pattern, &grant.token)?;
+        self.check_fits(pattern.len())?;
+        self.send_tx()?;
         self.next_request += 1;
         self.serves.insert(id, None);
         self.block_on(|c| match c.serves.get(&id) {
@@ -460,21 +468,21 @@ impl<T: Transport> Capsule<T> {
     /// payload too large for one frame is refused with [`SdkError::TooLarge`], after telling the
     /// caller so with an error reply.
     pub fn reply(&mut self, id: u64, result: Result<Vec<u8>, String>) -> Result<(), SdkError> {
-        let frame = match &result {
+        match &result {
             Ok(payload) => match self.check_payload(payload.len()) {
-                Ok(()) => frames::reply(id, Status::Ok, "", payload)?,
+                Ok(()) => frames::reply(&mut self.tx, id, Status::Ok, "", payload)?,
                 Err(e) => return self.refuse_reply(id, e),
             },
             Err(message) => {
                 let message = truncate(message, MAX_ERROR_MESSAGE);
-                frames::reply(id, Status::ProviderError, message, &[])?
+                frames::reply(&mut self.tx, id, Status::ProviderError, message, &[])?
             }
-        };
+        }
         let size = result.as_ref().map_or(0, Vec::len);
-        if let Err(e) = self.check_fits(&frame, size) {
+        if let Err(e) = self.check_fits(size) {
             return self.refuse_reply(id, e);
         }
-        self.send(&frame)
+        self.send_tx()
     }
 
     /// Answers every incoming call with `handler` until the supervisor closes the connection
@@ -505,8 +513,8 @@ impl<T: Transport> Capsule<T> {
     }
 
     fn refuse_reply(&mut self, id: u64, e: SdkError) -> Result<(), SdkError> {
-        let frame = frames::reply(id, Status::ProviderError, &e.to_string(), &[])?;
-        self.send(&frame)?;
+        frames::reply(&mut self.tx, id, Status::ProviderError, &e.to_string(), &[])?;
+        self.send_tx()?;
         Err(e)
     }
 
@@ -563,9 +571,9 @@ impl<T: Transport> Capsule<T> {
         Ok(())
     }
 
-    /// After encoding: the whole frame body must fit.
-    fn check_fits(&self, frame: &[u8], size: usize) -> Result<(), SdkError> {
-        if frame.len() - 4 > self.max_frame as usize {
+    /// After encoding: the whole frame body in the send buffer must fit.
+    fn check_fits(&self, size: usize) -> Result<(), SdkError> {
+        if self.tx.len().saturating_sub(4) > self.max_frame as usize {
             return Err(SdkError::TooLarge {
                 size,
                 max: self.max_frame,
@@ -574,11 +582,12 @@ impl<T: Transport> Capsule<T> {
         Ok(())
     }
 
-    fn send(&mut self, frame: &[u8]) -> Result<(), SdkError> {
+    /// Sends the frame in the send buffer.
+    fn send_tx(&mut self) -> Result<(), SdkError> {
         if let Some(d) = &self.dead {
             return Err(d.error());
         }
-        self.transport.send(frame).map_err(|e| {
+        self.transport.send(&self.tx).map_err(|e| {
             self.dead = Some(Dead::Io(e.kind(), e.to_string()));
             SdkError::Io(e)
         })
@@ -603,9 +612,9 @@ impl<T: Transport> Capsule<T> {
             Some(d) => return Err(d.error()),
             None => {}
         }
-        let body = match self.transport.recv() {
-            Ok(Some(body)) => body,
-            Ok(None) => {
+        match self.transport.recv_into(&mut self.rx) {
+            Ok(true) => {}
+            Ok(false) => {
                 self.dead = Some(Dead::Closed);
                 return Ok(false);
             }
@@ -622,8 +631,8 @@ impl<T: Transport> Capsule<T> {
                 return Err(err);
             }
             Err(e @ FrameError::Malformed(_)) => return Err(SdkError::Protocol(e.to_string())),
-        };
-        let event = frames::parse(&body)?;
+        }
+        let event = frames::parse(self.rx.bytes())?;
         self.file(event)?;
         Ok(true)
     }
@@ -674,8 +683,8 @@ impl<T: Transport> Capsule<T> {
                 Ok(())
             }
             Event::Unservable { id, why } => {
-                let frame = frames::reply(id, Status::ProviderError, &why, &[])?;
-                self.send(&frame)
+                frames::reply(&mut self.tx, id, Status::ProviderError, &why, &[])?;
+                self.send_tx()
             }
             Event::Chunk => Ok(()),
             Event::Welcome { .. } => Err(SdkError::Protocol("a second welcome".into())),

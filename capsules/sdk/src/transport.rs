@@ -4,7 +4,7 @@
 
 use std::io;
 
-use elastos_schema::wire::FrameError;
+use elastos_schema::wire::{FrameBuf, FrameError};
 
 /// A blocking, ordered, reliable carrier of frames.
 pub trait Transport {
@@ -12,6 +12,18 @@ pub trait Transport {
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
     /// Reads one frame body (without its length prefix); `None` at a clean end of stream.
     fn recv(&mut self) -> Result<Option<Vec<u8>>, FrameError>;
+    /// Reads one frame body into `buf`, reused from frame to frame; `false` at a clean end of
+    /// stream. The SDK reads every frame this way: a transport that can fill `buf` directly
+    /// saves an allocation and a copy per frame.
+    fn recv_into(&mut self, buf: &mut FrameBuf) -> Result<bool, FrameError> {
+        match self.recv()? {
+            Some(body) => {
+                buf.prepare(body.len()).copy_from_slice(&body);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -20,6 +32,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn recv(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
         (**self).recv()
+    }
+    fn recv_into(&mut self, buf: &mut FrameBuf) -> Result<bool, FrameError> {
+        (**self).recv_into(buf)
     }
 }
 
@@ -116,6 +131,10 @@ mod unix {
 
         fn recv(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
             wire::read_frame(&mut self.stream, self.max)
+        }
+
+        fn recv_into(&mut self, buf: &mut wire::FrameBuf) -> Result<bool, FrameError> {
+            wire::read_frame_into(&mut self.stream, self.max, buf)
         }
     }
 }

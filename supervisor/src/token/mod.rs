@@ -103,7 +103,10 @@ impl TokenId {
 
 impl fmt::Display for TokenId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        // On the stack: every audited call shows its token id.
+        let mut out = [0u8; 32];
+        hex::encode_to_slice(self.0, &mut out).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
