@@ -4,8 +4,9 @@
 //! tested without privileges by a recorder; the real [`Kernel`] makes the system calls. The
 //! order of the whole design (docs/ARCHITECTURE.md) is: user namespace, the other namespaces,
 //! PID 1, private root, limits, capabilities and uid, `no_new_privs`, Landlock, seccomp, exec.
-//! Implemented so far, in that order: **limits**, **identity** (its own uid, no capabilities),
-//! **no_new_privs**, **Landlock**, **seccomp**.
+//! The first steps happen before this process exists ([`crate::userns`], [`crate::newroot`]);
+//! here, in that order: **limits**, **identity** (its uid, no capabilities), **no_new_privs**,
+//! **Landlock**, **seccomp**.
 //! A step that fails stops the sequence and names itself; the capsule never runs half-confined.
 
 use std::path::PathBuf;
@@ -77,12 +78,27 @@ impl FsRules {
     }
 }
 
+/// Who the capsule runs as: a uid (and gid of the same number) of its own on the host, with no
+/// capability anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The uid to become, as the capsule's process sees it: inside a user namespace, the one
+    /// uid its map holds ([`crate::userns::INSIDE_ID`]); without one, the host uid itself.
+    pub uid: u32,
+    /// The same uid as the host sees it: what `ps` shows and RLIMIT_NPROC counts.
+    pub host_uid: u32,
+    /// Whether the host uid is the capsule's own, or the invoking user's (a supervisor run
+    /// without root): then it is not shown as a layer, and RLIMIT_NPROC would count the user's
+    /// own processes.
+    pub own: bool,
+}
+
 /// What to apply, prepared before the fork (preparing allocates; applying does not).
 pub struct Plan {
     pub rlimits: Vec<(Resource, u64)>,
-    /// The capsule's own host uid and gid; `None` keeps the invoking user's (not root's: a root
-    /// supervisor always passes one).
-    pub uid: Option<u32>,
+    /// `None` keeps the invoking user's uid (never root's: a root supervisor always gives each
+    /// capsule one of its own).
+    pub identity: Option<Identity>,
     pub fs: FsRules,
     pub host_libs: bool,
     pub seccomp: Vec<BpfProgram>,
@@ -109,7 +125,7 @@ impl Plan {
     /// `data_limit`: the memory cap as `RLIMIT_DATA`, when no cgroup enforces it.
     pub fn native(
         limits: &Limits,
-        uid: Option<u32>,
+        identity: Option<Identity>,
         data_limit: Option<u64>,
         fs: FsRules,
         host_libs: bool,
@@ -130,7 +146,7 @@ impl Plan {
             rlimits.push((Resource::RLIMIT_DATA, d));
         }
         // Counted per uid: meaningful only when the capsule has a uid of its own.
-        if uid.is_some() {
+        if identity.is_some_and(|id| id.own) {
             rlimits.push((
                 Resource::RLIMIT_NPROC,
                 limits.processes.map_or(DEFAULT_PROCESSES, u64::from),
@@ -140,7 +156,7 @@ impl Plan {
             .map_err(|e| e.to_string())?;
         Ok(Plan {
             rlimits,
-            uid,
+            identity,
             fs,
             host_libs,
             seccomp,
@@ -164,8 +180,8 @@ impl Plan {
             .collect();
         names.sort_unstable();
         let mut out = vec![format!("rlimits({})", names.join(","))];
-        if let Some(uid) = self.uid {
-            out.push(format!("uid({uid})"));
+        if let Some(id) = self.identity.filter(|id| id.own) {
+            out.push(format!("uid({})", id.host_uid));
         }
         out.push("no-new-privs".into());
         out.push("landlock".into());
@@ -208,10 +224,10 @@ pub fn apply(sys: &mut impl Sys, plan: &Plan) -> Result<(), Failure> {
             why: format!("{resource:?} = {limit}: {why}"),
         })?;
     }
-    if let Some(uid) = plan.uid {
-        sys.switch_uid(uid).map_err(|why| Failure {
+    if let Some(id) = plan.identity {
+        sys.switch_uid(id.uid).map_err(|why| Failure {
             step: "identity",
-            why: format!("uid {uid}: {why}"),
+            why: format!("uid {}: {why}", id.host_uid),
         })?;
     }
     sys.no_new_privs().map_err(|why| Failure {
@@ -227,6 +243,24 @@ pub fn apply(sys: &mut impl Sys, plan: &Plan) -> Result<(), Failure> {
         why,
     })?;
     Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
 }
 
 /// The real system calls, in the capsule's process after fork, before exec.
@@ -310,7 +344,9 @@ impl Sys for Kernel {
             {
                 return Err(last("clearing ambient capabilities"));
             }
-            if libc::setgroups(0, std::ptr::null()) != 0 {
+            // A user namespace set up without privilege may not drop the invoking user's
+            // supplementary groups (its `setgroups` is denied): they are all it can keep.
+            if libc::setgroups(0, std::ptr::null()) != 0 && !setgroups_denied() {
                 return Err(last("setgroups"));
             }
             if libc::setresgid(uid, uid, uid) != 0 {
@@ -318,6 +354,17 @@ impl Sys for Kernel {
             }
             if libc::setresuid(uid, uid, uid) != 0 {
                 return Err(last("setresuid"));
+            }
+            // Leaving root drops every capability, but in a user namespace the capsule never was
+            // root: it holds its namespace's capabilities as its creator's child. Cleared
+            // explicitly, for both.
+            let header = CapHeader {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let data = [CapData::default(); 2];
+            if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
+                return Err(last("clearing capabilities"));
             }
         }
         // Trust, then verify: no way back to root, no capability left.
@@ -407,7 +454,11 @@ mod tests {
                 processes: Some(16),
                 ..Default::default()
             },
-            Some(200_001),
+            Some(Identity {
+                uid: 1000,
+                host_uid: 200_001,
+                own: true,
+            }),
             None,
             FsRules::native("/capsule".into(), None, false),
             false,
@@ -427,7 +478,7 @@ mod tests {
                 "limit RLIMIT_CORE=0",
                 "limit RLIMIT_CPU=30",
                 "limit RLIMIT_NPROC=16",
-                "uid 200001",
+                "uid 1000",
                 "no_new_privs",
                 "landlock 1",
                 "seccomp 5",
@@ -495,7 +546,11 @@ mod tests {
         );
         let libs = Plan::native(
             &Limits::default(),
-            Some(200_000),
+            Some(Identity {
+                uid: 200_000,
+                host_uid: 200_000,
+                own: true,
+            }),
             Some(1 << 30),
             FsRules::native("/capsule".into(), None, true),
             true,

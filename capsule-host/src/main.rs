@@ -16,17 +16,18 @@
 //! child subreaper and kills every descendant itself ("subreaper" isolation, weaker: a SIGKILL of
 //! capsule-host orphans grandchildren).
 //!
-//! Confinement ([`confine`]) runs in the capsule's process between the fork and the exec, in a
-//! fixed order, and fails closed: a step that fails is reported on the status pipe with its name
-//! (through a close-on-exec pipe from the capsule's process: EOF means the exec happened) and
-//! the capsule never runs. In force so far: limits, `no_new_privs`, seccomp; the user
-//! namespace, private root and Landlock follow. Exit codes: the capsule's own (128+N for signal
+//! Confinement runs in a fixed order and fails closed: the user namespace and every other
+//! namespace come with the clone of init ([`userns`]), init builds the private root
+//! ([`newroot`]), and the capsule's process applies the rest ([`confine`]) between its fork and
+//! its exec. A step that fails is reported on the status pipe with its name (through a
+//! close-on-exec pipe: EOF means the exec happened) and the capsule never runs. Exit codes: the capsule's own (128+N for signal
 //! N); 125 a host error; 126 entry not executable; 127 entry not found.
 
 mod cgroup;
 mod confine;
 mod newroot;
 mod seccomp;
+mod userns;
 
 use std::ffi::CString;
 use std::io::Write;
@@ -280,7 +281,31 @@ fn main() {
         Ok(_) => None,
         Err(_) => Some(memory),
     };
-    let plan = confine::Plan::native(&a.limits, a.uid, data_limit, fs, a.host_libs)
+    let root = nix::unistd::geteuid().is_root();
+    // Step 1, the user namespace, when the kernel allows one: the capsule's uid inside it maps
+    // onto its own host uid (root supervisor) or the invoking user's.
+    let userns = userns::available(root);
+    let host_ids = match a.uid {
+        Some(uid) => (uid, uid),
+        None => (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ),
+    };
+    let identity = match (&userns, a.uid) {
+        (Ok(()), own) => Some(confine::Identity {
+            uid: userns::INSIDE_ID,
+            host_uid: host_ids.0,
+            own: own.is_some(),
+        }),
+        (Err(_), Some(uid)) => Some(confine::Identity {
+            uid,
+            host_uid: uid,
+            own: true,
+        }),
+        (Err(_), None) => None,
+    };
+    let plan = confine::Plan::native(&a.limits, identity, data_limit, fs, a.host_libs)
         .unwrap_or_else(|e| fail("seccomp", e));
     let mut layers = plan.layers();
     if let Ok(cg) = &cgroups {
@@ -293,10 +318,11 @@ fn main() {
         .unwrap_or_else(|e| fail("confinement pipe", e));
     let err_w_raw = err_w.as_raw_fd();
 
-    // Namespaces: with the privilege (a root supervisor), the capsule also gets a network
-    // namespace with no device but an unconfigured loopback, its own IPC objects, hostname and
-    // mount table (nothing it mounts or unmounts propagates, and seccomp refuses mounts anyway),
-    // and its own cgroup root view. The user namespace and a private root come later.
+    // Step 2, the other namespaces: a network namespace with no device but a loopback (up only
+    // with the loopback grant), its own IPC objects, hostname, mount table (nothing it mounts
+    // or unmounts propagates, and seccomp refuses mounts anyway) and cgroup root view. With a
+    // user namespace they are all created with it, by the clone of init below; without one,
+    // only a root capsule-host can create them, here.
     use nix::sched::CloneFlags as F;
     let host_net = a.net.as_deref() == Some("host");
     let mut all =
@@ -304,15 +330,23 @@ fn main() {
     if !host_net {
         all |= F::CLONE_NEWNET;
     }
-    let (isolation, namespaces) = if nix::sched::unshare(all).is_ok() {
+    let ns_label = |user: bool| {
+        let mut kinds = vec![];
+        if user {
+            kinds.push("user");
+        }
+        kinds.push("pid");
+        if !host_net {
+            kinds.push("net");
+        }
+        kinds.extend(["ipc", "uts", "mnt", "cgroup"]);
+        format!("namespaces({})", kinds.join(","))
+    };
+    let (isolation, namespaces) = if userns.is_ok() {
+        ("pid-namespace", Some(ns_label(true)))
+    } else if nix::sched::unshare(all).is_ok() {
         // Private, so that no mount event crosses between the host and the capsule.
-        if let Err(e) = nix::mount::mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-            None::<&str>,
-        ) {
+        if let Err(e) = private_mounts() {
             fail("mount namespace", e);
         }
         if a.net.as_deref() == Some("loopback") {
@@ -320,12 +354,7 @@ fn main() {
                 fail("network", format!("bringing up its loopback: {e}"));
             }
         }
-        let label = if host_net {
-            "namespaces(pid,ipc,uts,mnt,cgroup)"
-        } else {
-            "namespaces(pid,net,ipc,uts,mnt,cgroup)"
-        };
-        ("pid-namespace", Some(label))
+        ("pid-namespace", Some(ns_label(false)))
     } else {
         match nix::sched::unshare(F::CLONE_NEWPID) {
             Ok(()) => ("pid-namespace", None),
@@ -337,32 +366,29 @@ fn main() {
             }
         }
     };
-    if let Some(ns) = namespaces {
-        layers.insert(0, ns.to_string());
+    if let Some(ns) = &namespaces {
+        layers.insert(0, ns.clone());
     }
     // A private root, where there is a mount namespace to build it in (and a tmp to give it).
-    let private_root = match (namespaces, &a.tmp) {
+    let private_root = match (&namespaces, &a.tmp) {
         (Some(_), Some(tmp)) => {
-            let dir = tmp.with_extension("root");
-            let _ = std::fs::remove_dir(&dir);
-            if let Err(e) = std::fs::create_dir(&dir) {
-                fail("root", format!("{}: {e}", dir.display()));
-            }
             layers.insert(1, "private-root".to_string());
-            Some((
-                dir,
-                newroot::plan(&a.root, tmp, a.state.as_deref(), a.host_libs),
-            ))
+            Some(newroot::plan(&a.root, tmp, a.state.as_deref(), a.host_libs))
         }
         _ => None,
     };
     // Fail closed: a layer this machine cannot give the capsule stops it, unless the node names
     // it in `[confinement] allow_without`; then every listing shows its absence.
+    let no_userns = match &userns {
+        Ok(()) => String::new(),
+        Err(why) => format!("{why}: its other namespaces and its private root then need root"),
+    };
     let missing: Vec<(&str, &str)> = [
+        ("user-namespace", userns.is_err(), no_userns.as_str()),
         (
             "namespaces",
             namespaces.is_none(),
-            "network, IPC, UTS, mount and cgroup namespaces need root (or, later, a user namespace)",
+            "network, IPC, UTS, mount and cgroup namespaces need root or a user namespace",
         ),
         (
             "private-root",
@@ -372,7 +398,7 @@ fn main() {
         (
             "uid",
             a.uid.is_none(),
-            "a uid of its own needs a root supervisor (or, later, a user namespace)",
+            "it shares the invoking user's uid: a uid of its own needs a root supervisor",
         ),
         (
             "cgroups",
@@ -416,6 +442,7 @@ fn main() {
             CString::new(format!("TMPDIR={}", t.display())).unwrap_or_else(|_| fail("env", "NUL")),
         );
     }
+    let in_private_root = private_root.is_some();
     let mut launch = || -> ! {
         // The capsule: its own session (never the operator's terminal), its socket at fd 3,
         // nothing else above stderr, a clean signal mask.
@@ -434,7 +461,7 @@ fn main() {
             std::process::exit(125);
         }
         // In a private root, init left everyone in /capsule already.
-        if private_root.is_none() && std::env::set_current_dir(&a.root).is_err() {
+        if !in_private_root && std::env::set_current_dir(&a.root).is_err() {
             std::process::exit(125);
         }
         if let Err(f) = confine::apply(&mut kernel, &plan) {
@@ -450,23 +477,88 @@ fn main() {
         std::process::exit(code);
     };
     if isolation == "pid-namespace" {
-        // SAFETY: this process is single-threaded (checked above), so the child may run any code.
-        match unsafe { nix::unistd::fork() } {
-            Err(e) => fail("fork init", e),
+        // Step 3: init, PID 1 of the new PID namespace. With a user namespace it is cloned into
+        // every namespace at once, and waits until this process has written its maps.
+        let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .unwrap_or_else(|e| fail("user namespace", e));
+        let forked = if userns.is_ok() {
+            // Without root, capsule-host may write the maps only of a child whose /proc files
+            // are its own, which a non-dumpable process's are not: the child is born dumpable
+            // and turns non-dumpable in `enter`, once they are written.
+            if !root {
+                let _ = nix::sys::prctl::set_dumpable(true);
+            }
+            let cloned = userns::clone_into(all | F::CLONE_NEWUSER);
+            if !matches!(cloned, Ok(ForkResult::Child)) {
+                let _ = nix::sys::prctl::set_dumpable(false);
+            }
+            cloned.map_err(|e| ("user namespace", e))
+        } else {
+            // SAFETY: this process is single-threaded (checked above), so the child may run
+            // any code.
+            unsafe { nix::unistd::fork() }.map_err(|e| ("fork init", e))
+        };
+        match forked {
+            Err((step, e)) => fail(step, e),
             Ok(ForkResult::Child) => {
-                // Init, PID 1 of the new namespace.
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-                // The private root, from inside the PID namespace (its /proc) and before the
-                // capsule exists; a failure is the capsule's, reported like any other step.
-                if let Some((dir, ops)) = &private_root {
-                    // A mount namespace of init's own: pivot_root moves the root of every
-                    // process in the namespace, and capsule-host keeps the host's view (it
-                    // still removes the capsule's cgroups afterwards).
-                    let own_ns = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-                        .map_err(|e| format!("a mount namespace for init: {e}"));
-                    if let Err(why) = own_ns.and_then(|()| newroot::apply(dir, ops)) {
-                        report_failure_on(err_w_raw, &confine::Failure { step: "root", why });
+                drop(go_w);
+                let step = |step: &'static str, r: Result<(), String>| {
+                    if let Err(why) = r {
+                        report_failure_on(err_w_raw, &confine::Failure { step, why });
                     }
+                };
+                // The root's sources, opened in init's mount namespace (a mount can only be
+                // bound from there) and while it can still walk the node's private home, before
+                // it takes the capsule's uid.
+                let pinned = match &private_root {
+                    Some(ops) if userns.is_ok() => match newroot::pin(ops) {
+                        Ok(p) => Some(p),
+                        Err(why) => {
+                            report_failure_on(err_w_raw, &confine::Failure { step: "root", why })
+                        }
+                    },
+                    _ => None,
+                };
+                if userns.is_ok() {
+                    step("user namespace", userns::enter(&go_r));
+                    // A change of uid cleared the parent-death signal: set again, then make
+                    // sure the parent did not die in between (it holds the pipe's other end
+                    // for its whole life).
+                    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+                    if userns::parent_gone(&go_r) {
+                        std::process::exit(125);
+                    }
+                    drop(go_r);
+                    step("mount namespace", private_mounts());
+                    if a.net.as_deref() == Some("loopback") {
+                        step(
+                            "network",
+                            loopback_up().map_err(|e| format!("bringing up its loopback: {e}")),
+                        );
+                    }
+                } else {
+                    drop(go_r);
+                }
+                // Step 4, the private root, from inside the PID namespace (its /proc) and
+                // before the capsule exists; a failure is the capsule's, reported like any
+                // other step.
+                if let Some(ops) = &private_root {
+                    // Without a user namespace, init takes a mount namespace of its own:
+                    // pivot_root moves the root of every process in the namespace, and
+                    // capsule-host keeps the host's view.
+                    let built = match pinned {
+                        Some((_fds, pinned)) => {
+                            newroot::apply(Path::new(newroot::NEW_ROOT), &pinned)
+                        }
+                        None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                            .map_err(|e| format!("a mount namespace for init: {e}"))
+                            .and_then(|()| newroot::pin(ops))
+                            .and_then(|(_fds, pinned)| {
+                                newroot::apply(Path::new(newroot::NEW_ROOT), &pinned)
+                            }),
+                    };
+                    step("root", built);
                 }
                 // SAFETY: single-threaded, as above.
                 let capsule = match unsafe { nix::unistd::fork() } {
@@ -480,6 +572,18 @@ fn main() {
                 std::process::exit(supervise(capsule, &mask, false));
             }
             Ok(ForkResult::Parent { child }) => {
+                drop(go_r);
+                if userns.is_ok() {
+                    if let Err(e) = userns::write_maps(child, host_ids.0, host_ids.1, root, &go_w) {
+                        let _ = kill(child, Signal::SIGKILL);
+                        fail("user namespace", e);
+                    }
+                    // Kept open until this process ends: init's sign that it is alive.
+                    std::mem::forget(go_w);
+                } else {
+                    drop(go_w);
+                }
+                drop(private_root);
                 drop(err_w);
                 confined_or_fail(err_r);
                 status(&format!(
@@ -492,9 +596,6 @@ fn main() {
                 let code = supervise(child, &mask, false);
                 if let Some(cg) = &cgroups {
                     cg.leave_and_remove();
-                }
-                if let Some((dir, _)) = &private_root {
-                    let _ = std::fs::remove_dir(dir);
                 }
                 std::process::exit(code);
             }
@@ -548,6 +649,19 @@ fn confined_or_fail(err_r: OwnedFd) {
     if let Some((step, why)) = report.split_once('\t') {
         fail(step, format!("{why} (the capsule was not started)"));
     }
+}
+
+/// Makes every mount of this (new) mount namespace private: no mount event crosses between the
+/// host and the capsule.
+fn private_mounts() -> Result<(), String> {
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Sets `lo` up in this process's (new) network namespace: the loopback-only grant.

@@ -12,7 +12,14 @@
 //! that namespace, before the old root is detached) in the private mount namespace. The mounts
 //! are data ([`plan`]), tested for what they give; [`apply`] carries them out. Landlock rules
 //! were attached to the same inodes before, so they hold on these views unchanged.
+//!
+//! Init builds the root as the capsule's uid (see [`crate::userns`]), which cannot walk the
+//! paths to the package, tmp and state directories through the node's private home. So
+//! capsule-host opens every source first ([`pin`]) and init binds them through its descriptors,
+//! `/proc/self/fd/N`: no path is looked up twice, and none as the capsule. The new root is a
+//! tmpfs mounted over `/tmp` of init's own mount namespace, a directory anyone can reach.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -120,6 +127,32 @@ pub fn plan(package: &Path, tmp: &Path, state: Option<&Path>, host_libs: bool) -
     ops
 }
 
+/// Where init mounts the new root, in its own mount namespace.
+pub const NEW_ROOT: &str = "/tmp";
+
+/// Opens every bind source (`O_PATH`: nothing is read, no device is opened) and names it by its
+/// descriptor instead; the descriptors must live until [`apply`] has run.
+pub fn pin(ops: &[Op]) -> Result<(Vec<OwnedFd>, Vec<Op>), String> {
+    use nix::fcntl::{open, OFlag};
+    let mut fds = Vec::new();
+    let mut pinned = Vec::with_capacity(ops.len());
+    for op in ops {
+        let mut op = op.clone();
+        if let Op::Bind { source, .. } = &mut op {
+            let fd = open(
+                source.as_path(),
+                OFlag::O_PATH | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| err(&format!("opening {}", source.display()), e))?;
+            *source = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            fds.push(fd);
+        }
+        pinned.push(op);
+    }
+    Ok((fds, pinned))
+}
+
 fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
@@ -168,7 +201,7 @@ pub fn apply(new_root: &Path, ops: &[Op]) -> Result<(), String> {
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     none,
                 )
-                .map_err(|e| err(&format!("binding {}", source.display()), e))?;
+                .map_err(|e| err(&format!("binding {} at /{target}", source.display()), e))?;
                 // Flags apply on a remount of the bind, not on the bind itself.
                 let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID;
                 if !device {
@@ -258,5 +291,29 @@ mod tests {
         assert!(b.iter().all(|(t, ro, exec)| *ro
             || t.starts_with("dev/")
             || ((*t == "tmp" || *t == "state") && !exec)));
+    }
+
+    #[test]
+    fn pinned_sources_are_the_same_files_through_descriptors() {
+        use std::os::unix::fs::MetadataExt;
+        let pkg = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let ops = plan(pkg.path(), tmp.path(), None, false);
+        let (fds, pinned) = pin(&ops).unwrap();
+        assert_eq!(fds.len(), binds(&ops).len());
+        for (a, b) in ops.iter().zip(&pinned) {
+            match (a, b) {
+                (Op::Bind { source: was, .. }, Op::Bind { source: now, .. }) => {
+                    assert!(now.starts_with("/proc/self/fd/"), "{}", now.display());
+                    let (was, now) = (
+                        std::fs::metadata(was).unwrap(),
+                        std::fs::metadata(now).unwrap(),
+                    );
+                    assert_eq!((was.dev(), was.ino()), (now.dev(), now.ino()));
+                }
+                _ => assert_eq!(a, b),
+            }
+        }
+        assert!(pin(&plan(&pkg.path().join("gone"), tmp.path(), None, false)).is_err());
     }
 }

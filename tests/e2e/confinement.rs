@@ -305,7 +305,7 @@ fn ps_shows_the_layers_in_force() {
     // IPC, hostname and mount namespaces differ from this test's.
     if nix::unistd::geteuid().is_root() {
         assert!(
-            layers.contains(&"namespaces(pid,net,ipc,uts,mnt,cgroup)"),
+            layers.contains(&"namespaces(user,pid,net,ipc,uts,mnt,cgroup)"),
             "{layers:?}"
         );
         let pid = up.capsule("idle")["pid"].as_u64().unwrap();
@@ -326,11 +326,58 @@ fn ps_shows_the_layers_in_force() {
             "{layers:?}"
         );
         assert!(layers.contains(&"private-root"), "{layers:?}");
-        for ns in ["net", "ipc", "uts", "mnt", "pid_for_children"] {
+        for ns in ["user", "net", "ipc", "uts", "mnt", "pid_for_children"] {
             let theirs = std::fs::read_link(format!("/proc/{inside}/ns/{ns}")).unwrap();
             let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
             assert_ne!(theirs, ours, "{ns} namespace shared with the host");
         }
+        // Its user namespace maps one id, never root, onto its own host uid. The host sees
+        // init (capsule-host's child, PID 1 inside) and the capsule (init's child) run as that
+        // uid; the capsule without any capability.
+        let host_uid = layers
+            .iter()
+            .find_map(|l| l.strip_prefix("uid(")?.strip_suffix(')'))
+            .unwrap()
+            .to_string();
+        let map = std::fs::read_to_string(format!("/proc/{inside}/uid_map")).unwrap();
+        let map: Vec<&str> = map.split_whitespace().collect();
+        assert_eq!(map, ["1000", host_uid.as_str(), "1"], "{layers:?}");
+        let capsule = std::fs::read_to_string(format!("/proc/{inside}/task/{inside}/children"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        let field = |pid: &str, name: &str| -> Vec<String> {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            field(&inside, "Uid:"),
+            [host_uid.as_str(); 4],
+            "init's uids"
+        );
+        assert_eq!(
+            field(&capsule, "Uid:"),
+            [host_uid.as_str(); 4],
+            "the capsule's uids"
+        );
+        assert_eq!(
+            field(&capsule, "CapEff:"),
+            ["0000000000000000"],
+            "its capabilities"
+        );
+        assert_eq!(
+            field(&capsule, "CapBnd:"),
+            ["0000000000000000"],
+            "its bounding set"
+        );
     }
     // This kind of machine has cgroup v1 memory and pids controllers: they cap the capsule.
     if nix::unistd::geteuid().is_root()
@@ -492,4 +539,88 @@ fn the_network_comes_only_with_a_grant_host_or_loopback() {
     let none = probe_capsule(&up.node);
     assert!(probe(&none, "n1", "tcp_self").starts_with("blocked:"));
     drop(listener);
+}
+
+/// A supervisor run by a normal user still gives each capsule a user namespace (the user's uid
+/// mapped onto one non-root uid inside), every other namespace and a private root; what only
+/// root can give, a uid of its own and cgroups, it runs without, because the node says so.
+#[test]
+fn a_supervisor_run_by_a_normal_user_confines_capsules_in_a_user_namespace() {
+    // Root plays a user with a uid of no account: 4242 (the test's own uid when not root).
+    let me = nix::unistd::geteuid().as_raw();
+    let (node, uid) = if me == 0 {
+        (Node::run_by(4242, &["echo"]), 4242)
+    } else {
+        (Node::new(), me)
+    };
+    let echo = node.pack_first_party("echo");
+    std::fs::write(
+        node.home().join("config.toml"),
+        "[confinement]\nallow_without = [\"uid\", \"cgroups\"]\n",
+    )
+    .unwrap();
+    let up = Up::with_node(node);
+    up.node.run(&["run", "-d", path(&echo)]).ok();
+    wait_until("echo serving", Duration::from_secs(10), || {
+        up.node
+            .run(&["logs", "echo"])
+            .stdout
+            .contains("echo: serving")
+    });
+    let c = up.capsule("echo");
+    let layers: Vec<&str> = c["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    for want in [
+        "namespaces(user,pid,net,ipc,uts,mnt,cgroup)",
+        "private-root",
+        "landlock",
+        "seccomp",
+        "WITHOUT-uid",
+        "WITHOUT-cgroups",
+    ] {
+        assert!(layers.contains(&want), "{want} missing: {layers:?}");
+    }
+    assert!(!layers.iter().any(|l| l.starts_with("uid(")), "{layers:?}");
+    // Seen from the host: init and the capsule run as the user, mapped onto uid 1000 inside,
+    // and the capsule holds no capability, not even in its own namespace.
+    let host = c["pid"].as_u64().unwrap();
+    let child_of = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let init = child_of(&host.to_string());
+    let capsule = child_of(&init);
+    let map = std::fs::read_to_string(format!("/proc/{capsule}/uid_map")).unwrap();
+    let map: Vec<&str> = map.split_whitespace().collect();
+    assert_eq!(map, ["1000", &uid.to_string(), "1"]);
+    let status = std::fs::read_to_string(format!("/proc/{capsule}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let uid = uid.to_string();
+    assert_eq!(field("Uid:"), [uid.as_str(); 4]);
+    assert_eq!(field("CapEff:"), ["0000000000000000"]);
+    assert_eq!(field("CapPrm:"), ["0000000000000000"]);
+    assert_eq!(field("CapBnd:"), ["0000000000000000"]);
+    // Its root holds only what it was given.
+    let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{capsule}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    root.sort();
+    assert_eq!(root, ["capsule", "dev", "proc", "tmp"]);
 }

@@ -44,6 +44,8 @@ pub fn first_party_capsule(name: &str) -> PathBuf {
 /// One node: a private `$ELASTOS_HOME` in a temporary directory.
 pub struct Node {
     pub dir: tempfile::TempDir,
+    /// Run by this uid (and gid of the same number) instead of the test's own.
+    user: Option<u32>,
 }
 
 /// What one run of `elastos` gave.
@@ -92,7 +94,30 @@ impl Node {
     pub fn new() -> Node {
         Node {
             dir: tempfile::tempdir().expect("tempdir"),
+            user: None,
         }
+    }
+
+    /// A node whose every command runs as the normal user `uid` (a test run by root plays a
+    /// user this way). The user gets copies of the binaries and of `capsules` (first-party
+    /// capsule directories, by name), since the build directory may be out of its reach, and
+    /// owns the node's directory.
+    pub fn run_by(uid: u32, capsules: &[&str]) -> Node {
+        let node = Node {
+            dir: tempfile::tempdir().expect("tempdir"),
+            user: Some(uid),
+        };
+        let bin = node.dir.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        let elastos = elastos_bin();
+        for name in ["elastos", "capsule-host"] {
+            std::fs::copy(elastos.with_file_name(name), bin.join(name)).expect("copying a binary");
+        }
+        for name in capsules {
+            copy_tree(&first_party_capsule(name), &node.scratch().join(name));
+        }
+        chown_tree(node.dir.path(), uid);
+        node
     }
 
     /// `$ELASTOS_HOME` of this node (not created until a command needs it).
@@ -104,11 +129,22 @@ impl Node {
     pub fn scratch(&self) -> PathBuf {
         let p = self.dir.path().join("scratch");
         std::fs::create_dir_all(&p).expect("scratch dir");
+        if let Some(uid) = self.user {
+            chown_tree(&p, uid);
+        }
         p
     }
 
     pub fn command(&self) -> Command {
-        let mut c = Command::new(elastos_bin());
+        let bin = match self.user {
+            Some(_) => self.dir.path().join("bin").join("elastos"),
+            None => elastos_bin(),
+        };
+        let mut c = Command::new(bin);
+        if let Some(uid) = self.user {
+            use std::os::unix::process::CommandExt;
+            c.uid(uid).gid(uid);
+        }
         c.env_clear()
             .env("ELASTOS_HOME", self.home())
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -130,7 +166,10 @@ impl Node {
     /// the package's path.
     pub fn pack_first_party(&self, name: &str) -> PathBuf {
         let out = self.scratch().join(format!("{name}.capsule"));
-        let dir = first_party_capsule(name);
+        let dir = match self.user {
+            Some(_) => self.scratch().join(name),
+            None => first_party_capsule(name),
+        };
         let run = self.run(&[
             "capsule",
             "pack",
@@ -192,6 +231,28 @@ impl Node {
         set_mode(&dir.join("bin").join(name), 0o755);
         std::fs::write(dir.join("README"), b"a test capsule\n").expect("readme");
         dir
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("copying a directory");
+    for e in std::fs::read_dir(from).expect("reading a directory") {
+        let e = e.expect("a directory entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("a file type").is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copying a file");
+        }
+    }
+}
+
+fn chown_tree(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).expect("chown");
+    if path.is_dir() && !path.is_symlink() {
+        for e in std::fs::read_dir(path).expect("reading a directory") {
+            chown_tree(&e.expect("a directory entry").path(), uid);
+        }
     }
 }
 
