@@ -65,8 +65,10 @@ struct Args {
     uid: Option<u32>,
     /// Layers the node allows capsules to run without when this machine cannot apply them.
     allow_without: Vec<String>,
-    /// Its private persistent directory, when granted.
+    /// Its private persistent directory, when granted,
     state: Option<PathBuf>,
+    /// and the size limit the supervisor mounted on it, if it could.
+    state_quota: Option<u64>,
     /// Its network grant: `host` (the host's network) or `loopback` (its own, loopback only).
     net: Option<String>,
 }
@@ -114,6 +116,7 @@ fn parse_args() -> Args {
     let mut uid = None;
     let mut allow_without = Vec::new();
     let mut state = None;
+    let mut state_quota = None;
     let mut net = None;
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -125,6 +128,13 @@ fn parse_args() -> Args {
             "--host-libs" => host_libs = true,
             "--allow-without" => allow_without.extend(it.next()),
             "--state" => state = it.next().map(PathBuf::from),
+            "--state-quota" => match it.next().and_then(|q| q.parse::<u64>().ok()) {
+                Some(q) => state_quota = Some(q),
+                None => {
+                    eprintln!("capsule-host: --state-quota takes a size in bytes");
+                    std::process::exit(125);
+                }
+            },
             "--net" => match it.next().as_deref() {
                 Some(n @ ("host" | "loopback")) => net = Some(n.to_string()),
                 _ => {
@@ -174,6 +184,7 @@ fn parse_args() -> Args {
             uid,
             allow_without,
             state,
+            state_quota,
             net,
         },
         _ => {
@@ -401,6 +412,11 @@ fn main() {
             "it shares the invoking user's uid: a uid of its own needs a root supervisor",
         ),
         (
+            "storage-quota",
+            a.state.is_some() && a.state_quota.is_none(),
+            "its state directory has no size limit: mounting one needs a root supervisor",
+        ),
+        (
             "cgroups",
             cgroups.is_none(),
             "no cgroup memory and pids controllers for this user: only rlimits cap it",
@@ -427,7 +443,10 @@ fn main() {
         layers.push(format!("net({n})"));
     }
     if a.state.is_some() {
-        layers.push("state".to_string());
+        layers.push(match a.state_quota {
+            Some(q) => format!("state(quota={}MiB)", q >> 20),
+            None => "state".to_string(),
+        });
         let seen = match &private_root {
             Some(_) => PathBuf::from("/state"),
             None => a.state.clone().unwrap_or_default(),

@@ -50,6 +50,7 @@ pub fn run(home: &Path) -> Vec<Feature> {
             "microVM capsules cannot run; every other substrate is unaffected",
             "apt-get install qemu-system-x86",
         ),
+        state_quotas(),
         tool(
             "capnp",
             "capnp",
@@ -406,6 +407,47 @@ fn tool(name: &str, program: &str, required: bool, cost: &str, fix: &str) -> Fea
             format!("`{program}` not found: {cost}"),
             fix,
         ),
+    }
+}
+
+/// What the size limit of a capsule's state directory needs: root (to mount), loop devices and
+/// mkfs.ext4. Not required: only capsules granted state need it, and a node may run them
+/// without (`allow_without = ["storage-quota"]`).
+fn state_quotas() -> Feature {
+    let root = nix::unistd::geteuid().is_root();
+    let loop_control = Path::new("/dev/loop-control").exists();
+    let mkfs = Command::new("mkfs.ext4")
+        .arg("-V")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let missing: Vec<&str> = [
+        (!root, "a root supervisor"),
+        (!loop_control, "/dev/loop-control"),
+        (!mkfs, "mkfs.ext4"),
+    ]
+    .into_iter()
+    .filter_map(|(gone, what)| gone.then_some(what))
+    .collect();
+    if missing.is_empty() {
+        feature(
+            "state_quotas",
+            true,
+            false,
+            "a capsule's state directory is a loop-mounted ext4 image of its [limits] storage".into(),
+            "",
+        )
+    } else {
+        feature(
+            "state_quotas",
+            false,
+            false,
+            format!(
+                "no {}: capsules granted host://state start only with allow_without = [\"storage-quota\"]",
+                missing.join(", no ")
+            ),
+            "run the supervisor as root, with loop devices and e2fsprogs (scripts/setup installs it)",
+        )
     }
 }
 

@@ -55,6 +55,8 @@ pub struct SpawnRequest {
     pub allow_without: Vec<String>,
     /// Its private persistent directory, when granted.
     pub state: Option<PathBuf>,
+    /// The size limit in force on `state`, when it has one (see [`crate::quota`]).
+    pub state_quota: Option<u64>,
     /// Its network grant: `host` or `loopback`.
     pub net: Option<&'static str>,
 }
@@ -146,6 +148,9 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
     }
     if let Some(s) = &req.state {
         cmd.arg("--state").arg(s);
+    }
+    if let Some(q) = req.state_quota {
+        cmd.arg("--state-quota").arg(q.to_string());
     }
     for layer in &req.allow_without {
         cmd.arg("--allow-without").arg(layer);

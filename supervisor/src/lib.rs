@@ -21,6 +21,7 @@ pub mod host;
 pub mod identity;
 pub mod package;
 pub mod policy;
+pub mod quota;
 pub mod store;
 pub mod text;
 pub mod token;

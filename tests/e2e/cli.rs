@@ -34,6 +34,7 @@ fn doctor_reports_every_feature_and_the_required_ones_are_present() {
         "cgroups",
         "kvm",
         "qemu",
+        "state_quotas",
         "capnp",
         "elastos_home",
         "disk_space",

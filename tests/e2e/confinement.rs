@@ -502,6 +502,74 @@ fn a_granted_state_directory_outlives_restarts_and_no_other_capsule_sees_it() {
     assert!(!stdout.contains("LEAKED"), "{out:#?}");
 }
 
+/// Whether `dir` is a mount point here.
+fn mounted(dir: &std::path::Path) -> bool {
+    let dir = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(dir.as_str()))
+}
+
+#[test]
+fn a_state_directory_fills_up_to_its_quota_and_no_further() {
+    // Mounting a quota needs root, as CI has; a normal user's node runs without one only where
+    // it says so (see a_supervisor_run_by_a_normal_user_confines_capsules_in_a_user_namespace).
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root, as CI has: state quotas are loop-mounted file systems"
+    );
+    let up = Up::new();
+    let dir = script_capsule(
+        &up.node,
+        "filler",
+        "cat \"$ELASTOS_STATE/before\" 2>/dev/null && echo found-before\n\
+         echo kept > \"$ELASTOS_STATE/before\"\n\
+         dd if=/dev/zero of=\"$ELASTOS_STATE/fill\" bs=1M count=20 2>&1\n\
+         echo \"dd=$?\"\n\
+         rm -f \"$ELASTOS_STATE/fill\"\n\
+         while true; do sleep 1; done",
+    );
+    let manifest = dir.join("capsule.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(&format!(
+        "[limits]\nstorage = {}\n[[requests]]\nresource = \"host://state\"\nactions = [\"read\", \"write\"]\nreason = \"fills it\"\n",
+        8 << 20
+    ));
+    std::fs::write(&manifest, text).unwrap();
+    up.node.run(&["run", "-d", path(&dir)]).ok();
+    wait_until("the fill", Duration::from_secs(20), || {
+        up.node.run(&["logs", "filler"]).stdout.contains("dd=")
+    });
+    let log = up.node.run(&["logs", "filler"]).ok().to_string();
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(!log.contains("dd=0"), "{log}");
+    let layers = up.capsule("filler")["layers"].to_string();
+    assert!(layers.contains("state(quota=8MiB)"), "{layers}");
+    // On the host: a file system of its own, mounted at the state directory, backed by a
+    // sparse 8 MiB image; the node's own disk did not take the 20 MiB.
+    let state = up.node.home().join("state/capsules/filler");
+    assert!(mounted(&state), "{}", state.display());
+    let image = state.with_extension("img");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 8 << 20);
+    // Down unmounts it; the next supervisor mounts the same image, with what it held.
+    up.node.run(&["down"]).ok();
+    assert!(!mounted(&state), "down left the quota mounted");
+    assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
+    up.node.run(&["run", "-d", path(&dir)]).ok();
+    wait_until("the second fill", Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "filler"])
+            .stdout
+            .matches("dd=")
+            .count()
+            == 2
+    });
+    let log = up.node.run(&["logs", "filler"]).ok().to_string();
+    assert!(log.contains("found-before"), "{log}");
+    assert!(mounted(&state));
+}
+
 /// The probe capsule, granted `resource`.
 fn granted_probe(node: &Node, name: &str, resource: &str) -> PathBuf {
     let dir = probe_capsule(node);

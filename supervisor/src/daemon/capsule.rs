@@ -325,6 +325,22 @@ impl CapsuleActor {
         let mut args = manifest.args.clone();
         args.extend(st.spec.args.iter().cloned());
         let uid = self.shared.capsule_uid(&st.spec.name);
+        let state = if elastos::policy::grants_state(manifest) {
+            let storage = manifest
+                .limits
+                .storage
+                .unwrap_or(elastos::quota::DEFAULT_STORAGE);
+            match state_dir(&self.shared, &st.spec.name, uid, storage) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.fail(st, &format!("could not prepare its state directory: {e}"))
+                        .await;
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let req = SpawnRequest {
             name: st.spec.name.clone(),
             root: st.spec.stored.root.clone(),
@@ -349,18 +365,8 @@ impl CapsuleActor {
             host_libs: elastos::policy::grants_host_libs(manifest),
             allow_without: self.shared.config.confinement.allow_without.clone(),
             net: elastos::policy::grants_net(manifest),
-            state: if elastos::policy::grants_state(manifest) {
-                match state_dir(&self.shared, &st.spec.name, uid) {
-                    Ok(d) => Some(d),
-                    Err(e) => {
-                        self.fail(st, &format!("could not prepare its state directory: {e}"))
-                            .await;
-                        return;
-                    }
-                }
-            } else {
-                None
-            },
+            state: state.as_ref().map(|(d, _)| d.clone()),
+            state_quota: state.and_then(|(_, q)| q),
         };
         let shared = self.shared.clone();
         let spawn_began = Instant::now();
@@ -718,7 +724,29 @@ fn fresh_tmp(shared: &Shared, name: &str, uid: Option<u32>) -> std::io::Result<s
 /// The capsule's private persistent directory, `$ELASTOS_HOME/state/capsules/NAME`: kept across
 /// restarts, 0700 and owned by the capsule's uid. Reached only through its own root (`/state`)
 /// or Landlock rule; the path through the 0700 home is closed to it otherwise.
-fn state_dir(shared: &Shared, name: &str, uid: Option<u32>) -> std::io::Result<std::path::PathBuf> {
+/// The capsule's state directory, made and given to its uid, with the size limit in force on
+/// it: a root supervisor mounts its quota (see [`elastos::quota`]); a normal user's has none.
+fn state_dir(
+    shared: &Shared,
+    name: &str,
+    uid: Option<u32>,
+    storage: u64,
+) -> Result<(std::path::PathBuf, Option<u64>), String> {
+    let dir = make_state_dir(shared, name).map_err(|e| e.to_string())?;
+    let quota = if nix::unistd::geteuid().is_root() {
+        Some(elastos::quota::ensure(&dir, storage).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    // Capsule uids are handed out per supervisor run: what an earlier run's uid left is
+    // given to this one's (the mounted file system's root included).
+    if let Some(uid) = uid {
+        chown_tree(&dir, uid).map_err(|e| format!("giving {} to uid {uid}: {e}", dir.display()))?;
+    }
+    Ok((dir, quota))
+}
+
+fn make_state_dir(shared: &Shared, name: &str) -> std::io::Result<std::path::PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let parent = shared.home.state_dir().join("capsules");
     std::fs::DirBuilder::new()
@@ -728,11 +756,6 @@ fn state_dir(shared: &Shared, name: &str, uid: Option<u32>) -> std::io::Result<s
     let dir = parent.join(name);
     if !dir.exists() {
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    }
-    // Capsule uids are handed out per supervisor run: what an earlier run's uid left is
-    // given to this one's.
-    if let Some(uid) = uid {
-        chown_tree(&dir, uid)?;
     }
     Ok(dir)
 }

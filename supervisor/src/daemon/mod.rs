@@ -382,6 +382,10 @@ async fn shutdown(shared: &Arc<Shared>, root: &ActorRef<RootMsg>, timeout: Durat
             Some(timeout + Duration::from_secs(10)),
         )
         .await;
+    // Every capsule is gone: their state quotas can be unmounted.
+    for e in elastos::quota::unmount_all(&shared.home.state_dir().join("capsules")) {
+        tracing::warn!("unmounting a state quota: {e}");
+    }
     let _ = shared.audit.append(
         Event {
             actor: "supervisor".into(),
