@@ -434,7 +434,8 @@ fn state_quotas() -> Feature {
             "state_quotas",
             true,
             false,
-            "a capsule's state directory is a loop-mounted ext4 image of its [limits] storage".into(),
+            "a capsule's state directory is a loop-mounted ext4 image of its [limits] storage"
+                .into(),
             "",
         )
     } else {
