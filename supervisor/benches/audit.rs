@@ -25,7 +25,8 @@ fn event(i: usize) -> Event {
     Event {
         actor: format!(
             "capsule:bench{i}@bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
-        ),
+        )
+        .into(),
         action: "call".into(),
         resource: "localhost://echo/ping".into(),
         decision: Decision::Allowed,

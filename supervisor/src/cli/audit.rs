@@ -78,8 +78,8 @@ pub fn record_operator(
     let log = open_log(home, key)?;
     log.append(
         Event {
-            actor: operator(),
-            action: action.to_string(),
+            actor: operator().into(),
+            action: action.to_string().into(),
             resource: resource.to_string(),
             decision: Decision::Allowed,
             reason: reason.to_string(),

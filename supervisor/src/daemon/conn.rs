@@ -43,8 +43,8 @@ pub struct Peer {
     pub publisher: String,
     pub first_party: bool,
     pub manifest: Arc<Manifest>,
-    /// Its name in audit records, made once: every call is audited under it.
-    actor: String,
+    /// Its name in audit records, made once and shared: every call is audited under it.
+    actor: Arc<str>,
 }
 
 impl Peer {
@@ -55,7 +55,7 @@ impl Peer {
         first_party: bool,
         manifest: Arc<Manifest>,
     ) -> Peer {
-        let actor = format!("capsule:{name}@{cid}");
+        let actor = format!("capsule:{name}@{cid}").into();
         Peer {
             name,
             cid,
@@ -68,6 +68,10 @@ impl Peer {
 
     pub fn actor(&self) -> &str {
         &self.actor
+    }
+
+    pub fn actor_shared(&self) -> Arc<str> {
+        self.actor.clone()
     }
 }
 
@@ -655,8 +659,8 @@ fn handle_call(
     }
     // Answered at once; the record is made durable by group commit within 10 ms.
     shared.audit_owned(Event {
-        actor: actor.to_string(),
-        action: "call".to_string(),
+        actor: conn.peer.actor_shared(),
+        action: "call".into(),
         resource: call.target.to_string(),
         decision: Decision::Allowed,
         reason,
@@ -1089,7 +1093,7 @@ impl Shared {
     pub fn audit_now(
         &self,
         actor: &str,
-        action: &str,
+        action: &'static str,
         resource: &str,
         decision: Decision,
         reason: &str,
@@ -1097,8 +1101,8 @@ impl Shared {
     ) {
         self.audit.submit(
             Event {
-                actor: actor.to_string(),
-                action: action.to_string(),
+                actor: actor.into(),
+                action: action.into(),
                 resource: resource.to_string(),
                 decision,
                 reason: reason.to_string(),
@@ -1113,7 +1117,7 @@ impl Shared {
     pub async fn audit_sync(
         &self,
         actor: &str,
-        action: &str,
+        action: &'static str,
         resource: &str,
         decision: Decision,
         reason: &str,
@@ -1135,7 +1139,7 @@ impl Shared {
     async fn audit_wait(
         &self,
         actor: &str,
-        action: &str,
+        action: &'static str,
         resource: &str,
         decision: Decision,
         reason: &str,
@@ -1143,8 +1147,8 @@ impl Shared {
         durability: Durability,
     ) -> bool {
         let ev = Event {
-            actor: actor.to_string(),
-            action: action.to_string(),
+            actor: actor.into(),
+            action: action.into(),
             resource: resource.to_string(),
             decision,
             reason: reason.to_string(),

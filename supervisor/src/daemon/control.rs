@@ -313,7 +313,7 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
 
 async fn operator(
     shared: &Shared,
-    action: &str,
+    action: &'static str,
     resource: &str,
     reason: &str,
     token: Option<String>,
