@@ -1,6 +1,7 @@
 //! Building the frames a capsule sends and reading the frames it receives into owned values.
 //! Reading never panics: anything unexpected becomes an error naming what was wrong.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use elastos_schema::wire_capnp::{frame, Status};
@@ -168,8 +169,19 @@ fn status_of(
         .map_err(|e| protocol(what, format!("unknown status {}", e.0)))
 }
 
-/// Reads one frame body from the supervisor.
-pub(crate) fn parse(body: &[u8]) -> Result<Event, SdkError> {
+/// Text of a caller field, borrowed from the frame.
+fn text_ref<'a>(
+    what: &str,
+    t: capnp::Result<capnp::text::Reader<'a>>,
+) -> Result<&'a str, SdkError> {
+    let t = t.map_err(|e| protocol(what, e))?;
+    t.to_str().map_err(|_| protocol(what, "not UTF-8"))
+}
+
+/// Reads one frame body from the supervisor. `last_caller` is the caller of the previous
+/// incoming call: a provider mostly hears from the same few, and shares it rather than copying
+/// three strings per call.
+pub(crate) fn parse(body: &[u8], last_caller: &mut Option<Arc<Caller>>) -> Result<Event, SdkError> {
     let msg = wire::decode(body).map_err(|e| SdkError::Protocol(e.to_string()))?;
     let root = msg
         .get_root::<frame::Reader>()
@@ -257,7 +269,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<Event, SdkError> {
         frame::Which::Incoming(i) => {
             let i = i.map_err(|e| protocol("incoming", e))?;
             let id = i.get_id();
-            let read = || -> Result<Incoming, SdkError> {
+            let mut read = || -> Result<Incoming, SdkError> {
                 if i.get_stream() != 0 {
                     return Err(SdkError::Protocol(
                         "the payload is a chunk stream, which this provider's SDK does not \
@@ -270,13 +282,28 @@ pub(crate) fn parse(body: &[u8]) -> Result<Event, SdkError> {
                     .get_action()
                     .map_err(|e| protocol("incoming", format!("unknown action {}", e.0)))?;
                 let deadline_ms = i.get_deadline_ms();
+                let (name, cid, publisher) = (
+                    text_ref("caller name", caller.get_name())?,
+                    text_ref("caller cid", caller.get_cid())?,
+                    text_ref("caller publisher", caller.get_publisher())?,
+                );
+                let caller = match last_caller {
+                    Some(c) if c.name == name && c.cid == cid && c.publisher == publisher => {
+                        c.clone()
+                    }
+                    _ => {
+                        let c = Arc::new(Caller {
+                            name: name.to_string(),
+                            cid: cid.to_string(),
+                            publisher: publisher.to_string(),
+                        });
+                        *last_caller = Some(c.clone());
+                        c
+                    }
+                };
                 Ok(Incoming {
                     id,
-                    caller: Caller {
-                        name: text("caller name", caller.get_name())?,
-                        cid: text("caller cid", caller.get_cid())?,
-                        publisher: text("caller publisher", caller.get_publisher())?,
-                    },
+                    caller,
                     action: Action::from(action),
                     resource: text("incoming resource", i.get_resource())?,
                     payload: i

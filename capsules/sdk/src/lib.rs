@@ -29,6 +29,7 @@ mod transport;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use elastos_schema::versions;
@@ -137,7 +138,8 @@ pub struct Caller {
 pub struct Incoming {
     /// Chosen by the supervisor; pass it to [`Capsule::reply`].
     pub id: u64,
-    pub caller: Caller,
+    /// Shared among the calls of the same caller.
+    pub caller: Arc<Caller>,
     pub action: Action,
     /// The URI called, within a pattern this capsule serves.
     pub resource: String,
@@ -185,6 +187,8 @@ pub struct Capsule<T: Transport> {
     rx: FrameBuf,
     /// and encoded into this one to be sent: no allocation per frame for either.
     tx: Vec<u8>,
+    /// Who made the last incoming call (see `frames::parse`).
+    last_caller: Option<Arc<Caller>>,
     name: String,
     cid: String,
     max_frame: u32,
@@ -226,6 +230,7 @@ impl<T: Transport> Capsule<T> {
             transport,
             rx: FrameBuf::new(),
             tx: Vec::new(),
+            last_caller: None,
             name: String::new(),
             cid: String::new(),
             max_frame: 0,
@@ -249,7 +254,7 @@ impl<T: Transport> Capsule<T> {
             Ok(false) => return Err(SdkError::Closed),
             Err(e) => return Err(frame_error(e)),
         }
-        match frames::parse(capsule.rx.bytes())? {
+        match frames::parse(capsule.rx.bytes(), &mut capsule.last_caller)? {
             Event::Welcome {
                 version,
                 name,
@@ -632,7 +637,7 @@ impl<T: Transport> Capsule<T> {
             }
             Err(e @ FrameError::Malformed(_)) => return Err(SdkError::Protocol(e.to_string())),
         }
-        let event = frames::parse(self.rx.bytes())?;
+        let event = frames::parse(self.rx.bytes(), &mut self.last_caller)?;
         self.file(event)?;
         Ok(true)
     }

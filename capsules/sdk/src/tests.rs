@@ -599,6 +599,45 @@ fn deadlines_are_sent_in_milliseconds_and_zero_is_not_the_default() {
 }
 
 #[test]
+fn each_incoming_call_names_its_own_caller_even_when_callers_are_shared() {
+    let frame_from = |name: &str, cid: &str, publisher: &str| {
+        let mut m = Builder::new_default();
+        let mut i = m.init_root::<frame::Builder>().init_incoming();
+        i.set_id(1);
+        {
+            let mut c = i.reborrow().init_caller();
+            c.set_name(name);
+            c.set_cid(cid);
+            c.set_publisher(publisher);
+        }
+        i.set_resource("localhost://me/a");
+        wire::encode(&m).unwrap()[4..].to_vec()
+    };
+    let mut last = None;
+    let mut caller = |body: Vec<u8>| match frames::parse(&body, &mut last).unwrap() {
+        frames::Event::Incoming(i) => i.caller,
+        other => panic!("not an incoming call: {other:?}"),
+    };
+    let a = caller(frame_from("ping", "bafyping", "dev"));
+    let b = caller(frame_from("ping", "bafyping", "dev"));
+    assert!(Arc::ptr_eq(&a, &b), "the same caller is shared");
+    // Any field that differs is another caller, never the cached one.
+    for (name, cid, publisher) in [
+        ("notes", "bafyping", "dev"),
+        ("ping", "bafyother", "dev"),
+        ("ping", "bafyping", "did:key:z6Mk"),
+    ] {
+        let c = caller(frame_from(name, cid, publisher));
+        assert_eq!(
+            (c.name.as_str(), c.cid.as_str(), c.publisher.as_str()),
+            (name, cid, publisher)
+        );
+        let back = caller(frame_from("ping", "bafyping", "dev"));
+        assert_eq!(*back, *a);
+    }
+}
+
+#[test]
 fn incoming_calls_interleaved_with_answers_are_queued() {
     let (mut c, fake, _) = connect(|s| match s {
         Sent::Call { id, payload, .. } => vec![
@@ -619,7 +658,7 @@ fn incoming_calls_interleaved_with_answers_are_queued() {
     assert_eq!(first.action, Action::Read);
     assert_eq!(first.deadline, Some(Duration::from_secs(30)));
     assert_eq!(
-        first.caller,
+        *first.caller,
         Caller {
             name: "ping".into(),
             cid: "bafyping".into(),
@@ -628,6 +667,8 @@ fn incoming_calls_interleaved_with_answers_are_queued() {
     );
     c.reply(first.id, Ok(b"done".to_vec())).unwrap();
     let second = c.next_incoming().unwrap().unwrap();
+    // The same caller again: shared, not copied.
+    assert!(std::sync::Arc::ptr_eq(&first.caller, &second.caller));
     c.reply(second.id, Err("no such note".into())).unwrap();
     let replies: Vec<Sent> = fake
         .sent()
