@@ -8,4 +8,5 @@ mod cli;
 mod confinement;
 mod identity;
 mod supervisor;
+mod throwaway;
 mod token;

@@ -1,8 +1,9 @@
 //! `probe ATTEMPT`: one escape attempt of the hostile test capsule, without side effects.
 //!
 //! Prints `reached: ...` when the call got to the kernel and did what it asks (the control run,
-//! outside elastos, shows every attempt can succeed), or `blocked: ...` when it was refused. A
-//! call the seccomp filter forbids outright kills the process instead (SIGSYS).
+//! outside elastos, shows every attempt can succeed), or `blocked: ...` with the error when it
+//! was refused. A call the seccomp filter forbids outright kills the process instead (SIGSYS).
+//! Network targets are `PORT` (on 127.0.0.1) or `ADDRESS:PORT`.
 
 use std::process::ExitCode;
 
@@ -22,6 +23,14 @@ fn verdict(ok: bool, what: &str) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `PORT` (127.0.0.1) or `ADDRESS:PORT`; port 1 (nothing listens there) when unreadable, so a
+/// bad argument can only look blocked, never reached.
+fn target(arg: &str) -> std::net::SocketAddr {
+    arg.parse().unwrap_or_else(|_| {
+        std::net::SocketAddr::from(([127, 0, 0, 1], arg.parse::<u16>().unwrap_or(1)))
+    })
 }
 
 fn main() -> ExitCode {
@@ -54,9 +63,34 @@ fn main() -> ExitCode {
                 let r = libc::syscall(libc::SYS_keyctl, 0, -3i64, 0);
                 verdict(r >= 0 || errno() == libc::ENOKEY, "keyctl")
             }
+            // User-mode faults only (UFFD_USER_MODE_ONLY): what any process may ask for even when
+            // `vm.unprivileged_userfaultfd` is 0, so the unprivileged control run reaches it too.
             "userfaultfd" => {
-                let r = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC);
+                let r = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | 1);
                 verdict(r >= 0, "userfaultfd")
+            }
+            // A software clock counting this process's own user time, created disabled: what
+            // `perf_event_paranoid` 2 allows anyone.
+            "perf_event_open" => {
+                let mut attr = [0u64; 8];
+                attr[0] = 1 | (64 << 32); // type PERF_TYPE_SOFTWARE, size PERF_ATTR_SIZE_VER0
+                attr[1] = 1; // config PERF_COUNT_SW_TASK_CLOCK
+                attr[5] = 1 | (1 << 5) | (1 << 6); // disabled, exclude_kernel, exclude_hv
+                let fd = libc::syscall(
+                    libc::SYS_perf_event_open,
+                    attr.as_mut_ptr(),
+                    0,                        // this process
+                    -1,                       // any CPU
+                    -1,                       // no group
+                    libc::c_ulong::from(8u8), // PERF_FLAG_FD_CLOEXEC
+                );
+                verdict(fd >= 0, "perf_event_open")
+            }
+            // Loads nothing: fd -1. EBADF means the kernel let the caller load a module and only
+            // then looked at the file; without CAP_SYS_MODULE of the host it answers EPERM.
+            "finit_module" => {
+                let r = libc::syscall(libc::SYS_finit_module, -1, c"".as_ptr(), 0);
+                verdict(r == 0 || errno() == libc::EBADF, "finit_module")
             }
             "io_uring" => {
                 let mut params = [0u8; 120];
@@ -188,14 +222,15 @@ fn main() -> ExitCode {
                 }
             }
             "tcp_connect" => {
+                let to = target(&arg);
                 let ok =
-                    std::net::TcpStream::connect(("127.0.0.1", arg.parse::<u16>().unwrap_or(1)));
-                verdict(ok.is_ok(), &format!("TCP connect 127.0.0.1:{arg}"))
+                    std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5));
+                verdict(ok.is_ok(), &format!("TCP connect {to}"))
             }
             "udp_send" => {
-                let ok = std::net::UdpSocket::bind("127.0.0.1:0")
-                    .and_then(|s| s.send_to(b"x", ("127.0.0.1", arg.parse::<u16>().unwrap_or(9))));
-                verdict(ok.is_ok(), &format!("UDP send to 127.0.0.1:{arg}"))
+                let to = target(&arg);
+                let ok = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"x", to));
+                verdict(ok.is_ok(), &format!("UDP send to {to}"))
             }
             // A listener of its own on 127.0.0.1, and a connection to it.
             "tcp_self" => {
@@ -285,21 +320,46 @@ fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            // Types into a terminal: a pty this probe opens itself.
+            // Types into a terminal: a pty this probe opens itself, made the controlling terminal
+            // of a child in a session of its own (without CAP_SYS_ADMIN of the host, TIOCSTI
+            // works only there). The child reports by its exit code: 0, or the errno.
             "tiocsti" => {
                 let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
                 if master < 0 || libc::grantpt(master) != 0 || libc::unlockpt(master) != 0 {
                     return verdict(false, "open a pty");
                 }
                 let name = libc::ptsname(master);
-                let slave = if name.is_null() {
-                    -1
+                if name.is_null() {
+                    return verdict(false, "name the pty");
+                }
+                let pid = libc::fork();
+                if pid == 0 {
+                    libc::setsid();
+                    // A session leader without a terminal: opening one (no O_NOCTTY) makes it
+                    // the controlling terminal.
+                    let slave = libc::open(name, libc::O_RDWR);
+                    let c: libc::c_char = b'x' as libc::c_char;
+                    if slave < 0 || libc::ioctl(slave, libc::TIOCSTI, &c) != 0 {
+                        libc::_exit(errno().clamp(1, 255));
+                    }
+                    libc::_exit(0);
+                }
+                if pid < 0 {
+                    return verdict(false, "fork");
+                }
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    println!("reached: TIOCSTI on a pty");
+                } else if libc::WIFEXITED(status) {
+                    println!(
+                        "blocked: TIOCSTI on a pty: {}",
+                        std::io::Error::from_raw_os_error(libc::WEXITSTATUS(status))
+                    );
                 } else {
-                    libc::open(name, libc::O_RDWR | libc::O_NOCTTY)
-                };
-                let c: libc::c_char = b'x' as libc::c_char;
-                let ok = slave >= 0 && libc::ioctl(slave, libc::TIOCSTI, &c) == 0;
-                verdict(ok, "TIOCSTI on a pty")
+                    println!("blocked: TIOCSTI on a pty: the child died (status {status})");
+                }
+                ExitCode::SUCCESS
             }
             // Touches up to 512 MiB, 16 MiB at a time: the bound of both runs. A memory cap
             // kills the process (SIGKILL from the OOM killer) or refuses the allocation.
@@ -343,13 +403,15 @@ fn main() -> ExitCode {
                     "raise RLIMIT_NOFILE to 2048",
                 )
             }
-            // At most 300 children, each waiting on a pipe and gone when it closes: a bounded
-            // bomb that harms nothing in the control run either.
+            // At most 256 children (the bound; a capsule's cap, 256 processes of its uid,
+            // counts its init and itself too), each waiting on a pipe and gone when it closes: a
+            // bounded bomb that harms nothing in the control run either.
             "fork_bomb" => {
+                const BOMB: i32 = 256;
                 let mut fds = [0i32; 2];
                 libc::pipe(fds.as_mut_ptr());
                 let mut n = 0;
-                while n < 300 {
+                while n < BOMB {
                     let pid = libc::fork();
                     if pid == 0 {
                         libc::close(fds[1]);
@@ -364,8 +426,8 @@ fn main() -> ExitCode {
                 }
                 libc::close(fds[1]);
                 while libc::wait(std::ptr::null_mut()) > 0 {}
-                if n >= 300 {
-                    println!("reached: 300 processes");
+                if n >= BOMB {
+                    println!("reached: {BOMB} processes");
                 } else {
                     println!("blocked: fork failed after {n} processes");
                 }
