@@ -649,7 +649,18 @@ fn run_wasm(
     }
     // SAFETY: fd 4 is the report pipe this process owns; nothing uses it after this.
     drop(unsafe { OwnedFd::from_raw_fd(STATUS_FD) });
-    let outcome = wasm::run(prepared);
+    // A panic in the host (not the guest) must not unwind into the frames this process
+    // inherited from capsule-host's main, which would close their descriptors a second time.
+    let outcome =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wasm::run(prepared))) {
+            Ok(o) => o,
+            Err(_) => {
+                eprintln!(
+                    "capsule-host: the WASM host failed (see the panic above); the capsule stopped"
+                );
+                std::process::exit(125);
+            }
+        };
     if let Some(msg) = outcome.message() {
         eprintln!("capsule-host: {msg}");
     }

@@ -16,9 +16,17 @@ const ECHO: &str = r#"(module
   (import "elastos" "recv" (func $recv (param i32 i32) (result i32)))
   (import "elastos" "send" (func $send (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 1024) "echo ready\n")
   (func (export "_start") (local $n i32)
+    ;; A 1 ms sleep first (a clock subscription at 4096, its event at 4160): WASI's async
+    ;; runtime starts its threads and drivers under the seccomp list.
+    (i32.store8 (i32.const 4104) (i32.const 0))
+    (i32.store (i32.const 4112) (i32.const 1))
+    (i64.store (i32.const 4120) (i64.const 1000000))
+    (if (i32.ne (call $poll (i32.const 4096) (i32.const 4160) (i32.const 1) (i32.const 4200)) (i32.const 0))
+      (then unreachable))
     ;; iovec at 2048: {ptr 1024, len 11}; written count at 2056
     (i32.store (i32.const 2048) (i32.const 1024))
     (i32.store (i32.const 2052) (i32.const 11))

@@ -24,3 +24,4 @@ pub mod policy;
 pub mod store;
 pub mod text;
 pub mod token;
+pub mod wasm;
