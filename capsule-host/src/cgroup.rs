@@ -97,10 +97,22 @@ pub fn enter(name: &str, memory: u64, pids: u64, cpu: Option<u32>) -> Result<Cgr
 fn remove_empty_children(parent: &Path) {
     if let Ok(rd) = fs::read_dir(parent) {
         for e in rd.flatten() {
+            // A live capsule-host's group may be empty for a moment, between its mkdir and its
+            // joining it: removing that would fail a capsule starting beside this one.
+            if owner_lives(&e.file_name().to_string_lossy()) {
+                continue;
+            }
             // rmdir fails on a group that still has processes: exactly the ones to keep.
             let _ = fs::remove_dir(e.path());
         }
     }
+}
+
+/// Whether the capsule-host of group `NAME.PID` is still running.
+fn owner_lives(leaf: &str) -> bool {
+    leaf.rsplit_once('.')
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 impl Cgroups {
@@ -123,5 +135,17 @@ impl Cgroups {
             self.memory >> 20,
             self.pids
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_groups_of_dead_capsule_hosts_are_cleared() {
+        assert!(super::owner_lives(&format!("echo.{}", std::process::id())));
+        assert!(super::owner_lives(&format!("a.b.{}", std::process::id())));
+        // Beyond pid_max: no such process.
+        assert!(!super::owner_lives("echo.4194305"));
+        assert!(!super::owner_lives("no-pid"));
     }
 }
