@@ -324,7 +324,10 @@ fn main() {
         );
     }
     // Process and memory caps: cgroup v1 when this root capsule-host can, else rlimits.
-    let memory = a.limits.memory.unwrap_or(confine::DEFAULT_MEMORY);
+    // For WASM, `memory` is the guest's linear memory (enforced exactly by wasmtime); the
+    // process as a whole also holds wasmtime, WASI's runtime and the compiled code.
+    let memory = a.limits.memory.unwrap_or(confine::DEFAULT_MEMORY)
+        + if a.wasm { wasm::HOST_MEMORY } else { 0 };
     let processes = a
         .limits
         .processes

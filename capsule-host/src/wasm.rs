@@ -50,6 +50,9 @@ pub const EXIT_CALL_BUDGET: i32 = 121;
 pub const EXIT_MEMORY: i32 = 122;
 /// The guest asked for more or larger tables, or more instances, than the WASM host allows.
 pub const EXIT_TABLES: i32 = 123;
+/// What the WASM host's process may hold besides the guest's linear memory (wasmtime, WASI's
+/// runtime and threads, the mapped artifact): added to `[limits] memory` for its cgroup.
+pub const HOST_MEMORY: u64 = 128 << 20;
 /// How often the epoch advances: the resolution of the CPU budget.
 pub const TICK: Duration = Duration::from_millis(10);
 /// Entries of one table (function pointers of a Rust program: a few thousand).

@@ -9,3 +9,4 @@ mod confinement;
 mod identity;
 mod supervisor;
 mod token;
+mod wasm;
