@@ -185,10 +185,22 @@ fn enter_v1(
 fn remove_empty_children(parent: &Path) {
     if let Ok(rd) = fs::read_dir(parent) {
         for e in rd.flatten() {
+            // A live capsule-host's group may be empty for a moment, between its mkdir and its
+            // joining it: removing that would fail a capsule starting beside this one.
+            if owner_lives(&e.file_name().to_string_lossy()) {
+                continue;
+            }
             // rmdir fails on a group that still has processes: exactly the ones to keep.
             let _ = fs::remove_dir(e.path());
         }
     }
+}
+
+/// Whether the capsule-host of group `NAME.PID` is still running.
+fn owner_lives(leaf: &str) -> bool {
+    leaf.rsplit_once('.')
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 impl Cgroups {
@@ -237,8 +249,8 @@ mod tests {
         )
         .unwrap();
         fs::write(root.join("cgroup.subtree_control"), "").unwrap();
-        // Left by a killed capsule-host: empty, so removed.
-        fs::create_dir_all(root.join("elastos/old.1")).unwrap();
+        // Left by a killed capsule-host (no such pid): empty, so removed.
+        fs::create_dir_all(root.join("elastos/old.4194305")).unwrap();
         let cg = enter_v2(root, "echo.42", 64 << 20, 10, Some(50)).unwrap();
         assert_eq!(
             read(&root.join("cgroup.subtree_control")),
@@ -248,7 +260,7 @@ mod tests {
             read(&root.join("elastos/cgroup.subtree_control")),
             "+memory +pids +cpu"
         );
-        assert!(!root.join("elastos/old.1").exists());
+        assert!(!root.join("elastos/old.4194305").exists());
         let leaf = root.join("elastos/echo.42");
         assert_eq!(read(&leaf.join("memory.max")), (64u64 << 20).to_string());
         assert_eq!(read(&leaf.join("pids.max")), "10");
@@ -286,5 +298,14 @@ mod tests {
         assert_eq!(cg.layer(), "cgroup-v1(memory=64MiB,pids=10)");
         // A cpu share without a cpu hierarchy is refused, not ignored.
         assert!(enter_v1(root, "echo.43", 64 << 20, 10, Some(50)).is_err());
+    }
+
+    #[test]
+    fn only_the_groups_of_dead_capsule_hosts_are_cleared() {
+        assert!(super::owner_lives(&format!("echo.{}", std::process::id())));
+        assert!(super::owner_lives(&format!("a.b.{}", std::process::id())));
+        // Beyond pid_max: no such process.
+        assert!(!super::owner_lives("echo.4194305"));
+        assert!(!super::owner_lives("no-pid"));
     }
 }

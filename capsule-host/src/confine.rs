@@ -93,6 +93,27 @@ pub struct Identity {
     pub own: bool,
 }
 
+impl FsRules {
+    /// A WASM capsule's host: no package, no tmp, no libraries — the module arrives as a
+    /// descriptor and the guest's only directory is its state directory, added when granted.
+    pub fn wasm() -> FsRules {
+        FsRules {
+            read_exec: Vec::new(),
+            ..FsRules::none()
+        }
+    }
+
+    /// No path at all (the compile process, which works on descriptors it opened before).
+    pub fn none() -> FsRules {
+        FsRules {
+            read_exec: Vec::new(),
+            read_write: Vec::new(),
+            devices: Vec::new(),
+            network: false,
+        }
+    }
+}
+
 /// What to apply, prepared before the fork (preparing allocates; applying does not).
 pub struct Plan {
     pub rlimits: Vec<(Resource, u64)>,
@@ -130,6 +151,40 @@ impl Plan {
         fs: FsRules,
         host_libs: bool,
     ) -> Result<Plan, String> {
+        let policy = crate::seccomp::native(fs.network);
+        Plan::with_policy(
+            limits,
+            identity,
+            data_limit,
+            fs,
+            host_libs,
+            &policy,
+            crate::seccomp::ALLOWED,
+        )
+    }
+
+    /// A WASM capsule's host (or the compile process): the same steps, the WASM host's seccomp
+    /// list (no exec, no new processes; see `seccomp::WASM`).
+    pub fn wasm(
+        limits: &Limits,
+        identity: Option<Identity>,
+        data_limit: Option<u64>,
+        fs: FsRules,
+    ) -> Result<Plan, String> {
+        let policy = crate::seccomp::wasm();
+        let allowed = crate::seccomp::wasm_allowed();
+        Plan::with_policy(limits, identity, data_limit, fs, false, &policy, &allowed)
+    }
+
+    fn with_policy(
+        limits: &Limits,
+        identity: Option<Identity>,
+        data_limit: Option<u64>,
+        fs: FsRules,
+        host_libs: bool,
+        policy: &[crate::seccomp::Entry],
+        allowed: &[(&str, i64)],
+    ) -> Result<Plan, String> {
         let mut rlimits = vec![
             (
                 Resource::RLIMIT_NOFILE,
@@ -152,8 +207,7 @@ impl Plan {
                 limits.processes.map_or(DEFAULT_PROCESSES, u64::from),
             ));
         }
-        let seccomp = crate::seccomp::compile(&crate::seccomp::native(fs.network))
-            .map_err(|e| e.to_string())?;
+        let seccomp = crate::seccomp::compile(policy, allowed).map_err(|e| e.to_string())?;
         Ok(Plan {
             rlimits,
             identity,

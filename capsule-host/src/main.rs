@@ -2,9 +2,25 @@
 //!
 //! ```text
 //! capsule-host --name N --root DIR --entry REL --parent-pid P [--limits JSON] [--tmp DIR]
-//!              [--host-libs] [--env K=V]... -- ARGS...
+//!              [--host-libs] [--substrate native|wasm] [--env K=V]... -- ARGS...
 //! fd 3: the capsule's socket (one end of a socketpair)   fd 4: status pipe (JSON lines)
+//! fd 5 (wasm only): the precompiled module, in a memfd sealed against writes, growth,
+//!                   shrinking and further seals (anything else is refused)
+//!
+//! capsule-host compile IN OUT     IN: a wasm module (binary or WAT text), OUT: wasmtime's
+//!                                 precompiled artifact for the engine `--substrate wasm` uses;
+//!                                 prints that engine's compatibility hash (64 hex digits)
+//! capsule-host compat-hash        prints only the hash (the cache key of an artifact)
 //! ```
+//!
+//! `compile` runs no guest code, but it parses untrusted bytes: it opens both files, then confines
+//! itself (rlimits, `no_new_privs`, Landlock with no path at all, the WASM host's seccomp list)
+//! before it reads a byte. Exit 0, or 1 with the reason on stderr.
+//!
+//! A WASM capsule's process does not exec: after the very same confinement steps it runs the
+//! module in wasmtime ([`wasm`]), and `--entry` only names the module in messages. Its status
+//! pipe stays open until the end: a guest stopped by a limit adds
+//! `{"event":"limit","limit":NAME,"code":N}` (NAME `memory`, `tables` or `call_budget_ms`).
 //!
 //! The process tree, and why: the supervisor → capsule-host (parent-death signal SIGKILL, parent
 //! re-checked) → init, PID 1 of a new PID namespace (parent-death signal SIGKILL) → the capsule.
@@ -19,15 +35,19 @@
 //! Confinement runs in a fixed order and fails closed: the user namespace and every other
 //! namespace come with the clone of init ([`userns`]), init builds the private root
 //! ([`newroot`]), and the capsule's process applies the rest ([`confine`]) between its fork and
-//! its exec. A step that fails is reported on the status pipe with its name (through a
-//! close-on-exec pipe: EOF means the exec happened) and the capsule never runs. Exit codes: the capsule's own (128+N for signal
-//! N); 125 a host error; 126 entry not executable; 127 entry not found.
+//! its exec (or, for WASM, before it runs the module). A step that fails is reported on the
+//! status pipe with its name (through a close-on-exec pipe: EOF means the exec happened) and
+//! the capsule never runs. Exit codes: the capsule's own (128+N for signal N); 125 a host
+//! error; 126 entry not executable (or a module that does not link); 127 entry not found; for
+//! WASM, 120 the guest trapped, 121 over its per-call CPU budget, 122 over its memory limit, 123
+//! over its table or instance limit (its log says which and what to change).
 
 mod cgroup;
 mod confine;
 mod newroot;
 mod seccomp;
 mod userns;
+mod wasm;
 
 use std::ffi::CString;
 use std::io::Write;
@@ -71,6 +91,8 @@ struct Args {
     state_quota: Option<u64>,
     /// Its network grant: `host` (the host's network) or `loopback` (its own, loopback only).
     net: Option<String>,
+    /// `--substrate wasm`: run the module at fd 5 instead of exec'ing the entry.
+    wasm: bool,
 }
 
 fn fail(stage: &str, why: impl std::fmt::Display) -> ! {
@@ -118,6 +140,7 @@ fn parse_args() -> Args {
     let mut state = None;
     let mut state_quota = None;
     let mut net = None;
+    let mut wasm = false;
     while let Some(a) = it.next() {
         match a.as_str() {
             "--name" => name = it.next(),
@@ -126,6 +149,14 @@ fn parse_args() -> Args {
             "--parent-pid" => parent = it.next().and_then(|p| p.parse().ok()),
             "--tmp" => tmp = it.next().map(PathBuf::from),
             "--host-libs" => host_libs = true,
+            "--substrate" => match it.next().as_deref() {
+                Some("native") => wasm = false,
+                Some("wasm") => wasm = true,
+                _ => {
+                    eprintln!("capsule-host: --substrate takes native or wasm");
+                    std::process::exit(125);
+                }
+            },
             "--allow-without" => allow_without.extend(it.next()),
             "--state" => state = it.next().map(PathBuf::from),
             "--state-quota" => match it.next().and_then(|q| q.parse::<u64>().ok()) {
@@ -186,6 +217,7 @@ fn parse_args() -> Args {
             state,
             state_quota,
             net,
+            wasm,
         },
         _ => {
             eprintln!("capsule-host: --name, --root, --entry and --parent-pid are required: capsule-host is started by the elastos supervisor, not by hand");
@@ -214,6 +246,20 @@ fn exit_code(ws: WaitStatus) -> Option<i32> {
 }
 
 fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("compile") => compile_main(),
+        Some("compat-hash") => match wasm::engine() {
+            Ok(e) => {
+                println!("{}", wasm::compatibility_hash(&e));
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("capsule-host compat-hash: {e}");
+                std::process::exit(1);
+            }
+        },
+        _ => {}
+    }
     let a = parse_args();
     // Before anything else, while single-threaded: die with the supervisor.
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
@@ -234,6 +280,13 @@ fn main() {
     let entry = match entry_path(&a.root, &a.entry) {
         Ok(e) => e,
         Err(e) => fail("entry", e),
+    };
+    // The module is checked before anything else is set up: it is a descriptor, so no later
+    // step (the private root, Landlock) needs a path for it.
+    let module = if a.wasm {
+        Some(wasm::sealed_module(wasm::MODULE_FD).unwrap_or_else(|e| fail("module", e)))
+    } else {
+        None
     };
     // Everything exec needs is prepared before forking.
     // Relative to the package directory, the capsule's working directory: a capsule with a uid
@@ -270,7 +323,11 @@ fn main() {
     }
 
     // Prepared now: building the filters allocates, which the forked children must not.
-    let mut fs = confine::FsRules::native(a.root.clone(), a.tmp.clone(), a.host_libs);
+    let mut fs = if a.wasm {
+        confine::FsRules::wasm()
+    } else {
+        confine::FsRules::native(a.root.clone(), a.tmp.clone(), a.host_libs)
+    };
     fs.read_write.extend(a.state.clone());
     fs.network = a.net.is_some();
     // A root capsule-host never hands a capsule host root.
@@ -281,7 +338,10 @@ fn main() {
         );
     }
     // Process and memory caps: cgroup v1 when this root capsule-host can, else rlimits.
-    let memory = a.limits.memory.unwrap_or(confine::DEFAULT_MEMORY);
+    // For WASM, `memory` is the guest's linear memory (enforced exactly by wasmtime); the
+    // process as a whole also holds wasmtime, WASI's runtime and the compiled code.
+    let memory = a.limits.memory.unwrap_or(confine::DEFAULT_MEMORY)
+        + if a.wasm { wasm::HOST_MEMORY } else { 0 };
     let processes = a
         .limits
         .processes
@@ -316,8 +376,12 @@ fn main() {
         }),
         (Err(_), None) => None,
     };
-    let plan = confine::Plan::native(&a.limits, identity, data_limit, fs, a.host_libs)
-        .unwrap_or_else(|e| fail("seccomp", e));
+    let plan = if a.wasm {
+        confine::Plan::wasm(&a.limits, identity, data_limit, fs)
+    } else {
+        confine::Plan::native(&a.limits, identity, data_limit, fs, a.host_libs)
+    }
+    .unwrap_or_else(|e| fail("seccomp", e));
     let mut layers = plan.layers();
     if let Ok(cg) = &cgroups {
         layers.insert(0, cg.layer());
@@ -462,6 +526,27 @@ fn main() {
         );
     }
     let in_private_root = private_root.is_some();
+    // A WASM guest's world: its arguments, the manifest's variables and its name; its only
+    // directory is its state directory, preopened as /state.
+    let mut wasm_guest = module.map(|m| {
+        let mut env = vec![("ELASTOS_CAPSULE".to_string(), a.name.clone())];
+        if a.state.is_some() {
+            env.push(("ELASTOS_STATE".to_string(), "/state".to_string()));
+        }
+        env.extend(a.env.iter().cloned());
+        let guest = wasm::Guest {
+            args: std::iter::once(a.name.clone())
+                .chain(a.args.iter().cloned())
+                .collect(),
+            env,
+            state: a.state.as_ref().map(|s| match &private_root {
+                Some(_) => PathBuf::from("/state"),
+                None => s.clone(),
+            }),
+            limits: a.limits.clone(),
+        };
+        (m, guest)
+    });
     let mut launch = || -> ! {
         // The capsule: its own session (never the operator's terminal), its socket at fd 3,
         // nothing else above stderr, a clean signal mask.
@@ -482,6 +567,9 @@ fn main() {
         // In a private root, init left everyone in /capsule already.
         if !in_private_root && std::env::set_current_dir(&a.root).is_err() {
             std::process::exit(125);
+        }
+        if let Some((module, guest)) = wasm_guest.take() {
+            run_wasm(module, &guest, &mut kernel, &plan);
         }
         if let Err(f) = confine::apply(&mut kernel, &plan) {
             report_failure(&f);
@@ -587,7 +675,7 @@ fn main() {
                 };
                 drop(err_r);
                 drop(err_w);
-                drop_fds();
+                drop_fds(false);
                 std::process::exit(supervise(capsule, &mask, false));
             }
             Ok(ForkResult::Parent { child }) => {
@@ -611,8 +699,9 @@ fn main() {
                     child.as_raw(),
                     layers_json(&layers)
                 ));
-                drop_fds();
+                drop_fds(a.wasm);
                 let code = supervise(child, &mask, false);
+                report_limit(a.wasm, code);
                 if let Some(cg) = &cgroups {
                     cg.leave_and_remove();
                 }
@@ -633,8 +722,9 @@ fn main() {
                     std::process::id(),
                     layers_json(&layers)
                 ));
-                drop_fds();
+                drop_fds(a.wasm);
                 let code = supervise(child, &mask, true);
+                report_limit(a.wasm, code);
                 kill_descendants();
                 if let Some(cg) = &cgroups {
                     cg.leave_and_remove();
@@ -643,6 +733,142 @@ fn main() {
             }
         }
     }
+}
+
+/// In the capsule's process of a WASM capsule, in place of the exec: loads the module and
+/// prepares everything but guest code, confines the process (it must still be its only thread:
+/// Landlock and seccomp hold for the calling thread and those it starts later), closes the
+/// report pipe (the EOF that an exec gives a native capsule), and runs the guest.
+fn run_wasm(
+    module: std::fs::File,
+    guest: &wasm::Guest,
+    kernel: &mut confine::Kernel,
+    plan: &confine::Plan,
+) -> ! {
+    let step = |why: String| confine::Failure {
+        step: "wasm module",
+        why,
+    };
+    // No exec will close what this process inherited or made for itself (the report pipe's
+    // first copy among them, whose EOF capsule-host waits for): close all of it now.
+    close_inherited_above(wasm::MODULE_FD);
+    // SAFETY: fd 3 is the capsule's socket, handed to this process; only the guest's
+    // connection owns it from here.
+    let socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(SOCKET_FD) };
+    let prepared = wasm::engine()
+        .and_then(|engine| {
+            let m = wasm::load(&engine, module)?;
+            wasm::prepare(&engine, &m, guest, socket)
+        })
+        .unwrap_or_else(|e| report_failure(&step(e.to_string())));
+    match std::fs::read_dir("/proc/self/task").map(|d| d.count()) {
+        Ok(1) => {}
+        Ok(n) => report_failure(&step(format!(
+            "{n} threads before confinement; it must hold for all"
+        ))),
+        // No /proc in this root: nothing here starts a thread before `wasm::run`.
+        Err(_) => {}
+    }
+    if let Err(f) = confine::apply(kernel, plan) {
+        report_failure(&f);
+    }
+    // SAFETY: fd 4 is the report pipe this process owns; nothing uses it after this.
+    drop(unsafe { OwnedFd::from_raw_fd(STATUS_FD) });
+    // A panic in the host (not the guest) must not unwind into the frames this process
+    // inherited from capsule-host's main, which would close their descriptors a second time.
+    let outcome =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wasm::run(prepared))) {
+            Ok(o) => o,
+            Err(_) => {
+                eprintln!(
+                    "capsule-host: the WASM host failed (see the panic above); the capsule stopped"
+                );
+                std::process::exit(125);
+            }
+        };
+    if let Some(msg) = outcome.message() {
+        eprintln!("capsule-host: {msg}");
+    }
+    std::process::exit(outcome.code());
+}
+
+/// Closes every descriptor above `fd` but the Landlock ruleset confinement still needs.
+fn close_inherited_above(fd: i32) {
+    let open: Vec<(i32, String)> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_str()?.parse::<i32>().ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some((n, target.to_string_lossy().into_owned()))
+            })
+            .collect(),
+        Err(_) => return,
+    };
+    for (n, target) in open {
+        if n > fd && target != "anon_inode:[landlock-ruleset]" {
+            // SAFETY: close(2) of a descriptor nothing in this process uses any more; the
+            // directory listing's own is already closed (EBADF, ignored).
+            unsafe {
+                nix::libc::close(n);
+            }
+        }
+    }
+}
+
+/// capsule-host of a WASM capsule: says on the status pipe which limit stopped the guest.
+fn report_limit(wasm: bool, code: i32) {
+    if let (true, Some(limit)) = (wasm, wasm::limit_of(code)) {
+        status(&format!(
+            r#"{{"event":"limit","limit":"{limit}","code":{code}}}"#
+        ));
+    }
+}
+
+/// `capsule-host compile IN OUT`: see the module doc.
+fn compile_main() -> ! {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let [input, output] = args.as_slice() else {
+        eprintln!("usage: capsule-host compile IN OUT");
+        std::process::exit(2);
+    };
+    let die = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        eprintln!("capsule-host compile: {what}: {e}");
+        std::process::exit(1);
+    };
+    let mut src = std::fs::File::open(input).unwrap_or_else(|e| die(input, &e));
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(output)
+        .unwrap_or_else(|e| die(output, &e));
+    if let Err(e) = confine_compiler() {
+        die("confining the compiler", &e);
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut src, &mut bytes).unwrap_or_else(|e| die(input, &e));
+    let engine = wasm::engine().unwrap_or_else(|e| die("engine", &e));
+    let artifact = wasm::precompile(&engine, &bytes).unwrap_or_else(|e| die(input, &e));
+    dst.write_all(&artifact)
+        .and_then(|()| dst.sync_all())
+        .unwrap_or_else(|e| die(output, &e));
+    println!("{}", wasm::compatibility_hash(&engine));
+    std::process::exit(0);
+}
+
+/// The compile process parses untrusted bytes: it keeps the two files it opened and nothing
+/// else (no path at all under Landlock, no exec, no new processes, no network, bounded CPU,
+/// memory and output size).
+fn confine_compiler() -> Result<(), String> {
+    let limits = elastos_schema::Limits {
+        cpu_seconds: Some(120),
+        open_files: Some(64),
+        ..Default::default()
+    };
+    let plan = confine::Plan::wasm(&limits, None, Some(4 << 30), confine::FsRules::none())?;
+    let mut kernel = confine::Kernel::prepare(&plan.fs).map_err(|f| f.why)?;
+    confine::apply(&mut kernel, &plan).map_err(|f| format!("{}: {}", f.step, f.why))
 }
 
 /// In the capsule's process: a confinement step failed. Says which on the report pipe (fd 4)
@@ -720,9 +946,15 @@ fn layers_json(layers: &[String]) -> String {
 }
 
 /// The socket and the status pipe belong to the capsule and the first status line; the parents
-/// keep neither, so the supervisor sees EOF when the capsule is gone.
-fn drop_fds() {
-    for fd in [SOCKET_FD, STATUS_FD] {
+/// keep neither, so the supervisor sees EOF when the capsule is gone. A WASM capsule-host keeps
+/// the status pipe for the limit that may stop its guest.
+fn drop_fds(keep_status: bool) {
+    let fds: &[i32] = if keep_status {
+        &[SOCKET_FD]
+    } else {
+        &[SOCKET_FD, STATUS_FD]
+    };
+    for &fd in fds {
         // SAFETY: these fds were handed to this process and nothing else here uses them after
         // this point; wrapping them in OwnedFd closes each exactly once.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });

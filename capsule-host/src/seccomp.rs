@@ -1,5 +1,6 @@
-//! The native substrate's seccomp policy, kept as data: one [`Entry`] per rule, each with a
-//! test that makes the call under the filter and sees exactly the entry's verdict.
+//! The seccomp policies of the native substrate and of the WASM host, kept as data: one [`Entry`]
+//! per rule, each with a test that makes the call under the filter and sees exactly the entry's
+//! verdict.
 //!
 //! What it refuses and why:
 //! - **Kill** (the process dies with SIGSYS; the supervisor audits it): calls no capsule needs
@@ -14,6 +15,14 @@
 //!
 //! - **ENOSYS** for every call not in [`ALLOWED`]: the obscure, the obsolete and whatever a
 //!   future kernel adds, until someone decides a capsule needs it.
+//!
+//! The WASM host ([`wasm`], [`wasm_allowed`]) runs no program of the capsule's, only wasmtime
+//! and WASI on its behalf, so it gets less: `execve` and `execveat` kill it (it never execs: an
+//! attempt means the host itself was subverted), `clone` without `CLONE_THREAD` is EPERM
+//! (threads, never processes), and [`WASM_REFUSED`] — sockets it does not already hold, SysV
+//! IPC, identity changes, Landlock and seccomp calls, AIO, memory keys, ... — is off its
+//! allow-list. What wasmtime needs stays: mmap/mprotect/madvise/mremap, signal handling for
+//! traps (rt_sigaction, sigaltstack, rt_sigreturn, tgkill), futexes and threads.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +61,11 @@ pub enum When {
     Eq {
         arg: u8,
         value: u64,
+    },
+    /// Argument `arg` does not have bit `bit` set.
+    LacksBit {
+        arg: u8,
+        bit: u64,
     },
 }
 
@@ -184,6 +198,124 @@ pub const NATIVE: &[Entry] = &[
         },
     },
 ];
+
+/// The WASM host's additions to [`NATIVE`] (whose `execveat` entry they replace).
+pub const WASM_EXTRA: &[Entry] = &[
+    kill("execve", libc::SYS_execve),
+    kill("execveat", libc::SYS_execveat),
+    Entry {
+        name: "clone (a process, not a thread)",
+        nr: libc::SYS_clone,
+        verdict: Verdict::Errno(libc::EPERM),
+        when: When::LacksBit {
+            arg: 0,
+            bit: libc::CLONE_THREAD as u64,
+        },
+    },
+];
+
+/// The WASM host's policy: [`NATIVE`] with exec killed and processes refused (less the
+/// argument rules of calls it may not make at all).
+pub fn wasm() -> Vec<Entry> {
+    NATIVE
+        .iter()
+        .filter(|e| e.verdict == Verdict::Kill || !WASM_REFUSED.contains(&e.nr))
+        .chain(WASM_EXTRA)
+        .copied()
+        .collect()
+}
+
+/// Calls on [`ALLOWED`] that the WASM host never makes (each then fails with ENOSYS, or kills
+/// it where [`WASM_EXTRA`] says so).
+pub const WASM_REFUSED: &[i64] = &[
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_fork,
+    libc::SYS_vfork,
+    // Its socket is fd 3, opened by the supervisor; WASI preview 1 opens none. (socketpair
+    // stays, AF_UNIX only: the async runtime under WASI makes one for its signal driver.)
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_shmget,
+    libc::SYS_shmat,
+    libc::SYS_shmctl,
+    libc::SYS_shmdt,
+    libc::SYS_semget,
+    libc::SYS_semop,
+    libc::SYS_semctl,
+    libc::SYS_semtimedop,
+    libc::SYS_msgget,
+    libc::SYS_msgsnd,
+    libc::SYS_msgrcv,
+    libc::SYS_msgctl,
+    libc::SYS_mq_open,
+    libc::SYS_mq_unlink,
+    libc::SYS_mq_timedsend,
+    libc::SYS_mq_timedreceive,
+    libc::SYS_mq_notify,
+    libc::SYS_mq_getsetattr,
+    // Its identity was settled before the filter.
+    libc::SYS_setuid,
+    libc::SYS_setgid,
+    libc::SYS_setreuid,
+    libc::SYS_setregid,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    libc::SYS_setfsuid,
+    libc::SYS_setfsgid,
+    libc::SYS_setgroups,
+    libc::SYS_capset,
+    libc::SYS_setrlimit,
+    libc::SYS_personality,
+    libc::SYS_landlock_create_ruleset,
+    libc::SYS_landlock_add_rule,
+    libc::SYS_landlock_restrict_self,
+    libc::SYS_seccomp,
+    // WASI has no owners, device nodes or watches.
+    libc::SYS_chown,
+    libc::SYS_fchown,
+    libc::SYS_lchown,
+    libc::SYS_fchownat,
+    libc::SYS_mknod,
+    libc::SYS_mknodat,
+    libc::SYS_inotify_init,
+    libc::SYS_inotify_init1,
+    libc::SYS_inotify_add_watch,
+    libc::SYS_inotify_rm_watch,
+    libc::SYS_io_setup,
+    libc::SYS_io_destroy,
+    libc::SYS_io_getevents,
+    libc::SYS_io_submit,
+    libc::SYS_io_cancel,
+    libc::SYS_pkey_mprotect,
+    libc::SYS_pkey_alloc,
+    libc::SYS_pkey_free,
+    libc::SYS_pidfd_open,
+    libc::SYS_pidfd_getfd,
+    libc::SYS_pidfd_send_signal,
+    libc::SYS_mlock,
+    libc::SYS_mlock2,
+    libc::SYS_mlockall,
+    libc::SYS_munlock,
+    libc::SYS_munlockall,
+    libc::SYS_sched_setscheduler,
+    libc::SYS_sched_setparam,
+    libc::SYS_sched_setattr,
+    libc::SYS_setpriority,
+];
+
+/// The WASM host's allow-list: [`ALLOWED`] less [`WASM_REFUSED`].
+pub fn wasm_allowed() -> Vec<(&'static str, i64)> {
+    ALLOWED
+        .iter()
+        .filter(|(_, nr)| !WASM_REFUSED.contains(nr))
+        .copied()
+        .collect()
+}
 
 /// Calls a native capsule may make at all; any other (an obscure or future one) fails with
 /// ENOSYS. The kill list and the argument rules above still apply to the calls named here.
@@ -505,7 +637,7 @@ pub enum SeccompError {
 
 /// The policy as BPF programs, one per verdict (the kernel applies the strictest verdict of all
 /// installed filters). Built before any fork: building allocates, installing does not.
-pub fn compile(policy: &[Entry]) -> Result<Vec<BpfProgram>, SeccompError> {
+pub fn compile(policy: &[Entry], allowed: &[(&str, i64)]) -> Result<Vec<BpfProgram>, SeccompError> {
     let mut by_verdict: BTreeMap<(u8, i32), BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
     let bad = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
     for e in policy {
@@ -569,23 +701,21 @@ pub fn compile(policy: &[Entry]) -> Result<Vec<BpfProgram>, SeccompError> {
                 .map_err(bad)?])
                 .map_err(bad)?,
             ),
+            When::LacksBit { arg, bit } => rules.push(
+                SeccompRule::new(vec![SeccompCondition::new(
+                    arg,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(bit),
+                    0,
+                )
+                .map_err(bad)?])
+                .map_err(bad)?,
+            ),
         }
     }
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|e| SeccompError::Build(e.to_string()))?;
     let mut out = Vec::new();
-    // The allow-list: listed calls pass this filter (the others may still refuse them), any
-    // other fails with ENOSYS, which libc treats as "not on this kernel".
-    let allowed: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
-    let filter = SeccompFilter::new(
-        allowed,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        SeccompAction::Allow,
-        arch,
-    )
-    .map_err(bad)?;
-    out.push(filter.try_into().map_err(bad)?);
     for ((kind, errno), rules) in by_verdict {
         let action = if kind == 0 {
             SeccompAction::KillProcess
@@ -595,6 +725,19 @@ pub fn compile(policy: &[Entry]) -> Result<Vec<BpfProgram>, SeccompError> {
         let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch).map_err(bad)?;
         out.push(filter.try_into().map_err(bad)?);
     }
+    // The allow-list: listed calls pass this filter (the others may still refuse them), any
+    // other fails with ENOSYS, which libc treats as "not on this kernel". Installed last: a
+    // list without `seccomp` itself (the WASM host's) would refuse the installs after it.
+    let allowed: BTreeMap<i64, Vec<SeccompRule>> =
+        allowed.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
+    let filter = SeccompFilter::new(
+        allowed,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(bad)?;
+    out.push(filter.try_into().map_err(bad)?);
     Ok(out)
 }
 
@@ -628,6 +771,7 @@ mod tests {
             When::Ne { arg, value } => a[arg as usize] = u64::from(value.wrapping_add(1)),
             When::NoneOf { arg, .. } => a[arg as usize] = libc::AF_NETLINK as u64,
             When::Eq { arg, value } => a[arg as usize] = value,
+            When::LacksBit { arg, .. } => a[arg as usize] = libc::SIGCHLD as u64,
         }
         a
     }
@@ -667,8 +811,100 @@ mod tests {
 
     #[test]
     fn every_entry_gets_exactly_its_verdict() {
-        let programs = compile(NATIVE).unwrap();
-        for e in NATIVE {
+        every_entry_of(NATIVE, ALLOWED);
+    }
+
+    #[test]
+    fn every_entry_of_the_wasm_host_gets_exactly_its_verdict() {
+        every_entry_of(&wasm(), &wasm_allowed());
+    }
+
+    #[test]
+    fn the_wasm_host_cannot_exec_and_starts_threads_only() {
+        let programs = compile(&wasm(), &wasm_allowed()).unwrap();
+        for nr in [libc::SYS_execve, libc::SYS_execveat] {
+            let st = under_policy(&programs, nr, [0; 6]);
+            assert!(
+                matches!(
+                    st,
+                    WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+                ),
+                "{nr}: {st:?}"
+            );
+        }
+        // A process: refused.
+        let st = under_policy(
+            &programs,
+            libc::SYS_clone,
+            [libc::SIGCHLD as u64, 0, 0, 0, 0, 0],
+        );
+        assert!(matches!(st, WaitStatus::Exited(_, libc::EPERM)), "{st:?}");
+        // A thread passes the filter: these flags (CLONE_THREAD without CLONE_SIGHAND) then
+        // make the kernel itself refuse it with EINVAL, so no thread runs on this stack.
+        let st = under_policy(
+            &programs,
+            libc::SYS_clone,
+            [libc::CLONE_THREAD as u64, 0, 0, 0, 0, 0],
+        );
+        assert!(matches!(st, WaitStatus::Exited(_, libc::EINVAL)), "{st:?}");
+        // A refused call fails with ENOSYS; one wasmtime needs goes through.
+        for nr in WASM_REFUSED
+            .iter()
+            .filter(|nr| !WASM_EXTRA.iter().any(|e| e.nr == **nr))
+        {
+            if matches!(
+                *nr,
+                libc::SYS_fork
+                    | libc::SYS_vfork
+                    | libc::SYS_execve
+                    | libc::SYS_execveat
+                    | libc::SYS_socket
+            ) {
+                continue;
+            }
+            let st = under_policy(&programs, *nr, [u64::MAX; 6]);
+            assert!(
+                matches!(st, WaitStatus::Exited(_, libc::ENOSYS)),
+                "{nr}: {st:?}"
+            );
+        }
+        let st = under_policy(&programs, libc::SYS_fork, [0; 6]);
+        assert!(
+            matches!(st, WaitStatus::Exited(_, libc::ENOSYS)),
+            "fork: {st:?}"
+        );
+        let st = under_policy(
+            &programs,
+            libc::SYS_madvise,
+            [0, 0, libc::MADV_DONTNEED as u64, 0, 0, 0],
+        );
+        assert!(matches!(st, WaitStatus::Exited(_, 0)), "madvise: {st:?}");
+    }
+
+    #[test]
+    fn the_wasm_host_refuses_only_calls_on_the_native_list() {
+        for nr in WASM_REFUSED {
+            assert!(
+                ALLOWED.iter().any(|(_, a)| a == nr),
+                "{nr} is not on ALLOWED"
+            );
+        }
+        for needed in [
+            libc::SYS_mmap,
+            libc::SYS_mprotect,
+            libc::SYS_madvise,
+            libc::SYS_rt_sigaction,
+            libc::SYS_sigaltstack,
+            libc::SYS_futex,
+            libc::SYS_clone,
+        ] {
+            assert!(wasm_allowed().iter().any(|(_, a)| *a == needed), "{needed}");
+        }
+    }
+
+    fn every_entry_of(policy: &[Entry], allowed: &[(&str, i64)]) {
+        let programs = compile(policy, allowed).unwrap();
+        for e in policy {
             let got = under_policy(&programs, e.nr, args_for(e));
             match e.verdict {
                 Verdict::Kill => assert!(
@@ -688,7 +924,7 @@ mod tests {
 
     #[test]
     fn what_the_conditions_leave_out_is_allowed() {
-        let programs = compile(NATIVE).unwrap();
+        let programs = compile(NATIVE, ALLOWED).unwrap();
         // A plain fork-style clone (SIGCHLD only): the child exits 0, the parent sees success.
         let st = under_policy(
             &programs,
@@ -717,7 +953,7 @@ mod tests {
 
     #[test]
     fn a_network_grant_allows_ip_sockets_and_still_no_others() {
-        let programs = compile(&native(true)).unwrap();
+        let programs = compile(&native(true), ALLOWED).unwrap();
         for family in [libc::AF_INET, libc::AF_INET6, libc::AF_UNIX] {
             let st = under_policy(
                 &programs,
@@ -736,7 +972,7 @@ mod tests {
             "{st:?}"
         );
         // Without the grant, IP sockets are refused.
-        let programs = compile(&native(false)).unwrap();
+        let programs = compile(&native(false), ALLOWED).unwrap();
         let st = under_policy(
             &programs,
             libc::SYS_socket,
@@ -750,7 +986,7 @@ mod tests {
 
     #[test]
     fn calls_not_on_the_allow_list_fail_with_enosys() {
-        let programs = compile(NATIVE).unwrap();
+        let programs = compile(NATIVE, ALLOWED).unwrap();
         for nr in [
             libc::SYS_lookup_dcookie,
             libc::SYS_kcmp,
@@ -767,21 +1003,26 @@ mod tests {
 
     #[test]
     fn the_allow_list_never_names_a_killed_call() {
-        for e in NATIVE.iter().filter(|e| e.verdict == Verdict::Kill) {
-            assert!(
-                !ALLOWED.iter().any(|(_, nr)| *nr == e.nr),
-                "{} is both allowed and killed",
-                e.name
-            );
+        let native: Vec<(&str, i64)> = ALLOWED.to_vec();
+        for (policy, allowed) in [(NATIVE.to_vec(), native), (wasm(), wasm_allowed())] {
+            for e in policy.iter().filter(|e| e.verdict == Verdict::Kill) {
+                assert!(
+                    !allowed.iter().any(|(_, nr)| *nr == e.nr),
+                    "{} is both allowed and killed",
+                    e.name
+                );
+            }
         }
     }
 
     #[test]
     fn the_policy_names_each_call_once() {
-        let mut seen = std::collections::HashSet::new();
-        for e in NATIVE {
-            assert!(seen.insert(e.name), "{} twice", e.name);
+        for policy in [NATIVE.to_vec(), wasm()] {
+            let mut seen = std::collections::HashSet::new();
+            for e in &policy {
+                assert!(seen.insert(e.name), "{} twice", e.name);
+            }
+            assert!(policy.len() >= 40);
         }
-        assert!(NATIVE.len() >= 40);
     }
 }

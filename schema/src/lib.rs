@@ -29,6 +29,7 @@ pub mod wire_capnp {
 }
 
 pub mod manifest;
+pub mod wasm_abi;
 pub mod wire;
 
 /// Versions of every persistent or wire format. A reader refuses a version it does not know.
@@ -54,4 +55,9 @@ pub mod domains {
     pub const PACKAGE: &[u8] = b"elastos/package/v1\0";
     pub const AUDIT_CHECKPOINT: &[u8] = b"elastos/audit-checkpoint/v1\0";
     pub const AUDIT_RECOVERED: &[u8] = b"elastos/audit-recovered/v1\0";
+    /// The label the WASM cache's MAC key is derived under (`NodeKey::derive_key`).
+    pub const WASM_CACHE_KEY: &[u8] = b"elastos/wasm-cache-key/v1\0";
+    /// What the WASM cache's MAC covers first: `‖ module CID ‖ 0 ‖ compatibility hash ‖ 0 ‖
+    /// artifact`.
+    pub const WASM_CACHE_ENTRY: &[u8] = b"elastos/wasm-cache-entry/v1\0";
 }

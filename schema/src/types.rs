@@ -202,17 +202,24 @@ pub struct Limits {
     /// Quota of the private state directory, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<u64>,
+    /// WASM only: how long, in milliseconds, a guest may run between taking a frame (a call, an
+    /// answer) from the runtime and waiting for the next one; also the budget of its start-up
+    /// before its first wait. Wall-clock time spent in guest code and WASI calls; a guest over
+    /// budget is stopped. Default 10 000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_budget_ms: Option<u64>,
 }
 
 impl Limits {
     /// The key names, as written in `capsule.toml`.
-    pub const KEYS: [&'static str; 6] = [
+    pub const KEYS: [&'static str; 7] = [
         "memory",
         "cpu",
         "cpu_seconds",
         "processes",
         "open_files",
         "storage",
+        "call_budget_ms",
     ];
 }
 
@@ -263,6 +270,15 @@ mod tests {
         assert!(Classification::Internal < Classification::Confidential);
         assert!(Classification::Confidential < Classification::Secret);
         assert_eq!(Classification::default(), Classification::Internal);
+    }
+
+    #[test]
+    fn every_limit_key_is_a_field() {
+        for key in Limits::KEYS {
+            let l: Limits = toml::from_str(&format!("{key} = 1")).unwrap();
+            assert_ne!(l, Limits::default(), "{key}");
+        }
+        assert!(toml::from_str::<Limits>("call_budget = 1").is_err());
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct RunRequest {
     /// always, on-failure or never; default on-failure for a detached capsule, never attached.
     #[serde(default)]
     pub restart: Option<String>,
+    /// `native` or `wasm`: run the manifest's entrypoint for that substrate instead of its
+    /// default.
+    #[serde(default)]
+    pub substrate: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

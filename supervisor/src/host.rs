@@ -7,7 +7,6 @@
 //! end of a socketpair as fd 3 and a status pipe as fd 4, and nothing else.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -59,6 +58,9 @@ pub struct SpawnRequest {
     pub state_quota: Option<u64>,
     /// Its network grant: `host` or `loopback`.
     pub net: Option<&'static str>,
+    /// A WASM capsule: its precompiled module in a sealed memfd, passed at fd 5
+    /// (`crate::wasm::MODULE_FD`) with `--substrate wasm`.
+    pub module: Option<OwnedFd>,
 }
 
 pub struct Spawned {
@@ -155,6 +157,9 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
     for layer in &req.allow_without {
         cmd.arg("--allow-without").arg(layer);
     }
+    if req.module.is_some() {
+        cmd.arg("--substrate").arg("wasm");
+    }
     for (k, v) in &req.env {
         cmd.arg("--env").arg(format!("{k}={v}"));
     }
@@ -167,24 +172,35 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .process_group(0);
-    let sock_fd = theirs.as_raw_fd();
-    let status_fd = status_w.as_raw_fd();
-    // SAFETY: between fork and exec the closure only calls dup2/dup (async-signal-safe) on fds
-    // this thread owns; it allocates nothing. Going through a spare fd first keeps it correct
-    // when a source is already 3 or 4.
+    // fd 3, 4 and (for WASM) 5, in that order; -1 for none.
+    let sources = [
+        theirs.as_raw_fd(),
+        status_w.as_raw_fd(),
+        req.module.as_ref().map_or(-1, |m| m.as_raw_fd()),
+    ];
+    // SAFETY: between fork and exec the closure only calls dup2/dup/close (async-signal-safe)
+    // on fds this thread owns; it allocates nothing. Going through spare fds first keeps it
+    // correct when a source is already 3, 4 or 5: the spares are ascending and each at least
+    // its target, so a dup2 only ever overwrites a spare already used.
     unsafe {
         cmd.pre_exec(move || {
-            let s = nix::libc::dup(sock_fd);
-            let t = nix::libc::dup(status_fd);
-            if s < 0 || t < 0 {
-                return Err(std::io::Error::last_os_error());
+            let mut spare = [-1; 3];
+            for (i, &src) in sources.iter().enumerate() {
+                if src >= 0 {
+                    spare[i] = nix::libc::dup(src);
+                    if spare[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
             }
-            if nix::libc::dup2(s, 3) < 0 || nix::libc::dup2(t, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
+            for (i, &s) in spare.iter().enumerate() {
+                if s >= 0 && nix::libc::dup2(s, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
-            for spare in [s, t] {
-                if spare != 3 && spare != 4 {
-                    nix::libc::close(spare);
+            for s in spare {
+                if s > 5 {
+                    nix::libc::close(s);
                 }
             }
             Ok(())
@@ -192,6 +208,7 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
     }
     let mut child = cmd.spawn().map_err(HostError::Spawn)?;
     drop(theirs);
+    drop(req.module);
     drop::<OwnedFd>(status_w);
     let stdout = child.stdout.take().ok_or(HostError::Silent)?;
     let stderr = child.stderr.take().ok_or(HostError::Silent)?;
@@ -207,12 +224,24 @@ fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError
     })
 }
 
-/// Reads capsule-host's first status line.
+/// Reads capsule-host's first status line, and not a byte more: a WASM capsule-host writes a
+/// second one when a limit stops its guest ([`read_limit`]).
 pub fn read_status(file: &mut File) -> Result<HostStatus, HostError> {
-    let mut line = String::new();
-    BufReader::new(file)
-        .read_line(&mut line)
-        .map_err(|e| HostError::Status(e.to_string()))?;
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match std::io::Read::read(file, &mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if bytes.len() >= 64 * 1024 => {
+                return Err(HostError::Status("status line too long".into()))
+            }
+            Ok(_) => bytes.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(HostError::Status(e.to_string())),
+        }
+    }
+    let line = String::from_utf8_lossy(&bytes).into_owned();
     if line.is_empty() {
         return Err(HostError::Silent);
     }
@@ -239,6 +268,22 @@ pub fn read_status(file: &mut File) -> Result<HostStatus, HostError> {
         }),
         _ => Err(HostError::Status(line)),
     }
+}
+
+/// After capsule-host exited: the limit that stopped a WASM guest, if its status pipe names one
+/// (`{"event":"limit","limit":NAME,...}`).
+pub fn read_limit(file: File) -> Option<String> {
+    // capsule-host is gone: what it wrote is all there; never wait for more.
+    let _ = nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&file, 64 * 1024), &mut rest);
+    rest.lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["event"] == "limit").then(|| v["limit"].as_str().unwrap_or("?").to_string())
+    })
 }
 
 pub fn signal(pid: u32, sig: Signal) {

@@ -185,6 +185,18 @@ impl NodeKey {
         did_from_public(&self.public_bytes())
     }
 
+    /// A 32-byte key for `label` (one of `elastos_schema::domains`), derived from the seed as
+    /// HMAC-SHA256(seed, label): a key of its own for each use, never the signing key itself,
+    /// and telling nothing about the seed.
+    pub fn derive_key(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        use hmac::{KeyInit, Mac};
+        let seed = Zeroizing::new(self.signing.to_bytes());
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(seed.as_ref())
+            .expect("HMAC takes a key of any length");
+        mac.update(label);
+        Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
     /// Signs `domain ‖ message`. Every caller passes one of `elastos_schema::domains`.
     pub fn sign(&self, domain: &[u8], message: &[u8]) -> Signature {
         let mut buf = Vec::with_capacity(domain.len() + message.len());

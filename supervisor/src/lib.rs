@@ -25,3 +25,4 @@ pub mod quota;
 pub mod store;
 pub mod text;
 pub mod token;
+pub mod wasm;

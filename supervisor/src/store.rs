@@ -53,6 +53,8 @@ pub struct Stored {
     pub manifest: Manifest,
     /// The extracted, read-only files.
     pub root: PathBuf,
+    /// Each file's SHA-256 (hex) as the verified index lists it, by path.
+    pub files: BTreeMap<String, String>,
 }
 
 pub struct Store {
@@ -116,6 +118,7 @@ impl Store {
             publisher: pkg.publisher.clone(),
             manifest: pkg.manifest.clone(),
             root,
+            files: hashes(&pkg),
         })
     }
 
@@ -153,8 +156,16 @@ impl Store {
             publisher: pkg.publisher.clone(),
             manifest: pkg.manifest.clone(),
             root,
+            files: hashes(&pkg),
         })
     }
+}
+
+fn hashes(pkg: &package::VerifiedPackage) -> BTreeMap<String, String> {
+    pkg.files
+        .iter()
+        .map(|f| (f.path.clone(), f.sha256.clone()))
+        .collect()
 }
 
 /// Removes a tree whose directories were made read-only.

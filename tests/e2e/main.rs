@@ -10,3 +10,4 @@ mod identity;
 mod supervisor;
 mod throwaway;
 mod token;
+mod wasm;

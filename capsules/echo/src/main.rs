@@ -64,6 +64,10 @@ mod tests {
         let m = elastos_schema::manifest::Manifest::parse(include_str!("../capsule.toml")).unwrap();
         assert_eq!(m.name, "echo");
         assert_eq!(m.provides[0].uri, super::PATTERN);
+        // Both substrates from one source (scripts/build-capsules puts both files in place).
+        use elastos_schema::manifest::Substrate;
+        assert_eq!(m.entrypoint[&Substrate::Native], "bin/echo");
+        assert_eq!(m.entrypoint[&Substrate::Wasm], "bin/echo.wasm");
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub use elastos_schema::wire::{FrameBuf, FrameError};
 pub use elastos_schema::Action;
 pub use error::{CallError, ErrorKind, SdkError};
 pub use transport::Transport;
+#[cfg(target_os = "wasi")]
+pub use transport::WasmTransport;
 #[cfg(unix)]
 pub use transport::{UnixTransport, SOCKET_FD_ENV};
 
@@ -220,6 +222,14 @@ impl Capsule<UnixTransport> {
     /// greets the supervisor.
     pub fn connect() -> Result<Self, SdkError> {
         Capsule::with_transport(UnixTransport::from_env()?)
+    }
+}
+
+#[cfg(target_os = "wasi")]
+impl Capsule<WasmTransport> {
+    /// Connects through the host imports of the WASM substrate and greets the supervisor.
+    pub fn connect() -> Result<Self, SdkError> {
+        Capsule::with_transport(WasmTransport::take()?)
     }
 }
 

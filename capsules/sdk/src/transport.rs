@@ -138,3 +138,100 @@ mod unix {
         }
     }
 }
+
+#[cfg(target_os = "wasi")]
+pub use wasm::WasmTransport;
+
+/// A WASM guest's carrier: the host imports of `elastos_schema::wasm_abi`, which move the same
+/// frames as the native socket.
+#[cfg(target_os = "wasi")]
+#[allow(unsafe_code)]
+mod wasm {
+    use std::io;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use elastos_schema::wasm_abi as abi;
+    use elastos_schema::wire::{self, FrameError};
+
+    use super::Transport;
+    use crate::SdkError;
+
+    // The names are `abi::MODULE`, `abi::SEND`, `abi::RECV_LEN` and `abi::RECV` (attributes take
+    // only literals). On wasm32 a pointer and a `usize` are the ABI's `i32`.
+    #[link(wasm_import_module = "elastos")]
+    extern "C" {
+        #[link_name = "send"]
+        fn host_send(ptr: *const u8, len: usize) -> i32;
+        #[link_name = "recv_len"]
+        fn host_recv_len() -> i32;
+        #[link_name = "recv"]
+        fn host_recv(ptr: *mut u8, cap: usize) -> i32;
+    }
+
+    /// The connection is the process's; a second transport would steal the first one's frames.
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+
+    pub struct WasmTransport {
+        _once: (),
+    }
+
+    impl WasmTransport {
+        /// Takes the guest's connection to the supervisor. Works once per process.
+        pub fn take() -> Result<Self, SdkError> {
+            if TAKEN.swap(true, Ordering::SeqCst) {
+                return Err(SdkError::Env(
+                    "the capsule connection was already taken by this process".into(),
+                ));
+            }
+            Ok(WasmTransport { _once: () })
+        }
+    }
+
+    fn failed(code: i32) -> io::Error {
+        let what = match code {
+            abi::FAULT => "a buffer outside the guest's memory",
+            abi::TOO_LONG => "a frame above the limit",
+            abi::BAD_FRAME => "a frame whose length prefix is wrong",
+            abi::IO => "the connection to the supervisor failed",
+            abi::NO_FRAME => "no frame announced",
+            abi::SPACE => "a buffer smaller than the frame",
+            _ => "an unknown error",
+        };
+        io::Error::other(format!("elastos host import: {what} ({code})"))
+    }
+
+    impl Transport for WasmTransport {
+        fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+            // SAFETY: the host reads exactly `frame.len()` bytes at `frame.as_ptr()`, a live
+            // slice of this guest's memory, and keeps no reference to them.
+            match unsafe { host_send(frame.as_ptr(), frame.len()) } {
+                0 => Ok(()),
+                code => Err(failed(code)),
+            }
+        }
+
+        fn recv(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+            // SAFETY: no arguments; the host only blocks and returns a length or an error code.
+            let n = unsafe { host_recv_len() };
+            match n {
+                abi::CLOSED => return Ok(None),
+                abi::TOO_LONG => {
+                    return Err(FrameError::TooLong {
+                        len: wire::MAX_FRAME.saturating_add(1),
+                        max: wire::MAX_FRAME,
+                    })
+                }
+                n if n < 0 => return Err(failed(n).into()),
+                _ => {}
+            }
+            let mut body = vec![0u8; n as usize];
+            // SAFETY: the host writes at most `body.len()` bytes into `body`, a live, owned
+            // buffer of this guest's memory.
+            let got = unsafe { host_recv(body.as_mut_ptr(), body.len()) };
+            if got != n {
+                return Err(failed(if got < 0 { got } else { abi::IO }).into());
+            }
+            Ok(Some(body))
+        }
+    }
+}

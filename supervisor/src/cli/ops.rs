@@ -33,6 +33,9 @@ pub struct RunArgs {
     /// always, on-failure or never (default: on-failure with -d, never without).
     #[arg(long)]
     restart: Option<String>,
+    /// native or wasm: which of the manifest's entrypoints to run (default: its `substrate`).
+    #[arg(long)]
+    substrate: Option<String>,
     /// Arguments for the capsule, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -122,6 +125,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         attach,
         interactive: a.interactive,
         restart: a.restart,
+        substrate: a.substrate,
     }))?)?;
     let name = r.data["name"].as_str().unwrap_or("?").to_string();
     if !attach {
@@ -232,6 +236,15 @@ pub fn ps(a: PsArgs) -> anyhow::Result<ExitCode> {
             c["substrate"].as_str().unwrap_or("?"),
             short_publisher(c["publisher"].as_str().unwrap_or("?")),
         );
+    }
+    for c in r.data.as_array().into_iter().flatten() {
+        if let Some(limit) = c["stopped_by"].as_str() {
+            println!(
+                "{}: its last run was stopped by its limit `{}` (see `elastos logs {0}`)",
+                sanitize(c["name"].as_str().unwrap_or("?")),
+                sanitize(limit)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

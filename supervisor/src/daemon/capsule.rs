@@ -85,6 +85,9 @@ pub struct Info {
     pub restart: RestartPolicy,
     pub exit_code: Option<i32>,
     pub isolation: Option<String>,
+    /// The limit that stopped its last run (a WASM guest: `memory`, `tables`,
+    /// `call_budget_ms`), until it starts again.
+    pub stopped_by: Option<String>,
 }
 
 pub struct Spec {
@@ -107,6 +110,8 @@ pub enum Msg {
     Exited {
         generation: u64,
         code: i32,
+        /// The limit capsule-host said stopped it.
+        limit: Option<String>,
     },
     Stop {
         timeout: Duration,
@@ -147,6 +152,7 @@ pub struct CapsuleState {
     /// What capsule-host reported in force for the running process.
     layers: Vec<String>,
     pending_restart: bool,
+    stopped_by: Option<String>,
 }
 
 impl Actor for CapsuleActor {
@@ -183,6 +189,7 @@ impl Actor for CapsuleActor {
             isolation: None,
             layers: Vec::new(),
             pending_restart: false,
+            stopped_by: None,
         })
     }
 
@@ -198,12 +205,19 @@ impl Actor for CapsuleActor {
                     self.start(&myself, st).await;
                 }
             }
-            Msg::Exited { generation, code } => {
+            Msg::Exited {
+                generation,
+                code,
+                limit,
+            } => {
                 if st.running.as_ref().map(|r| r.generation) != Some(generation) {
                     return Ok(());
                 }
                 st.running = None;
                 st.exit_code = Some(code);
+                if let Some(limit) = limit {
+                    self.limit_stopped(st, &limit).await;
+                }
                 self.exited(&myself, st, code).await;
             }
             Msg::Stop { timeout, reply } => {
@@ -300,7 +314,27 @@ impl CapsuleActor {
             restart: st.spec.restart,
             exit_code: st.exit_code,
             isolation: st.isolation.clone(),
+            stopped_by: st.stopped_by.clone(),
         }
+    }
+
+    /// A WASM guest stopped by one of its limits: its log and `ps` say which, and the audit log.
+    async fn limit_stopped(&self, st: &mut CapsuleState, limit: &str) {
+        let why = format!(
+            "stopped by its limit `{limit}` (see the lines before in this log; raise [limits] {limit} in capsule.toml if it needs more)"
+        );
+        st.log.event(&why);
+        st.stopped_by = Some(limit.to_string());
+        self.shared
+            .audit_sync(
+                "supervisor",
+                "capsule.limit",
+                st.peer.actor(),
+                Decision::Denied,
+                &why,
+                None,
+            )
+            .await;
     }
 
     async fn start(&self, myself: &ActorRef<Msg>, st: &mut CapsuleState) {
@@ -314,14 +348,28 @@ impl CapsuleActor {
             .await;
             return;
         };
-        if substrate != elastos_schema::manifest::Substrate::Native {
-            self.fail(
-                st,
-                &format!("substrate {substrate} is not supported yet by this elastos"),
-            )
-            .await;
-            return;
-        }
+        use elastos_schema::manifest::Substrate;
+        let module = match substrate {
+            Substrate::Native => None,
+            Substrate::Wasm => match self.wasm_module(st, &entry).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.fail(st, &format!("could not prepare its module {entry}: {e}"))
+                        .await;
+                    return;
+                }
+            },
+            _ => {
+                self.fail(
+                    st,
+                    &format!("substrate {substrate} is not supported yet by this elastos"),
+                )
+                .await;
+                return;
+            }
+        };
+        st.stopped_by = None;
+        let manifest = &st.spec.stored.manifest;
         let mut args = manifest.args.clone();
         args.extend(st.spec.args.iter().cloned());
         let uid = self.shared.capsule_uid(&st.spec.name);
@@ -367,6 +415,7 @@ impl CapsuleActor {
             net: elastos::policy::grants_net(manifest),
             state: state.as_ref().map(|(d, _)| d.clone()),
             state_quota: state.and_then(|(_, q)| q),
+            module,
         };
         let shared = self.shared.clone();
         let spawn_began = Instant::now();
@@ -409,6 +458,7 @@ impl CapsuleActor {
             stdout,
             stderr,
             stdin,
+            status: status_pipe,
             ..
         } = spawned;
         if let (Some(input), Some(mut pipe)) = (st.spec.stdin.take(), stdin) {
@@ -451,6 +501,7 @@ impl CapsuleActor {
                     Ok(s) => exit_code(s),
                     Err(_) => 125,
                 };
+                let limit = host::read_limit(status_pipe);
                 // Both streams at EOF, or a bounded wait: a descendant that escaped with the
                 // pipe open must not hold the exit back.
                 let deadline = Instant::now() + Duration::from_secs(2);
@@ -460,7 +511,11 @@ impl CapsuleActor {
                         break;
                     }
                 }
-                let _ = me.cast(Msg::Exited { generation, code });
+                let _ = me.cast(Msg::Exited {
+                    generation,
+                    code,
+                    limit,
+                });
             })
             .ok();
         match status {
@@ -515,6 +570,58 @@ impl CapsuleActor {
                     .event(&format!("capsule-host failed at {stage}: {message}"));
             }
         }
+    }
+
+    /// The capsule's module, compiled (or from the cache, audited when an entry was rejected),
+    /// in a sealed memfd for capsule-host.
+    async fn wasm_module(
+        &self,
+        // `&mut`: a shared reference to the state would not be `Send` across the awaits.
+        st: &mut CapsuleState,
+        entry: &str,
+    ) -> Result<std::os::fd::OwnedFd, String> {
+        let stored = &st.spec.stored;
+        let sha = stored
+            .files
+            .get(entry)
+            .ok_or_else(|| format!("`{entry}` is not in the package"))?
+            .clone();
+        let digest: [u8; 32] = hex::decode(&sha)
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| format!("the package lists a malformed hash for `{entry}`"))?;
+        let module_cid = elastos::cid::from_sha256(digest).to_string();
+        let path = stored.root.join(entry);
+        let shared = self.shared.clone();
+        let cid = module_cid.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let c = shared.wasm.compiled(&cid, &path, &sha)?;
+            let fd = elastos::wasm::sealed_memfd(&c.artifact)?;
+            Ok::<_, elastos::wasm::WasmCacheError>((fd, c.rejected, c.hit))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let (fd, rejected, hit) = compiled;
+        if let Some(why) = rejected {
+            let why = format!("rejected cache entry of module {module_cid}, compiled again: {why}");
+            st.log.event(&why);
+            self.shared
+                .audit_sync(
+                    "supervisor",
+                    "wasm.cache.rejected",
+                    st.peer.actor(),
+                    Decision::Denied,
+                    &why,
+                    None,
+                )
+                .await;
+        }
+        st.log.event(&format!(
+            "module {module_cid} {}",
+            if hit { "from the cache" } else { "compiled" }
+        ));
+        Ok(fd)
     }
 
     async fn fail(&self, st: &mut CapsuleState, why: &str) {

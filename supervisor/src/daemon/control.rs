@@ -483,13 +483,37 @@ async fn run_request(
         RunSource::Package(p) => p.display().to_string(),
         RunSource::Stored(n) => n.clone(),
     };
-    let stored = match resolve(&shared, &run.source) {
+    let mut stored = match resolve(&shared, &run.source) {
         Ok(s) => s,
         Err(e) => {
             refused(&shared, &what, &e).await;
             return write_line(&mut wr, &Response::err(e)).await;
         }
     };
+    if let Some(s) = &run.substrate {
+        use elastos_schema::manifest::Substrate;
+        match s.parse::<Substrate>() {
+            Ok(s @ (Substrate::Native | Substrate::Wasm))
+                if stored.manifest.entrypoint.contains_key(&s) =>
+            {
+                stored.manifest.substrate = s;
+            }
+            Ok(s @ (Substrate::Native | Substrate::Wasm)) => {
+                return write_line(
+                    &mut wr,
+                    &usage(format!(
+                        "the manifest of `{}` has no {s} entrypoint: add `{s} = \"FILE\"` to its [entrypoint]",
+                        stored.manifest.name
+                    )),
+                )
+                .await
+            }
+            Ok(_) => {
+                return write_line(&mut wr, &usage("--substrate takes native or wasm".into())).await
+            }
+            Err(e) => return write_line(&mut wr, &usage(e)).await,
+        }
+    }
     let restart = match run.restart.as_deref() {
         Some(r) => match r.parse::<RestartPolicy>() {
             Ok(p) => p,

@@ -101,6 +101,8 @@ pub struct Shared {
     pub conns: ConnTable,
     pub store: Store,
     pub spawner: Spawner,
+    /// Compiled WASM modules (`elastos::wasm`).
+    pub wasm: elastos::wasm::WasmCache,
     pub started: Instant,
     pub logs_dir: PathBuf,
     /// Forwarded calls waiting for a reply, over all providers; the deadline sweeper sleeps on
@@ -242,6 +244,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
     .context("opening the audit log")?;
     let store = Store::open(&home)?;
     let host_bin = elastos::host::find_host_binary()?;
+    let wasm = elastos::wasm::WasmCache::new(home.root(), &key, host_bin.clone());
     let spawner = Spawner::start(host_bin);
     let did = key.did();
     let shared = Arc::new(Shared {
@@ -255,6 +258,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         conns: ConnTable::default(),
         store,
         spawner,
+        wasm,
         started: Instant::now(),
         logs_dir,
         pending: AtomicUsize::new(0),

@@ -1,0 +1,282 @@
+use std::io::Write;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+
+use super::*;
+
+/// A guest that answers every frame with itself, until the stream ends.
+pub const ECHO: &str = r#"(module
+  (import "elastos" "recv_len" (func $recv_len (result i32)))
+  (import "elastos" "recv" (func $recv (param i32 i32) (result i32)))
+  (import "elastos" "send" (func $send (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (local $n i32)
+    (loop $next
+      (local.set $n (call $recv_len))
+      (if (i32.lt_s (local.get $n) (i32.const 0)) (then (return)))
+      (if (i32.ne (call $recv (i32.const 4) (local.get $n)) (local.get $n)) (then (unreachable)))
+      (i32.store (i32.const 0) (local.get $n))
+      (if (i32.ne (call $send (i32.const 0) (i32.add (local.get $n) (i32.const 4))) (i32.const 0))
+        (then (unreachable)))
+      (br $next))))"#;
+
+fn module(engine: &Engine, wat: &str) -> Module {
+    let bytes = precompile(engine, wat.as_bytes()).unwrap();
+    // SAFETY: precompiled just now by this engine.
+    unsafe { Module::deserialize(engine, bytes) }.unwrap()
+}
+
+fn guest(limits: Limits) -> Guest {
+    Guest {
+        args: vec!["test".into()],
+        limits,
+        ..Default::default()
+    }
+}
+
+/// Runs `wat` on its own thread with one end of a socketpair; the other end is returned.
+fn start(wat: &str, limits: Limits) -> (UnixStream, std::thread::JoinHandle<Outcome>) {
+    let engine = engine().unwrap();
+    let m = module(&engine, wat);
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let p = prepare(&engine, &m, &guest(limits), theirs).unwrap();
+    (ours, std::thread::spawn(move || run(p)))
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+fn read_frame(s: &mut UnixStream) -> Vec<u8> {
+    wire::read_frame(s, wire::MAX_FRAME).unwrap().unwrap()
+}
+
+#[test]
+fn frames_go_through_the_imports_unchanged_until_the_stream_ends() {
+    let (mut s, guest) = start(ECHO, Limits::default());
+    for body in [&b"01234567"[..], &[7u8; 4096][..], &[][..]] {
+        s.write_all(&frame(body)).unwrap();
+        assert_eq!(read_frame(&mut s), body);
+    }
+    drop(s);
+    assert_eq!(guest.join().unwrap(), Outcome::Exited(0));
+}
+
+#[test]
+fn a_guest_that_grows_past_its_memory_limit_is_stopped_naming_the_limit() {
+    let hog = r#"(module (memory (export "memory") 1)
+      (func (export "_start") (loop $l (drop (memory.grow (i32.const 16))) (br $l))))"#;
+    let (_s, guest) = start(
+        hog,
+        Limits {
+            memory: Some(4 << 20),
+            ..Default::default()
+        },
+    );
+    let out = guest.join().unwrap();
+    assert_eq!(out.code(), EXIT_MEMORY, "{out:?}");
+    assert_eq!(limit_of(out.code()), Some("memory"));
+    let msg = out.message().unwrap();
+    assert!(
+        msg.contains("4194304") && msg.contains("[limits] memory"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_module_whose_initial_memory_exceeds_the_limit_does_not_start() {
+    let big = r#"(module (memory (export "memory") 256) (func (export "_start")))"#;
+    let (_s, guest) = start(
+        big,
+        Limits {
+            memory: Some(1 << 20),
+            ..Default::default()
+        },
+    );
+    assert_eq!(guest.join().unwrap().code(), EXIT_MEMORY);
+}
+
+#[test]
+fn a_guest_that_spins_after_taking_a_frame_is_stopped_but_waiting_costs_nothing() {
+    let spin = r#"(module
+      (import "elastos" "recv_len" (func $recv_len (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (drop (call $recv_len)) (loop $l (br $l))))"#;
+    let (mut s, guest) = start(
+        spin,
+        Limits {
+            call_budget_ms: Some(50),
+            ..Default::default()
+        },
+    );
+    // Several budgets' worth of waiting in recv_len: not counted.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!guest.is_finished(), "stopped while it waited");
+    s.write_all(&frame(b"go")).unwrap();
+    let out = guest.join().unwrap();
+    assert_eq!(out, Outcome::CallBudget { ms: 50 });
+    assert_eq!(out.code(), EXIT_CALL_BUDGET);
+    assert!(out.message().unwrap().contains("call_budget_ms"));
+}
+
+#[test]
+fn a_bad_pointer_is_an_error_for_the_guest_not_a_host_crash() {
+    // Exits with the number of calls that did not return FAULT.
+    let bad = r#"(module
+      (import "elastos" "send" (func $send (param i32 i32) (result i32)))
+      (import "elastos" "recv" (func $recv (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func $not_fault (param i32) (result i32) (i32.ne (local.get 0) (i32.const -1)))
+      (func (export "_start")
+        (call $exit
+          (i32.add
+            (i32.add
+              (call $not_fault (call $send (i32.const -16) (i32.const 100)))
+              (call $not_fault (call $send (i32.const 65530) (i32.const 10))))
+            (call $not_fault (call $send (i32.const 8) (i32.const -1)))))))"#;
+    let (_s, guest) = start(bad, Limits::default());
+    assert_eq!(guest.join().unwrap(), Outcome::Exited(0));
+}
+
+#[test]
+fn recv_without_an_announced_frame_or_with_too_little_room_is_refused() {
+    // recv before recv_len: NO_FRAME (exit 6); then a 16-byte frame into 8 bytes: SPACE (7),
+    // still pending: a second recv with room gets it (exit 16).
+    let t = r#"(module
+      (import "elastos" "recv_len" (func $recv_len (result i32)))
+      (import "elastos" "recv" (func $recv (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (if (i32.ne (call $recv (i32.const 0) (i32.const 64)) (i32.const -6)) (then (call $exit (i32.const 1))))
+        (if (i32.ne (call $recv_len) (i32.const 16)) (then (call $exit (i32.const 2))))
+        (if (i32.ne (call $recv (i32.const 0) (i32.const 8)) (i32.const -7)) (then (call $exit (i32.const 3))))
+        (call $exit (call $recv (i32.const 0) (i32.const 64)))))"#;
+    let (mut s, guest) = start(t, Limits::default());
+    s.write_all(&frame(&[1; 16])).unwrap();
+    assert_eq!(guest.join().unwrap(), Outcome::Exited(16));
+}
+
+#[test]
+fn a_sent_frame_is_checked_against_its_prefix_and_the_frame_limit() {
+    assert_eq!(check_frame(&frame(b"abcdefgh")), Ok(()));
+    assert_eq!(check_frame(b"abc"), Err(abi::BAD_FRAME));
+    let mut lying = frame(b"abcdefgh");
+    lying[0] = 9;
+    assert_eq!(check_frame(&lying), Err(abi::BAD_FRAME));
+    let mut huge = (wire::MAX_FRAME + 1).to_le_bytes().to_vec();
+    huge.extend_from_slice(&[0; 8]);
+    assert_eq!(check_frame(&huge), Err(abi::TOO_LONG));
+    assert_eq!(span(0, 10, 10), Some(0..10));
+    assert_eq!(span(1, 10, 10), None);
+    assert_eq!(span(-1, 2, 1 << 20), None);
+    assert_eq!(span(8, -1, 1 << 20), None);
+}
+
+#[test]
+fn an_oversized_frame_from_the_supervisor_ends_the_stream_for_the_guest() {
+    let t = r#"(module
+      (import "elastos" "recv_len" (func $recv_len (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (if (i32.ne (call $recv_len) (i32.const -2)) (then (call $exit (i32.const 1))))
+        (if (i32.ne (call $recv_len) (i32.const -2)) (then (call $exit (i32.const 2))))))"#;
+    let (mut s, guest) = start(t, Limits::default());
+    s.write_all(&(wire::MAX_FRAME + 1).to_le_bytes()).unwrap();
+    assert_eq!(guest.join().unwrap(), Outcome::Exited(0));
+}
+
+#[test]
+fn a_trap_and_a_missing_import_are_told_apart_from_limits() {
+    let trap = r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#;
+    let (_s, running) = start(trap, Limits::default());
+    let out = running.join().unwrap();
+    assert_eq!(out.code(), EXIT_TRAP, "{out:?}");
+    assert_eq!(limit_of(out.code()), None);
+
+    let engine = engine().unwrap();
+    let m = module(
+        &engine,
+        r#"(module (import "env" "system" (func)) (func (export "_start")))"#,
+    );
+    let (_a, b) = UnixStream::pair().unwrap();
+    assert!(matches!(
+        prepare(&engine, &m, &guest(Limits::default()), b),
+        Err(WasmError::Link(_))
+    ));
+}
+
+fn memfd(bytes: &[u8], seals: i32) -> OwnedFd {
+    let fd = nix::sys::memfd::memfd_create(
+        "test-module",
+        nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING | nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )
+    .unwrap();
+    let mut f = File::from(fd);
+    f.write_all(bytes).unwrap();
+    if seals != 0 {
+        // SAFETY: fcntl with integer arguments on a descriptor this test owns.
+        assert_eq!(
+            unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) },
+            0
+        );
+    }
+    OwnedFd::from(f)
+}
+
+#[test]
+fn a_module_descriptor_without_every_seal_is_refused() {
+    let engine = engine().unwrap();
+    let bytes = precompile(&engine, ECHO.as_bytes()).unwrap();
+    let loose = memfd(&bytes, 0).into_raw_fd();
+    let e = sealed_module(loose).unwrap_err().to_string();
+    assert!(
+        e.contains("missing seals: write, grow, shrink, seal"),
+        "{e}"
+    );
+    let partly = memfd(&bytes, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW).into_raw_fd();
+    let e = sealed_module(partly).unwrap_err().to_string();
+    assert!(e.contains("missing seals: write, seal"), "{e}");
+    let file = tempfile::tempfile().unwrap().into_raw_fd();
+    assert!(matches!(
+        sealed_module(file),
+        Err(WasmError::Unsealed { .. })
+    ));
+    for fd in [loose, partly, file] {
+        // SAFETY: descriptors this test opened and sealed_module refused to take.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}
+
+#[test]
+fn a_sealed_memfd_loads_and_runs() {
+    let engine = engine().unwrap();
+    let bytes = precompile(&engine, ECHO.as_bytes()).unwrap();
+    let fd = memfd(&bytes, REQUIRED_SEALS).into_raw_fd();
+    let m = load(&engine, sealed_module(fd).unwrap()).unwrap();
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    let p = prepare(&engine, &m, &guest(Limits::default()), theirs).unwrap();
+    let guest = std::thread::spawn(move || run(p));
+    ours.write_all(&frame(b"sealed!!")).unwrap();
+    assert_eq!(read_frame(&mut ours), b"sealed!!");
+    drop(ours);
+    assert_eq!(guest.join().unwrap(), Outcome::Exited(0));
+}
+
+#[test]
+fn an_artifact_of_another_engine_configuration_is_refused() {
+    let mut other = Config::new();
+    other.epoch_interruption(false);
+    let other = Engine::new(&other).unwrap();
+    let bytes = other.precompile_module(ECHO.as_bytes()).unwrap();
+    let engine = engine().unwrap();
+    assert_ne!(compatibility_hash(&engine), compatibility_hash(&other));
+    let fd = memfd(&bytes, REQUIRED_SEALS).into_raw_fd();
+    assert!(matches!(
+        load(&engine, sealed_module(fd).unwrap()),
+        Err(WasmError::Load(_))
+    ));
+}

@@ -1,0 +1,324 @@
+//! Compiled WASM modules for capsule-host: compiled outside any capsule's process, cached,
+//! authenticated, handed over sealed.
+//!
+//! capsule-host runs untrusted guest code, so it never compiles for the cache nor writes it: the
+//! supervisor runs `capsule-host compile` (a process that runs no guest code and confines itself
+//! before it parses a byte), and keeps the artifact in
+//! `$ELASTOS_HOME/cache/wasm/<module CID>.<compatibility hash>.cwasm`: a 32-byte
+//! HMAC-SHA256 tag, then the artifact. The MAC key is derived from the node key under
+//! `domains::WASM_CACHE_KEY`; the tag covers `domains::WASM_CACHE_ENTRY ‖ CID ‖ 0 ‖ hash ‖ 0 ‖
+//! artifact`, so an entry can be neither altered nor moved to another module or engine. An entry
+//! whose tag does not verify is rejected (the caller audits it) and compiled again.
+//!
+//! The artifact reaches capsule-host in a memfd sealed against writes, growth, shrinking and
+//! further seals, at descriptor [`MODULE_FD`]: what was authenticated is what runs.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::fsutil::write_atomic;
+use crate::identity::NodeKey;
+use elastos_schema::domains;
+
+/// The descriptor capsule-host takes the module from (`--substrate wasm`).
+pub const MODULE_FD: i32 = 5;
+const TAG: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WasmCacheError {
+    #[error("the module {path} does not match its package's hash (the store was altered: remove the capsule's directory under store/ and run it again)")]
+    ModuleChanged { path: String },
+    #[error("compiling the module: {0}")]
+    Compile(String),
+    #[error("the WASM cache {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sealing the module for capsule-host: {0}")]
+    Seal(std::io::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WasmCacheError + '_ {
+    move |source| WasmCacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A compiled module ready for capsule-host.
+pub struct Compiled {
+    pub artifact: Vec<u8>,
+    /// Why the cached entry was refused before this one was compiled (to be audited).
+    pub rejected: Option<String>,
+    /// Whether the artifact came from the cache.
+    pub hit: bool,
+}
+
+pub struct WasmCache {
+    dir: PathBuf,
+    key: Zeroizing<[u8; 32]>,
+    host_bin: PathBuf,
+    /// capsule-host's compatibility hash, asked once.
+    compat: Mutex<Option<String>>,
+}
+
+impl WasmCache {
+    pub fn new(home_root: &Path, key: &NodeKey, host_bin: PathBuf) -> WasmCache {
+        WasmCache {
+            dir: home_root.join("cache").join("wasm"),
+            key: key.derive_key(domains::WASM_CACHE_KEY),
+            host_bin,
+            compat: Mutex::new(None),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// capsule-host's engine compatibility hash (`capsule-host compat-hash`).
+    pub fn compat_hash(&self) -> Result<String, WasmCacheError> {
+        let mut c = self.compat.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = &*c {
+            return Ok(h.clone());
+        }
+        let out = Command::new(&self.host_bin)
+            .arg("compat-hash")
+            .env_clear()
+            .output()
+            .map_err(|e| WasmCacheError::Compile(format!("running capsule-host: {e}")))?;
+        let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || !is_hash(&hash) {
+            return Err(WasmCacheError::Compile(format!(
+                "capsule-host compat-hash failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        *c = Some(hash.clone());
+        Ok(hash)
+    }
+
+    /// Where the artifact of `module_cid` for engine `compat` is kept.
+    pub fn entry_path(&self, module_cid: &str, compat: &str) -> PathBuf {
+        self.dir.join(format!("{module_cid}.{compat}.cwasm"))
+    }
+
+    fn mac(&self, module_cid: &str, compat: &str, artifact: &[u8]) -> hmac::Hmac<Sha256> {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(self.key.as_ref())
+            .expect("HMAC takes a key of any length");
+        mac.update(domains::WASM_CACHE_ENTRY);
+        mac.update(module_cid.as_bytes());
+        mac.update(&[0]);
+        mac.update(compat.as_bytes());
+        mac.update(&[0]);
+        mac.update(artifact);
+        mac
+    }
+
+    fn tag(&self, module_cid: &str, compat: &str, artifact: &[u8]) -> [u8; TAG] {
+        self.mac(module_cid, compat, artifact)
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// The artifact of the module at `module` (whose package lists `sha256`, hex), from the
+    /// cache if an entry verifies, else compiled now and stored.
+    pub fn compiled(
+        &self,
+        module_cid: &str,
+        module: &Path,
+        sha256: &str,
+    ) -> Result<Compiled, WasmCacheError> {
+        let compat = self.compat_hash()?;
+        let entry = self.entry_path(module_cid, &compat);
+        let mut rejected = None;
+        match std::fs::read(&entry) {
+            Ok(bytes) => match self.check(module_cid, &compat, bytes) {
+                Ok(artifact) => {
+                    return Ok(Compiled {
+                        artifact,
+                        rejected: None,
+                        hit: true,
+                    })
+                }
+                Err(why) => rejected = Some(format!("{}: {why}", entry.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => rejected = Some(format!("{}: unreadable: {e}", entry.display())),
+        }
+        // The store's copy is the package's: check it before a compiler parses it.
+        let bytes = std::fs::read(module).map_err(io(module))?;
+        if hex::encode(Sha256::digest(&bytes)) != sha256 {
+            return Err(WasmCacheError::ModuleChanged {
+                path: module.display().to_string(),
+            });
+        }
+        let artifact = self.compile(module, &compat)?;
+        let mut stored = Vec::with_capacity(TAG + artifact.len());
+        stored.extend_from_slice(&self.tag(module_cid, &compat, &artifact));
+        stored.extend_from_slice(&artifact);
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        write_atomic(&entry, &stored, 0o600).map_err(io(&entry))?;
+        Ok(Compiled {
+            artifact,
+            rejected,
+            hit: false,
+        })
+    }
+
+    /// The artifact of a cache entry whose tag verifies, else why not.
+    fn check(&self, module_cid: &str, compat: &str, mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+        if bytes.len() <= TAG {
+            return Err("truncated".into());
+        }
+        let artifact = bytes.split_off(TAG);
+        // Constant time: the tag is a secret-keyed MAC.
+        self.mac(module_cid, compat, &artifact)
+            .verify_slice(&bytes)
+            .map_err(|_| {
+                "its MAC does not verify (altered, or made by another node)".to_string()
+            })?;
+        Ok(artifact)
+    }
+
+    /// Runs `capsule-host compile` into a temporary file of the cache directory.
+    fn compile(&self, module: &Path, compat: &str) -> Result<Vec<u8>, WasmCacheError> {
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let tmp = self.dir.join(format!(
+            ".compile.{}.{}",
+            std::process::id(),
+            SERIAL.fetch_add(1, Ordering::Relaxed)
+        ));
+        let out = Command::new(&self.host_bin)
+            .arg("compile")
+            .arg(module)
+            .arg(&tmp)
+            .env_clear()
+            .output();
+        let artifact = std::fs::read(&tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let out = out.map_err(|e| WasmCacheError::Compile(format!("running capsule-host: {e}")))?;
+        if !out.status.success() {
+            return Err(WasmCacheError::Compile(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if printed != compat {
+            return Err(WasmCacheError::Compile(format!(
+                "capsule-host compiled for engine {printed}, not {compat} (was it replaced while running?)"
+            )));
+        }
+        artifact.map_err(io(&tmp))
+    }
+}
+
+fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `bytes` in a close-on-exec memfd sealed against writes, growth, shrinking and more seals.
+pub fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, WasmCacheError> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(
+        "elastos-module",
+        MFdFlags::MFD_ALLOW_SEALING | MFdFlags::MFD_CLOEXEC,
+    )
+    .map_err(|e| WasmCacheError::Seal(e.into()))?;
+    let mut f = File::from(fd);
+    f.write_all(bytes).map_err(WasmCacheError::Seal)?;
+    let seals = nix::libc::F_SEAL_WRITE
+        | nix::libc::F_SEAL_GROW
+        | nix::libc::F_SEAL_SHRINK
+        | nix::libc::F_SEAL_SEAL;
+    // SAFETY: fcntl(F_ADD_SEALS) with integer arguments on a descriptor this function owns.
+    if unsafe { nix::libc::fcntl(f.as_raw_fd(), nix::libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(WasmCacheError::Seal(std::io::Error::last_os_error()));
+    }
+    Ok(OwnedFd::from(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(dir: &Path) -> WasmCache {
+        let c = WasmCache::new(dir, &NodeKey::from_seed(&[7; 32]), "/nonexistent".into());
+        *c.compat.lock().unwrap() = Some("ab".repeat(32));
+        c
+    }
+
+    #[test]
+    fn an_entry_verifies_only_for_its_module_engine_and_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        let compat = "ab".repeat(32);
+        let mut entry = c.tag("bafkreimodule", &compat, b"artifact").to_vec();
+        entry.extend_from_slice(b"artifact");
+        assert_eq!(
+            c.check("bafkreimodule", &compat, entry.clone()).unwrap(),
+            b"artifact"
+        );
+        // Another module, another engine, another node, a changed byte: refused.
+        assert!(c.check("bafkreiother", &compat, entry.clone()).is_err());
+        assert!(c
+            .check("bafkreimodule", &"cd".repeat(32), entry.clone())
+            .is_err());
+        let other = WasmCache::new(dir.path(), &NodeKey::from_seed(&[8; 32]), "/x".into());
+        assert!(other
+            .check("bafkreimodule", &compat, entry.clone())
+            .is_err());
+        let last = entry.len() - 1;
+        entry[last] ^= 1;
+        assert!(c.check("bafkreimodule", &compat, entry).is_err());
+        assert!(c.check("bafkreimodule", &compat, vec![0; 32]).is_err());
+    }
+
+    #[test]
+    fn the_cache_key_is_derived_not_the_signing_seed() {
+        let key = NodeKey::from_seed(&[7; 32]);
+        let derived = key.derive_key(domains::WASM_CACHE_KEY);
+        assert_ne!(derived.as_ref(), &[7u8; 32]);
+        assert_ne!(derived, key.derive_key(b"another use\0"));
+    }
+
+    #[test]
+    fn a_module_that_differs_from_its_package_hash_is_not_compiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        let m = dir.path().join("m.wasm");
+        std::fs::write(&m, b"\0asm\x01\0\0\0").unwrap();
+        let e = c
+            .compiled("bafkreimodule", &m, &"00".repeat(32))
+            .err()
+            .unwrap();
+        assert!(matches!(e, WasmCacheError::ModuleChanged { .. }), "{e}");
+    }
+
+    #[test]
+    fn the_memfd_is_sealed_and_holds_the_bytes() {
+        let fd = sealed_memfd(b"artifact").unwrap();
+        // SAFETY: fcntl(F_GET_SEALS) on a descriptor this test owns.
+        let seals = unsafe { nix::libc::fcntl(fd.as_raw_fd(), nix::libc::F_GET_SEALS) };
+        assert_eq!(seals & 0xf, 0xf);
+        let mut f = File::from(fd);
+        assert!(f.write_all(b"x").is_err());
+        let mut back = String::new();
+        std::io::Seek::rewind(&mut f).unwrap();
+        std::io::Read::read_to_string(&mut f, &mut back).unwrap();
+        assert_eq!(back, "artifact");
+    }
+}

@@ -1,0 +1,271 @@
+//! WASM capsules through the real supervisor: the first-party `echo` and `ping` built for
+//! wasm32-wasip1 from the same source as their native builds (`scripts/build-capsules`), mixed
+//! with native ones; limits; the package and the compilation cache refusing altered bytes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use elastos_e2e::Node;
+
+use crate::supervisor::{path, wait_until, Up};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/wasm")
+        .join(name)
+}
+
+/// Starts echo (detached) on `substrate` under `name` and waits until it serves.
+fn start_echo(up: &Up, echo: &Path, name: &str, substrate: &str) {
+    up.node
+        .run(&[
+            "run",
+            "-d",
+            path(echo),
+            "--name",
+            name,
+            "--substrate",
+            substrate,
+        ])
+        .ok();
+    wait_until(&format!("{name} serving"), Duration::from_secs(60), || {
+        up.node
+            .run(&["logs", name])
+            .ok()
+            .contains("serving localhost://echo/*")
+    });
+}
+
+/// Runs ping attached on `substrate` under `name`; asserts every call was answered.
+fn ping(up: &Up, ping: &Path, name: &str, substrate: &str) {
+    let out = up.node.run(&[
+        "run",
+        path(ping),
+        "--name",
+        name,
+        "--substrate",
+        substrate,
+        "--",
+        "--count",
+        "200",
+        "--concurrency",
+        "4",
+    ]);
+    assert!(
+        out.ok().contains("ping: 200 calls of 64 bytes") && out.ok().contains(", 0 errors"),
+        "{name} on {substrate}: {out:#?}"
+    );
+}
+
+/// The supervisor's own records about capsule `name` (its actor is `supervisor`, the capsule is
+/// the resource).
+fn supervisor_records(node: &Node, name: &str, action: &str) -> Vec<serde_json::Value> {
+    node.run(&["audit", "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| {
+            r["action"] == action
+                && r["resource"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(&format!("capsule:{name}@")))
+        })
+        .collect()
+}
+
+fn audited_calls(node: &Node, capsule: &str) -> usize {
+    node.run(&["audit", "--json", "--capsule", capsule])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| {
+            r["action"] == "call"
+                && r["decision"] == "allowed"
+                && r["resource"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("localhost://echo/"))
+                && r["token"].is_string()
+        })
+        .count()
+}
+
+#[test]
+fn wasm_and_native_capsules_call_each_other_through_the_supervisor_all_audited() {
+    let up = Up::new();
+    let echo = up.node.pack_first_party("echo");
+    let pinger = up.node.pack_first_party("ping");
+
+    // native ping → wasm echo, wasm ping → wasm echo.
+    start_echo(&up, &echo, "echo-wasm", "wasm");
+    assert_eq!(up.capsule("echo-wasm")["substrate"], "wasm");
+    ping(&up, &pinger, "ping-native", "native");
+    ping(&up, &pinger, "ping-wasm", "wasm");
+    assert_eq!(up.capsule("ping-wasm")["substrate"], "wasm");
+    assert_eq!(up.capsule("ping-native")["substrate"], "native");
+    let text = up.node.run(&["ps"]).ok().to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("echo-wasm") && l.contains(" wasm ")),
+        "{text}"
+    );
+
+    // wasm ping → native echo.
+    up.node.run(&["stop", "echo-wasm"]).ok();
+    start_echo(&up, &echo, "echo-native", "native");
+    assert_eq!(up.capsule("echo-native")["substrate"], "native");
+    ping(&up, &pinger, "ping-wasm2", "wasm");
+
+    // Every call of both substrates went through the token checks and the audit log.
+    wait_until("the call records", Duration::from_secs(10), || {
+        ["ping-native", "ping-wasm", "ping-wasm2"]
+            .iter()
+            .all(|c| audited_calls(&up.node, c) >= 200)
+    });
+    up.node.run(&["audit", "verify"]).ok();
+
+    // A substrate the manifest has no entrypoint for is a usage error.
+    let bad = up
+        .node
+        .run(&["run", path(&pinger), "--substrate", "microvm"]);
+    assert_eq!(bad.code, 2, "{bad:#?}");
+}
+
+/// A WASM capsule directory whose module is the WAT fixture `wat`, with `[limits]` `limits`.
+fn wat_capsule(node: &Node, name: &str, wat: &str, limits: &str) -> PathBuf {
+    let dir = node.scratch().join(format!("wasm-{name}"));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::write(
+        dir.join("capsule.toml"),
+        format!("format = 1\nname = \"{name}\"\nversion = \"0.1.0\"\ndescription = \"test\"\nsubstrate = \"wasm\"\n[entrypoint]\nwasm = \"bin/{wat}\"\n[limits]\n{limits}\n"),
+    )
+    .unwrap();
+    std::fs::copy(fixture(wat), dir.join("bin").join(wat)).unwrap();
+    dir
+}
+
+#[test]
+fn a_memory_hog_and_a_spinning_guest_are_stopped_by_their_limits_while_echo_serves() {
+    let up = Up::new();
+    let echo = up.node.pack_first_party("echo");
+    start_echo(&up, &echo, "echo", "wasm");
+    let hog = wat_capsule(&up.node, "hog", "hog.wat", "memory = 16777216");
+    let spin = wat_capsule(&up.node, "spin", "spin.wat", "call_budget_ms = 200");
+    for (dir, name) in [(&hog, "hog"), (&spin, "spin")] {
+        up.node
+            .run(&["run", "-d", path(dir), "--restart", "never"])
+            .ok();
+        wait_until(&format!("{name} stopped"), Duration::from_secs(60), || {
+            up.capsule(name)["state"] == "exited"
+        });
+    }
+
+    let hog_ps = up.capsule("hog");
+    assert_eq!(hog_ps["stopped_by"], "memory", "{hog_ps}");
+    assert_eq!(hog_ps["exit_code"], 122);
+    let log = up.node.run(&["logs", "hog"]).ok().to_string();
+    assert!(
+        log.contains("over its limit of memory") && log.contains("16777216"),
+        "{log}"
+    );
+    let spin_ps = up.capsule("spin");
+    assert_eq!(spin_ps["stopped_by"], "call_budget_ms", "{spin_ps}");
+    assert_eq!(spin_ps["exit_code"], 121);
+    let log = up.node.run(&["logs", "spin"]).ok().to_string();
+    assert!(log.contains("call_budget_ms = 200"), "{log}");
+    let text = up.node.run(&["ps"]).ok().to_string();
+    assert!(
+        text.contains("hog: its last run was stopped by its limit `memory`"),
+        "{text}"
+    );
+    for (name, limit) in [("hog", "memory"), ("spin", "call_budget_ms")] {
+        let records = supervisor_records(&up.node, name, "capsule.limit");
+        assert_eq!(records.len(), 1, "{name}: {records:?}");
+        assert_eq!(records[0]["decision"], "denied");
+        assert!(
+            records[0]["reason"].as_str().unwrap().contains(limit),
+            "{records:?}"
+        );
+    }
+
+    // Meanwhile echo kept serving.
+    assert_eq!(up.capsule("echo")["state"], "running");
+    let pinger = up.node.pack_first_party("ping");
+    ping(&up, &pinger, "ping", "native");
+}
+
+#[test]
+fn a_tampered_module_inside_a_package_is_refused() {
+    let up = Up::new();
+    let echo = up.node.pack_first_party("echo");
+    let mut bytes = std::fs::read(&echo).unwrap();
+    let header = b"\0asm\x01\0\0\0";
+    let at = bytes
+        .windows(header.len())
+        .position(|w| w == header)
+        .expect("the package holds a wasm module");
+    bytes[at + 64] ^= 0x20;
+    let tampered = up.node.scratch().join("tampered.capsule");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let out = up
+        .node
+        .run(&["run", "-d", path(&tampered), "--substrate", "wasm"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("bin/echo.wasm"), "{out:#?}");
+    let audit = up.node.run(&["audit", "--json"]).ok().to_string();
+    assert!(audit.contains("\"action\":\"package.refused\""), "{audit}");
+    assert!(!up.node.run(&["ps"]).ok().contains("echo"));
+}
+
+#[test]
+fn a_tampered_cache_entry_is_rejected_audited_and_compiled_again() {
+    let up = Up::new();
+    let echo = up.node.pack_first_party("echo");
+    start_echo(&up, &echo, "echo", "wasm");
+    let cache = up.node.home().join("cache/wasm");
+    let entries: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+    up.node.run(&["stop", "echo"]).ok();
+
+    // One flipped byte of the artifact (past the 32-byte tag).
+    let mut bytes = std::fs::read(entry).unwrap();
+    let good_len = bytes.len();
+    bytes[good_len / 2] ^= 1;
+    std::fs::write(entry, &bytes).unwrap();
+    up.node.run(&["start", "echo"]).ok();
+    wait_until("echo serving again", Duration::from_secs(60), || {
+        up.node
+            .run(&["logs", "echo"])
+            .ok()
+            .matches("serving localhost://echo/*")
+            .count()
+            == 2
+    });
+    let log = up.node.run(&["logs", "echo"]).ok().to_string();
+    assert!(
+        log.contains("rejected cache entry") && log.contains("MAC does not verify"),
+        "{log}"
+    );
+    let rejected = supervisor_records(&up.node, "echo", "wasm.cache.rejected");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0]["decision"], "denied");
+    // The entry was written again, whole, and now serves a third start from the cache.
+    assert_ne!(std::fs::read(entry).unwrap(), bytes);
+    up.node.run(&["stop", "echo"]).ok();
+    up.node.run(&["start", "echo"]).ok();
+    wait_until("echo from the cache", Duration::from_secs(60), || {
+        up.node
+            .run(&["logs", "echo"])
+            .ok()
+            .matches("from the cache")
+            .count()
+            == 1
+    });
+    let pinger = up.node.pack_first_party("ping");
+    ping(&up, &pinger, "ping", "native");
+}
