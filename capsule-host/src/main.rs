@@ -44,6 +44,7 @@
 
 mod cgroup;
 mod confine;
+mod init;
 mod newroot;
 mod seccomp;
 mod userns;
@@ -610,63 +611,22 @@ fn main() {
             Ok(ForkResult::Child) => {
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
                 drop(go_w);
-                let step = |step: &'static str, r: Result<(), String>| {
-                    if let Err(why) = r {
-                        report_failure_on(err_w_raw, &confine::Failure { step, why });
-                    }
+                // Steps 1, 2 and 4 in init (see `init`); a failure is the capsule's, reported
+                // like any other step.
+                let mut sys = Init {
+                    go: Some(go_r),
+                    ops: private_root.as_deref().unwrap_or(&[]),
+                    pinned: None,
                 };
-                // The root's sources, opened in init's mount namespace (a mount can only be
-                // bound from there) and while it can still walk the node's private home, before
-                // it takes the capsule's uid.
-                let pinned = match &private_root {
-                    Some(ops) if userns.is_ok() => match newroot::pin(ops) {
-                        Ok(p) => Some(p),
-                        Err(why) => {
-                            report_failure_on(err_w_raw, &confine::Failure { step: "root", why })
-                        }
-                    },
-                    _ => None,
+                let plan = init::InitPlan {
+                    user_namespace: userns.is_ok(),
+                    private_root: private_root.is_some(),
+                    loopback: userns.is_ok() && a.net.as_deref() == Some("loopback"),
                 };
-                if userns.is_ok() {
-                    step("user namespace", userns::enter(&go_r));
-                    // A change of uid cleared the parent-death signal: set again, then make
-                    // sure the parent did not die in between (it holds the pipe's other end
-                    // for its whole life).
-                    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-                    if userns::parent_gone(&go_r) {
-                        std::process::exit(125);
-                    }
-                    drop(go_r);
-                    step("mount namespace", private_mounts());
-                    if a.net.as_deref() == Some("loopback") {
-                        step(
-                            "network",
-                            loopback_up().map_err(|e| format!("bringing up its loopback: {e}")),
-                        );
-                    }
-                } else {
-                    drop(go_r);
+                if let Err(f) = init::run(&mut sys, plan) {
+                    report_failure_on(err_w_raw, &f);
                 }
-                // Step 4, the private root, from inside the PID namespace (its /proc) and
-                // before the capsule exists; a failure is the capsule's, reported like any
-                // other step.
-                if let Some(ops) = &private_root {
-                    // Without a user namespace, init takes a mount namespace of its own:
-                    // pivot_root moves the root of every process in the namespace, and
-                    // capsule-host keeps the host's view.
-                    let built = match pinned {
-                        Some((_fds, pinned)) => {
-                            newroot::apply(Path::new(newroot::NEW_ROOT), &pinned)
-                        }
-                        None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-                            .map_err(|e| format!("a mount namespace for init: {e}"))
-                            .and_then(|()| newroot::pin(ops))
-                            .and_then(|(_fds, pinned)| {
-                                newroot::apply(Path::new(newroot::NEW_ROOT), &pinned)
-                            }),
-                    };
-                    step("root", built);
-                }
+                drop(sys);
                 // SAFETY: single-threaded, as above.
                 let capsule = match unsafe { nix::unistd::fork() } {
                     Err(_) => std::process::exit(125),
@@ -893,6 +853,52 @@ fn confined_or_fail(err_r: OwnedFd) {
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(err_r), &mut report);
     if let Some((step, why)) = report.split_once('\t') {
         fail(step, format!("{why} (the capsule was not started)"));
+    }
+}
+
+/// Init's steps, for real (see [`init`]).
+struct Init<'a> {
+    /// The pipe capsule-host writes once the maps are written, and holds open while it lives.
+    go: Option<OwnedFd>,
+    ops: &'a [newroot::Op],
+    /// The root's sources, open (kept until the root is built), and the plan naming them so.
+    pinned: Option<(Vec<OwnedFd>, Vec<newroot::Op>)>,
+}
+
+impl init::InitSys for Init<'_> {
+    fn pin_sources(&mut self) -> Result<(), String> {
+        self.pinned = Some(newroot::pin(self.ops)?);
+        Ok(())
+    }
+    fn enter_user_namespace(&mut self) -> Result<(), String> {
+        match &self.go {
+            Some(go) => userns::enter(go),
+            None => Err("no pipe from capsule-host".into()),
+        }
+    }
+    fn rearm_parent_death(&mut self) -> Result<(), String> {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| e.to_string())?;
+        // Checked after arming: a parent that died before would never send the signal.
+        match self.go.take() {
+            Some(go) if userns::parent_gone(&go) => Err("capsule-host is gone".into()),
+            _ => Ok(()),
+        }
+    }
+    fn private_mounts(&mut self) -> Result<(), String> {
+        private_mounts()
+    }
+    fn loopback_up(&mut self) -> Result<(), String> {
+        loopback_up()
+    }
+    fn own_mount_namespace(&mut self) -> Result<(), String> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+            .map_err(|e| format!("a mount namespace for init: {e}"))
+    }
+    fn build_root(&mut self) -> Result<(), String> {
+        match &self.pinned {
+            Some((_fds, ops)) => newroot::apply(Path::new(newroot::NEW_ROOT), ops),
+            None => Err("the root's sources were not opened".into()),
+        }
     }
 }
 
