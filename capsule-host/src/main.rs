@@ -40,7 +40,8 @@
 //! the capsule never runs. Exit codes: the capsule's own (128+N for signal N); 125 a host
 //! error; 126 entry not executable (or a module that does not link); 127 entry not found; for
 //! WASM, 120 the guest trapped, 121 over its per-call CPU budget, 122 over its memory limit, 123
-//! over its table or instance limit (its log says which and what to change).
+//! over its table or instance limit (its log says which and what to change); a guest's own exit
+//! code among 120–123 is reported as 1.
 
 mod cgroup;
 mod confine;

@@ -331,8 +331,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The process's exit code. A guest's own code that would read as one of the host's
+    /// (120–123) becomes 1, so that a limit named on the status pipe is always a real one.
     pub fn code(&self) -> i32 {
         match self {
+            Outcome::Exited(c) if (EXIT_TRAP..=EXIT_TABLES).contains(c) => 1,
             Outcome::Exited(c) => *c,
             Outcome::CallBudget { .. } => EXIT_CALL_BUDGET,
             Outcome::Limit(code, _) => *code,
@@ -344,6 +347,9 @@ impl Outcome {
     /// What the capsule's log says, for anything but a normal exit.
     pub fn message(&self) -> Option<String> {
         match self {
+            Outcome::Exited(c) if (EXIT_TRAP..=EXIT_TABLES).contains(c) => Some(format!(
+                "the guest exited with code {c}, which means a limit or a trap here: reported as 1"
+            )),
             Outcome::Exited(_) => None,
             Outcome::CallBudget { ms } => Some(format!(
                 "stopped: over its CPU budget (call_budget_ms = {ms}): it ran that long after taking a call or answer without waiting for the next; raise [limits] call_budget_ms in capsule.toml if its work needs longer"
@@ -387,10 +393,17 @@ pub fn run(p: Prepared) -> Outcome {
         });
     let ticks = store.data().budget_ticks;
     store.set_epoch_deadline(ticks);
-    let result = pre
-        .instantiate(&mut store)
-        .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
-        .and_then(|start| start.call(&mut store, ()));
+    let result = match pre.instantiate(&mut store) {
+        Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
+            Ok(start) => start.call(&mut store, ()),
+            Err(e) => {
+                return Outcome::Link(format!(
+                    "the module is not a WASI command: no `_start() -> ()` export ({e:#})"
+                ))
+            }
+        },
+        Err(e) => Err(e),
+    };
     let outcome = match result {
         Ok(()) => Outcome::Exited(0),
         Err(e) => {
@@ -400,11 +413,8 @@ pub fn run(p: Prepared) -> Outcome {
                 Outcome::Limit(code, why)
             } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                 Outcome::CallBudget { ms: budget_ms }
-            } else if e.downcast_ref::<Trap>().is_some() {
-                Outcome::Trap(format!("{e:#}"))
-            } else if e.to_string().contains("_start") {
-                Outcome::Link(format!("the module does not link: {e:#}"))
             } else {
+                // A trap, or a start function's failure: the capsule's own bug either way.
                 Outcome::Trap(format!("{e:#}"))
             }
         }

@@ -88,6 +88,10 @@ struct Running {
 
 /// capsule-host for a WASM capsule, as the supervisor starts it (as root: its own uid).
 fn start(module: OwnedFd, limits: &str) -> Running {
+    start_with(module, limits, None)
+}
+
+fn start_with(module: OwnedFd, limits: &str, state: Option<&std::path::Path>) -> Running {
     let root = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -111,6 +115,9 @@ fn start(module: OwnedFd, limits: &str) -> Running {
     .args(["--limits", limits]);
     if nix::unistd::geteuid().is_root() {
         cmd.args(["--uid", "200777"]);
+    }
+    if let Some(dir) = state {
+        cmd.arg("--state").arg(dir);
     }
     // Whatever this machine lacks (a test may run unprivileged); ps would show it.
     for layer in ["namespaces", "private-root", "uid", "cgroups"] {
@@ -266,4 +273,48 @@ fn an_unsealed_module_is_refused_before_anything_runs() {
         "{st}"
     );
     assert_eq!(finish(r).0, 125);
+}
+
+/// Creates `/state/note` through the guest's first preopened directory (WASI fd 3) and writes
+/// "kept" into it; exits with the errno of whichever call failed.
+const WRITE_STATE: &str = r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "note")
+  (data (i32.const 16) "kept")
+  (func (export "_start") (local $e i32)
+    ;; fd 3, no dirflags, "note", O_CREAT|O_TRUNC, rights fd_write, new fd at 64
+    (local.set $e (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 4)
+      (i32.const 9) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 64)))
+    (if (local.get $e) (then (call $exit (local.get $e))))
+    (i32.store (i32.const 32) (i32.const 16))
+    (i32.store (i32.const 36) (i32.const 4))
+    (call $exit (call $write (i32.load (i32.const 64)) (i32.const 32) (i32.const 1) (i32.const 48)))))"#;
+
+#[test]
+fn the_state_directory_is_the_guests_only_directory() {
+    let (artifact, _) = compile(WRITE_STATE);
+    let state = tempfile::tempdir().unwrap();
+    if nix::unistd::geteuid().is_root() {
+        // The capsule's uid owns its state directory, as the supervisor arranges.
+        nix::unistd::chown(
+            state.path(),
+            Some(nix::unistd::Uid::from_raw(200777)),
+            Some(nix::unistd::Gid::from_raw(200777)),
+        )
+        .unwrap();
+    }
+    let mut r = start_with(memfd(&artifact, true), "{}", Some(state.path()));
+    assert_eq!(status_line(&mut r)["event"], "started");
+    let (code, err) = finish(r);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(state.path().join("note")).unwrap(), b"kept");
+
+    // Without the grant there is no directory at all: WASI's EBADF (8) for fd 3.
+    let mut r = start(memfd(&artifact, true), "{}");
+    assert_eq!(status_line(&mut r)["event"], "started");
+    assert_eq!(finish(r).0, 8);
 }

@@ -6,6 +6,8 @@
 //!   processes are this same executable, re-run with a role.
 //! - Mediated: `ping` → supervisor → `echo`, the real capsules under a real `elastos up`, at
 //!   concurrency 1 and 32. Goal: p50 ≤ 1.5× and p99 ≤ 3× the 2-hop baseline.
+//! - WASM: `ping` built for wasm32-wasip1 → supervisor → the native `echo`, at concurrency 1,
+//!   against the native `ping` of the same run. Goal: p50 ≤ 1.2×.
 //! - Scale: the call cost with 200 echo capsules running against 2 (goal ≤ 1.1×), and the
 //!   supervisor's RSS idle and with 200 capsules (goal ≤ 15 MiB / ≤ 40 MiB).
 //!
@@ -59,6 +61,7 @@ fn main() {
     start_echos(&node, &echo, 0..2);
     let med_c1 = ping_run(&node, &ping, "localhost://echo/0/ping", 1, calls);
     let med_c32 = ping_run(&node, &ping, "localhost://echo/0/ping", 32, calls);
+    let wasm_c1 = ping_run_on(&node, &ping, "localhost://echo/0/ping", 1, calls, "wasm");
     // Measured before and after the crowd, so that the machine's drift over the minute it takes
     // to start it does not pass for the crowd's cost.
     let before = ping_run(&node, &ping, "localhost://echo/1/ping", 1, calls);
@@ -96,6 +99,13 @@ fn main() {
             ratio(l.p99, base.p99)
         );
     }
+    println!(
+        "  wasm ping -> supervisor -> echo, c=1 p50 {:>6} us  p99 {:>6} us  vs native ping: p50 {:.2}x (goal <= 1.2), p99 {:.2}x",
+        wasm_c1.p50,
+        wasm_c1.p99,
+        ratio(wasm_c1.p50, med_c1.p50),
+        ratio(wasm_c1.p99, med_c1.p99)
+    );
     println!(
         "  {many} echo capsules against 2, c=1: p50 {} us against {} us (2 before: {}, after: {}): {:.2}x (goal <= 1.1)",
         at_many.p50,
@@ -174,9 +184,22 @@ fn stop_echos(node: &Node, range: std::ops::Range<usize>) {
 }
 
 fn ping_run(node: &Node, package: &Path, target: &str, concurrency: usize, calls: u64) -> Latency {
+    ping_run_on(node, package, target, concurrency, calls, "native")
+}
+
+fn ping_run_on(
+    node: &Node,
+    package: &Path,
+    target: &str,
+    concurrency: usize,
+    calls: u64,
+    substrate: &str,
+) -> Latency {
     let out = node.run(&[
         "run",
         package.to_str().expect("utf-8 path"),
+        "--substrate",
+        substrate,
         "--name",
         "ping-bench",
         "--",

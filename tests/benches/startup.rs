@@ -8,7 +8,11 @@
 //!   uid switch, `no_new_privs`, Landlock, seccomp, exec — until its hello arrives on its
 //!   socket, as the supervisor measures it ("ready on its socket X ms after spawn" in the log).
 //!
-//! Goal: elastos ≤ 1.5× bwrap. Same CPU pinning for all (see `pin_for_bench`).
+//! - elastos WASM: the same `echo` as a wasm32-wasip1 module, its artifact cached (spawn,
+//!   confine, load the sealed artifact, instantiate, hello); and wasmtime's own instantiate of
+//!   the module in this process, for scale.
+//!
+//! Goal: elastos ≤ 1.5× bwrap; WASM ≤ 1.2× native. Same CPU pinning for all (see `pin_for_bench`).
 //! `ELASTOS_BENCH_QUICK=1` starts 5 of each instead of 40.
 
 use std::process::{Command, Stdio};
@@ -76,39 +80,26 @@ fn main() {
     assert_eq!(up.code, 0, "elastos up: {up:#?}");
     let echo = node.pack_first_party("echo");
     let echo = echo.to_str().expect("utf-8 path");
+    // Native and WASM alternate, so that drift over the run weighs on both alike; one WASM
+    // start first compiles the module into the cache (not measured).
+    cold_start(&node, echo, "warm-wasm", "wasm");
     let mut cold = Vec::with_capacity(n);
+    let mut cold_wasm = Vec::with_capacity(n);
     for i in 0..n {
-        let name = format!("cold-{i}");
-        let pattern = format!("localhost://echo/cold-{i}/*");
-        let out = node.run(&[
-            "run", "-d", echo, "--name", &name, "--", "--serve", &pattern,
-        ]);
-        assert_eq!(out.code, 0, "{out:#?}");
-        let start = Instant::now();
-        let ms = loop {
-            let log = node.run(&["logs", &name]);
-            if let Some(ms) = log.stdout.lines().find_map(|l| {
-                l.split_once("ready on its socket ")
-                    .and_then(|(_, rest)| rest.split_whitespace().next())
-                    .and_then(|v| v.parse::<f64>().ok())
-            }) {
-                break ms;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{name} never became ready: {log:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        cold.push(ms);
-        // One at a time: the next start does not share the CPU with this one.
-        let stop = node.run(&["stop", &name]);
-        assert_eq!(stop.code, 0, "{stop:#?}");
+        cold.push(cold_start(&node, echo, &format!("cold-{i}"), "native"));
+        cold_wasm.push(cold_start(&node, echo, &format!("cold-wasm-{i}"), "wasm"));
     }
     let down = node.run(&["down", "--timeout", "5s"]);
     assert_eq!(down.code, 0, "{down:#?}");
+    let module = elastos_e2e::first_party_capsule("echo").join("bin/echo.wasm");
+    let instantiate = wasmtime_instantiate(&module, n);
 
-    let (p, b, e) = (median(plain), median(bwrap), median(cold));
+    let (p, b, e, w) = (
+        median(plain),
+        median(bwrap),
+        median(cold),
+        median(cold_wasm),
+    );
     println!("capsule cold start, {n} of each, {pinning}:");
     println!("  plain spawn of /bin/true          median {p:>7.2} ms");
     println!("  bwrap --unshare-all /bin/true     median {b:>7.2} ms");
@@ -117,4 +108,75 @@ fn main() {
         e / b,
         e / p
     );
+    println!(
+        "  elastos echo.wasm, cached module  median {w:>7.2} ms   {:.2}x native echo (goal <= 1.2)",
+        w / e
+    );
+    println!("  wasmtime instantiate of echo.wasm median {instantiate:>7.3} ms   (no process, no confinement)");
+}
+
+/// Starts echo on `substrate` as `name` (serving a namespace of its own), waits until the
+/// supervisor logs it ready, stops it; the supervisor's "ready on its socket X ms" figure.
+fn cold_start(node: &Node, echo: &str, name: &str, substrate: &str) -> f64 {
+    let pattern = format!("localhost://echo/{name}/*");
+    let out = node.run(&[
+        "run",
+        "-d",
+        echo,
+        "--name",
+        name,
+        "--substrate",
+        substrate,
+        "--",
+        "--serve",
+        &pattern,
+    ]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let start = Instant::now();
+    let ms = loop {
+        let log = node.run(&["logs", name]);
+        if let Some(ms) = log.stdout.lines().find_map(|l| {
+            l.split_once("ready on its socket ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        }) {
+            break ms;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name} never became ready: {log:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // One at a time: the next start does not share the CPU with this one.
+    let stop = node.run(&["stop", name]);
+    assert_eq!(stop.code, 0, "{stop:#?}");
+    ms
+}
+
+/// wasmtime alone: instantiating the compiled module (WASI linked, the elastos imports as
+/// stubs) in a fresh store, as capsule-host does, without running it. The same engine settings
+/// as capsule-host's `wasm::config` (Cranelift, epoch interruption).
+fn wasmtime_instantiate(module: &std::path::Path, n: usize) -> f64 {
+    use wasmtime::{Config, Engine, Linker, Module, Store};
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).expect("engine");
+    let module = Module::from_file(&engine, module).expect("compiling echo.wasm");
+    let mut linker: Linker<wasmtime_wasi::p1::WasiP1Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c| c).expect("WASI");
+    linker
+        .define_unknown_imports_as_traps(&module)
+        .expect("stubs");
+    let pre = linker.instantiate_pre(&module).expect("linking");
+    let times: Vec<f64> = (0..n.max(20))
+        .map(|_| {
+            let start = Instant::now();
+            let mut store = Store::new(&engine, wasmtime_wasi::WasiCtxBuilder::new().build_p1());
+            store.set_epoch_deadline(1 << 40);
+            pre.instantiate(&mut store).expect("instantiating");
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    median(times)
 }

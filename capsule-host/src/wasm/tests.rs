@@ -190,6 +190,32 @@ fn an_oversized_frame_from_the_supervisor_ends_the_stream_for_the_guest() {
 }
 
 #[test]
+fn a_guest_cannot_pass_its_own_exit_for_a_limit() {
+    for (code, want) in [(0, 0), (7, 7), (121, 1), (122, 1), (125, 125)] {
+        let t = format!(
+            r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+              (memory (export "memory") 1)
+              (func (export "_start") (call $exit (i32.const {code}))))"#
+        );
+        let (_s, running) = start(&t, Limits::default());
+        let out = running.join().unwrap();
+        assert_eq!(out.code(), want, "{out:?}");
+        assert_eq!(limit_of(out.code()), None);
+    }
+}
+
+#[test]
+fn a_module_without_start_is_not_a_command() {
+    let (_s, running) = start(
+        r#"(module (memory (export "memory") 1))"#,
+        Limits::default(),
+    );
+    let out = running.join().unwrap();
+    assert_eq!(out.code(), 126, "{out:?}");
+    assert!(out.message().unwrap().contains("_start"));
+}
+
+#[test]
 fn a_trap_and_a_missing_import_are_told_apart_from_limits() {
     let trap = r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#;
     let (_s, running) = start(trap, Limits::default());

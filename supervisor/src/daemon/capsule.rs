@@ -338,6 +338,8 @@ impl CapsuleActor {
     }
 
     async fn start(&self, myself: &ActorRef<Msg>, st: &mut CapsuleState) {
+        // "Ready N ms after spawn" counts all a start costs, a WASM module's cache lookup too.
+        let spawn_began = Instant::now();
         let manifest = &st.spec.stored.manifest;
         let substrate = manifest.substrate;
         let Some(entry) = manifest.entrypoint.get(&substrate).cloned() else {
@@ -418,7 +420,6 @@ impl CapsuleActor {
             module,
         };
         let shared = self.shared.clone();
-        let spawn_began = Instant::now();
         let spawned = tokio::task::spawn_blocking(move || {
             let mut s = shared.spawner.spawn(req)?;
             let status = host::read_status(&mut s.status)?;
