@@ -820,14 +820,22 @@ fn compile_main() -> ! {
 
 /// The compile process parses untrusted bytes: it keeps the two files it opened and nothing
 /// else (no path at all under Landlock, no exec, no new processes, no network, bounded CPU,
-/// memory and output size).
+/// memory and output size), and started by root it gives up root for `nobody`'s uid.
 fn confine_compiler() -> Result<(), String> {
+    const NOBODY: u32 = 65534;
     let limits = elastos_schema::Limits {
         cpu_seconds: Some(120),
         open_files: Some(64),
         ..Default::default()
     };
-    let plan = confine::Plan::wasm(&limits, None, Some(4 << 30), confine::FsRules::none())?;
+    let identity = nix::unistd::geteuid()
+        .is_root()
+        .then_some(confine::Identity {
+            uid: NOBODY,
+            host_uid: NOBODY,
+            own: false,
+        });
+    let plan = confine::Plan::wasm(&limits, identity, Some(4 << 30), confine::FsRules::none())?;
     let mut kernel = confine::Kernel::prepare(&plan.fs).map_err(|f| f.why)?;
     confine::apply(&mut kernel, &plan).map_err(|f| format!("{}: {}", f.step, f.why))
 }
