@@ -26,13 +26,20 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ConfinementConfig {
     /// Layers capsules may run without when the machine cannot provide them:
-    /// `namespaces`, `private-root`, `uid`, `cgroups`.
+    /// `user-namespace`, `namespaces`, `private-root`, `uid`, `cgroups`, `storage-quota`.
     #[serde(default)]
     pub allow_without: Vec<String>,
 }
 
 /// The layers `allow_without` may name.
-pub const OPTIONAL_LAYERS: [&str; 4] = ["namespaces", "private-root", "uid", "cgroups"];
+pub const OPTIONAL_LAYERS: [&str; 6] = [
+    "user-namespace",
+    "namespaces",
+    "private-root",
+    "uid",
+    "cgroups",
+    "storage-quota",
+];
 
 /// How the supervisor runs capsules.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,6 +219,24 @@ mod tests {
             Config::load(&home).unwrap().confinement.allow_without,
             ["cgroups", "uid"]
         );
+        // Every layer capsule-host may find missing can be named (its `missing` list).
+        let all = [
+            "user-namespace",
+            "namespaces",
+            "private-root",
+            "uid",
+            "cgroups",
+            "storage-quota",
+        ];
+        std::fs::write(
+            home.config_file(),
+            format!(
+                "format = 1\n[confinement]\nallow_without = {}\n",
+                serde_json::to_string(&all).unwrap()
+            ),
+        )
+        .unwrap();
+        assert_eq!(Config::load(&home).unwrap().confinement.allow_without, all);
         // Landlock and seccomp can never be left out.
         std::fs::write(
             home.config_file(),
