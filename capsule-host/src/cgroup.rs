@@ -32,7 +32,7 @@ pub struct Cgroups {
 
 /// v1: capsule-host joins a group by writing `0` (itself) to `tasks`. Moving a whole process
 /// through `cgroup.procs` write-locks the kernel's global threadgroup semaphore, which waits for
-/// an RCU grace period (measured here: 11 ms, most of a capsule's cold start); moving the calling
+/// an RCU grace period (11 ms measured for a lone write); moving the calling
 /// thread does not, and capsule-host is single-threaded when it joins (checked at its start), so
 /// the thread is the process, and everything it forks follows.
 const SELF_FILE: &str = "tasks";
