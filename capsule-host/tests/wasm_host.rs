@@ -119,8 +119,15 @@ fn start_with(module: OwnedFd, limits: &str, state: Option<&std::path::Path>) ->
     if let Some(dir) = state {
         cmd.arg("--state").arg(dir);
     }
-    // Whatever this machine lacks (a test may run unprivileged); ps would show it.
-    for layer in ["namespaces", "private-root", "uid", "cgroups"] {
+    // Whatever this machine lacks (a test may run unprivileged); ps would show it. A state
+    // directory's quota is the supervisor's to mount: none here.
+    for layer in [
+        "namespaces",
+        "private-root",
+        "uid",
+        "cgroups",
+        "storage-quota",
+    ] {
         cmd.args(["--allow-without", layer]);
     }
     cmd.stdin(Stdio::null())
