@@ -9,7 +9,6 @@
 //! outcome is a state of this actor.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -476,7 +475,8 @@ impl CapsuleActor {
                 })
                 .ok();
         }
-        // Output: one blocking reader per stream; lines go to the log and an attached run.
+        // Output: one task per stream on the runtime (not a thread per stream and capsule);
+        // lines go to the log and an attached run.
         // The exit is reported after the output: an attached `run` must print everything the
         // capsule wrote before it returns the exit code.
         let (drained_tx, drained) = std::sync::mpsc::channel::<()>();
@@ -744,39 +744,50 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 fn pump(
-    stream: impl Read + Send + 'static,
+    stream: impl Into<std::os::fd::OwnedFd>,
     name: &'static str,
     log: Arc<CapsuleLog>,
     attach: Option<mpsc::UnboundedSender<Event>>,
     drained: std::sync::mpsc::Sender<()>,
 ) {
-    let _ = std::thread::Builder::new()
-        .name(format!("out-{name}"))
-        .spawn(move || {
-            let mut reader = BufReader::new(stream);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                // Cap a line so a capsule that never writes a newline cannot grow this buffer.
-                match (&mut reader).take(64 * 1024).read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf);
-                        let line = line.trim_end_matches('\n');
-                        log.output(name, line);
-                        if let Some(tx) = &attach {
-                            let data = line.to_string();
-                            let _ = tx.send(if name == "stdout" {
-                                Event::Stdout { data }
-                            } else {
-                                Event::Stderr { data }
-                            });
-                        }
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(stream.into()) {
+        Ok(p) => p,
+        Err(e) => {
+            log.event(&format!("cannot read its {name}: {e}"));
+            let _ = drained.send(());
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            // Cap a line so a capsule that never writes a newline cannot grow this buffer.
+            match (&mut reader)
+                .take(64 * 1024)
+                .read_until(b'\n', &mut buf)
+                .await
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    let line = line.trim_end_matches('\n');
+                    log.output(name, line);
+                    if let Some(tx) = &attach {
+                        let data = line.to_string();
+                        let _ = tx.send(if name == "stdout" {
+                            Event::Stdout { data }
+                        } else {
+                            Event::Stderr { data }
+                        });
                     }
                 }
             }
-            let _ = drained.send(());
-        });
+        }
+        let _ = drained.send(());
+    });
 }
 
 /// Resident memory of a process and its descendants, from /proc.
