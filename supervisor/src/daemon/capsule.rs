@@ -453,7 +453,7 @@ impl CapsuleActor {
             generation,
         });
         let host::Spawned {
-            mut child,
+            child,
             socket,
             stdout,
             stderr,
@@ -479,7 +479,7 @@ impl CapsuleActor {
         // lines go to the log and an attached run.
         // The exit is reported after the output: an attached `run` must print everything the
         // capsule wrote before it returns the exit code.
-        let (drained_tx, drained) = std::sync::mpsc::channel::<()>();
+        let (drained_tx, mut drained) = mpsc::unbounded_channel::<()>();
         pump(
             stdout,
             "stdout",
@@ -495,30 +495,25 @@ impl CapsuleActor {
             drained_tx,
         );
         let me = myself.clone();
-        std::thread::Builder::new()
-            .name(format!("wait-{}", st.spec.name))
-            .spawn(move || {
-                let code = match child.wait() {
-                    Ok(s) => exit_code(s),
-                    Err(_) => 125,
-                };
-                let limit = host::read_limit(status_pipe);
-                // Both streams at EOF, or a bounded wait: a descendant that escaped with the
-                // pipe open must not hold the exit back.
-                let deadline = Instant::now() + Duration::from_secs(2);
+        tokio::spawn(async move {
+            let code = exit_of(child).await;
+            let limit = host::read_limit(status_pipe);
+            // Both streams at EOF, or a bounded wait: a descendant that escaped with the pipe
+            // open must not hold the exit back.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 for _ in 0..2 {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if drained.recv_timeout(left).is_err() {
+                    if drained.recv().await.is_none() {
                         break;
                     }
                 }
-                let _ = me.cast(Msg::Exited {
-                    generation,
-                    code,
-                    limit,
-                });
             })
-            .ok();
+            .await;
+            let _ = me.cast(Msg::Exited {
+                generation,
+                code,
+                limit,
+            });
+        });
         match status {
             HostStatus::Started { .. } => {
                 st.state = State::Running;
@@ -743,12 +738,40 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     }
 }
 
+/// Waits for capsule-host to end without a thread of its own: its pidfd becomes readable when
+/// it exits (a thread blocked in `waitpid` per capsule is the fallback where pidfds are not).
+async fn exit_of(mut child: std::process::Child) -> i32 {
+    // SAFETY: an `OwnedFd` keeps its descriptor open and the same for as long as the AsyncFd
+    // that owns it lives.
+    let registered = |fd| unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok();
+    let status = match pidfd(child.id()).and_then(registered) {
+        Some(fd) => {
+            let _ = fd.readable().await;
+            child.wait()
+        }
+        None => tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+    };
+    status.map_or(125, exit_code)
+}
+
+fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open(2) with integer arguments; a non-negative result is a new descriptor
+    // that nothing else owns.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: see above: `fd` was just created for this process and is owned here alone.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 fn pump(
     stream: impl Into<std::os::fd::OwnedFd>,
     name: &'static str,
     log: Arc<CapsuleLog>,
     attach: Option<mpsc::UnboundedSender<Event>>,
-    drained: std::sync::mpsc::Sender<()>,
+    drained: mpsc::UnboundedSender<()>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(stream.into()) {
