@@ -321,3 +321,30 @@ fn commands_that_need_a_supervisor_say_so_with_exit_3() {
         node.run(args).code(3);
     }
 }
+
+#[test]
+fn the_supervisor_runs_no_thread_per_capsule() {
+    let up = Up::new();
+    let sup = up.supervisor_pid();
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{sup}/task"))
+            .unwrap()
+            .count()
+    };
+    let dir = script_capsule(&up.node, "idle", "echo up\nwhile true; do sleep 1; done");
+    let start = |name: &str| {
+        up.node.run(&["run", "-d", path(&dir), "--name", name]).ok();
+        wait_until(&format!("{name} logging"), Duration::from_secs(10), || {
+            up.node.run(&["logs", name]).stdout.contains("up")
+        });
+    };
+    start("idle-0");
+    let before = threads();
+    for i in 1..=20 {
+        start(&format!("idle-{i}"));
+    }
+    // Output, exits and calls are tasks on the runtime: 20 more capsules may leave a blocking
+    // pool thread or two behind, never one (or three, as it once was) per capsule.
+    let grown = threads().saturating_sub(before);
+    assert!(grown < 10, "{grown} more threads for 20 more capsules");
+}
