@@ -51,6 +51,7 @@ pub fn run(home: &Path) -> Vec<Feature> {
             "apt-get install qemu-system-x86",
         ),
         state_quotas(),
+        wasm(),
         tool(
             "capnp",
             "capnp",
@@ -449,6 +450,49 @@ fn state_quotas() -> Feature {
             ),
             "run the supervisor as root, with loop devices and e2fsprogs (scripts/setup installs it)",
         )
+    }
+}
+
+/// The WASM substrate: capsule-host builds wasmtime's engine on this CPU and names the
+/// compatibility hash its compiled modules are cached under.
+fn wasm() -> Feature {
+    let out = crate::host::find_host_binary()
+        .map_err(|e| e.to_string())
+        .and_then(|bin| {
+            Command::new(bin)
+                .arg("compat-hash")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| e.to_string())
+        });
+    match out {
+        Ok(o) if o.status.success() => feature(
+            "wasm",
+            true,
+            false,
+            format!(
+                "wasmtime runs here; compiled modules are cached for engine {}",
+                String::from_utf8_lossy(&o.stdout).trim()
+            ),
+            "",
+        ),
+        Ok(o) => feature(
+            "wasm",
+            false,
+            false,
+            format!(
+                "capsule-host cannot build wasmtime's engine: {}; WASM capsules cannot run, native ones are unaffected",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            "run `capsule-host compat-hash` to see why",
+        ),
+        Err(e) => feature(
+            "wasm",
+            false,
+            false,
+            format!("{e}; WASM capsules cannot run, native ones are unaffected"),
+            "build the workspace with `cargo build` (scripts/up does)",
+        ),
     }
 }
 

@@ -35,6 +35,7 @@ fn doctor_reports_every_feature_and_the_required_ones_are_present() {
         "kvm",
         "qemu",
         "state_quotas",
+        "wasm",
         "capnp",
         "elastos_home",
         "disk_space",
@@ -54,6 +55,12 @@ fn doctor_reports_every_feature_and_the_required_ones_are_present() {
                 "a missing feature must say how to fix it: {f}"
             );
         }
+    }
+    // The project also claims the WASM substrate and state quotas on this kind of machine (run
+    // as root, as CI is): their end-to-end tests rely on them.
+    for claimed in ["wasm", "state_quotas"] {
+        let f = features.iter().find(|f| f["name"] == claimed).unwrap();
+        assert_eq!(f["ok"], true, "{claimed} is missing here: {f}");
     }
     out.code(0);
     // doctor only reads: it does not create the home it inspects.
