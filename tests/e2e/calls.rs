@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use elastos_e2e::Node;
 
-use crate::supervisor::{alive, path, wait_until, Up};
+use crate::supervisor::{alive, audited_calls, path, wait_until, Up};
 
 fn running(up: &Up, name: &str) -> bool {
     up.ps()
@@ -83,27 +83,13 @@ fn ping_calls_echo_through_the_supervisor_and_every_call_is_audited() {
 
     // The audit log: ping's token grant, echo's serve, and each call with its token id.
     wait_until("the call records", Duration::from_secs(10), || {
-        let records: Vec<serde_json::Value> = up
-            .node
-            .run(&["audit", "--json", "--capsule", "ping"])
-            .ok()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let calls = records
-            .iter()
-            .filter(|r| {
-                r["action"] == "call"
-                    && r["decision"] == "allowed"
-                    && r["resource"]
-                        .as_str()
-                        .is_some_and(|s| s.starts_with("localhost://echo/"))
-                    && r["token"].is_string()
-            })
-            .count();
-        calls >= 300
-            && records
-                .iter()
+        audited_calls(&up.node, "ping") >= 300
+            && up
+                .node
+                .run(&["audit", "--json", "--capsule", "ping"])
+                .ok()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
                 .any(|r| r["action"] == "token.grant" && r["decision"] == "allowed")
     });
     let echo_records = up

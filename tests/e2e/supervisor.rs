@@ -102,6 +102,24 @@ pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> b
     }
 }
 
+/// How many allowed calls to `localhost://echo/...`, each with its token id, the audit log holds
+/// for `capsule`.
+pub(crate) fn audited_calls(node: &Node, capsule: &str) -> usize {
+    node.run(&["audit", "--json", "--capsule", capsule])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| {
+            r["action"] == "call"
+                && r["decision"] == "allowed"
+                && r["resource"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("localhost://echo/"))
+                && r["token"].is_string()
+        })
+        .count()
+}
+
 pub(crate) fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }

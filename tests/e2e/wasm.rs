@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use elastos_e2e::Node;
 
-use crate::supervisor::{path, wait_until, Up};
+use crate::supervisor::{audited_calls, path, wait_until, Up};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,22 +71,6 @@ fn supervisor_records(node: &Node, name: &str, action: &str) -> Vec<serde_json::
                     .is_some_and(|s| s.starts_with(&format!("capsule:{name}@")))
         })
         .collect()
-}
-
-fn audited_calls(node: &Node, capsule: &str) -> usize {
-    node.run(&["audit", "--json", "--capsule", capsule])
-        .ok()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| {
-            r["action"] == "call"
-                && r["decision"] == "allowed"
-                && r["resource"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("localhost://echo/"))
-                && r["token"].is_string()
-        })
-        .count()
 }
 
 #[test]
