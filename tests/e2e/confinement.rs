@@ -473,22 +473,8 @@ fn ps_shows_the_layers_in_force() {
         let map = std::fs::read_to_string(format!("/proc/{inside}/uid_map")).unwrap();
         let map: Vec<&str> = map.split_whitespace().collect();
         assert_eq!(map, ["1000", host_uid.as_str(), "1"], "{layers:?}");
-        let capsule = std::fs::read_to_string(format!("/proc/{inside}/task/{inside}/children"))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        let field = |pid: &str, name: &str| -> Vec<String> {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap()
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .unwrap()
-                .split_whitespace()
-                .map(str::to_string)
-                .collect()
-        };
+        let capsule = child_of(&inside);
+        let field = status_field;
         assert_eq!(
             field(&inside, "Uid:"),
             [host_uid.as_str(); 4],
@@ -631,6 +617,28 @@ fn a_granted_state_directory_outlives_restarts_and_no_other_capsule_sees_it() {
     let stdout = out.ok();
     assert!(stdout.contains("state=[]"), "{out:#?}");
     assert!(!stdout.contains("LEAKED"), "{out:#?}");
+}
+
+/// The first child of process `pid`.
+fn child_of(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A field of `/proc/PID/status`, split into its words.
+fn status_field(pid: &str, name: &str) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Whether `dir` is a mount point here.
@@ -787,29 +795,12 @@ fn a_supervisor_run_by_a_normal_user_confines_capsules_in_a_user_namespace() {
     // Seen from the host: init and the capsule run as the user, mapped onto uid 1000 inside,
     // and the capsule holds no capability, not even in its own namespace.
     let host = c["pid"].as_u64().unwrap();
-    let child_of = |pid: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
     let init = child_of(&host.to_string());
     let capsule = child_of(&init);
     let map = std::fs::read_to_string(format!("/proc/{capsule}/uid_map")).unwrap();
     let map: Vec<&str> = map.split_whitespace().collect();
     assert_eq!(map, ["1000", &uid.to_string(), "1"]);
-    let status = std::fs::read_to_string(format!("/proc/{capsule}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .split_whitespace()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
+    let field = |name: &str| status_field(&capsule, name);
     let uid = uid.to_string();
     assert_eq!(field("Uid:"), [uid.as_str(); 4]);
     assert_eq!(field("CapEff:"), ["0000000000000000"]);
