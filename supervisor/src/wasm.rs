@@ -12,7 +12,13 @@
 //!
 //! The artifact reaches capsule-host in a memfd sealed against writes, growth, shrinking and
 //! further seals, at descriptor [`MODULE_FD`]: what was authenticated is what runs.
+//!
+//! The supervisor keeps the sealed memfd of each module it verified (at most [`LOADED_MAX`]
+//! modules, [`LOADED_BYTES_MAX`] bytes): a sealed memfd cannot change, so a later start of the
+//! same module reopens it read-only instead of reading and authenticating the entry again. An
+//! entry altered on disk meanwhile is found, and rejected, the next time the supervisor reads it.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -32,6 +38,10 @@ use elastos_schema::domains;
 /// The descriptor capsule-host takes the module from (`--substrate wasm`).
 pub const MODULE_FD: i32 = 5;
 const TAG: usize = 32;
+/// Verified modules kept sealed in memory, by count and by bytes (shared memory, outside the
+/// supervisor's RSS; the oldest loaded goes first).
+pub const LOADED_MAX: usize = 64;
+pub const LOADED_BYTES_MAX: usize = 512 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WasmCacheError {
@@ -56,6 +66,65 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WasmCacheError + '_ {
     }
 }
 
+/// Where a start's module came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Verified by an earlier start of this supervisor, kept sealed.
+    Memory,
+    /// Read from the cache and authenticated.
+    Cache,
+    /// Compiled now (and stored).
+    Compiled,
+}
+
+impl Source {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Source::Memory => "from memory (verified at an earlier start)",
+            Source::Cache => "from the cache",
+            Source::Compiled => "compiled",
+        }
+    }
+}
+
+/// A module sealed for one capsule-host.
+pub struct Sealed {
+    /// A read-only descriptor of its own (not a dup: the file offset is not shared).
+    pub fd: OwnedFd,
+    /// Why the cached entry was refused before this one was compiled (to be audited).
+    pub rejected: Option<String>,
+    pub source: Source,
+}
+
+/// Sealed memfds of verified modules, by module CID, oldest loaded first.
+#[derive(Default)]
+struct Loaded {
+    modules: VecDeque<(String, OwnedFd, usize)>,
+    bytes: usize,
+}
+
+impl Loaded {
+    fn get(&self, module_cid: &str) -> Option<&OwnedFd> {
+        self.modules
+            .iter()
+            .find(|(cid, ..)| cid == module_cid)
+            .map(|(_, fd, _)| fd)
+    }
+
+    fn insert(&mut self, module_cid: String, fd: OwnedFd, len: usize) {
+        self.modules.retain(|(cid, ..)| *cid != module_cid);
+        self.bytes = self.modules.iter().map(|(.., n)| n).sum();
+        while self.modules.len() >= LOADED_MAX || self.bytes + len > LOADED_BYTES_MAX {
+            let Some((_, _, n)) = self.modules.pop_front() else {
+                break;
+            };
+            self.bytes -= n;
+        }
+        self.bytes += len;
+        self.modules.push_back((module_cid, fd, len));
+    }
+}
+
 /// A compiled module ready for capsule-host.
 pub struct Compiled {
     pub artifact: Vec<u8>,
@@ -71,6 +140,7 @@ pub struct WasmCache {
     host_bin: PathBuf,
     /// capsule-host's compatibility hash, asked once.
     compat: Mutex<Option<String>>,
+    loaded: Mutex<Loaded>,
 }
 
 impl WasmCache {
@@ -80,7 +150,41 @@ impl WasmCache {
             key: key.derive_key(domains::WASM_CACHE_KEY),
             host_bin,
             compat: Mutex::new(None),
+            loaded: Mutex::new(Loaded::default()),
         }
+    }
+
+    /// The module at `module` (whose package lists `sha256`, hex) sealed for one capsule-host:
+    /// kept from an earlier start, else as [`WasmCache::compiled`] gives it.
+    pub fn sealed(
+        &self,
+        module_cid: &str,
+        module: &Path,
+        sha256: &str,
+    ) -> Result<Sealed, WasmCacheError> {
+        let lock = || self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = lock().get(module_cid) {
+            return Ok(Sealed {
+                fd: reopen_read_only(fd)?,
+                rejected: None,
+                source: Source::Memory,
+            });
+        }
+        // Not locked meanwhile: a compile takes seconds, and other modules' starts must not wait
+        // on it (two first starts of one module may both compile it; the entry is written whole).
+        let c = self.compiled(module_cid, module, sha256)?;
+        let memfd = sealed_memfd(&c.artifact)?;
+        let fd = reopen_read_only(&memfd)?;
+        lock().insert(module_cid.to_string(), memfd, c.artifact.len());
+        Ok(Sealed {
+            fd,
+            rejected: c.rejected,
+            source: if c.hit {
+                Source::Cache
+            } else {
+                Source::Compiled
+            },
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -230,6 +334,14 @@ fn is_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A new open file description of `fd`'s file, read-only, close-on-exec.
+fn reopen_read_only(fd: &OwnedFd) -> Result<OwnedFd, WasmCacheError> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    File::open(path)
+        .map(OwnedFd::from)
+        .map_err(WasmCacheError::Seal)
+}
+
 /// `bytes` in a close-on-exec memfd sealed against writes, growth, shrinking and more seals.
 pub fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, WasmCacheError> {
     use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -306,6 +418,79 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(e, WasmCacheError::ModuleChanged { .. }), "{e}");
+    }
+
+    fn memfd(bytes: &[u8]) -> OwnedFd {
+        sealed_memfd(bytes).unwrap()
+    }
+
+    #[test]
+    fn kept_modules_are_bounded_by_count_and_bytes_oldest_first() {
+        let mut l = Loaded::default();
+        for i in 0..LOADED_MAX + 3 {
+            l.insert(format!("m{i}"), memfd(b"x"), 1);
+        }
+        assert_eq!(l.modules.len(), LOADED_MAX);
+        assert!(l.get("m0").is_none() && l.get("m2").is_none());
+        assert!(l.get("m3").is_some() && l.get(&format!("m{}", LOADED_MAX + 2)).is_some());
+        assert_eq!(l.bytes, LOADED_MAX);
+
+        let mut l = Loaded::default();
+        l.insert("a".into(), memfd(b"a"), LOADED_BYTES_MAX / 2);
+        l.insert("b".into(), memfd(b"b"), LOADED_BYTES_MAX / 2);
+        l.insert("c".into(), memfd(b"c"), 1);
+        assert!(l.get("a").is_none() && l.get("b").is_some() && l.get("c").is_some());
+        assert_eq!(l.bytes, LOADED_BYTES_MAX / 2 + 1);
+        // The same module again replaces its entry rather than counting twice.
+        l.insert("c".into(), memfd(b"c"), 1);
+        assert_eq!((l.modules.len(), l.bytes), (2, LOADED_BYTES_MAX / 2 + 1));
+        // One module larger than the whole budget is still kept (alone): it is running.
+        l.insert("huge".into(), memfd(b"h"), LOADED_BYTES_MAX + 1);
+        assert_eq!(l.modules.len(), 1);
+    }
+
+    #[test]
+    fn a_kept_module_is_handed_out_read_only_with_an_offset_of_its_own() {
+        let kept = memfd(b"artifact");
+        let mut a = File::from(reopen_read_only(&kept).unwrap());
+        let mut b = File::from(reopen_read_only(&kept).unwrap());
+        assert!(a.write_all(b"x").is_err());
+        let mut first = [0u8; 4];
+        std::io::Read::read_exact(&mut a, &mut first).unwrap();
+        let mut whole = String::new();
+        std::io::Read::read_to_string(&mut b, &mut whole).unwrap();
+        assert_eq!((&first, whole.as_str()), (b"arti", "artifact"));
+        // SAFETY: fcntl(F_GET_SEALS) on a descriptor this test owns.
+        let seals = unsafe { nix::libc::fcntl(a.as_raw_fd(), nix::libc::F_GET_SEALS) };
+        assert_eq!(
+            seals & 0xf,
+            0xf,
+            "the seals are the file's, not the descriptor's"
+        );
+    }
+
+    #[test]
+    fn a_second_start_takes_the_module_from_memory_without_reading_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        let compat = "ab".repeat(32);
+        let entry = c.entry_path("bafkreimodule", &compat);
+        std::fs::create_dir_all(c.dir()).unwrap();
+        let mut stored = c.tag("bafkreimodule", &compat, b"artifact").to_vec();
+        stored.extend_from_slice(b"artifact");
+        std::fs::write(&entry, &stored).unwrap();
+        let m = dir.path().join("m.wasm");
+        let first = c.sealed("bafkreimodule", &m, "").unwrap();
+        assert_eq!((first.source, first.rejected), (Source::Cache, None));
+        // The entry is gone and the module file never existed: only memory can serve it.
+        std::fs::remove_file(&entry).unwrap();
+        let second = c.sealed("bafkreimodule", &m, "").unwrap();
+        assert_eq!(second.source, Source::Memory);
+        let mut back = String::new();
+        std::io::Read::read_to_string(&mut File::from(second.fd), &mut back).unwrap();
+        assert_eq!(back, "artifact");
+        // Another module is not served from this one's memory.
+        assert!(c.sealed("bafkreiother", &m, "").is_err());
     }
 
     #[test]

@@ -200,11 +200,59 @@ fn a_tampered_module_inside_a_package_is_refused() {
     assert!(!up.node.run(&["ps"]).ok().contains("echo"));
 }
 
+/// How many lines of `name`'s log contain `pattern` (the log outlives supervisor restarts).
+fn log_count(up: &Up, name: &str, pattern: &str) -> usize {
+    up.node.run(&["logs", name]).ok().matches(pattern).count()
+}
+
+/// How many times echo's module was compiled, by its log.
+fn compiles(up: &Up) -> usize {
+    up.node
+        .run(&["logs", "echo"])
+        .ok()
+        .lines()
+        .filter(|l| l.contains("module ") && l.ends_with(" compiled"))
+        .count()
+}
+
+/// Starts echo (detached, wasm) and waits until it serves once more than before.
+fn start_echo_again(up: &Up, echo: &Path, start: &[&str]) {
+    let before = log_count(up, "echo", "serving localhost://echo/*");
+    match start {
+        [] => {
+            up.node
+                .run(&[
+                    "run",
+                    "-d",
+                    path(echo),
+                    "--name",
+                    "echo",
+                    "--substrate",
+                    "wasm",
+                ])
+                .ok();
+        }
+        args => {
+            up.node.run(args).ok();
+        }
+    }
+    wait_until("echo serving again", Duration::from_secs(60), || {
+        log_count(up, "echo", "serving localhost://echo/*") > before
+    });
+}
+
+/// A supervisor restart: what it verified before is forgotten, the cache on disk is not.
+fn restart(up: &Up) {
+    up.node.run(&["down", "--timeout", "5s"]).ok();
+    assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
+}
+
 #[test]
 fn a_tampered_cache_entry_is_rejected_audited_and_compiled_again() {
     let up = Up::new();
     let echo = up.node.pack_first_party("echo");
     start_echo(&up, &echo, "echo", "wasm");
+    assert_eq!(compiles(&up), 1);
     let cache = up.node.home().join("cache/wasm");
     let entries: Vec<PathBuf> = std::fs::read_dir(&cache)
         .unwrap()
@@ -214,42 +262,34 @@ fn a_tampered_cache_entry_is_rejected_audited_and_compiled_again() {
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     let entry = &entries[0];
+    // A second start of the same supervisor reopens the sealed module it verified.
+    up.node.run(&["stop", "echo"]).ok();
+    start_echo_again(&up, &echo, &["start", "echo"]);
+    assert_eq!(log_count(&up, "echo", "from memory"), 1);
     up.node.run(&["stop", "echo"]).ok();
 
-    // One flipped byte of the artifact (past the 32-byte tag).
+    // One flipped byte of the artifact (past the 32-byte tag), found by the next supervisor.
     let mut bytes = std::fs::read(entry).unwrap();
     let good_len = bytes.len();
     bytes[good_len / 2] ^= 1;
     std::fs::write(entry, &bytes).unwrap();
-    up.node.run(&["start", "echo"]).ok();
-    wait_until("echo serving again", Duration::from_secs(60), || {
-        up.node
-            .run(&["logs", "echo"])
-            .ok()
-            .matches("serving localhost://echo/*")
-            .count()
-            == 2
-    });
+    restart(&up);
+    start_echo_again(&up, &echo, &[]);
     let log = up.node.run(&["logs", "echo"]).ok().to_string();
     assert!(
         log.contains("rejected cache entry") && log.contains("MAC does not verify"),
         "{log}"
     );
+    assert_eq!(compiles(&up), 2, "{log}");
     let rejected = supervisor_records(&up.node, "echo", "wasm.cache.rejected");
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert_eq!(rejected[0]["decision"], "denied");
-    // The entry was written again, whole, and now serves a third start from the cache.
+    // The entry was written again, whole, and serves the next supervisor's start.
     assert_ne!(std::fs::read(entry).unwrap(), bytes);
     up.node.run(&["stop", "echo"]).ok();
-    up.node.run(&["start", "echo"]).ok();
-    wait_until("echo from the cache", Duration::from_secs(60), || {
-        up.node
-            .run(&["logs", "echo"])
-            .ok()
-            .matches("from the cache")
-            .count()
-            == 1
-    });
+    restart(&up);
+    start_echo_again(&up, &echo, &[]);
+    assert_eq!(log_count(&up, "echo", "from the cache"), 1);
     let pinger = up.node.pack_first_party("ping");
     ping(&up, &pinger, "ping", "native");
 }

@@ -590,16 +590,11 @@ impl CapsuleActor {
         let path = stored.root.join(entry);
         let shared = self.shared.clone();
         let cid = module_cid.clone();
-        let compiled = tokio::task::spawn_blocking(move || {
-            let c = shared.wasm.compiled(&cid, &path, &sha)?;
-            let fd = elastos::wasm::sealed_memfd(&c.artifact)?;
-            Ok::<_, elastos::wasm::WasmCacheError>((fd, c.rejected, c.hit))
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        let (fd, rejected, hit) = compiled;
-        if let Some(why) = rejected {
+        let sealed = tokio::task::spawn_blocking(move || shared.wasm.sealed(&cid, &path, &sha))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if let Some(why) = &sealed.rejected {
             let why = format!("rejected cache entry of module {module_cid}, compiled again: {why}");
             st.log.event(&why);
             self.shared
@@ -613,11 +608,9 @@ impl CapsuleActor {
                 )
                 .await;
         }
-        st.log.event(&format!(
-            "module {module_cid} {}",
-            if hit { "from the cache" } else { "compiled" }
-        ));
-        Ok(fd)
+        st.log
+            .event(&format!("module {module_cid} {}", sealed.source.describe()));
+        Ok(sealed.fd)
     }
 
     async fn fail(&self, st: &mut CapsuleState, why: &str) {
