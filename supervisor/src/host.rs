@@ -1,17 +1,22 @@
 //! Starting capsule-host processes.
 //!
-//! Every fork+exec happens on one long-lived thread, `elastos-spawner`: capsule-host asks for a
+//! Every spawn happens on one long-lived thread, `elastos-spawner`: capsule-host asks for a
 //! parent-death signal, and Linux sends it when the *thread* that forked it exits — a thread of
 //! tokio's blocking pool would retire and take every capsule with it. The child gets a clean
 //! environment, stdin from /dev/null, stdout and stderr as pipes to the supervisor, the capsule's
 //! end of a socketpair as fd 3 and a status pipe as fd 4, and nothing else.
+//!
+//! The spawn is `posix_spawn` (glibc: `clone(CLONE_VM|CLONE_VFORK)`, then exec), not fork: a
+//! fork copies the supervisor's page tables, which grow with every capsule it serves, only for
+//! exec to throw them away. The descriptors are placed by the spawn's file actions, whose
+//! `dup2`s clear close-on-exec in the child alone, so no other spawn can inherit them.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::Mutex;
 
@@ -66,11 +71,10 @@ pub struct SpawnRequest {
 pub struct Spawned {
     /// capsule-host's pid: signals for the capsule go here and are forwarded.
     pub pid: u32,
-    pub child: Child,
     pub socket: UnixStream,
-    pub stdout: ChildStdout,
-    pub stderr: ChildStderr,
-    pub stdin: Option<ChildStdin>,
+    pub stdout: File,
+    pub stderr: File,
+    pub stdin: Option<File>,
     pub status: File,
 }
 
@@ -121,107 +125,140 @@ impl Spawner {
 }
 
 fn spawn_now(host_bin: &PathBuf, req: SpawnRequest) -> Result<Spawned, HostError> {
+    let spawn_err = |e: nix::Error| HostError::Spawn(e.into());
     let (ours, theirs) = UnixStream::pair().map_err(HostError::Spawn)?;
-    let (status_r, status_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| HostError::Spawn(e.into()))?;
-    let mut cmd = Command::new(host_bin);
-    cmd.env_clear()
-        .arg("--name")
-        .arg(&req.name)
-        .arg("--root")
-        .arg(&req.root)
-        .arg("--entry")
-        .arg(&req.entry)
-        .arg("--parent-pid")
-        .arg(std::process::id().to_string());
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(spawn_err);
+    let (status_r, status_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let (stdin_r, stdin_w) = if req.stdin {
+        let (r, w) = pipe()?;
+        (r, Some(w))
+    } else {
+        (
+            File::open("/dev/null").map_err(HostError::Spawn)?.into(),
+            None,
+        )
+    };
+
+    let mut args: Vec<std::ffi::OsString> = vec![host_bin.into()];
+    let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
+    arg(&"--name");
+    arg(&req.name);
+    arg(&"--root");
+    arg(&req.root);
+    arg(&"--entry");
+    arg(&req.entry);
+    arg(&"--parent-pid");
+    arg(&std::process::id().to_string());
     let limits = serde_json::to_string(&req.limits).map_err(|e| HostError::Spawn(e.into()))?;
-    cmd.arg("--limits").arg(limits);
+    arg(&"--limits");
+    arg(&limits);
     if let Some(t) = &req.tmp {
-        cmd.arg("--tmp").arg(t);
+        arg(&"--tmp");
+        arg(t);
     }
     if req.host_libs {
-        cmd.arg("--host-libs");
+        arg(&"--host-libs");
     }
     if let Some(uid) = req.uid {
-        cmd.arg("--uid").arg(uid.to_string());
+        arg(&"--uid");
+        arg(&uid.to_string());
     }
     if let Some(n) = req.net {
-        cmd.arg("--net").arg(n);
+        arg(&"--net");
+        arg(&n);
     }
     if let Some(s) = &req.state {
-        cmd.arg("--state").arg(s);
+        arg(&"--state");
+        arg(s);
     }
     if let Some(q) = req.state_quota {
-        cmd.arg("--state-quota").arg(q.to_string());
+        arg(&"--state-quota");
+        arg(&q.to_string());
     }
     for layer in &req.allow_without {
-        cmd.arg("--allow-without").arg(layer);
+        arg(&"--allow-without");
+        arg(layer);
     }
     if req.module.is_some() {
-        cmd.arg("--substrate").arg("wasm");
+        arg(&"--substrate");
+        arg(&"wasm");
     }
     for (k, v) in &req.env {
-        cmd.arg("--env").arg(format!("{k}={v}"));
+        arg(&"--env");
+        arg(&format!("{k}={v}"));
     }
-    cmd.arg("--").args(&req.args);
-    cmd.stdin(if req.stdin {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
-    // fd 3, 4 and (for WASM) 5, in that order; -1 for none.
-    let sources = [
-        theirs.as_raw_fd(),
-        status_w.as_raw_fd(),
-        req.module.as_ref().map_or(-1, |m| m.as_raw_fd()),
-    ];
-    // SAFETY: between fork and exec the closure only calls dup2/dup/close (async-signal-safe)
-    // on fds this thread owns; it allocates nothing. Going through spare fds first keeps it
-    // correct when a source is already 3, 4 or 5: the spares are ascending and each at least
-    // its target, so a dup2 only ever overwrites a spare already used.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut spare = [-1; 3];
-            for (i, &src) in sources.iter().enumerate() {
-                if src >= 0 {
-                    spare[i] = nix::libc::dup(src);
-                    if spare[i] < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-            }
-            for (i, &s) in spare.iter().enumerate() {
-                if s >= 0 && nix::libc::dup2(s, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for s in spare {
-                if s > 5 {
-                    nix::libc::close(s);
-                }
-            }
-            Ok(())
-        });
+    arg(&"--");
+    for a in &req.args {
+        arg(a);
     }
-    let mut child = cmd.spawn().map_err(HostError::Spawn)?;
-    drop(theirs);
-    drop(req.module);
-    drop::<OwnedFd>(status_w);
-    let stdout = child.stdout.take().ok_or(HostError::Silent)?;
-    let stderr = child.stderr.take().ok_or(HostError::Silent)?;
-    let stdin = child.stdin.take();
+    let args = args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            HostError::Spawn(std::io::Error::other(format!("an argument holds NUL: {e}")))
+        })?;
+
+    // Targets 0 to 5, in order. A source below 6 could be overwritten by an earlier dup2 (or,
+    // were it its own target, keep close-on-exec): lift it above first.
+    let sources: Vec<Option<OwnedFd>> = [
+        Some(stdin_r),
+        Some(stdout_w),
+        Some(stderr_w),
+        Some(OwnedFd::from(theirs)),
+        Some(status_w),
+        req.module,
+    ]
+    .into_iter()
+    .map(|fd| fd.map(above_targets).transpose())
+    .collect::<Result<_, _>>()?;
+    let mut actions = nix::spawn::PosixSpawnFileActions::init().map_err(spawn_err)?;
+    for (target, fd) in sources.iter().enumerate() {
+        if let Some(fd) = fd {
+            actions
+                .add_dup2(fd.as_raw_fd(), target as i32)
+                .map_err(spawn_err)?;
+        }
+    }
+    let mut attr = nix::spawn::PosixSpawnAttr::init().map_err(spawn_err)?;
+    // Its own process group (signals to the capsule's group never reach the supervisor); no
+    // blocked signals and every disposition default (the supervisor ignores SIGPIPE).
+    use nix::spawn::PosixSpawnFlags as F;
+    attr.set_flags(F::POSIX_SPAWN_SETPGROUP | F::POSIX_SPAWN_SETSIGMASK | F::POSIX_SPAWN_SETSIGDEF)
+        .map_err(spawn_err)?;
+    attr.set_pgroup(Pid::from_raw(0)).map_err(spawn_err)?;
+    attr.set_sigmask(&nix::sys::signal::SigSet::empty())
+        .map_err(spawn_err)?;
+    attr.set_sigdefault(&nix::sys::signal::SigSet::all())
+        .map_err(spawn_err)?;
+    let no_env: [&std::ffi::CStr; 0] = [];
+    let pid = nix::spawn::posix_spawn(host_bin.as_path(), &actions, &attr, &args, &no_env)
+        .map_err(spawn_err)?;
+    // The child's ends close here, in this process only.
+    drop(sources);
     Ok(Spawned {
-        pid: child.id(),
-        child,
+        pid: pid.as_raw() as u32,
         socket: ours,
-        stdout,
-        stderr,
-        stdin,
+        stdout: stdout_r.into(),
+        stderr: stderr_r.into(),
+        stdin: stdin_w.map(File::from),
         status: File::from(status_r),
     })
+}
+
+/// `fd`, or a close-on-exec copy of it numbered 6 or more if it is below that.
+fn above_targets(fd: OwnedFd) -> Result<OwnedFd, HostError> {
+    if fd.as_raw_fd() >= 6 {
+        return Ok(fd);
+    }
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(6))
+        .map(|raw| {
+            // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; nothing else owns it.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        })
+        .map_err(|e| HostError::Spawn(e.into()))
 }
 
 /// Reads capsule-host's first status line, and not a byte more: a WASM capsule-host writes a

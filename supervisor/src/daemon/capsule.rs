@@ -453,7 +453,6 @@ impl CapsuleActor {
             generation,
         });
         let host::Spawned {
-            child,
             socket,
             stdout,
             stderr,
@@ -496,7 +495,7 @@ impl CapsuleActor {
         );
         let me = myself.clone();
         tokio::spawn(async move {
-            let code = exit_of(child).await;
+            let code = exit_of(pid).await;
             let limit = host::read_limit(status_pipe);
             // Both streams at EOF, or a bounded wait: a descendant that escaped with the pipe
             // open must not hold the exit back.
@@ -722,31 +721,38 @@ impl CapsuleActor {
     }
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => c,
-        (None, Some(s)) => 128 + s,
+fn exit_code(status: nix::sys::wait::WaitStatus) -> i32 {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, c) => c,
+        WaitStatus::Signaled(_, s, _) => 128 + s as i32,
         _ => 125,
     }
 }
 
 /// Waits for capsule-host to end without a thread of its own: its pidfd becomes readable when
 /// it exits (a thread blocked in `waitpid` per capsule is the fallback where pidfds are not).
-async fn exit_of(mut child: std::process::Child) -> i32 {
+async fn exit_of(pid: u32) -> i32 {
+    let reap = move || {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        loop {
+            match nix::sys::wait::waitpid(pid, None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(s) => return exit_code(s),
+                Err(_) => return 125,
+            }
+        }
+    };
     // SAFETY: an `OwnedFd` keeps its descriptor open and the same for as long as the AsyncFd
     // that owns it lives.
     let registered = |fd| unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok();
-    let status = match pidfd(child.id()).and_then(registered) {
+    match pidfd(pid).and_then(registered) {
         Some(fd) => {
             let _ = fd.readable().await;
-            child.wait()
+            reap()
         }
-        None => tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-    };
-    status.map_or(125, exit_code)
+        None => tokio::task::spawn_blocking(reap).await.unwrap_or(125),
+    }
 }
 
 fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
