@@ -17,22 +17,28 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Starts echo (detached) on `substrate` under `name` and waits until it serves.
 fn start_echo(up: &Up, echo: &Path, name: &str, substrate: &str) {
-    up.node
-        .run(&[
-            "run",
-            "-d",
-            path(echo),
-            "--name",
-            name,
-            "--substrate",
-            substrate,
-        ])
-        .ok();
-    wait_until(&format!("{name} serving"), Duration::from_secs(60), || {
+    serves_once_more(up, name, || {
         up.node
-            .run(&["logs", name])
-            .ok()
-            .contains("serving localhost://echo/*")
+            .run(&[
+                "run",
+                "-d",
+                path(echo),
+                "--name",
+                name,
+                "--substrate",
+                substrate,
+            ])
+            .ok();
+    });
+}
+
+/// Runs `start` and waits until echo `name` says it serves once more than before (its log
+/// outlives restarts of the capsule and of the supervisor).
+fn serves_once_more(up: &Up, name: &str, start: impl FnOnce()) {
+    let before = log_count(up, name, "serving localhost://echo/*");
+    start();
+    wait_until(&format!("{name} serving"), Duration::from_secs(60), || {
+        log_count(up, name, "serving localhost://echo/*") > before
     });
 }
 
@@ -200,9 +206,14 @@ fn a_tampered_module_inside_a_package_is_refused() {
     assert!(!up.node.run(&["ps"]).ok().contains("echo"));
 }
 
-/// How many lines of `name`'s log contain `pattern` (the log outlives supervisor restarts).
+/// How many lines of `name`'s log contain `pattern` (the log outlives supervisor restarts;
+/// before the capsule's first start there is none).
 fn log_count(up: &Up, name: &str, pattern: &str) -> usize {
-    up.node.run(&["logs", name]).ok().matches(pattern).count()
+    let out = up.node.run(&["logs", name]);
+    if out.code != 0 {
+        return 0;
+    }
+    out.stdout.matches(pattern).count()
 }
 
 /// How many times echo's module was compiled, by its log.
@@ -213,32 +224,6 @@ fn compiles(up: &Up) -> usize {
         .lines()
         .filter(|l| l.contains("module ") && l.ends_with(" compiled"))
         .count()
-}
-
-/// Starts echo (detached, wasm) and waits until it serves once more than before.
-fn start_echo_again(up: &Up, echo: &Path, start: &[&str]) {
-    let before = log_count(up, "echo", "serving localhost://echo/*");
-    match start {
-        [] => {
-            up.node
-                .run(&[
-                    "run",
-                    "-d",
-                    path(echo),
-                    "--name",
-                    "echo",
-                    "--substrate",
-                    "wasm",
-                ])
-                .ok();
-        }
-        args => {
-            up.node.run(args).ok();
-        }
-    }
-    wait_until("echo serving again", Duration::from_secs(60), || {
-        log_count(up, "echo", "serving localhost://echo/*") > before
-    });
 }
 
 /// A supervisor restart: what it verified before is forgotten, the cache on disk is not.
@@ -264,7 +249,9 @@ fn a_tampered_cache_entry_is_rejected_audited_and_compiled_again() {
     let entry = &entries[0];
     // A second start of the same supervisor reopens the sealed module it verified.
     up.node.run(&["stop", "echo"]).ok();
-    start_echo_again(&up, &echo, &["start", "echo"]);
+    serves_once_more(&up, "echo", || {
+        up.node.run(&["start", "echo"]).ok();
+    });
     assert_eq!(log_count(&up, "echo", "from memory"), 1);
     up.node.run(&["stop", "echo"]).ok();
 
@@ -274,7 +261,7 @@ fn a_tampered_cache_entry_is_rejected_audited_and_compiled_again() {
     bytes[good_len / 2] ^= 1;
     std::fs::write(entry, &bytes).unwrap();
     restart(&up);
-    start_echo_again(&up, &echo, &[]);
+    start_echo(&up, &echo, "echo", "wasm");
     let log = up.node.run(&["logs", "echo"]).ok().to_string();
     assert!(
         log.contains("rejected cache entry") && log.contains("MAC does not verify"),
@@ -288,7 +275,7 @@ fn a_tampered_cache_entry_is_rejected_audited_and_compiled_again() {
     assert_ne!(std::fs::read(entry).unwrap(), bytes);
     up.node.run(&["stop", "echo"]).ok();
     restart(&up);
-    start_echo_again(&up, &echo, &[]);
+    start_echo(&up, &echo, "echo", "wasm");
     assert_eq!(log_count(&up, "echo", "from the cache"), 1);
     let pinger = up.node.pack_first_party("ping");
     ping(&up, &pinger, "ping", "native");
