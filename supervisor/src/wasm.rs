@@ -154,6 +154,18 @@ impl WasmCache {
         }
     }
 
+    /// The module `module_cid` sealed for one capsule-host if it is kept in memory: no file is
+    /// read, so a caller on the async runtime may call this without a blocking thread.
+    pub fn kept(&self, module_cid: &str) -> Option<Result<Sealed, WasmCacheError>> {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = loaded.get(module_cid)?;
+        Some(reopen_read_only(fd).map(|fd| Sealed {
+            fd,
+            rejected: None,
+            source: Source::Memory,
+        }))
+    }
+
     /// The module at `module` (whose package lists `sha256`, hex) sealed for one capsule-host:
     /// kept from an earlier start, else as [`WasmCache::compiled`] gives it.
     pub fn sealed(
@@ -162,20 +174,18 @@ impl WasmCache {
         module: &Path,
         sha256: &str,
     ) -> Result<Sealed, WasmCacheError> {
-        let lock = || self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fd) = lock().get(module_cid) {
-            return Ok(Sealed {
-                fd: reopen_read_only(fd)?,
-                rejected: None,
-                source: Source::Memory,
-            });
+        if let Some(kept) = self.kept(module_cid) {
+            return kept;
         }
         // Not locked meanwhile: a compile takes seconds, and other modules' starts must not wait
         // on it (two first starts of one module may both compile it; the entry is written whole).
         let c = self.compiled(module_cid, module, sha256)?;
         let memfd = sealed_memfd(&c.artifact)?;
         let fd = reopen_read_only(&memfd)?;
-        lock().insert(module_cid.to_string(), memfd, c.artifact.len());
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(module_cid.to_string(), memfd, c.artifact.len());
         Ok(Sealed {
             fd,
             rejected: c.rejected,

@@ -589,10 +589,14 @@ impl CapsuleActor {
         let path = stored.root.join(entry);
         let shared = self.shared.clone();
         let cid = module_cid.clone();
-        let sealed = tokio::task::spawn_blocking(move || shared.wasm.sealed(&cid, &path, &sha))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        // Kept in memory: at once. Else the cache or a compile: on a blocking thread.
+        let sealed = match self.shared.wasm.kept(&cid) {
+            Some(kept) => kept,
+            None => tokio::task::spawn_blocking(move || shared.wasm.sealed(&cid, &path, &sha))
+                .await
+                .map_err(|e| e.to_string())?,
+        }
+        .map_err(|e| e.to_string())?;
         if let Some(why) = &sealed.rejected {
             let why = format!("rejected cache entry of module {module_cid}, compiled again: {why}");
             st.log.event(&why);
