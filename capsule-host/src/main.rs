@@ -716,7 +716,7 @@ fn run_wasm(
     // SAFETY: fd 3 is the capsule's socket, handed to this process; only the guest's
     // connection owns it from here.
     let socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(SOCKET_FD) };
-    let prepared = wasm::engine()
+    let prepared = wasm::runner()
         .and_then(|engine| {
             let m = wasm::load(&engine, module)?;
             wasm::prepare(&engine, &m, guest, socket)

@@ -99,6 +99,15 @@ pub fn engine() -> Result<Engine, WasmError> {
     Engine::new(&config()).map_err(WasmError::Engine)
 }
 
+/// The engine that runs a precompiled module: `config` without its compiler, which the runner
+/// never uses (building Cranelift's code generator for this CPU was a fifth of a WASM start).
+/// wasmtime still checks each artifact against this engine and this CPU when it loads it.
+pub fn runner() -> Result<Engine, WasmError> {
+    let mut c = config();
+    c.enable_compiler(false);
+    Engine::new(&c).map_err(WasmError::Engine)
+}
+
 /// `capsule-host compile`: a module (binary or WAT text) to wasmtime's precompiled artifact.
 pub fn precompile(engine: &Engine, module: &[u8]) -> Result<Vec<u8>, WasmError> {
     engine.precompile_module(module).map_err(WasmError::Compile)

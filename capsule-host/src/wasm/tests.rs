@@ -279,8 +279,9 @@ fn a_module_descriptor_without_every_seal_is_refused() {
 
 #[test]
 fn a_sealed_memfd_loads_and_runs() {
-    let engine = engine().unwrap();
-    let bytes = precompile(&engine, ECHO.as_bytes()).unwrap();
+    // Compiled as `capsule-host compile` does, run by the runner's engine (no compiler).
+    let bytes = precompile(&engine().unwrap(), ECHO.as_bytes()).unwrap();
+    let engine = runner().unwrap();
     let fd = memfd(&bytes, REQUIRED_SEALS).into_raw_fd();
     let m = load(&engine, sealed_module(fd).unwrap()).unwrap();
     let (mut ours, theirs) = UnixStream::pair().unwrap();
@@ -300,9 +301,11 @@ fn an_artifact_of_another_engine_configuration_is_refused() {
     let bytes = other.precompile_module(ECHO.as_bytes()).unwrap();
     let engine = engine().unwrap();
     assert_ne!(compatibility_hash(&engine), compatibility_hash(&other));
-    let fd = memfd(&bytes, REQUIRED_SEALS).into_raw_fd();
-    assert!(matches!(
-        load(&engine, sealed_module(fd).unwrap()),
-        Err(WasmError::Load(_))
-    ));
+    for engine in [engine, runner().unwrap()] {
+        let fd = memfd(&bytes, REQUIRED_SEALS).into_raw_fd();
+        assert!(matches!(
+            load(&engine, sealed_module(fd).unwrap()),
+            Err(WasmError::Load(_))
+        ));
+    }
 }
