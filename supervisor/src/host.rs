@@ -350,3 +350,78 @@ pub fn find_host_binary() -> Result<PathBuf, HostError> {
         exe: exe.display().to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the spawned program finds at fds 0 to 9, by a stand-in for capsule-host that
+    /// writes `readlink /proc/self/fd/N` (or `-`) for each, and its arguments, to `out`.
+    fn spawned_fds(module: Option<OwnedFd>, stdin: bool) -> (Vec<String>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let host = dir.path().join("host");
+        std::fs::write(
+            &host,
+            format!(
+                // Each redirection is the child's or temporary: the shell's own fds stay as given.
+                "#!/bin/bash\nfor n in 0 1 2 3 4 5 6 7 8 9; do readlink /proc/$$/fd/$n >> {out} 2>/dev/null || echo - >> {out}; done\necho \"$*\" >> {out}\n",
+                out = out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&host, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let req = SpawnRequest {
+            name: "t".into(),
+            root: dir.path().into(),
+            entry: "bin/t".into(),
+            args: vec!["a b".into(), "c".into()],
+            env: vec![("K".into(), "V".into())],
+            stdin,
+            limits: Default::default(),
+            tmp: None,
+            host_libs: false,
+            uid: None,
+            allow_without: Vec::new(),
+            state: None,
+            state_quota: None,
+            net: None,
+            module,
+        };
+        let s = spawn_now(&host, req).unwrap();
+        let pid = Pid::from_raw(s.pid as i32);
+        nix::sys::wait::waitpid(pid, None).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let args = lines.pop().unwrap();
+        (lines, args)
+    }
+
+    #[test]
+    fn capsule_host_gets_fds_0_to_5_and_nothing_more() {
+        let module = crate::wasm::sealed_memfd(b"artifact").unwrap();
+        let (fds, args) = spawned_fds(Some(module), false);
+        assert_eq!(fds[0], "/dev/null");
+        for (n, kind) in [(1, "pipe:"), (2, "pipe:"), (3, "socket:"), (4, "pipe:")] {
+            assert!(fds[n].starts_with(kind), "fd {n}: {fds:?}");
+        }
+        assert!(fds[5].starts_with("/memfd:elastos-module"), "{fds:?}");
+        // The supervisor's own descriptors (its sockets, log files, epoll, this test's) stay
+        // behind: every one is close-on-exec, and the spawn's dup2s leave theirs so.
+        assert_eq!(&fds[6..], ["-", "-", "-", "-"], "{fds:?}");
+        assert!(args.contains("--name t --root"), "{args}");
+        assert!(
+            args.ends_with("--substrate wasm --env K=V -- a b c"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn without_a_module_fd_5_is_closed_and_stdin_can_be_a_pipe() {
+        let (fds, args) = spawned_fds(None, true);
+        assert!(fds[0].starts_with("pipe:"), "{fds:?}");
+        assert_eq!(fds[5], "-", "{fds:?}");
+        assert!(!args.contains("--substrate"), "{args}");
+    }
+}
