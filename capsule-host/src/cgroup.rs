@@ -2,8 +2,10 @@
 //!
 //! capsule-host puts itself, before it forks anything, in a fresh group of its own with the
 //! capsule's caps, so every process of the capsule is counted and a bomb meets the kernel's
-//! limit, not ours; it leaves and removes the group when the capsule is gone, and removes the
-//! empty groups that a killed capsule-host left behind.
+//! limit, not ours; it leaves and removes the group when the capsule is gone. The empty groups
+//! of capsule-hosts killed before they could clean up are removed once, when a supervisor
+//! starts (`capsule-host sweep-cgroups`), not at every capsule's start: that scan costs a
+//! `stat` per live capsule, which with 200 of them made every start slower.
 //! - cgroup v2 (a unified hierarchy with `memory` and `pids`, as modern distributions mount it):
 //!   `/sys/fs/cgroup/elastos/NAME.PID` with `memory.max` (resident memory, the manifest's
 //!   `memory`), `memory.swap.max` 0, `pids.max` and `cpu.max`; the controllers are enabled for
@@ -89,7 +91,6 @@ fn enter_v2(
     let parent = root.join("elastos");
     fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     write(&parent.join("cgroup.subtree_control"), &enable)?;
-    remove_empty_children(&parent);
     let dir = parent.join(leaf);
     fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut settings = vec![
@@ -166,7 +167,6 @@ fn enter_v1(
     for (root, settings) in groups {
         let parent = root.join("elastos");
         fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        remove_empty_children(&parent);
         let dir = parent.join(leaf);
         fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         dirs.push(dir.clone());
@@ -188,8 +188,25 @@ fn enter_v1(
     })
 }
 
+/// Removes the groups of capsule-hosts that were killed before they could clean up, in every
+/// hierarchy under `root`; returns how many.
+pub fn sweep(root: &Path) -> usize {
+    ["", "memory", "pids", "cpu"]
+        .iter()
+        .map(|h| root.join(h).join("elastos"))
+        .filter(|dir| dir.is_dir())
+        .map(|dir| remove_empty_children(&dir))
+        .sum()
+}
+
+/// The system's hierarchies, for `sweep`.
+pub fn system_root() -> &'static Path {
+    Path::new(ROOT)
+}
+
 /// Groups of capsule-hosts that were killed before they could clean up: empty, so removable.
-fn remove_empty_children(parent: &Path) {
+fn remove_empty_children(parent: &Path) -> usize {
+    let mut removed = 0;
     if let Ok(rd) = fs::read_dir(parent) {
         for e in rd.flatten() {
             // A live capsule-host's group may be empty for a moment, between its mkdir and its
@@ -198,16 +215,26 @@ fn remove_empty_children(parent: &Path) {
                 continue;
             }
             // rmdir fails on a group that still has processes: exactly the ones to keep.
-            let _ = fs::remove_dir(e.path());
+            if fs::remove_dir(e.path()).is_ok() {
+                removed += 1;
+            }
         }
     }
+    removed
 }
 
-/// Whether the capsule-host of group `NAME.PID` is still running.
+/// Whether the capsule-host of group `NAME.PID` is still running (a zombie is not: a killed
+/// capsule-host whose parent, the supervisor, was killed too waits a while to be reaped).
 fn owner_lives(leaf: &str) -> bool {
     leaf.rsplit_once('.')
         .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        // The state follows the command name, which may itself hold ") ".
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 impl Cgroups {
@@ -260,9 +287,11 @@ mod tests {
         )
         .unwrap();
         fs::write(root.join("cgroup.subtree_control"), "").unwrap();
-        // Left by a killed capsule-host (no such pid): empty, so removed.
+        // Left by a killed capsule-host (no such pid): empty, so a sweep removes it.
         fs::create_dir_all(root.join("elastos/old.4194305")).unwrap();
         let cg = enter_v2(root, "echo.42", 64 << 20, 10, Some(50)).unwrap();
+        assert!(root.join("elastos/old.4194305").exists());
+        assert_eq!(sweep(root), 1);
         assert_eq!(
             read(&root.join("cgroup.subtree_control")),
             "+memory +pids +cpu"
@@ -312,6 +341,36 @@ mod tests {
         assert_eq!(cg.layer(), "cgroup-v1(memory=64MiB,pids=10)");
         // A cpu share without a cpu hierarchy is refused, not ignored.
         assert!(enter_v1(root, "echo.43", 64 << 20, 10, Some(50)).is_err());
+    }
+
+    #[test]
+    fn a_sweep_removes_the_empty_groups_of_dead_capsule_hosts_only() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let live = format!("echo.{}", std::process::id());
+        for h in ["memory", "pids"] {
+            for g in ["echo.4194305", "ping.4194306", live.as_str()] {
+                fs::create_dir_all(root.join(h).join("elastos").join(g)).unwrap();
+            }
+        }
+        // A dead host's group that still holds a file stands in for one with processes left.
+        fs::write(root.join("pids/elastos/ping.4194306/x"), "").unwrap();
+        assert_eq!(sweep(root), 3);
+        let left = |h: &str| {
+            let mut v: Vec<String> = fs::read_dir(root.join(h).join("elastos"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(left("memory"), std::slice::from_ref(&live));
+        assert_eq!(left("pids"), [live.clone(), "ping.4194306".to_string()]);
+        // Starting a group no longer sweeps: a start costs no scan of the live ones.
+        fs::create_dir_all(root.join("memory/elastos/old.4194307")).unwrap();
+        fs::write(root.join("memory/memory.limit_in_bytes"), "").unwrap();
+        let _ = enter_v1(root, "new.1", 1 << 20, 8, None);
+        assert!(root.join("memory/elastos/old.4194307").is_dir());
     }
 
     #[test]

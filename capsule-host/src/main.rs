@@ -250,6 +250,14 @@ fn exit_code(ws: WaitStatus) -> Option<i32> {
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("compile") => compile_main(),
+        // Once per supervisor start, before any capsule: see `cgroup`'s module doc.
+        Some("sweep-cgroups") => {
+            if nix::unistd::geteuid().is_root() {
+                let n = cgroup::sweep(cgroup::system_root());
+                println!("{n}");
+            }
+            std::process::exit(0);
+        }
         Some("compat-hash") => match wasm::engine() {
             Ok(e) => {
                 println!("{}", wasm::compatibility_hash(&e));

@@ -261,6 +261,30 @@ fn above_targets(fd: OwnedFd) -> Result<OwnedFd, HostError> {
         .map_err(|e| HostError::Spawn(e.into()))
 }
 
+/// Removes the cgroups that capsule-hosts killed before they could clean up left behind (after
+/// a `kill -9` of the supervisor, say), once, before any capsule starts: capsule-host no longer
+/// scans for them at every start. Best effort: a leftover group costs a directory, not safety.
+pub fn sweep_cgroups(host_bin: &std::path::Path) {
+    let out = std::process::Command::new(host_bin)
+        .arg("sweep-cgroups")
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let n = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if !n.is_empty() && n != "0" {
+                tracing::info!("removed {n} cgroups left by capsule-hosts that were killed");
+            }
+        }
+        Ok(o) => tracing::warn!(
+            "capsule-host sweep-cgroups failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => tracing::warn!("capsule-host sweep-cgroups did not run: {e}"),
+    }
+}
+
 /// Reads capsule-host's first status line, and not a byte more: a WASM capsule-host writes a
 /// second one when a limit stops its guest ([`read_limit`]).
 pub fn read_status(file: &mut File) -> Result<HostStatus, HostError> {

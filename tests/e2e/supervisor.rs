@@ -277,6 +277,19 @@ fn kill_9_of_the_supervisor_leaves_no_capsule_behind_and_the_log_verifies() {
         Duration::from_secs(10),
         || with_marker(&marker).len() == 2,
     );
+    // Its capsule-host's cgroups, where that layer is in force (root, on this machine v1).
+    let host_pid = up.capsule("forker")["pid"].as_u64().unwrap();
+    let groups: Vec<PathBuf> = ["memory", "pids", ""]
+        .iter()
+        .map(|h| {
+            Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(format!("elastos/forker.{host_pid}"))
+        })
+        .filter(|g| g.is_dir())
+        .collect();
+    let layers = up.capsule("forker")["layers"].to_string();
+    assert_eq!(layers.contains("cgroup-"), !groups.is_empty(), "{layers}");
     let sup = up.supervisor_pid();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(sup as i32),
@@ -290,6 +303,10 @@ fn kill_9_of_the_supervisor_leaves_no_capsule_behind_and_the_log_verifies() {
     );
     // A new supervisor starts (the lock died with the old one) and the log still verifies.
     assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
+    // The killed capsule-host could not remove its groups; the new supervisor did, at its start.
+    for g in &groups {
+        assert!(!g.exists(), "{} was left behind", g.display());
+    }
     up.node.run(&["audit", "verify"]).ok();
     up.node.run(&["down"]).ok();
     assert!(with_marker(&marker).is_empty());

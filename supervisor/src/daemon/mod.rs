@@ -244,6 +244,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
     .context("opening the audit log")?;
     let store = Store::open(&home)?;
     let host_bin = elastos::host::find_host_binary()?;
+    elastos::host::sweep_cgroups(&host_bin);
     let wasm = elastos::wasm::WasmCache::new(home.root(), &key, host_bin.clone());
     let spawner = Spawner::start(host_bin);
     let did = key.did();
