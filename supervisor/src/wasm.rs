@@ -38,10 +38,11 @@ use elastos_schema::domains;
 /// The descriptor capsule-host takes the module from (`--substrate wasm`).
 pub const MODULE_FD: i32 = 5;
 const TAG: usize = 32;
-/// Verified modules kept sealed in memory, by count and by bytes (shared memory, outside the
-/// supervisor's RSS; the oldest loaded goes first).
+/// Verified modules kept sealed in memory, by count and by bytes (shared memory: outside the
+/// supervisor's RSS, and the same pages the running capsule-hosts of a module map; the oldest
+/// loaded goes first).
 pub const LOADED_MAX: usize = 64;
-pub const LOADED_BYTES_MAX: usize = 512 << 20;
+pub const LOADED_BYTES_MAX: usize = 128 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WasmCacheError {
