@@ -28,6 +28,8 @@ use std::io::{BufReader, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use elastos_schema::{wasm_abi as abi, wire, Limits};
@@ -252,6 +254,48 @@ pub struct Host {
     limiter: Limiter,
     conn: Conn,
     budget_ticks: u64,
+    ticker: Arc<Ticker>,
+}
+
+/// The epoch ticker's state, shared with the `recv_len` import. The ticker rests while the guest
+/// waits for a frame (no guest code runs then, and `recv_len` gives it a fresh budget when one
+/// comes), so an idle WASM capsule costs no wakeups instead of one per tick.
+#[derive(Default)]
+pub struct Ticker {
+    waiting: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+    /// Ticks so far, for the tests.
+    ticks: AtomicU64,
+}
+
+impl Ticker {
+    fn wait_begins(&self) {
+        self.waiting.store(true, Ordering::SeqCst);
+    }
+
+    fn wait_ends(&self) {
+        self.waiting.store(false, Ordering::SeqCst);
+        if let Some(t) = self.thread.get() {
+            // Cheap unless the ticker is parked: then one wake.
+            t.unpark();
+        }
+    }
+
+    /// The ticker thread's loop, for as long as the engine lives.
+    fn run(&self, engine: wasmtime::EngineWeak) {
+        while let Some(engine) = engine.upgrade() {
+            if self.waiting.load(Ordering::SeqCst) {
+                drop(engine);
+                // An unpark between the load and here makes this return at once.
+                std::thread::park();
+                continue;
+            }
+            engine.increment_epoch();
+            self.ticks.fetch_add(1, Ordering::Relaxed);
+            drop(engine);
+            std::thread::sleep(TICK);
+        }
+    }
 }
 
 /// Everything but guest code: done before confinement, so the seccomp list and Landlock rules
@@ -309,6 +353,7 @@ pub fn prepare(
             broken: None,
         },
         budget_ticks: budget_ticks(budget_ms),
+        ticker: Arc::new(Ticker::default()),
     };
     let mut store = Store::new(engine, host);
     store.limiter(|h| &mut h.limiter);
@@ -389,17 +434,16 @@ pub fn run(p: Prepared) -> Outcome {
         mut store,
         budget_ms,
     } = p;
-    let ticker = engine.weak();
-    let _ = std::thread::Builder::new()
+    let weak = engine.weak();
+    let ticker = store.data().ticker.clone();
+    let shared = ticker.clone();
+    if let Ok(handle) = std::thread::Builder::new()
         .name("elastos-epoch".into())
-        .spawn(move || {
-            // Ends with the engine.
-            while let Some(engine) = ticker.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(TICK);
-            }
-        });
+        // Ends with the engine.
+        .spawn(move || shared.run(weak))
+    {
+        let _ = ticker.thread.set(handle.thread().clone());
+    }
     let ticks = store.data().budget_ticks;
     store.set_epoch_deadline(ticks);
     let result = match pre.instantiate(&mut store) {
@@ -464,7 +508,9 @@ fn add_imports(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             if let Some(code) = host.conn.broken {
                 return code;
             }
+            host.ticker.wait_begins();
             let got = wire::read_frame(&mut host.conn.reader, wire::MAX_FRAME);
+            host.ticker.wait_ends();
             let code = match got {
                 Ok(Some(body)) => {
                     let n = body.len() as i32;

@@ -620,7 +620,7 @@ fn a_granted_state_directory_outlives_restarts_and_no_other_capsule_sees_it() {
 }
 
 /// The first child of process `pid`.
-fn child_of(pid: &str) -> String {
+pub(crate) fn child_of(pid: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap()
         .split_whitespace()
@@ -630,7 +630,7 @@ fn child_of(pid: &str) -> String {
 }
 
 /// A field of `/proc/PID/status`, split into its words.
-fn status_field(pid: &str, name: &str) -> Vec<String> {
+pub(crate) fn status_field(pid: &str, name: &str) -> Vec<String> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()

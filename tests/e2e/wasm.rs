@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use elastos_e2e::Node;
 
+use crate::confinement::{child_of, status_field};
 use crate::supervisor::{audited_calls, path, wait_until, Up};
 
 fn fixture(name: &str) -> PathBuf {
@@ -204,6 +205,41 @@ fn a_tampered_module_inside_a_package_is_refused() {
     let audit = up.node.run(&["audit", "--json"]).ok().to_string();
     assert!(audit.contains("\"action\":\"package.refused\""), "{audit}");
     assert!(!up.node.run(&["ps"]).ok().contains("echo"));
+}
+
+#[test]
+fn an_idle_wasm_capsule_wakes_for_no_epoch_ticks() {
+    let up = Up::new();
+    let echo = up.node.pack_first_party("echo");
+    start_echo(&up, &echo, "echo", "wasm");
+    // capsule-host, then init, then the process that runs the guest and its epoch ticker.
+    let host = up.capsule("echo")["pid"].as_u64().unwrap().to_string();
+    let guest = child_of(&child_of(&host));
+    let epoch = std::fs::read_dir(format!("/proc/{guest}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{guest}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == "elastos-epoch")
+        })
+        .expect("the guest's process has an elastos-epoch thread");
+    let wakeups = || -> u64 {
+        status_field(&format!("{guest}/task/{epoch}"), "voluntary_ctxt_switches:")[0]
+            .parse()
+            .unwrap()
+    };
+    // Echo waits for a call: a second of that is a hundred ticks of 10 ms were it ticking.
+    let before = wakeups();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = wakeups() - before;
+    assert!(
+        idle <= 3,
+        "{idle} wakeups of the epoch ticker in an idle second"
+    );
+    // And it still serves.
+    let pinger = up.node.pack_first_party("ping");
+    ping(&up, &pinger, "ping", "native");
 }
 
 /// How many lines of `name`'s log contain `pattern` (the log outlives supervisor restarts;

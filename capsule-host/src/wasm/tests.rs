@@ -121,6 +121,35 @@ fn a_guest_that_spins_after_taking_a_frame_is_stopped_but_waiting_costs_nothing(
 }
 
 #[test]
+fn the_epoch_ticker_rests_while_the_guest_waits_and_ticks_while_it_runs() {
+    let spin = r#"(module
+      (import "elastos" "recv_len" (func $recv_len (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (drop (call $recv_len)) (loop $l (br $l))))"#;
+    let engine = engine().unwrap();
+    let m = module(&engine, spin);
+    let (mut s, theirs) = UnixStream::pair().unwrap();
+    let limits = Limits {
+        call_budget_ms: Some(50),
+        ..Default::default()
+    };
+    let p = prepare(&engine, &m, &guest(limits), theirs).unwrap();
+    let ticker = p.store.data().ticker.clone();
+    let guest = std::thread::spawn(move || run(p));
+    let ticks = || ticker.ticks.load(Ordering::Relaxed);
+    // Waiting in recv_len: after the tick or two of its start, twenty ticks' time brings none.
+    std::thread::sleep(TICK * 5);
+    let before = ticks();
+    std::thread::sleep(TICK * 20);
+    let idle = ticks() - before;
+    assert!(idle <= 1, "{idle} ticks while the guest waited");
+    // Running: ticks again, until the 50 ms budget stops it.
+    s.write_all(&frame(b"go")).unwrap();
+    assert_eq!(guest.join().unwrap(), Outcome::CallBudget { ms: 50 });
+    assert!(ticks() - before >= 4, "{} ticks", ticks() - before);
+}
+
+#[test]
 fn a_bad_pointer_is_an_error_for_the_guest_not_a_host_crash() {
     // Exits with the number of calls that did not return FAULT.
     let bad = r#"(module
