@@ -97,14 +97,16 @@ fn a_module_whose_initial_memory_exceeds_the_limit_does_not_start() {
     assert_eq!(guest.join().unwrap().code(), EXIT_MEMORY);
 }
 
-#[test]
-fn a_guest_that_spins_after_taking_a_frame_is_stopped_but_waiting_costs_nothing() {
-    let spin = r#"(module
+/// Waits for a frame, then spins.
+const SPIN: &str = r#"(module
       (import "elastos" "recv_len" (func $recv_len (result i32)))
       (memory (export "memory") 1)
       (func (export "_start") (drop (call $recv_len)) (loop $l (br $l))))"#;
+
+#[test]
+fn a_guest_that_spins_after_taking_a_frame_is_stopped_but_waiting_costs_nothing() {
     let (mut s, guest) = start(
-        spin,
+        SPIN,
         Limits {
             call_budget_ms: Some(50),
             ..Default::default()
@@ -122,12 +124,8 @@ fn a_guest_that_spins_after_taking_a_frame_is_stopped_but_waiting_costs_nothing(
 
 #[test]
 fn the_epoch_ticker_rests_while_the_guest_waits_and_ticks_while_it_runs() {
-    let spin = r#"(module
-      (import "elastos" "recv_len" (func $recv_len (result i32)))
-      (memory (export "memory") 1)
-      (func (export "_start") (drop (call $recv_len)) (loop $l (br $l))))"#;
     let engine = engine().unwrap();
-    let m = module(&engine, spin);
+    let m = module(&engine, SPIN);
     let (mut s, theirs) = UnixStream::pair().unwrap();
     let limits = Limits {
         call_budget_ms: Some(50),
