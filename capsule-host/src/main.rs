@@ -945,11 +945,11 @@ fn loopback_up() -> Result<(), String> {
         for (i, b) in b"lo".iter().enumerate() {
             ifr.ifr_name[i] = *b as libc::c_char;
         }
-        let r = if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+        let r = if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr) < 0 {
             Err(nix::errno::Errno::last().desc().to_string())
         } else {
             ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) < 0 {
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr) < 0 {
                 Err(nix::errno::Errno::last().desc().to_string())
             } else {
                 Ok(())

@@ -176,7 +176,7 @@ pub const NATIVE: &[Entry] = &[
         verdict: Verdict::Errno(libc::EPERM),
         when: When::Eq {
             arg: 1,
-            value: libc::TIOCSTI,
+            value: libc::TIOCSTI as _,
         },
     },
     Entry {
