@@ -113,8 +113,11 @@ impl Loaded {
     }
 
     fn insert(&mut self, module_cid: String, fd: OwnedFd, len: usize) {
-        self.modules.retain(|(cid, ..)| *cid != module_cid);
-        self.bytes = self.modules.iter().map(|(.., n)| n).sum();
+        if let Some(i) = self.modules.iter().position(|(cid, ..)| *cid == module_cid) {
+            if let Some((_, _, n)) = self.modules.remove(i) {
+                self.bytes -= n;
+            }
+        }
         while self.modules.len() >= LOADED_MAX || self.bytes + len > LOADED_BYTES_MAX {
             let Some((_, _, n)) = self.modules.pop_front() else {
                 break;
@@ -168,16 +171,27 @@ impl WasmCache {
     }
 
     /// The module at `module` (whose package lists `sha256`, hex) sealed for one capsule-host:
-    /// kept from an earlier start, else as [`WasmCache::compiled`] gives it.
+    /// kept from an earlier start, else as [`WasmCache::load`] gives it.
     pub fn sealed(
         &self,
         module_cid: &str,
         module: &Path,
         sha256: &str,
     ) -> Result<Sealed, WasmCacheError> {
-        if let Some(kept) = self.kept(module_cid) {
-            return kept;
+        match self.kept(module_cid) {
+            Some(kept) => kept,
+            None => self.load(module_cid, module, sha256),
         }
+    }
+
+    /// The module from the cache, or compiled now, sealed for one capsule-host and kept for the
+    /// next start (the caller found it not kept: this reads files, so off the async runtime).
+    pub fn load(
+        &self,
+        module_cid: &str,
+        module: &Path,
+        sha256: &str,
+    ) -> Result<Sealed, WasmCacheError> {
         // Not locked meanwhile: a compile takes seconds, and other modules' starts must not wait
         // on it (two first starts of one module may both compile it; the entry is written whole).
         let c = self.compiled(module_cid, module, sha256)?;

@@ -592,7 +592,7 @@ impl CapsuleActor {
         // Kept in memory: at once. Else the cache or a compile: on a blocking thread.
         let sealed = match self.shared.wasm.kept(&cid) {
             Some(kept) => kept,
-            None => tokio::task::spawn_blocking(move || shared.wasm.sealed(&cid, &path, &sha))
+            None => tokio::task::spawn_blocking(move || shared.wasm.load(&cid, &path, &sha))
                 .await
                 .map_err(|e| e.to_string())?,
         }
