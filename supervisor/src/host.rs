@@ -265,6 +265,10 @@ fn above_targets(fd: OwnedFd) -> Result<OwnedFd, HostError> {
 /// a `kill -9` of the supervisor, say), once, before any capsule starts: capsule-host no longer
 /// scans for them at every start. Best effort: a leftover group costs a directory, not safety.
 pub fn sweep_cgroups(host_bin: &std::path::Path) {
+    // Only a root capsule-host makes groups: a user's supervisor has none to sweep.
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
     let out = std::process::Command::new(host_bin)
         .arg("sweep-cgroups")
         .env_clear()
