@@ -24,8 +24,8 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{BufReader, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::{AsFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -241,12 +241,38 @@ impl ResourceLimiter for Limiter {
 
 /// The capsule's connection to the supervisor, as the imports see it.
 struct Conn {
-    reader: BufReader<UnixStream>,
+    reader: BufReader<PollRead>,
     writer: UnixStream,
     /// The frame `recv_len` announced and `recv` has not taken.
     pending: Option<Vec<u8>>,
     /// A read error ends the stream for good: the framing is lost.
     broken: Option<i32>,
+}
+
+/// The socket's read side, waiting for input in poll(2) rather than in recv(2).
+///
+/// Linux wakes every task asleep on a Unix stream socket whenever the peer consumes data this
+/// side sent (there is room to write again), and a task asleep in recv(2) cannot tell that from
+/// input: a guest waiting for its answer would be woken, and switched to, for nothing each time
+/// the supervisor reads its call. poll(2) wakes only for the events it asks for.
+struct PollRead(UnixStream);
+
+impl Read for PollRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut fds = [nix::poll::PollFd::new(
+            self.0.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        loop {
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Input, end of stream or an error: the read does not wait.
+        self.0.read(buf)
+    }
 }
 
 pub struct Host {
@@ -347,7 +373,7 @@ pub fn prepare(
             hit: None,
         },
         conn: Conn {
-            reader: BufReader::with_capacity(64 * 1024, reader),
+            reader: BufReader::with_capacity(64 * 1024, PollRead(reader)),
             writer: socket,
             pending: None,
             broken: None,

@@ -3,7 +3,11 @@
 //!
 //! - Baseline: a raw Unix-socket round trip of length-prefixed frames, 1 hop (client ↔ server)
 //!   and 2 hops (client ↔ forwarding process ↔ server), at concurrency 1 and 32. The helper
-//!   processes are this same executable, re-run with a role.
+//!   processes are this same executable, re-run with a role. Every process of the baseline
+//!   blocks in read(2), the plain way. The guest SDK waits in poll(2) instead, which spares a
+//!   capsule the wake-up Linux gives a reader of a Unix stream socket each time its peer
+//!   consumes what it sent; so the 2-hop baseline is also run with every process waiting in
+//!   poll(2), and the mediated figures are given against both.
 //! - Mediated: `ping` → supervisor → `echo`, the real capsules under a real `elastos up`, at
 //!   concurrency 1 and 32. Goal: p50 ≤ 1.5× and p99 ≤ 3× the 2-hop baseline.
 //! - WASM: `ping` built for wasm32-wasip1 → supervisor → the native `echo`, at concurrency 1,
@@ -19,6 +23,7 @@
 //! `ELASTOS_BENCH_QUICK=1` runs briefly (fewer calls, 20 capsules instead of 200).
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -37,8 +42,12 @@ const RAW_ANSWER: usize = 100;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--role-server") => return serve(Path::new(&args[2])),
-        Some("--role-relay") => return relay(Path::new(&args[2]), Path::new(&args[3])),
+        Some("--role-server") => return serve(Path::new(&args[2]), Wait::Read),
+        Some("--role-relay") => return relay(Path::new(&args[2]), Path::new(&args[3]), Wait::Read),
+        Some("--role-server-poll") => return serve(Path::new(&args[2]), Wait::Poll),
+        Some("--role-relay-poll") => {
+            return relay(Path::new(&args[2]), Path::new(&args[3]), Wait::Poll)
+        }
         _ => {}
     }
     let pinning = elastos_e2e::pin_for_bench();
@@ -47,10 +56,12 @@ fn main() {
     let many: usize = if quick { 20 } else { 200 };
 
     let scratch = tempfile::tempdir().expect("scratch dir");
-    let raw1_c1 = raw(scratch.path(), 1, 1, calls);
-    let raw2_c1 = raw(scratch.path(), 2, 1, calls);
-    let raw1_c32 = raw(scratch.path(), 1, 32, calls);
-    let raw2_c32 = raw(scratch.path(), 2, 32, calls);
+    let raw1_c1 = raw(scratch.path(), 1, 1, calls, Wait::Read);
+    let raw2_c1 = raw(scratch.path(), 2, 1, calls, Wait::Read);
+    let raw1_c32 = raw(scratch.path(), 1, 32, calls, Wait::Read);
+    let raw2_c32 = raw(scratch.path(), 2, 32, calls, Wait::Read);
+    let poll2_c1 = raw(scratch.path(), 2, 1, calls, Wait::Poll);
+    let poll2_c32 = raw(scratch.path(), 2, 32, calls, Wait::Poll);
 
     let node = Node::new();
     let up = node.run(&["up"]);
@@ -84,19 +95,33 @@ fn main() {
         ("raw socket, 2 hops, c=1", &raw2_c1),
         ("raw socket, 1 hop, c=32", &raw1_c32),
         ("raw socket, 2 hops, c=32", &raw2_c32),
+        ("raw socket, 2 hops, c=1, poll(2)", &poll2_c1),
+        ("raw socket, 2 hops, c=32, poll(2)", &poll2_c32),
     ] {
         println!("  {what:<34} p50 {:>6} us  p99 {:>6} us", l.p50, l.p99);
     }
-    for (what, l, base) in [
-        ("ping -> supervisor -> echo, c=1", &med_c1, &raw2_c1),
-        ("ping -> supervisor -> echo, c=32", &med_c32, &raw2_c32),
+    for (what, l, base, polled) in [
+        (
+            "ping -> supervisor -> echo, c=1",
+            &med_c1,
+            &raw2_c1,
+            &poll2_c1,
+        ),
+        (
+            "ping -> supervisor -> echo, c=32",
+            &med_c32,
+            &raw2_c32,
+            &poll2_c32,
+        ),
     ] {
         println!(
-            "  {what:<34} p50 {:>6} us  p99 {:>6} us  vs 2 hops: p50 {:.2}x (goal <= 1.5), p99 {:.2}x (goal <= 3)",
+            "  {what:<34} p50 {:>6} us  p99 {:>6} us  vs 2 hops: p50 {:.2}x (goal <= 1.5), p99 {:.2}x (goal <= 3); vs 2 hops in poll(2): p50 {:.2}x, p99 {:.2}x",
             l.p50,
             l.p99,
             ratio(l.p50, base.p50),
-            ratio(l.p99, base.p99)
+            ratio(l.p99, base.p99),
+            ratio(l.p50, polled.p50),
+            ratio(l.p99, polled.p99)
         );
     }
     println!(
@@ -246,19 +271,53 @@ fn helper(role: &str, args: &[&Path], socket: &Path) -> Child {
     child
 }
 
+/// How the baseline's processes wait for input.
+#[derive(Clone, Copy, PartialEq)]
+enum Wait {
+    /// Blocked in read(2).
+    Read,
+    /// In poll(2) for input, then read(2), as the guest SDK does.
+    Poll,
+}
+
+/// A socket's read side that waits as `Wait` says.
+struct Input {
+    s: UnixStream,
+    wait: Wait,
+}
+
+impl Read for Input {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.wait == Wait::Poll {
+            let mut fds = [nix::poll::PollFd::new(
+                self.s.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE)?;
+        }
+        self.s.read(buf)
+    }
+}
+
 /// Round trips through 1 or 2 hops at `concurrency`.
-fn raw(dir: &Path, hops: u32, concurrency: usize, calls: u64) -> Latency {
-    let id = format!("{hops}-{concurrency}");
+fn raw(dir: &Path, hops: u32, concurrency: usize, calls: u64, wait: Wait) -> Latency {
+    let poll = if wait == Wait::Poll { "-poll" } else { "" };
+    let id = format!("{hops}-{concurrency}{poll}");
     let server_at: PathBuf = dir.join(format!("server-{id}.sock"));
-    let mut children = vec![helper("--role-server", &[&server_at], &server_at)];
+    let role = |r: &str| format!("--role-{r}{poll}");
+    let mut children = vec![helper(&role("server"), &[&server_at], &server_at)];
     let target = if hops == 1 {
         server_at.clone()
     } else {
         let relay_at = dir.join(format!("relay-{id}.sock"));
-        children.push(helper("--role-relay", &[&relay_at, &server_at], &relay_at));
+        children.push(helper(&role("relay"), &[&relay_at, &server_at], &relay_at));
         relay_at
     };
     let mut s = UnixStream::connect(&target).expect("connect");
+    let mut input = Input {
+        s: s.try_clone().expect("clone"),
+        wait,
+    };
     let request = frame(RAW_REQUEST);
     let mut answer = vec![0u8; RAW_ANSWER];
     let mut sent_at = std::collections::VecDeque::with_capacity(concurrency);
@@ -271,12 +330,12 @@ fn raw(dir: &Path, hops: u32, concurrency: usize, calls: u64) -> Latency {
             sent += 1;
         }
         // The server answers in order, so the oldest call is the one answered.
-        s.read_exact(&mut answer).expect("read");
+        input.read_exact(&mut answer).expect("read");
         let began = sent_at.pop_front().expect("a call in flight");
         latencies.push(began.elapsed().as_micros() as u64);
         done += 1;
     }
-    drop(s);
+    drop((s, input));
     for mut c in children {
         let _ = c.kill();
         let _ = c.wait();
@@ -296,7 +355,7 @@ fn frame(total: usize) -> Vec<u8> {
     f
 }
 
-fn read_frame(s: &mut UnixStream, buf: &mut Vec<u8>) -> bool {
+fn read_frame(s: &mut Input, buf: &mut Vec<u8>) -> bool {
     let mut len = [0u8; 4];
     if s.read_exact(&mut len).is_err() {
         return false;
@@ -309,12 +368,16 @@ fn read_frame(s: &mut UnixStream, buf: &mut Vec<u8>) -> bool {
 }
 
 /// Answers every frame with an answer-sized frame, in order.
-fn serve(at: &Path) {
+fn serve(at: &Path, wait: Wait) {
     let listener = UnixListener::bind(at).expect("bind");
     let (mut s, _) = listener.accept().expect("accept");
     let answer = frame(RAW_ANSWER);
     let mut buf = Vec::new();
-    while read_frame(&mut s, &mut buf) {
+    let mut input = Input {
+        s: s.try_clone().expect("clone"),
+        wait,
+    };
+    while read_frame(&mut input, &mut buf) {
         if s.write_all(&answer).is_err() {
             break;
         }
@@ -322,11 +385,12 @@ fn serve(at: &Path) {
 }
 
 /// Forwards whole frames both ways between one client and the server, a thread per direction.
-fn relay(at: &Path, upstream: &Path) {
+fn relay(at: &Path, upstream: &Path, wait: Wait) {
     let listener = UnixListener::bind(at).expect("bind");
     let (client, _) = listener.accept().expect("accept");
     let server = UnixStream::connect(upstream).expect("connect upstream");
-    let pump = |mut from: UnixStream, mut to: UnixStream| {
+    let pump = move |from: UnixStream, mut to: UnixStream| {
+        let mut from = Input { s: from, wait };
         let mut buf = Vec::new();
         while read_frame(&mut from, &mut buf) {
             if to.write_all(&buf).is_err() {

@@ -97,6 +97,45 @@ fn a_module_whose_initial_memory_exceeds_the_limit_does_not_start() {
     assert_eq!(guest.join().unwrap().code(), EXIT_MEMORY);
 }
 
+/// A guest waiting for its next frame sleeps until the frame comes: the supervisor reading what
+/// it sent (which tells the kernel there is room to write) does not wake it.
+#[test]
+fn a_waiting_guest_is_woken_by_its_next_frame_only() {
+    const ROUNDS: i64 = 40;
+    let engine = engine().unwrap();
+    let m = module(&engine, ECHO);
+    let (mut s, theirs) = UnixStream::pair().unwrap();
+    let p = prepare(&engine, &m, &guest(Limits::default()), theirs).unwrap();
+    // This thread's voluntary context switches so far.
+    let switches = || {
+        // SAFETY: getrusage(2) fills the zeroed struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; RUSAGE_THREAD reads the calling thread only.
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) }, 0);
+        u.ru_nvcsw
+    };
+    let guest = std::thread::spawn(move || {
+        let before = switches();
+        let out = run(p);
+        (out, switches() - before)
+    });
+    for i in 0..ROUNDS {
+        s.write_all(&frame(&[i as u8; 8])).unwrap();
+        // Each step waits long enough for the guest to be asleep when it happens.
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(read_frame(&mut s), [i as u8; 8]);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(s);
+    let (out, woken) = guest.join().unwrap();
+    assert_eq!(out, Outcome::Exited(0));
+    // One wake-up per frame; waiting in recv(2) it was two.
+    assert!(
+        woken < ROUNDS + ROUNDS / 2,
+        "{woken} wake-ups in {ROUNDS} round trips"
+    );
+}
+
 /// Waits for a frame, then spins.
 const SPIN: &str = r#"(module
       (import "elastos" "recv_len" (func $recv_len (result i32)))
