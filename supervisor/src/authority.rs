@@ -185,8 +185,21 @@ struct FormatProbe {
 
 /// A token that passed the checks, with its ancestry: `(id, max_uses)` from itself to the root.
 struct Passed {
-    token: Token,
+    token: Arc<VerifiedToken>,
     chain: Vec<(TokenId, u64)>,
+}
+
+/// A token that passed the checks: the body as first verified, shared with the signature cache
+/// rather than copied for every call.
+#[derive(Debug, Clone)]
+pub struct Checked(Arc<VerifiedToken>);
+
+impl std::ops::Deref for Checked {
+    type Target = Token;
+
+    fn deref(&self) -> &Token {
+        &self.0.token
+    }
 }
 
 /// The token authority of one node.
@@ -433,7 +446,7 @@ impl Authority {
         let passed = self
             .run_checks(&bytes, None, false, now)
             .map_err(AuthorityError::Parent)?;
-        let p = passed.token;
+        let p = &passed.token.token;
         if !p.delegatable {
             return Err(AuthorityError::NotDelegatable);
         }
@@ -577,7 +590,7 @@ impl Authority {
         req: &CallRequest<'_>,
         now: i64,
         consume: bool,
-    ) -> Result<Token, Denial> {
+    ) -> Result<Checked, Denial> {
         let bytes =
             token::text_to_bytes(token).map_err(|e| Denial::new(Check::Version, e.to_string()))?;
         self.check_bytes(&bytes, req, now, consume)
@@ -590,12 +603,12 @@ impl Authority {
         req: &CallRequest<'_>,
         now: i64,
         consume: bool,
-    ) -> Result<Token, Denial> {
+    ) -> Result<Checked, Denial> {
         let passed = self.run_checks(token, Some(req), false, now)?;
         if consume {
             self.consume(&passed.chain)?;
         }
-        Ok(passed.token)
+        Ok(Checked(passed.token))
     }
 
     /// The 12 checks for serving a namespace: `req.resource` is the pattern to serve
@@ -606,10 +619,10 @@ impl Authority {
         token: &[u8],
         req: &CallRequest<'_>,
         now: i64,
-    ) -> Result<Token, Denial> {
+    ) -> Result<Checked, Denial> {
         let passed = self.run_checks(token, Some(req), true, now)?;
         self.consume(&passed.chain)?;
-        Ok(passed.token)
+        Ok(Checked(passed.token))
     }
 
     /// The checks in contract order. With no call (`delegate`'s test of a parent), the four
@@ -688,7 +701,7 @@ impl Authority {
             check_classification(token, c.classification).map_err(deny(Check::Classification))?;
         }
         Ok(Passed {
-            token: token.clone(),
+            token: verified.clone(),
             chain,
         })
     }
@@ -1008,7 +1021,7 @@ mod tests {
         let mut f = fixture();
         let (t, text) = issue(&mut f, req());
         let got = f.auth.check(&text, &call(), NOW, false).unwrap();
-        assert_eq!(got, t);
+        assert_eq!(*got, t);
         assert_eq!(t.issuer, f.key.did());
         assert_eq!(t.expiry, NOW + 3600);
     }

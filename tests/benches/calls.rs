@@ -12,6 +12,9 @@
 //!   concurrency 1 and 32. Goal: p50 ≤ 1.5× and p99 ≤ 3× the 2-hop baseline.
 //! - WASM: `ping` built for wasm32-wasip1 → supervisor → the native `echo`, at concurrency 1,
 //!   against the native `ping` of the same run. Goal: p50 ≤ 1.2×.
+//! - The baselines and the mediated calls are measured side by side in 3 rounds (after an
+//!   unmeasured warm-up run of ping), so that the machine's drift between them does not count:
+//!   each figure is the median of its rounds, each ratio the median of its rounds' ratios.
 //! - Scale: the call cost with 200 echo capsules running against 2 (goal ≤ 1.1×), and the
 //!   supervisor's RSS idle and with 200 capsules (goal ≤ 15 MiB / ≤ 40 MiB).
 //!
@@ -55,14 +58,9 @@ fn main() {
     let calls: u64 = if quick { 2_000 } else { 20_000 };
     let many: usize = if quick { 20 } else { 200 };
 
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let raw1_c1 = raw(scratch.path(), 1, 1, calls, Wait::Read);
-    let raw2_c1 = raw(scratch.path(), 2, 1, calls, Wait::Read);
-    let raw1_c32 = raw(scratch.path(), 1, 32, calls, Wait::Read);
-    let raw2_c32 = raw(scratch.path(), 2, 32, calls, Wait::Read);
-    let poll2_c1 = raw(scratch.path(), 2, 1, calls, Wait::Poll);
-    let poll2_c32 = raw(scratch.path(), 2, 32, calls, Wait::Poll);
+    let rounds: usize = if quick { 1 } else { 3 };
 
+    let scratch = tempfile::tempdir().expect("scratch dir");
     let node = Node::new();
     let up = node.run(&["up"]);
     assert_eq!(up.code, 0, "elastos up: {up:#?}");
@@ -70,9 +68,43 @@ fn main() {
     let echo = node.pack_first_party("echo");
     let ping = node.pack_first_party("ping");
     start_echos(&node, &echo, 0..2);
-    let med_c1 = ping_run(&node, &ping, "localhost://echo/0/ping", 1, calls);
-    let med_c32 = ping_run(&node, &ping, "localhost://echo/0/ping", 32, calls);
-    let wasm_c1 = ping_run_on(&node, &ping, "localhost://echo/0/ping", 1, calls, "wasm");
+    // Unmeasured: the first calls after a start pay for pages and caches touched the first time.
+    ping_run(&node, &ping, "localhost://echo/0/ping", 1, calls / 4);
+
+    // Each baseline and the mediated call it is compared with are measured side by side, in
+    // rounds, so that the machine's drift between them does not pass for the supervisor's cost;
+    // every figure is the median of its rounds, every ratio the median of its rounds' ratios.
+    let mut runs: Vec<[Latency; 9]> = Vec::new();
+    for _ in 0..rounds {
+        let dir = scratch.path();
+        runs.push([
+            raw(dir, 1, 1, calls, Wait::Read),
+            raw(dir, 2, 1, calls, Wait::Read),
+            raw(dir, 2, 1, calls, Wait::Poll),
+            ping_run(&node, &ping, "localhost://echo/0/ping", 1, calls),
+            raw(dir, 1, 32, calls, Wait::Read),
+            raw(dir, 2, 32, calls, Wait::Read),
+            raw(dir, 2, 32, calls, Wait::Poll),
+            ping_run(&node, &ping, "localhost://echo/0/ping", 32, calls),
+            ping_run_on(&node, &ping, "localhost://echo/0/ping", 1, calls, "wasm"),
+        ]);
+    }
+    const RAW1_C1: usize = 0;
+    const RAW2_C1: usize = 1;
+    const POLL2_C1: usize = 2;
+    const MED_C1: usize = 3;
+    const RAW1_C32: usize = 4;
+    const RAW2_C32: usize = 5;
+    const POLL2_C32: usize = 6;
+    const MED_C32: usize = 7;
+    const WASM_C1: usize = 8;
+    let fig = |i: usize| Latency {
+        p50: median(runs.iter().map(|r| r[i].p50 as f64)) as u64,
+        p99: median(runs.iter().map(|r| r[i].p99 as f64)) as u64,
+    };
+    let p50s = |i: usize, base: usize| median(runs.iter().map(|r| ratio(r[i].p50, r[base].p50)));
+    let p99s = |i: usize, base: usize| median(runs.iter().map(|r| ratio(r[i].p99, r[base].p99)));
+
     // Measured before and after the crowd, so that the machine's drift over the minute it takes
     // to start it does not pass for the crowd's cost.
     let before = ping_run(&node, &ping, "localhost://echo/1/ping", 1, calls);
@@ -89,47 +121,47 @@ fn main() {
     assert_eq!(down.code, 0, "elastos down: {down:#?}");
 
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
-    println!("call path, {PAYLOAD}-byte payloads, {calls} calls per figure, {pinning}:");
-    for (what, l) in [
-        ("raw socket, 1 hop, c=1 ", &raw1_c1),
-        ("raw socket, 2 hops, c=1", &raw2_c1),
-        ("raw socket, 1 hop, c=32", &raw1_c32),
-        ("raw socket, 2 hops, c=32", &raw2_c32),
-        ("raw socket, 2 hops, c=1, poll(2)", &poll2_c1),
-        ("raw socket, 2 hops, c=32, poll(2)", &poll2_c32),
+    println!(
+        "call path, {PAYLOAD}-byte payloads, {calls} calls per figure, median of {rounds} interleaved round(s), {pinning}:"
+    );
+    for (what, i) in [
+        ("raw socket, 1 hop, c=1 ", RAW1_C1),
+        ("raw socket, 2 hops, c=1", RAW2_C1),
+        ("raw socket, 1 hop, c=32", RAW1_C32),
+        ("raw socket, 2 hops, c=32", RAW2_C32),
+        ("raw socket, 2 hops, c=1, poll(2)", POLL2_C1),
+        ("raw socket, 2 hops, c=32, poll(2)", POLL2_C32),
     ] {
+        let l = fig(i);
         println!("  {what:<34} p50 {:>6} us  p99 {:>6} us", l.p50, l.p99);
     }
-    for (what, l, base, polled) in [
-        (
-            "ping -> supervisor -> echo, c=1",
-            &med_c1,
-            &raw2_c1,
-            &poll2_c1,
-        ),
+    for (what, i, base, polled) in [
+        ("ping -> supervisor -> echo, c=1", MED_C1, RAW2_C1, POLL2_C1),
         (
             "ping -> supervisor -> echo, c=32",
-            &med_c32,
-            &raw2_c32,
-            &poll2_c32,
+            MED_C32,
+            RAW2_C32,
+            POLL2_C32,
         ),
     ] {
+        let l = fig(i);
         println!(
             "  {what:<34} p50 {:>6} us  p99 {:>6} us  vs 2 hops: p50 {:.2}x (goal <= 1.5), p99 {:.2}x (goal <= 3); vs 2 hops in poll(2): p50 {:.2}x, p99 {:.2}x",
             l.p50,
             l.p99,
-            ratio(l.p50, base.p50),
-            ratio(l.p99, base.p99),
-            ratio(l.p50, polled.p50),
-            ratio(l.p99, polled.p99)
+            p50s(i, base),
+            p99s(i, base),
+            p50s(i, polled),
+            p99s(i, polled)
         );
     }
+    let wasm_c1 = fig(WASM_C1);
     println!(
         "  wasm ping -> supervisor -> echo, c=1 p50 {:>6} us  p99 {:>6} us  vs native ping: p50 {:.2}x (goal <= 1.2), p99 {:.2}x",
         wasm_c1.p50,
         wasm_c1.p99,
-        ratio(wasm_c1.p50, med_c1.p50),
-        ratio(wasm_c1.p99, med_c1.p99)
+        p50s(WASM_C1, MED_C1),
+        p99s(WASM_C1, MED_C1)
     );
     println!(
         "  {many} echo capsules against 2, c=1: p50 {} us against {} us (2 before: {}, after: {}): {:.2}x (goal <= 1.1)",
@@ -144,6 +176,17 @@ fn main() {
         mib(idle_rss),
         mib(many_rss)
     );
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -340,6 +383,9 @@ fn raw(dir: &Path, hops: u32, concurrency: usize, calls: u64, wait: Wait) -> Lat
         let _ = c.kill();
         let _ = c.wait();
     }
+    // The next round binds the same names.
+    let _ = std::fs::remove_file(&server_at);
+    let _ = std::fs::remove_file(&target);
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Latency {
