@@ -9,6 +9,7 @@
 //! **Landlock**, **seccomp**.
 //! A step that fails stops the sequence and names itself; the capsule never runs half-confined.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
 use landlock::{
@@ -322,9 +323,17 @@ pub struct Kernel {
     /// Built (its paths opened) before the fork: after the uid switch the capsule could not walk
     /// the paths through the node's private home any more.
     landlock: Option<RulesetCreated>,
+    /// The ruleset's descriptor, once checked to be one: a WASM host closes everything it
+    /// inherited but this before it runs a guest.
+    landlock_fd: Option<RawFd>,
 }
 
 impl Kernel {
+    /// The Landlock ruleset's descriptor, when it was checked at creation to be the ruleset.
+    pub fn landlock_fd(&self) -> Option<RawFd> {
+        self.landlock.as_ref().and(self.landlock_fd)
+    }
+
     pub fn prepare(rules: &FsRules) -> Result<Kernel, Failure> {
         let fail = |why: String| Failure {
             step: "landlock",
@@ -333,6 +342,15 @@ impl Kernel {
         // The newest ABI this crate knows; what the kernel lacks beyond ABI 1 (file system
         // rules) degrades, and a kernel without Landlock at all fails at restrict time.
         let abi = ABI::V6;
+        // The ruleset takes the lowest free descriptor: this process is single-threaded here and
+        // nothing else opens one in between. Which one it is is confirmed below, not assumed.
+        let lowest = nix::fcntl::open(
+            "/",
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+        .map(|fd| fd.as_raw_fd());
         let ruleset = Ruleset::default()
             .set_compatibility(CompatLevel::BestEffort)
             .handle_access(AccessFs::from_all(abi))
@@ -362,8 +380,27 @@ impl Kernel {
             .map_err(|e| fail(e.to_string()))?;
         Ok(Kernel {
             landlock: Some(ruleset),
+            landlock_fd: lowest.filter(|&fd| is_landlock_ruleset(fd)),
         })
     }
+}
+
+/// Whether `fd` is a Landlock ruleset: the kernel looks the descriptor up before the rule type,
+/// so an unknown rule type (0) is `EINVAL` for a ruleset and `EBADF` or `EBADFD` for anything
+/// else.
+pub fn is_landlock_ruleset(fd: RawFd) -> bool {
+    // SAFETY: landlock_add_rule(2) with integer arguments and a null attribute, which it never
+    // reads for an unknown rule type; it adds nothing.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_landlock_add_rule,
+            fd,
+            0,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    r == -1 && nix::errno::Errno::last() == nix::errno::Errno::EINVAL
 }
 
 impl Sys for Kernel {
@@ -463,6 +500,31 @@ impl Sys for Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The descriptor a WASM host keeps open through its closing of everything else is the
+    /// ruleset's, and nothing else passes for one.
+    #[test]
+    fn the_ruleset_descriptor_is_found_and_only_a_ruleset_passes_for_one() {
+        // Other tests open descriptors on other threads meanwhile, and may take the number the
+        // ruleset was expected at; then it is not recorded (`None`), never recorded wrong.
+        let mut found = 0;
+        for _ in 0..5 {
+            let k = Kernel::prepare(&FsRules::wasm()).unwrap();
+            if let Some(fd) = k.landlock_fd() {
+                found += 1;
+                let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+                assert_eq!(target.to_str(), Some("anon_inode:[landlock-ruleset]"));
+                assert!(is_landlock_ruleset(fd));
+            }
+        }
+        assert!(found > 0, "the ruleset's descriptor was never found");
+        let (r, w) = nix::unistd::pipe().unwrap();
+        assert!(!is_landlock_ruleset(r.as_raw_fd()));
+        assert!(!is_landlock_ruleset(w.as_raw_fd()));
+        let gone = r.as_raw_fd();
+        drop(r);
+        assert!(!is_landlock_ruleset(gone));
+    }
 
     /// Records each step; fails the one named in `fail_at`.
     #[derive(Default)]

@@ -720,7 +720,7 @@ fn run_wasm(
     };
     // No exec will close what this process inherited or made for itself (the report pipe's
     // first copy among them, whose EOF capsule-host waits for): close all of it now.
-    close_inherited_above(wasm::MODULE_FD);
+    close_inherited_above(wasm::MODULE_FD, kernel.landlock_fd());
     // SAFETY: fd 3 is the capsule's socket, handed to this process; only the guest's
     // connection owns it from here.
     let socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(SOCKET_FD) };
@@ -762,7 +762,24 @@ fn run_wasm(
 }
 
 /// Closes every descriptor above `fd` but the Landlock ruleset confinement still needs.
-fn close_inherited_above(fd: i32) {
+fn close_inherited_above(fd: i32, ruleset: Option<i32>) {
+    // The ruleset's number is known: two close_range calls, no /proc.
+    if let Some(keep) = ruleset {
+        let close = |from: i32, to: nix::libc::c_uint| {
+            // SAFETY: close_range(2) with integer arguments, over descriptors nothing in this
+            // process uses any more.
+            unsafe { nix::libc::syscall(nix::libc::SYS_close_range, from, to, 0) == 0 }
+        };
+        let closed = if keep > fd {
+            (keep == fd + 1 || close(fd + 1, (keep - 1) as nix::libc::c_uint))
+                && close(keep + 1, nix::libc::c_uint::MAX)
+        } else {
+            close(fd + 1, nix::libc::c_uint::MAX)
+        };
+        if closed {
+            return;
+        }
+    }
     let open: Vec<(i32, String)> = match std::fs::read_dir("/proc/self/fd") {
         Ok(dir) => dir
             .flatten()

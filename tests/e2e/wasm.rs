@@ -242,6 +242,50 @@ fn an_idle_wasm_capsule_wakes_for_no_epoch_ticks() {
     ping(&up, &pinger, "ping", "native");
 }
 
+/// The process that runs a guest holds nothing capsule-host had open (pipes to the supervisor,
+/// cgroup and package directories): no exec closed them, so the WASM host did, before the guest
+/// ran. What remains is its stdio, its socket, its module and wasmtime's own.
+#[test]
+fn a_wasm_capsule_holds_no_descriptor_it_inherited() {
+    let up = Up::new();
+    let echo = up.node.pack_first_party("echo");
+    start_echo(&up, &echo, "echo", "wasm");
+    let host = up.capsule("echo")["pid"].as_u64().unwrap().to_string();
+    let guest = child_of(&child_of(&host));
+    let mut held = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{guest}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let fd: u32 = e.file_name().to_string_lossy().parse().unwrap();
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        let expected = match fd {
+            0 => target == "/dev/null",
+            // Its output, to the capsule's log.
+            1 | 2 => target.starts_with("pipe:"),
+            5 => target.starts_with("/memfd:elastos-module"),
+            // The capsule socket (3 and its reading copy), WASI's own runtime.
+            _ => {
+                target.starts_with("socket:")
+                    || target == "anon_inode:[eventpoll]"
+                    || target == "anon_inode:[eventfd]"
+            }
+        };
+        held.push(format!("{fd} -> {target}"));
+        assert!(
+            expected,
+            "fd {fd} -> {target} in the guest's process: {held:?}"
+        );
+    }
+    assert!(
+        held.iter().any(|h| h.starts_with("3 -> socket:")),
+        "{held:?}"
+    );
+}
+
 /// How many lines of `name`'s log contain `pattern` (the log outlives supervisor restarts;
 /// before the capsule's first start there is none).
 fn log_count(up: &Up, name: &str, pattern: &str) -> usize {
