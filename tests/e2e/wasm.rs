@@ -207,14 +207,19 @@ fn a_tampered_module_inside_a_package_is_refused() {
     assert!(!up.node.run(&["ps"]).ok().contains("echo"));
 }
 
+/// Starts echo on the WASM substrate; the pid of the process that runs the guest (capsule-host,
+/// then init, then that process).
+fn wasm_echo_process(up: &Up) -> String {
+    let echo = up.node.pack_first_party("echo");
+    start_echo(up, &echo, "echo", "wasm");
+    let host = up.capsule("echo")["pid"].as_u64().unwrap().to_string();
+    child_of(&child_of(&host))
+}
+
 #[test]
 fn an_idle_wasm_capsule_wakes_for_no_epoch_ticks() {
     let up = Up::new();
-    let echo = up.node.pack_first_party("echo");
-    start_echo(&up, &echo, "echo", "wasm");
-    // capsule-host, then init, then the process that runs the guest and its epoch ticker.
-    let host = up.capsule("echo")["pid"].as_u64().unwrap().to_string();
-    let guest = child_of(&child_of(&host));
+    let guest = wasm_echo_process(&up);
     let epoch = std::fs::read_dir(format!("/proc/{guest}/task"))
         .unwrap()
         .flatten()
@@ -248,10 +253,7 @@ fn an_idle_wasm_capsule_wakes_for_no_epoch_ticks() {
 #[test]
 fn a_wasm_capsule_holds_no_descriptor_it_inherited() {
     let up = Up::new();
-    let echo = up.node.pack_first_party("echo");
-    start_echo(&up, &echo, "echo", "wasm");
-    let host = up.capsule("echo")["pid"].as_u64().unwrap().to_string();
-    let guest = child_of(&child_of(&host));
+    let guest = wasm_echo_process(&up);
     let mut held = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{guest}/fd"))
         .unwrap()
