@@ -385,6 +385,13 @@ impl Kernel {
     }
 }
 
+/// Whether this process has exactly one thread, asked of the kernel rather than of `/proc`
+/// (which a private root may not have): unsharing the address space is a no-op it refuses
+/// (EINVAL) to a process with another thread, or whose memory another process shares.
+pub fn single_threaded() -> bool {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_VM).is_ok()
+}
+
 /// Whether `fd` is a Landlock ruleset: the kernel looks the descriptor up before the rule type,
 /// so an unknown rule type (0) is `EINVAL` for a ruleset and `EBADF` or `EBADFD` for anything
 /// else.
@@ -500,6 +507,24 @@ impl Sys for Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_thread_is_seen_and_a_single_one_passes() {
+        // The test harness runs tests on threads of their own.
+        assert!(!single_threaded());
+        // SAFETY: the child makes one system call and `_exit`s: no allocation, no lock.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = if single_threaded() { 0 } else { 1 };
+                // SAFETY: `_exit` ends the child without running the parent's destructors.
+                unsafe { nix::libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => assert_eq!(
+                nix::sys::wait::waitpid(child, None).unwrap(),
+                nix::sys::wait::WaitStatus::Exited(child, 0)
+            ),
+        }
+    }
 
     /// The descriptor a WASM host keeps open through its closing of everything else is the
     /// ruleset's, and nothing else passes for one.

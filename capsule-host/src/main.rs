@@ -279,13 +279,11 @@ fn main() {
         fail("parent check", "the supervisor is already gone");
     }
     let _ = nix::sys::prctl::set_dumpable(false);
-    match std::fs::read_dir("/proc/self/task").map(|d| d.count()) {
-        Ok(1) => {}
-        Ok(n) => fail(
+    if !confine::single_threaded() {
+        fail(
             "single thread check",
-            format!("{n} threads; namespaces need exactly one"),
-        ),
-        Err(e) => fail("single thread check", e),
+            "more than one thread; namespaces need exactly one",
+        );
     }
     let entry = match entry_path(&a.root, &a.entry) {
         Ok(e) => e,
@@ -730,13 +728,10 @@ fn run_wasm(
             wasm::prepare(&engine, &m, guest, socket)
         })
         .unwrap_or_else(|e| report_failure(&step(e.to_string())));
-    match std::fs::read_dir("/proc/self/task").map(|d| d.count()) {
-        Ok(1) => {}
-        Ok(n) => report_failure(&step(format!(
-            "{n} threads before confinement; it must hold for all"
-        ))),
-        // No /proc in this root: nothing here starts a thread before `wasm::run`.
-        Err(_) => {}
+    if !confine::single_threaded() {
+        report_failure(&step(
+            "more than one thread before confinement; it must hold for all".into(),
+        ));
     }
     if let Err(f) = confine::apply(kernel, plan) {
         report_failure(&f);
