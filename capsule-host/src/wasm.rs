@@ -11,8 +11,8 @@
 //! which carry the frames of the native socket on fd 3 unchanged. Limits:
 //! - linear memory ≤ `[limits] memory`, one memory, one instance, at most [`MAX_TABLES`] tables of
 //!   [`MAX_TABLE_ELEMENTS`] entries ([`Limiter`]); a guest that asks for more is stopped;
-//! - a CPU budget per frame (`[limits] call_budget_ms`): epoch interruption, a ticker task on
-//!   the guest's runtime advancing the epoch every [`TICK`]; the deadline is set when `recv_len` hands the guest a new
+//! - a CPU budget per frame (`[limits] call_budget_ms`): epoch interruption, a ticker thread
+//!   advancing the epoch every [`TICK`]; the deadline is set when `recv_len` hands the guest a new
 //!   frame (and at start), so a guest that spins after receiving a call is stopped, and a guest
 //!   waiting in `recv_len` costs nothing.
 //!
@@ -29,7 +29,7 @@ use std::os::fd::{AsFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use elastos_schema::{wasm_abi as abi, wire, Limits};
@@ -289,8 +289,7 @@ pub struct Host {
 #[derive(Default)]
 pub struct Ticker {
     waiting: AtomicBool,
-    /// Wakes a resting ticker; a wake with no ticker resting is kept for its next rest.
-    wake: tokio::sync::Notify,
+    thread: OnceLock<std::thread::Thread>,
     /// Ticks so far, for the tests.
     ticks: AtomicU64,
 }
@@ -302,38 +301,27 @@ impl Ticker {
 
     fn wait_ends(&self) {
         self.waiting.store(false, Ordering::SeqCst);
-        // Cheap unless the ticker rests: then one wake.
-        self.wake.notify_one();
+        if let Some(t) = self.thread.get() {
+            // Cheap unless the ticker is parked: then one wake.
+            t.unpark();
+        }
     }
 
-    /// The ticker's loop, a task on the guest's runtime, for as long as the engine lives.
-    async fn run(self: Arc<Self>, engine: wasmtime::EngineWeak) {
+    /// The ticker thread's loop, for as long as the engine lives.
+    fn run(&self, engine: wasmtime::EngineWeak) {
         while let Some(engine) = engine.upgrade() {
             if self.waiting.load(Ordering::SeqCst) {
                 drop(engine);
-                // A wake between the load and here was kept: this returns at once.
-                self.wake.notified().await;
+                // An unpark between the load and here makes this return at once.
+                std::thread::park();
                 continue;
             }
             engine.increment_epoch();
             self.ticks.fetch_add(1, Ordering::Relaxed);
             drop(engine);
-            tokio::time::sleep(TICK).await;
+            std::thread::sleep(TICK);
         }
     }
-}
-
-/// The runtime the guest's host calls run on. wasmtime-wasi's calls are async: from a thread with
-/// no runtime of its own it makes one with a worker per CPU. This one has a single worker,
-/// which also runs the epoch ticker: one thread besides the guest's, where there were three
-/// (each a clone, a stack and a switch to it on the way to the guest's first frame).
-fn guest_runtime() -> io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("elastos-wasm")
-        .enable_io()
-        .enable_time()
-        .build()
 }
 
 /// Everything but guest code: done before confinement, so the seccomp list and Landlock rules
@@ -420,8 +408,6 @@ pub enum Outcome {
     Limit(i32, String),
     Trap(String),
     Link(String),
-    /// The host itself failed before the guest ran; not the capsule's doing.
-    Host(String),
 }
 
 impl Outcome {
@@ -435,7 +421,6 @@ impl Outcome {
             Outcome::Limit(code, _) => *code,
             Outcome::Trap(_) => EXIT_TRAP,
             Outcome::Link(_) => 126,
-            Outcome::Host(_) => 125,
         }
     }
 
@@ -452,7 +437,6 @@ impl Outcome {
             Outcome::Limit(_, why) => Some(format!("stopped: over its limit of {why}")),
             Outcome::Trap(why) => Some(format!("the WebAssembly guest trapped: {why}")),
             Outcome::Link(why) => Some(why.clone()),
-            Outcome::Host(why) => Some(format!("the WASM host failed: {why}")),
         }
     }
 }
@@ -468,7 +452,7 @@ pub fn limit_of(code: i32) -> Option<&'static str> {
 }
 
 /// Runs the guest's `_start` to its end. Guest code runs only from here on: call it after
-/// confinement. Starts the guest's runtime and the epoch ticker on it.
+/// confinement. Starts the epoch ticker thread.
 pub fn run(p: Prepared) -> Outcome {
     let Prepared {
         engine,
@@ -476,13 +460,16 @@ pub fn run(p: Prepared) -> Outcome {
         mut store,
         budget_ms,
     } = p;
-    let runtime = match guest_runtime() {
-        Ok(rt) => rt,
-        Err(e) => return Outcome::Host(format!("its runtime did not start: {e}")),
-    };
-    // Every host call of the guest's now runs on this runtime.
-    let _context = runtime.enter();
-    runtime.spawn(store.data().ticker.clone().run(engine.weak()));
+    let weak = engine.weak();
+    let ticker = store.data().ticker.clone();
+    let shared = ticker.clone();
+    if let Ok(handle) = std::thread::Builder::new()
+        .name("elastos-epoch".into())
+        // Ends with the engine.
+        .spawn(move || shared.run(weak))
+    {
+        let _ = ticker.thread.set(handle.thread().clone());
+    }
     let ticks = store.data().budget_ticks;
     store.set_epoch_deadline(ticks);
     let result = match pre.instantiate(&mut store) {
