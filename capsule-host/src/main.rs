@@ -28,7 +28,9 @@
 //! double-forks or calls `setsid` still leaves nothing behind; and every link of the chain dies
 //! with the one above it, down from a `kill -9` of the supervisor. Init reaps zombies and forwards
 //! TERM/INT/HUP/QUIT/USR1/USR2 to the capsule (PID 1 ignores signals it has no handler for, so the
-//! capsule must not be PID 1). Without the privilege for a PID namespace, capsule-host becomes a
+//! capsule must not be PID 1). A WASM host is the exception: a WASM guest starts no process, so
+//! it runs in init's place, as PID 1, with handlers that end it on those signals. Without the
+//! privilege for a PID namespace, capsule-host becomes a
 //! child subreaper and kills every descendant itself ("subreaper" isolation, weaker: a SIGKILL of
 //! capsule-host orphans grandchildren).
 //!
@@ -634,6 +636,13 @@ fn main() {
                     report_failure_on(err_w_raw, &f);
                 }
                 drop(sys);
+                if a.wasm {
+                    // A WASM guest starts no process: there is nothing for an init to reap or
+                    // to pass signals to, so the WASM host is PID 1 itself, one fork fewer on
+                    // its way to ready. Its handlers go in while the signals are still blocked.
+                    end_on_forwarded_signals();
+                    launch();
+                }
                 // SAFETY: single-threaded, as above.
                 let capsule = match unsafe { nix::unistd::fork() } {
                     Err(_) => std::process::exit(125),
@@ -699,6 +708,25 @@ fn main() {
                 std::process::exit(code);
             }
         }
+    }
+}
+
+/// PID 1 of a namespace receives only the signals it has a handler for. A WASM host that is
+/// PID 1 ends on the forwarded ones as a process does by default, with 128 + N, the code its
+/// parent reports for a child killed by signal N.
+fn end_on_forwarded_signals() {
+    extern "C" fn end(sig: nix::libc::c_int) {
+        // SAFETY: _exit(2) is async-signal-safe and never returns.
+        unsafe { nix::libc::_exit(128 + sig) }
+    }
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(end),
+        nix::sys::signal::SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for s in FORWARDED {
+        // SAFETY: the handler calls only _exit, which is async-signal-safe.
+        let _ = unsafe { nix::sys::signal::sigaction(s, &action) };
     }
 }
 

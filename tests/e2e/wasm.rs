@@ -207,13 +207,36 @@ fn a_tampered_module_inside_a_package_is_refused() {
     assert!(!up.node.run(&["ps"]).ok().contains("echo"));
 }
 
-/// Starts echo on the WASM substrate; the pid of the process that runs the guest (capsule-host,
-/// then init, then that process).
+/// Starts echo on the WASM substrate; the pid of the process that runs the guest: capsule-host's
+/// child, PID 1 of the capsule's namespaces (a WASM guest starts no process, so no init sits
+/// between them).
 fn wasm_echo_process(up: &Up) -> String {
     let echo = up.node.pack_first_party("echo");
     start_echo(up, &echo, "echo", "wasm");
     let host = up.capsule("echo")["pid"].as_u64().unwrap().to_string();
-    child_of(&child_of(&host))
+    child_of(&host)
+}
+
+/// A WASM host is PID 1 of its capsule's namespaces, where the kernel drops a signal that has no
+/// handler: `stop`'s SIGTERM must still end it at once, not at the 10 s deadline's kill.
+#[test]
+fn a_wasm_host_is_pid_1_of_its_namespace_and_stops_on_sigterm() {
+    let up = Up::new();
+    let guest = wasm_echo_process(&up);
+    assert_eq!(
+        status_field(&guest, "NSpid:").last().map(String::as_str),
+        Some("1"),
+        "the guest's process in its PID namespace"
+    );
+    let began = std::time::Instant::now();
+    up.node.run(&["stop", "echo"]).ok();
+    let took = began.elapsed();
+    let log = up.node.run(&["logs", "echo"]).ok().to_string();
+    assert!(
+        took < Duration::from_secs(5) && !log.contains("did not stop in time"),
+        "stop took {took:?}: {log}"
+    );
+    assert!(!std::path::Path::new(&format!("/proc/{guest}")).exists());
 }
 
 #[test]
