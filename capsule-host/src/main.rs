@@ -55,7 +55,7 @@ mod wasm;
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -764,8 +764,26 @@ fn run_wasm(
     if let Err(f) = confine::apply(kernel, plan) {
         report_failure(&f);
     }
-    // SAFETY: fd 4 is the report pipe this process owns; nothing uses it after this.
-    drop(unsafe { OwnedFd::from_raw_fd(STATUS_FD) });
+    // SAFETY: fd 4 is the report pipe this process owns; nothing else uses it.
+    let report = unsafe { OwnedFd::from_raw_fd(STATUS_FD) };
+    // No init stands between this process and capsule-host to die with it, and taking the
+    // capsule's uid clears the parent-death signal when the effective uid changes (a root
+    // supervisor without user namespaces): armed again, then capsule-host is checked to be still
+    // there (the report pipe has a reader only while it lives), so that one killed in between
+    // does not leave this process running.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let mut fds = [nix::poll::PollFd::new(
+        report.as_fd(),
+        nix::poll::PollFlags::POLLOUT,
+    )];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
+    if fds[0]
+        .revents()
+        .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLERR))
+    {
+        std::process::exit(125);
+    }
+    drop(report);
     // A panic in the host (not the guest) must not unwind into the frames this process
     // inherited from capsule-host's main, which would close their descriptors a second time.
     let outcome =

@@ -8,7 +8,7 @@ use std::time::Duration;
 use elastos_e2e::Node;
 
 use crate::confinement::{child_of, status_field};
-use crate::supervisor::{audited_calls, path, wait_until, Up};
+use crate::supervisor::{alive, audited_calls, path, wait_until, Up};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -237,6 +237,37 @@ fn a_wasm_host_is_pid_1_of_its_namespace_and_stops_on_sigterm() {
         "stop took {took:?}: {log}"
     );
     assert!(!std::path::Path::new(&format!("/proc/{guest}")).exists());
+}
+
+/// A WASM host is not watched over by an init: when a `kill -9` of the supervisor takes
+/// capsule-host down, the host's own parent-death signal must end it. The guest sleeps in WASI
+/// and never reads its socket, so nothing else would; nor would anyone clean its cgroup before
+/// the next `up`.
+#[test]
+fn a_wasm_host_dies_with_its_capsule_host() {
+    let up = Up::new();
+    let sleeper = wat_capsule(&up.node, "sleeper", "sleep.wat", "");
+    up.node
+        .run(&["run", "-d", path(&sleeper), "--restart", "never"])
+        .ok();
+    wait_until("the sleeper's WASM host", Duration::from_secs(30), || {
+        up.capsule("sleeper")["pid"].as_u64().is_some_and(|host| {
+            std::fs::read_to_string(format!("/proc/{host}/task/{host}/children"))
+                .is_ok_and(|c| !c.trim().is_empty())
+        })
+    });
+    let host = up.capsule("sleeper")["pid"].as_u64().unwrap().to_string();
+    let guest: u32 = child_of(&host).parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(guest), "the sleeper's WASM host is running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.supervisor_pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the WASM host is gone", Duration::from_secs(5), || {
+        !alive(guest)
+    });
 }
 
 #[test]
