@@ -30,9 +30,9 @@
 //! TERM/INT/HUP/QUIT/USR1/USR2 to the capsule (PID 1 ignores signals it has no handler for, so the
 //! capsule must not be PID 1). A WASM host is the exception: a WASM guest starts no process, so
 //! it runs in init's place, as PID 1, with handlers that end it on those signals. Without the
-//! privilege for a PID namespace, capsule-host becomes a
-//! child subreaper and kills every descendant itself ("subreaper" isolation, weaker: a SIGKILL of
-//! capsule-host orphans grandchildren).
+//! privilege for a PID namespace, capsule-host becomes a child subreaper and kills every
+//! descendant itself ("subreaper" isolation, weaker: a SIGKILL of capsule-host orphans
+//! grandchildren).
 //!
 //! Confinement runs in a fixed order and fails closed: the user namespace and every other
 //! namespace come with the clone of init ([`userns`]), init builds the private root
