@@ -323,8 +323,8 @@ pub struct Kernel {
     /// Built (its paths opened) before the fork: after the uid switch the capsule could not walk
     /// the paths through the node's private home any more.
     landlock: Option<RulesetCreated>,
-    /// The ruleset's descriptor, once checked to be one: a WASM host closes everything it
-    /// inherited but this before it runs a guest.
+    /// The ruleset's descriptor, once checked to be one (looked for only when asked: a WASM host
+    /// closes everything it inherited but this before it runs a guest; an exec closes the rest).
     landlock_fd: Option<RawFd>,
 }
 
@@ -334,7 +334,8 @@ impl Kernel {
         self.landlock.as_ref().and(self.landlock_fd)
     }
 
-    pub fn prepare(rules: &FsRules) -> Result<Kernel, Failure> {
+    /// Builds the Landlock ruleset; with `find_fd`, also finds its descriptor ([`Kernel::landlock_fd`]).
+    pub fn prepare(rules: &FsRules, find_fd: bool) -> Result<Kernel, Failure> {
         let fail = |why: String| Failure {
             step: "landlock",
             why,
@@ -344,13 +345,17 @@ impl Kernel {
         let abi = ABI::V6;
         // The ruleset takes the lowest free descriptor: this process is single-threaded here and
         // nothing else opens one in between. Which one it is is confirmed below, not assumed.
-        let lowest = nix::fcntl::open(
-            "/",
-            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .ok()
-        .map(|fd| fd.as_raw_fd());
+        let lowest = find_fd
+            .then(|| {
+                nix::fcntl::open(
+                    "/",
+                    nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .ok()
+                .map(|fd| fd.as_raw_fd())
+            })
+            .flatten();
         let ruleset = Ruleset::default()
             .set_compatibility(CompatLevel::BestEffort)
             .handle_access(AccessFs::from_all(abi))
@@ -534,7 +539,7 @@ mod tests {
         // ruleset was expected at; then it is not recorded (`None`), never recorded wrong.
         let mut found = 0;
         for _ in 0..5 {
-            let k = Kernel::prepare(&FsRules::wasm()).unwrap();
+            let k = Kernel::prepare(&FsRules::wasm(), true).unwrap();
             if let Some(fd) = k.landlock_fd() {
                 found += 1;
                 let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();

@@ -397,7 +397,8 @@ fn main() {
         layers.insert(0, cg.layer());
     }
     let cgroups = cgroups.ok();
-    let mut kernel = confine::Kernel::prepare(&plan.fs).unwrap_or_else(|f| fail(f.step, f.why));
+    let mut kernel =
+        confine::Kernel::prepare(&plan.fs, a.wasm).unwrap_or_else(|f| fail(f.step, f.why));
     // The capsule's process reports a failed confinement step here; the exec closes it.
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .unwrap_or_else(|e| fail("confinement pipe", e));
@@ -902,7 +903,7 @@ fn confine_compiler() -> Result<(), String> {
             own: false,
         });
     let plan = confine::Plan::wasm(&limits, identity, Some(4 << 30), confine::FsRules::none())?;
-    let mut kernel = confine::Kernel::prepare(&plan.fs).map_err(|f| f.why)?;
+    let mut kernel = confine::Kernel::prepare(&plan.fs, false).map_err(|f| f.why)?;
     confine::apply(&mut kernel, &plan).map_err(|f| format!("{}: {}", f.step, f.why))
 }
 
