@@ -36,8 +36,8 @@ use elastos_schema::{wasm_abi as abi, wire, Limits};
 use nix::libc;
 use sha2::Digest;
 use wasmtime::{
-    AsContextMut, Caller, Config, Engine, InstancePre, Linker, Module, OptLevel, ResourceLimiter,
-    Store, Strategy, Trap,
+    AsContextMut, Caller, Config, Engine, InstancePre, Linker, Memory, Module, OptLevel,
+    ResourceLimiter, Store, Strategy, Trap,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -243,8 +243,10 @@ impl ResourceLimiter for Limiter {
 struct Conn {
     reader: BufReader<PollRead>,
     writer: UnixStream,
-    /// The frame `recv_len` announced and `recv` has not taken.
-    pending: Option<Vec<u8>>,
+    /// The last frame read, reused for the next: a round trip allocates nothing.
+    frame: wire::FrameBuf,
+    /// Whether `frame` holds one that `recv_len` announced and `recv` has not taken.
+    pending: bool,
     /// A read error ends the stream for good: the framing is lost.
     broken: Option<i32>,
 }
@@ -277,6 +279,9 @@ impl Read for PollRead {
 
 pub struct Host {
     wasi: WasiP1Ctx,
+    /// The guest's exported memory, once instantiated: looking it up by name in every import
+    /// call was a fifth of the host's own work per round trip.
+    memory: Option<Memory>,
     limiter: Limiter,
     conn: Conn,
     budget_ticks: u64,
@@ -368,6 +373,7 @@ pub fn prepare(
         .unwrap_or(crate::confine::DEFAULT_MEMORY);
     let host = Host {
         wasi: wasi.build_p1(),
+        memory: None,
         limiter: Limiter {
             memory: usize::try_from(memory).unwrap_or(usize::MAX),
             hit: None,
@@ -375,7 +381,8 @@ pub fn prepare(
         conn: Conn {
             reader: BufReader::with_capacity(64 * 1024, PollRead(reader)),
             writer: socket,
-            pending: None,
+            frame: wire::FrameBuf::new(),
+            pending: false,
             broken: None,
         },
         budget_ticks: budget_ticks(budget_ms),
@@ -474,7 +481,10 @@ pub fn run(p: Prepared) -> Outcome {
     store.set_epoch_deadline(ticks);
     let result = match pre.instantiate(&mut store) {
         Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
-            Ok(start) => start.call(&mut store, ()),
+            Ok(start) => {
+                store.data_mut().memory = instance.get_memory(&mut store, "memory");
+                start.call(&mut store, ())
+            }
             Err(e) => {
                 return Outcome::Link(format!(
                     "the module is not a WASI command: no `_start() -> ()` export ({e:#})"
@@ -527,23 +537,23 @@ fn add_imports(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         abi::RECV_LEN,
         |mut caller: Caller<'_, Host>| -> i32 {
             let host = caller.data_mut();
-            if let Some(f) = &host.conn.pending {
+            if host.conn.pending {
                 // Announced before: no new budget for asking again.
-                return f.len() as i32;
+                return host.conn.frame.bytes().len() as i32;
             }
             if let Some(code) = host.conn.broken {
                 return code;
             }
             host.ticker.wait_begins();
-            let got = wire::read_frame(&mut host.conn.reader, wire::MAX_FRAME);
+            let conn = &mut host.conn;
+            let got = wire::read_frame_into(&mut conn.reader, wire::MAX_FRAME, &mut conn.frame);
             host.ticker.wait_ends();
             let code = match got {
-                Ok(Some(body)) => {
-                    let n = body.len() as i32;
-                    host.conn.pending = Some(body);
-                    n
+                Ok(true) => {
+                    host.conn.pending = true;
+                    host.conn.frame.bytes().len() as i32
                 }
-                Ok(None) => {
+                Ok(false) => {
                     host.conn.broken = Some(abi::CLOSED);
                     abi::CLOSED
                 }
@@ -569,9 +579,10 @@ fn add_imports(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let Some((mem, host)) = memory(&mut caller) else {
                 return abi::FAULT;
             };
-            let Some(frame) = &host.conn.pending else {
+            if !host.conn.pending {
                 return abi::NO_FRAME;
-            };
+            }
+            let frame = host.conn.frame.bytes();
             let Some(range) = span(ptr, cap, mem.len()) else {
                 return abi::FAULT;
             };
@@ -580,16 +591,20 @@ fn add_imports(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             }
             mem[range.start..range.start + frame.len()].copy_from_slice(frame);
             let n = frame.len() as i32;
-            host.conn.pending = None;
+            host.conn.pending = false;
             n
         },
     )?;
     Ok(())
 }
 
-/// The guest's memory and the host state, or `None` if it exports no memory.
+/// The guest's memory and the host state, or `None` if it exports no memory. Before `_start`
+/// (an import called from a module's start function) the memory is looked up by name.
 fn memory<'a>(caller: &'a mut Caller<'_, Host>) -> Option<(&'a mut [u8], &'a mut Host)> {
-    let mem = caller.get_export("memory")?.into_memory()?;
+    let mem = match caller.data().memory {
+        Some(m) => m,
+        None => caller.get_export("memory")?.into_memory()?,
+    };
     Some(mem.data_and_store_mut(caller))
 }
 

@@ -55,7 +55,8 @@ fn read_frame(s: &mut UnixStream) -> Vec<u8> {
 #[test]
 fn frames_go_through_the_imports_unchanged_until_the_stream_ends() {
     let (mut s, guest) = start(ECHO, Limits::default());
-    for body in [&b"01234567"[..], &[7u8; 4096][..], &[][..]] {
+    // A short frame after a long one: the host's reused buffer must not leak the long one's tail.
+    for body in [&b"01234567"[..], &[7u8; 4096][..], &b"xy"[..], &[][..]] {
         s.write_all(&frame(body)).unwrap();
         assert_eq!(read_frame(&mut s), body);
     }
@@ -204,6 +205,25 @@ fn a_bad_pointer_is_an_error_for_the_guest_not_a_host_crash() {
             (call $not_fault (call $send (i32.const 8) (i32.const -1)))))))"#;
     let (_s, guest) = start(bad, Limits::default());
     assert_eq!(guest.join().unwrap(), Outcome::Exited(0));
+}
+
+#[test]
+fn an_import_called_by_a_start_function_before_start_reaches_memory() {
+    // The module's start function runs inside instantiation, before the host has kept the
+    // guest's memory for its imports: `send` must find it by name then.
+    let t = r#"(module
+      (import "elastos" "send" (func $send (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "\02\00\00\00hi")
+      (global $sent (mut i32) (i32.const -1))
+      (func $early (global.set $sent (call $send (i32.const 0) (i32.const 6))))
+      (start $early)
+      (func (export "_start") (call $exit (i32.add (global.get $sent) (i32.const 7)))))"#;
+    let (mut s, guest) = start(t, Limits::default());
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(read_frame(&mut s), b"hi");
+    assert_eq!(guest.join().unwrap(), Outcome::Exited(7));
 }
 
 #[test]
