@@ -280,7 +280,7 @@ impl Read for PollRead {
 pub struct Host {
     wasi: WasiP1Ctx,
     /// The guest's exported memory, once instantiated: looking it up by name in every import
-    /// call was a fifth of the host's own work per round trip.
+    /// call was a quarter of the host's own user-space work per round trip.
     memory: Option<Memory>,
     limiter: Limiter,
     conn: Conn,
