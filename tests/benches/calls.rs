@@ -164,6 +164,12 @@ fn main() {
         p50s(WASM_C1, MED_C1),
         p99s(WASM_C1, MED_C1)
     );
+    // The spread shows how much of a ratio near its goal is the machine's noise.
+    let rounds_p50: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:.2}", ratio(r[WASM_C1].p50, r[MED_C1].p50)))
+        .collect();
+    println!("    p50 ratio of each round: {}", rounds_p50.join(" "));
     println!(
         "  {many} echo capsules against 2, c=1: p50 {} us against {} us (2 before: {}, after: {}): {:.2}x (goal <= 1.1)",
         at_many.p50,
