@@ -103,7 +103,10 @@ fn main() {
         p50: median(runs.iter().map(|r| r[i].p50 as f64)) as u64,
         p99: median(runs.iter().map(|r| r[i].p99 as f64)) as u64,
     };
-    let p50s = |i: usize, base: usize| median(runs.iter().map(|r| ratio(r[i].p50, r[base].p50)));
+    let p50_rounds = |i: usize, base: usize| -> Vec<f64> {
+        runs.iter().map(|r| ratio(r[i].p50, r[base].p50)).collect()
+    };
+    let p50s = |i: usize, base: usize| median(p50_rounds(i, base).into_iter());
     let p99s = |i: usize, base: usize| median(runs.iter().map(|r| ratio(r[i].p99, r[base].p99)));
 
     // Measured before and after the crowd, so that the machine's drift over the minute it takes
@@ -165,9 +168,9 @@ fn main() {
         p99s(WASM_C1, MED_C1)
     );
     // The spread shows how much of a ratio near its goal is the machine's noise.
-    let rounds_p50: Vec<String> = runs
+    let rounds_p50: Vec<String> = p50_rounds(WASM_C1, MED_C1)
         .iter()
-        .map(|r| format!("{:.2}", ratio(r[WASM_C1].p50, r[MED_C1].p50)))
+        .map(|x| format!("{x:.2}"))
         .collect();
     println!("    p50 ratio of each round: {}", rounds_p50.join(" "));
     println!(
