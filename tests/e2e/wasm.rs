@@ -11,7 +11,10 @@ use crate::confinement::{child_of, status_field};
 use crate::supervisor::{alive, audited_calls, path, wait_until, Up};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Cargo's value when it runs the test, not the one compiled in: a target directory shared
+    // between clones reuses this binary unchanged when built in a clone since deleted.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("fixtures/wasm")
         .join(name)
 }
