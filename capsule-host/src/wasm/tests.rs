@@ -226,6 +226,120 @@ fn an_import_called_by_a_start_function_before_start_reaches_memory() {
     assert_eq!(guest.join().unwrap(), Outcome::Exited(7));
 }
 
+/// Reads the clocks as WASI's `clock_time_get` and sends one frame: for ids 0, 1, 1 again, 2, 3,
+/// 9 and -1, the errno (u32) and, where it is 0, the time (u64), 16 bytes each.
+const CLOCKS: &str = r#"(module
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (import "elastos" "send" (func $send (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $read (param $slot i32) (param $id i32)
+    ;; slot n: errno at 8+16n, time at 16+16n
+    (i32.store (i32.add (i32.const 8) (i32.mul (local.get $slot) (i32.const 16)))
+      (call $clock (local.get $id) (i64.const 0)
+        (i32.add (i32.const 16) (i32.mul (local.get $slot) (i32.const 16))))))
+  (func (export "_start")
+    (call $read (i32.const 0) (i32.const 0))
+    (call $read (i32.const 1) (i32.const 1))
+    (call $read (i32.const 2) (i32.const 1))
+    (call $read (i32.const 3) (i32.const 2))
+    (call $read (i32.const 4) (i32.const 3))
+    (call $read (i32.const 5) (i32.const 9))
+    (call $read (i32.const 6) (i32.const -1))
+    (i32.store (i32.const 4) (i32.const 112))
+    (drop (call $send (i32.const 4) (i32.const 116)))))"#;
+
+#[test]
+fn the_clocks_read_as_wasi_defines_them() {
+    let began = Instant::now();
+    let before = SystemTime::now();
+    let (mut s, guest) = start(CLOCKS, Limits::default());
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = read_frame(&mut s);
+    let after = SystemTime::now();
+    let up_to = began.elapsed();
+    assert_eq!(guest.join().unwrap(), Outcome::Exited(0));
+    let errno = |n: usize| u32::from_le_bytes(body[16 * n..16 * n + 4].try_into().unwrap());
+    let time = |n: usize| u64::from_le_bytes(body[16 * n + 8..16 * n + 16].try_into().unwrap());
+    let nanos = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+
+    assert_eq!([0, 1, 2].map(errno), [0, 0, 0]);
+    assert!(
+        (nanos(before)..=nanos(after)).contains(&time(0)),
+        "realtime {}",
+        time(0)
+    );
+    // Nanoseconds since the host set the guest up, which happened within this test.
+    assert!(
+        time(1) <= time(2),
+        "monotonic went back: {} then {}",
+        time(1),
+        time(2)
+    );
+    assert!(
+        time(2) <= up_to.as_nanos() as u64,
+        "monotonic {} after {up_to:?}",
+        time(2)
+    );
+    // CPU-time clocks are not offered; other ids are no clock.
+    assert_eq!([3, 4].map(errno), [ERRNO_BADF as u32; 2]);
+    assert_eq!([5, 6].map(errno), [ERRNO_INVAL as u32; 2]);
+}
+
+#[test]
+fn a_clock_result_pointer_out_of_bounds_or_misaligned_traps() {
+    for out in ["65532", "12", "-8"] {
+        let t = format!(
+            r#"(module
+              (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+              (memory (export "memory") 1)
+              (func (export "_start") (drop (call $clock (i32.const 1) (i64.const 0) (i32.const {out})))))"#
+        );
+        let (_s, guest) = start(&t, Limits::default());
+        let out = guest.join().unwrap();
+        assert_eq!(out.code(), EXIT_TRAP, "{out:?}");
+        assert!(out.message().unwrap().contains("clock_time_get"), "{out:?}");
+    }
+}
+
+#[test]
+fn a_deadline_from_the_monotonic_clock_means_the_same_to_poll_oneoff() {
+    // Reads the monotonic clock, sleeps in poll_oneoff until 50 ms past that reading (an
+    // absolute deadline), reads it again and sends both readings.
+    let sleeper = r#"(module
+      (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+      (import "elastos" "send" (func $send (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 8)))
+        ;; one subscription at 64: a clock (tag 0) on the monotonic clock (1), absolute (flags 1)
+        (i32.store8 (i32.const 72) (i32.const 0))
+        (i32.store (i32.const 80) (i32.const 1))
+        (i64.store (i32.const 88) (i64.add (i64.load (i32.const 8)) (i64.const 50000000)))
+        (i64.store (i32.const 96) (i64.const 0))
+        (i32.store16 (i32.const 104) (i32.const 1))
+        (if (i32.ne (call $poll (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 192)) (i32.const 0))
+          (then (unreachable)))
+        (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 16)))
+        (i32.store (i32.const 4) (i32.const 16))
+        (drop (call $send (i32.const 4) (i32.const 20)))))"#;
+    let (mut s, guest) = start(sleeper, Limits::default());
+    // Were the two clocks' origins apart by the machine's uptime, the guest would sleep for it.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = wire::read_frame(&mut s, wire::MAX_FRAME)
+        .expect("the guest did not wake from a 50 ms deadline within 10 s: its clock and poll_oneoff's disagree")
+        .unwrap();
+    assert_eq!(guest.join().unwrap(), Outcome::Exited(0));
+    let t0 = u64::from_le_bytes(body[0..8].try_into().unwrap());
+    let t1 = u64::from_le_bytes(body[8..16].try_into().unwrap());
+    // Woken early, it would be before its deadline: the origins differ the other way.
+    assert!(
+        t1 - t0 >= 50_000_000,
+        "slept {} ns of a 50 ms deadline",
+        t1 - t0
+    );
+}
+
 #[test]
 fn recv_without_an_announced_frame_or_with_too_little_room_is_refused() {
     // recv before recv_len: NO_FRAME (exit 6); then a 16-byte frame into 8 bytes: SPACE (7),
