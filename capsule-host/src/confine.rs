@@ -6,7 +6,8 @@
 //! PID 1, private root, limits, capabilities and uid, `no_new_privs`, Landlock, seccomp, exec.
 //! The first steps happen before this process exists ([`crate::userns`], [`crate::newroot`]);
 //! here, in that order: **limits**, **identity** (its uid, no capabilities), **no_new_privs**,
-//! **Landlock**, **seccomp**.
+//! **Landlock**, **seccomp** (what identity needs from `/proc` is read first: the limits may
+//! leave no descriptor free for it).
 //! A step that fails stops the sequence and names itself; the capsule never runs half-confined.
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -23,6 +24,9 @@ use elastos_schema::Limits;
 
 /// The system calls confinement needs, one method per step.
 pub trait Sys {
+    /// Reads what the identity step needs from `/proc` while descriptors can still be opened:
+    /// `RLIMIT_NOFILE` may leave none free until the exec closes what this process inherited.
+    fn before_limits(&mut self) {}
     fn set_rlimit(&mut self, resource: Resource, limit: u64) -> Result<(), String>;
     fn switch_uid(&mut self, uid: u32) -> Result<(), String>;
     fn no_new_privs(&mut self) -> Result<(), String>;
@@ -273,6 +277,7 @@ pub fn without(
 
 /// Applies `plan` through `sys`, in order; the first failure stops it.
 pub fn apply(sys: &mut impl Sys, plan: &Plan) -> Result<(), Failure> {
+    sys.before_limits();
     for &(resource, limit) in &plan.rlimits {
         sys.set_rlimit(resource, limit).map_err(|why| Failure {
             step: "limits",
@@ -326,6 +331,8 @@ pub struct Kernel {
     /// The ruleset's descriptor, once checked to be one (looked for only when asked: a WASM host
     /// closes everything it inherited but this before it runs a guest; an exec closes the rest).
     landlock_fd: Option<RawFd>,
+    /// Whether this user namespace denies `setgroups`, read before the limits.
+    setgroups_denied: bool,
 }
 
 impl Kernel {
@@ -386,6 +393,7 @@ impl Kernel {
         Ok(Kernel {
             landlock: Some(ruleset),
             landlock_fd: lowest.filter(|&fd| is_landlock_ruleset(fd)),
+            setgroups_denied: false,
         })
     }
 }
@@ -416,6 +424,9 @@ pub fn is_landlock_ruleset(fd: RawFd) -> bool {
 }
 
 impl Sys for Kernel {
+    fn before_limits(&mut self) {
+        self.setgroups_denied = setgroups_denied();
+    }
     fn set_rlimit(&mut self, resource: Resource, limit: u64) -> Result<(), String> {
         nix::sys::resource::setrlimit(resource, limit, limit).map_err(|e| e.desc().to_string())
     }
@@ -449,7 +460,7 @@ impl Sys for Kernel {
             }
             // A user namespace set up without privilege may not drop the invoking user's
             // supplementary groups (its `setgroups` is denied): they are all it can keep.
-            if libc::setgroups(0, std::ptr::null()) != 0 && !setgroups_denied() {
+            if libc::setgroups(0, std::ptr::null()) != 0 && !self.setgroups_denied {
                 return Err(last("setgroups"));
             }
             if libc::setresgid(uid, uid, uid) != 0 {
@@ -479,14 +490,22 @@ impl Sys for Kernel {
         if r != uid || e != uid || s != uid {
             return Err(format!("still uid {r}/{e}, gid {s}"));
         }
-        let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
-        let eff = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .map(str::trim)
-            .unwrap_or("?");
-        if !eff.trim_start_matches('0').is_empty() {
-            return Err(format!("capabilities remain: CapEff {eff}"));
+        // Asked of the kernel, not read from /proc/self/status: the limits are in force, and
+        // `open_files` may leave no descriptor free to open it with until the exec.
+        let header = CapHeader {
+            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            pid: 0,
+        };
+        let mut now = [CapData::default(); 2];
+        // SAFETY: capget with a v3 header writes two `CapData` records, which `now` holds.
+        if unsafe { libc::syscall(libc::SYS_capget, &header, now.as_mut_ptr()) } != 0 {
+            return Err(last("reading capabilities back"));
+        }
+        if now.iter().any(|d| d.effective != 0 || d.permitted != 0) {
+            return Err(format!(
+                "capabilities remain: effective {:08x}{:08x}, permitted {:08x}{:08x}",
+                now[1].effective, now[0].effective, now[1].permitted, now[0].permitted
+            ));
         }
         Ok(())
     }
@@ -575,6 +594,9 @@ mod tests {
     }
 
     impl Sys for Recorder {
+        fn before_limits(&mut self) {
+            self.steps.push("read /proc".into());
+        }
         fn set_rlimit(&mut self, resource: Resource, limit: u64) -> Result<(), String> {
             self.step(&format!("limit {resource:?}={limit}"))
         }
@@ -619,6 +641,8 @@ mod tests {
         assert_eq!(
             r.steps,
             [
+                // Before the limits: RLIMIT_NOFILE may leave no descriptor free to read with.
+                "read /proc",
                 "limit RLIMIT_NOFILE=64",
                 &format!("limit RLIMIT_FSIZE={MAX_FILE_SIZE}"),
                 "limit RLIMIT_CORE=0",
@@ -635,11 +659,11 @@ mod tests {
     #[test]
     fn a_failing_step_stops_everything_after_it_and_names_itself() {
         for (fail_at, step, ran) in [
-            ("limit RLIMIT_NOFILE", "limits", 1),
-            ("uid", "identity", 6),
-            ("no_new_privs", "no_new_privs", 7),
-            ("landlock", "landlock", 8),
-            ("seccomp", "seccomp", 9),
+            ("limit RLIMIT_NOFILE", "limits", 2),
+            ("uid", "identity", 7),
+            ("no_new_privs", "no_new_privs", 8),
+            ("landlock", "landlock", 9),
+            ("seccomp", "seccomp", 10),
         ] {
             let mut r = Recorder {
                 fail_at: Some(fail_at),

@@ -287,6 +287,13 @@ fn main() {
             "more than one thread; namespaces need exactly one",
         );
     }
+    if a.wasm {
+        // WASI's runtime (wasmtime-wasi's own tokio runtime, built at the guest's first
+        // output) would start a worker per CPU; the guest is single-threaded and one is
+        // enough. Set while this process has one thread, so nothing reads the environment
+        // meanwhile; neither a guest nor an exec'd capsule gets this environment.
+        std::env::set_var("TOKIO_WORKER_THREADS", "1");
+    }
     let entry = match entry_path(&a.root, &a.entry) {
         Ok(e) => e,
         Err(e) => fail("entry", e),
@@ -352,8 +359,13 @@ fn main() {
     // process as a whole also holds wasmtime, WASI's runtime and the compiled code.
     let memory = a.limits.memory.unwrap_or(confine::DEFAULT_MEMORY)
         + if a.wasm { wasm::HOST_MEMORY } else { 0 };
-    let processes = a
-        .limits
+    // The WASM host's own threads and descriptors come on top of what the guest may have.
+    let limits = if a.wasm {
+        wasm::host_limits(&a.limits)
+    } else {
+        a.limits.clone()
+    };
+    let processes = limits
         .processes
         .map_or(confine::DEFAULT_PROCESSES, u64::from);
     // capsule-host and init are in the group too.
@@ -387,9 +399,9 @@ fn main() {
         (Err(_), None) => None,
     };
     let plan = if a.wasm {
-        confine::Plan::wasm(&a.limits, identity, data_limit, fs)
+        confine::Plan::wasm(&limits, identity, data_limit, fs)
     } else {
-        confine::Plan::native(&a.limits, identity, data_limit, fs, a.host_libs)
+        confine::Plan::native(&limits, identity, data_limit, fs, a.host_libs)
     }
     .unwrap_or_else(|e| fail("seccomp", e));
     let mut layers = plan.layers();

@@ -55,6 +55,33 @@ pub const EXIT_TABLES: i32 = 123;
 /// What the WASM host's process may hold besides the guest's linear memory (wasmtime, WASI's
 /// runtime and threads, the mapped artifact): added to `[limits] memory` for its cgroup.
 pub const HOST_MEMORY: u64 = 128 << 20;
+/// The WASM host's own threads, added to `[limits] processes` (which counts threads too): the
+/// epoch ticker, WASI's runtime with one worker (`TOKIO_WORKER_THREADS`, set by `main`; by
+/// default it starts one per CPU) and its blocking pool (a single-threaded guest waits on each
+/// call it makes, so one thread), and WASI's stdin reader.
+pub const HOST_THREADS: u64 = 4;
+/// The WASM host's own descriptors, added to `[limits] open_files`: the socket's second handle,
+/// the mapped module, WASI's runtime (epoll, eventfd), with room to spare.
+pub const HOST_OPEN_FILES: u64 = 16;
+
+/// The limits the WASM host's process is confined to: the guest's, plus what the host itself
+/// holds, as [`HOST_MEMORY`] is for memory; a guest with `processes = 1` must still run.
+pub fn host_limits(guest: &Limits) -> Limits {
+    let processes = guest
+        .processes
+        .map_or(crate::confine::DEFAULT_PROCESSES, u64::from)
+        .saturating_add(HOST_THREADS);
+    let open_files = guest
+        .open_files
+        .map_or(crate::confine::DEFAULT_OPEN_FILES, u64::from)
+        .saturating_add(HOST_OPEN_FILES);
+    Limits {
+        processes: Some(u32::try_from(processes).unwrap_or(u32::MAX)),
+        open_files: Some(u32::try_from(open_files).unwrap_or(u32::MAX)),
+        ..guest.clone()
+    }
+}
+
 /// How often the epoch advances: the resolution of the CPU budget.
 pub const TICK: Duration = Duration::from_millis(10);
 /// Entries of one table (function pointers of a Rust program: a few thousand).

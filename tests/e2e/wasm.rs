@@ -210,6 +210,59 @@ fn a_tampered_module_inside_a_package_is_refused() {
     assert!(!up.node.run(&["ps"]).ok().contains("echo"));
 }
 
+/// The smallest limits a manifest can give (`processes = 1`, `open_files = 5`: stdio, the socket
+/// and one more) still let echo start, print and serve, on both substrates. The WASM host's own
+/// threads and descriptors count on top of the guest's, and WASI's runtime starts one worker, not
+/// one per CPU (it panicked at the guest's first output when `processes` left no room); the
+/// identity step no longer opens a file once the descriptor limit is in force (a native capsule
+/// with `open_files = 8` failed to start).
+#[test]
+fn the_smallest_limits_still_let_echo_start_print_and_serve_on_both_substrates() {
+    let up = Up::new();
+    let source = elastos_e2e::first_party_capsule("echo");
+    let dir = up.node.scratch().join("tight-echo");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    for f in ["bin/echo", "bin/echo.wasm"] {
+        std::fs::copy(source.join(f), dir.join(f)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(source.join("capsule.toml")).unwrap();
+    std::fs::write(
+        dir.join("capsule.toml"),
+        format!("{manifest}\n[limits]\nprocesses = 1\nopen_files = 5\n"),
+    )
+    .unwrap();
+    up.node.scratch(); // owned by the node's user, when it has one
+    let packed = up.node.scratch().join("tight-echo.capsule");
+    up.node
+        .run(&["capsule", "pack", path(&dir), "-o", path(&packed)])
+        .ok();
+    let pinger = up.node.pack_first_party("ping");
+    for substrate in ["native", "wasm"] {
+        let name = format!("tight-{substrate}");
+        // Waits for its "serving" line: it printed.
+        start_echo(&up, &packed, &name, substrate);
+        ping(&up, &pinger, &format!("ping-{substrate}"), "native");
+        if substrate == "wasm" {
+            let host = up.capsule(&name)["pid"].as_u64().unwrap().to_string();
+            let guest = child_of(&host);
+            let threads: Vec<String> = std::fs::read_dir(format!("/proc/{guest}/task"))
+                .unwrap()
+                .flatten()
+                .filter_map(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .ok()
+                        .map(|c| c.trim().to_string())
+                })
+                .collect();
+            // The guest's own, the epoch ticker, one WASI worker.
+            assert!(threads.len() <= 3, "{threads:?}");
+        }
+        let log = up.node.run(&["logs", &name]).ok().to_string();
+        assert!(!log.contains("panicked"), "{log}");
+        up.node.run(&["stop", &name]).ok();
+    }
+}
+
 /// Starts echo on the WASM substrate; the pid of the process that runs the guest: capsule-host's
 /// child, PID 1 of the capsule's namespaces (a WASM guest starts no process, so no init sits
 /// between them).

@@ -509,3 +509,26 @@ fn an_artifact_of_another_engine_configuration_is_refused() {
         ));
     }
 }
+
+#[test]
+fn the_hosts_own_threads_and_descriptors_come_on_top_of_the_guests_limits() {
+    let tight = host_limits(&Limits {
+        processes: Some(1),
+        open_files: Some(5),
+        memory: Some(1 << 20),
+        ..Default::default()
+    });
+    assert_eq!(tight.processes, Some(1 + HOST_THREADS as u32));
+    assert_eq!(tight.open_files, Some(5 + HOST_OPEN_FILES as u32));
+    // Only those two: the guest's memory stays its linear memory's limit.
+    assert_eq!(tight.memory, Some(1 << 20));
+    let defaults = host_limits(&Limits::default());
+    assert_eq!(
+        defaults.processes,
+        Some((crate::confine::DEFAULT_PROCESSES + HOST_THREADS) as u32)
+    );
+    assert_eq!(
+        defaults.open_files,
+        Some((crate::confine::DEFAULT_OPEN_FILES + HOST_OPEN_FILES) as u32)
+    );
+}
