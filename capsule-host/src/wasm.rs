@@ -112,11 +112,15 @@ pub enum WasmError {
 /// The one engine configuration of both `capsule-host compile` and the WASM runner, so that an
 /// artifact always matches the engine that loads it (wasmtime checks, and refuses a mismatch).
 /// Cranelift, epoch interruption on; no wasm threads, memory64 or several memories, which no
-/// capsule needs and each of which widens what the host must get right.
+/// capsule needs and each of which widens what the host must get right. No native unwind
+/// information: it serves only outside unwinders walking through guest frames (wasmtime's own
+/// traps and backtraces do not use it), and registering it frame by frame was a tenth of loading
+/// a module at each start.
 pub fn config() -> Config {
     let mut c = Config::new();
     c.strategy(Strategy::Cranelift)
         .cranelift_opt_level(OptLevel::Speed)
+        .native_unwind_info(false)
         .epoch_interruption(true)
         .wasm_memory64(false)
         .wasm_multi_memory(false)
