@@ -279,9 +279,12 @@ fn run<T: Transport>(capsule: &mut Capsule<T>, o: &Options) -> Result<Report, St
             let seq = sent;
             sent += 1;
             let payload = payloads.make(seq);
+            // Before the send: the round trip includes it (and whatever runs while it wakes
+            // the supervisor), as a caller waiting on the answer sees it.
+            let began = Instant::now();
             match capsule.send_call(&o.target, Action::Read, payload, None) {
                 Ok(id) => {
-                    in_flight.insert(id, (seq, Instant::now()));
+                    in_flight.insert(id, (seq, began));
                 }
                 Err(e) => {
                     completed += 1;
