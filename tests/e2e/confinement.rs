@@ -530,6 +530,52 @@ fn ps_shows_the_layers_in_force() {
     up.node.run(&["inspect", "nobody"]).code(1);
 }
 
+/// capsule-host starts with none of the supervisor's environment, only the one glibc setting it
+/// is given (no restartable sequences); the capsule's own environment is what capsule-host
+/// builds for it, without even that.
+#[test]
+fn capsule_host_and_the_capsule_get_none_of_the_supervisors_environment() {
+    let up = Up::new();
+    let dir = script_capsule(&up.node, "idle", "while true; do sleep 1; done");
+    up.node.run(&["run", "-d", path(&dir)]).ok();
+    wait_until("idle running", Duration::from_secs(10), || {
+        up.capsule("idle")["state"] == "running"
+    });
+    let environ = |pid: &str| -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap()
+            .split(|&b| b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    };
+    let supervisor = environ(&up.supervisor_pid().to_string());
+    assert!(
+        supervisor.iter().any(|v| v.starts_with("ELASTOS_HOME=")),
+        "{supervisor:?}"
+    );
+    let host = up.capsule("idle")["pid"].as_u64().unwrap().to_string();
+    assert_eq!(environ(&host), ["GLIBC_TUNABLES=glibc.pthread.rseq=0"]);
+    // capsule-host's child, then (with an init between them) the capsule.
+    let mut capsule = child_of(&host);
+    if let Ok(c) = std::fs::read_to_string(format!("/proc/{capsule}/task/{capsule}/children")) {
+        if let Some(grandchild) = c.split_whitespace().next() {
+            capsule = grandchild.to_string();
+        }
+    }
+    let theirs = environ(&capsule);
+    assert!(
+        theirs.iter().any(|v| v.starts_with("ELASTOS_CAPSULE=idle")),
+        "{theirs:?}"
+    );
+    assert!(
+        !theirs
+            .iter()
+            .any(|v| v.starts_with("GLIBC_TUNABLES=") || v.starts_with("ELASTOS_HOME=")),
+        "{theirs:?}"
+    );
+}
+
 #[test]
 fn a_layer_that_cannot_be_applied_keeps_the_capsule_from_running() {
     let up = Up::new();
