@@ -404,14 +404,19 @@ fn a_hostile_capsule_is_stopped_at_every_escape_the_control_run_shows_possible()
     up.node.run(&["status"]).ok();
 }
 
-#[test]
-fn ps_shows_the_layers_in_force() {
-    let up = Up::new();
+/// Starts `idle`, a shell script that sleeps forever, and waits until it runs.
+fn start_idle(up: &Up) {
     let dir = script_capsule(&up.node, "idle", "while true; do sleep 1; done");
     up.node.run(&["run", "-d", path(&dir)]).ok();
     wait_until("idle running", Duration::from_secs(10), || {
         up.capsule("idle")["state"] == "running"
     });
+}
+
+#[test]
+fn ps_shows_the_layers_in_force() {
+    let up = Up::new();
+    start_idle(&up);
     let layers = up.capsule("idle")["layers"].clone();
     let layers: Vec<&str> = layers
         .as_array()
@@ -536,11 +541,7 @@ fn ps_shows_the_layers_in_force() {
 #[test]
 fn capsule_host_and_the_capsule_get_none_of_the_supervisors_environment() {
     let up = Up::new();
-    let dir = script_capsule(&up.node, "idle", "while true; do sleep 1; done");
-    up.node.run(&["run", "-d", path(&dir)]).ok();
-    wait_until("idle running", Duration::from_secs(10), || {
-        up.capsule("idle")["state"] == "running"
-    });
+    start_idle(&up);
     let environ = |pid: &str| -> Vec<String> {
         std::fs::read(format!("/proc/{pid}/environ"))
             .unwrap()
