@@ -114,8 +114,8 @@ pub enum WasmError {
 /// Cranelift, epoch interruption on; no wasm threads, memory64 or several memories, which no
 /// capsule needs and each of which widens what the host must get right. No native unwind
 /// information: it serves only outside unwinders walking through guest frames (wasmtime's own
-/// traps and backtraces do not use it), and registering it frame by frame was a tenth of loading
-/// a module at each start.
+/// traps and backtraces do not use it), and registering it frame by frame was ~7 % of loading a
+/// module at each start.
 pub fn config() -> Config {
     let mut c = Config::new();
     c.strategy(Strategy::Cranelift)
@@ -677,7 +677,7 @@ const ERRNO_OVERFLOW: i32 = 61;
 /// A Rust guest reads a clock in every `Instant::now()` and `SystemTime::now()`, and the guest
 /// SDK checks its grants' expiry on every call: three reads a round trip for `ping`.
 /// wasmtime-wasi's version looks the guest's memory up by name each time (a string hash and a
-/// map lookup), which made it half of the WASM host's own user-space work per round trip; this
+/// map lookup), about a quarter of the WASM host's own user-space work per round trip; this
 /// one uses the memory kept at instantiation. Its results are wasmtime-wasi's: the realtime
 /// clock in nanoseconds since 1970, the monotonic clock since the host set it up (the origin
 /// WASI's `poll_oneoff` shares), BADF for the CPU-time clocks, INVAL for any other id, and a
