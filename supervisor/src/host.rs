@@ -3,8 +3,9 @@
 //! Every spawn happens on one long-lived thread, `elastos-spawner`: capsule-host asks for a
 //! parent-death signal, and Linux sends it when the *thread* that forked it exits — a thread of
 //! tokio's blocking pool would retire and take every capsule with it. The child gets an
-//! environment of one glibc setting (no restartable sequences), stdin from /dev/null, stdout and stderr as pipes to the supervisor, the capsule's
-//! end of a socketpair as fd 3 and a status pipe as fd 4, and nothing else.
+//! environment of one glibc setting (no restartable sequences), stdin from /dev/null, stdout and
+//! stderr as pipes to the supervisor, the capsule's end of a socketpair as fd 3 and a status pipe
+//! as fd 4, and nothing else.
 //!
 //! The spawn is `posix_spawn` (glibc: `clone(CLONE_VM|CLONE_VFORK)`, then exec), not fork: a
 //! fork copies the supervisor's page tables, which grow with every capsule it serves, only for

@@ -109,17 +109,17 @@ fn main() {
     // more and shorter pairs, and each substrate goes first in half of them.
     let pairs: usize = if quick { 1 } else { 10 };
     let mut wasm_pairs: Vec<(Latency, Latency)> = Vec::with_capacity(pairs);
+    let run = |substrate| {
+        ping_run_on(
+            &node,
+            &ping,
+            "localhost://echo/0/ping",
+            1,
+            calls / 2,
+            substrate,
+        )
+    };
     for i in 0..pairs {
-        let run = |substrate| {
-            ping_run_on(
-                &node,
-                &ping,
-                "localhost://echo/0/ping",
-                1,
-                calls / 2,
-                substrate,
-            )
-        };
         wasm_pairs.push(if i % 2 == 0 {
             let native = run("native");
             (run("wasm"), native)

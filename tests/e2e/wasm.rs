@@ -231,7 +231,7 @@ fn the_smallest_limits_still_let_echo_start_print_and_serve_on_both_substrates()
         format!("{manifest}\n[limits]\nprocesses = 1\nopen_files = 5\n"),
     )
     .unwrap();
-    up.node.scratch(); // owned by the node's user, when it has one
+    // `scratch` hands the tree written above to the node's user, when it has one.
     let packed = up.node.scratch().join("tight-echo.capsule");
     up.node
         .run(&["capsule", "pack", path(&dir), "-o", path(&packed)])

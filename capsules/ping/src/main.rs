@@ -170,7 +170,7 @@ struct Histogram {
     max: u64,
 }
 
-/// log2 of the buckets per doubling.
+/// Values below 2^SUB_BITS have a bucket each; above, each doubling has 2^(SUB_BITS-1) = 128.
 const SUB_BITS: u32 = 8;
 
 impl Histogram {
@@ -182,7 +182,6 @@ impl Histogram {
         }
     }
 
-    /// Values below 2^SUB_BITS have a bucket each; above, each doubling has 2^(SUB_BITS-1).
     fn bucket(v: u64) -> usize {
         let sub = 1u64 << SUB_BITS;
         if v < sub {
