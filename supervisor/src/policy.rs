@@ -115,14 +115,20 @@ fn single(a: Action) -> ActionSet {
     s
 }
 
-/// Whether `manifest` may serve `pattern`, and at which classification.
 /// The `provides` entry that covers `pattern`: the listed namespace itself, or one inside it
-/// (one echo binary, many instances, each serving its own part).
+/// (one echo binary, many instances, each serving its own part). Where entries nest, the most
+/// specific (longest) one decides, whatever the order they are listed in: a manifest that lists
+/// `localhost://notes/*` as internal and `localhost://notes/secret/*` as confidential serves
+/// the secret part as confidential.
 fn provides_entry<'m>(manifest: &'m Manifest, pattern: &str) -> Option<&'m Provide> {
-    manifest.provides.iter().find(|p| {
-        p.uri == pattern
-            || (pattern.ends_with("/*") && resource_within(&p.uri, pattern).unwrap_or(false))
-    })
+    manifest
+        .provides
+        .iter()
+        .filter(|p| {
+            p.uri == pattern
+                || (pattern.ends_with("/*") && resource_within(&p.uri, pattern).unwrap_or(false))
+        })
+        .max_by_key(|p| p.uri.len())
 }
 
 pub fn may_provide(
@@ -203,6 +209,48 @@ reason = "keep notes"
                 matches!(decide(&m, true, res, acts(a), MAX_TTL), Grant::Deny(_)),
                 "{res} {a}"
             );
+        }
+    }
+
+    #[test]
+    fn the_most_specific_provides_entry_classifies_whatever_the_order() {
+        for order in [[0, 1], [1, 0]] {
+            let entries = [
+                ("localhost://notes/*", "internal"),
+                ("localhost://notes/secret/*", "confidential"),
+            ];
+            let mut text = String::from(
+                "format = 1\nname = \"notes\"\nversion = \"1.0.0\"\ndescription = \"n\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/notes\"\n",
+            );
+            for i in order {
+                let (uri, class) = entries[i];
+                text.push_str(&format!(
+                    "[[provides]]\nuri = \"{uri}\"\nclassification = \"{class}\"\n"
+                ));
+            }
+            let m = Manifest::parse(&text).unwrap();
+            for (pattern, want) in [
+                ("localhost://notes/secret/*", Classification::Confidential),
+                (
+                    "localhost://notes/secret/deep/*",
+                    Classification::Confidential,
+                ),
+                ("localhost://notes/*", Classification::Internal),
+                ("localhost://notes/other/*", Classification::Internal),
+            ] {
+                assert_eq!(
+                    may_provide(&m, true, pattern),
+                    Ok(want),
+                    "{pattern} {order:?}"
+                );
+                assert!(
+                    matches!(
+                        decide(&m, true, pattern, acts("admin"), MAX_TTL),
+                        Grant::Allow { classification, .. } if classification == want
+                    ),
+                    "{pattern} {order:?}"
+                );
+            }
         }
     }
 
