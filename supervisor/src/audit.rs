@@ -18,6 +18,15 @@
 //! - **Coalescing.** One actor's denials of one action beyond [`DENIALS_PER_WINDOW`] within a
 //!   second are counted, not written: when the window ends one `audit.coalesced` record (still chained)
 //!   carries the count and the last reason, so a capsule cannot fill the disk with denials.
+//! - **Reserve.** The sync thread keeps at least [`RESERVE`] bytes (plus up to [`AHEAD`] more)
+//!   allocated past the live segment's end (`fallocate` with `KEEP_SIZE`: the file's length is
+//!   still its last record's end), and the writer spends that allowance as it chains records. When
+//!   the disk fills, so that no more can be allocated, only the records that must never be lost
+//!   for want of space ([`uses_reserve`]: denials, revocations, checkpoints and one
+//!   `audit.disk-full` record) are still admitted, from the reserve; every other record is refused
+//!   with [`AuditError::Unavailable`] (so the grant or call it stood for is refused) until space
+//!   returns, which the sync thread looks for once a second. A file system that cannot
+//!   preallocate has no reserve, and says so in [`AuditLog::space`].
 //! - **Recovery.** On open, a torn or unparsable tail of the last segment (never an acknowledged
 //!   `Sync` record: those were synced whole) is cut off and a signed `recovered` record names the
 //!   bytes dropped. A log shorter than its signed head refuses to open.
@@ -25,9 +34,10 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -50,6 +60,68 @@ const WINDOW: Duration = Duration::from_secs(1);
 /// How long a record may go without a signed checkpoint after it.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const ZERO_HASH: [u8; 32] = [0; 32];
+
+/// Bytes kept allocated past the log's end for [`uses_reserve`] records once the disk is full:
+/// about 12,000 denials or revocations.
+pub const RESERVE: u64 = 4 << 20;
+/// Allocated ahead of the reserve, in steps of about this much, so that `fallocate` runs once
+/// per megabyte or so of records, and a burst chained between two writes does not reach into
+/// the reserve before the disk is known to be full.
+pub const AHEAD: u64 = 2 << 20;
+/// How often the sync thread tries again to allocate while the disk is full.
+const FULL_RETRY: Duration = Duration::from_secs(1);
+
+/// Actions whose records are written from the reserve when the disk is full, besides every
+/// denial: what narrows authority (a stolen token must never stay valid because the disk is
+/// full), what keeps the log verifiable (checkpoints, recovery), the disk-full notice itself,
+/// and the supervisor's clean stop.
+pub const RESERVE_ACTIONS: &[&str] = &[
+    "token.revoke",
+    "token.revoke-all",
+    "trust.rm",
+    "checkpoint",
+    "recovered",
+    "audit.disk-full",
+    "supervisor.stop",
+];
+
+/// Whether `ev` may be written from the reserve once the disk is full.
+pub fn uses_reserve(ev: &Event) -> bool {
+    ev.decision == Decision::Denied || RESERVE_ACTIONS.contains(&&*ev.action)
+}
+
+/// The log's disk space, shared by the writer (which spends the allowance as it chains records)
+/// and the sync thread (which allocates it).
+#[derive(Default)]
+struct Space {
+    /// The log's directory, whose file system is asked for its free space.
+    dir: PathBuf,
+    /// Bytes allocated past the live segment's written end, less the bytes chained but not yet
+    /// written. Signed: a burst may overdraw it for the moment before the disk is known full.
+    budget: AtomicI64,
+    /// The disk is full: the last allocation failed, or less than [`AHEAD`] is free. Only
+    /// reserve records are admitted.
+    full: AtomicBool,
+    /// The file system cannot preallocate (or a test said so): nothing is counted, no reserve.
+    unbounded: AtomicBool,
+}
+
+/// Whether the file system holding `dir` has less than [`AHEAD`] free for this process: the
+/// disk is as good as full, and grants must stop before the log's own allocation fails.
+fn low_on_space(dir: &Path) -> bool {
+    nix::sys::statvfs::statvfs(dir)
+        .is_ok_and(|s| s.blocks_available().saturating_mul(s.fragment_size()) < AHEAD)
+}
+
+/// What [`AuditLog::space`] reports, for `status` and `doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SpaceReport {
+    /// The disk is full: only denials, revocations and checkpoints are recorded.
+    pub disk_full: bool,
+    /// Bytes allocated for the log and not yet spent; `None` where the file system cannot
+    /// preallocate (then there is no reserve).
+    pub reserve_bytes: Option<u64>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -155,6 +227,9 @@ pub struct AuditOptions {
     pub chain_every: usize,
     /// Fault injection for tests: while true, every sync fails as if the disk were full.
     pub fail_sync: Option<Arc<AtomicBool>>,
+    /// Fault injection for tests: while true, every allocation fails with ENOSPC, as on a full
+    /// disk.
+    pub fail_alloc: Option<Arc<AtomicBool>>,
 }
 
 impl Default for AuditOptions {
@@ -166,6 +241,7 @@ impl Default for AuditOptions {
             checkpoint_every: 100_000,
             chain_every: CHAIN_EVERY,
             fail_sync: None,
+            fail_alloc: None,
         }
     }
 }
@@ -220,6 +296,7 @@ pub struct AuditLog {
     buffered: Arc<AtomicUsize>,
     chain_every: usize,
     available: Arc<AtomicBool>,
+    space: Arc<Space>,
     syncs: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -249,6 +326,14 @@ struct Disk {
     /// Set here, before any waiter hears the outcome, so that a denied caller sees the log
     /// unavailable at once.
     available: Arc<AtomicBool>,
+    /// Where the current segment's allocated blocks end (at least its length).
+    allocated: u64,
+    space: Arc<Space>,
+    fail_alloc: Option<Arc<AtomicBool>>,
+    /// While the disk is full: when to try allocating again.
+    retry_alloc: Option<Instant>,
+    /// The last allocation the reserve needed failed.
+    alloc_failed: bool,
 }
 
 struct Writer {
@@ -285,6 +370,9 @@ struct Writer {
     buffered: Arc<AtomicUsize>,
     available: Arc<AtomicBool>,
     coalesce: HashMap<String, Coalesce>,
+    space: Arc<Space>,
+    /// The `audit.disk-full` record of this episode was written.
+    told_full: bool,
 }
 
 enum DiskHandle {
@@ -480,6 +568,10 @@ impl AuditLog {
             }
         }
         let available = Arc::new(AtomicBool::new(true));
+        let space = Arc::new(Space {
+            dir: dir.to_path_buf(),
+            ..Space::default()
+        });
         let syncs = Arc::new(AtomicU64::new(0));
         let group: GroupBuffer = Arc::default();
         let buffered = Arc::new(AtomicUsize::new(0));
@@ -495,7 +587,20 @@ impl AuditLog {
                 }
             })
             .map_err(io_err(dir))?;
-        let disk = Disk {
+        if total_len > good_len {
+            file.set_len(good_len).map_err(io_err(&path))?;
+        }
+        // Blocks an earlier run allocated past the end are still there (a crash leaves them).
+        let allocated = file
+            .metadata()
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .map_err(io_err(&path))?
+            .max(good_len);
+        space.budget.store(
+            i64::try_from(allocated - good_len).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+        let mut disk = Disk {
             dir: dir.to_path_buf(),
             segment,
             file,
@@ -505,10 +610,13 @@ impl AuditLog {
             syncs: syncs.clone(),
             fail_sync: opts.fail_sync.clone(),
             available: available.clone(),
+            allocated,
+            space: space.clone(),
+            fail_alloc: opts.fail_alloc.clone(),
+            retry_alloc: None,
+            alloc_failed: false,
         };
-        if total_len > good_len {
-            disk.file.set_len(good_len).map_err(io_err(&path))?;
-        }
+        disk.check_space();
         let mut w = Writer {
             key,
             opts,
@@ -532,6 +640,8 @@ impl AuditLog {
             buffered: buffered.clone(),
             available: available.clone(),
             coalesce: HashMap::new(),
+            space: space.clone(),
+            told_full: false,
         };
         if total_len > good_len {
             let dropped = total_len - good_len;
@@ -550,6 +660,7 @@ impl AuditLog {
                 },
                 None,
                 Some(hex::encode(sig.to_bytes())),
+                false,
             )
             .map_err(|e| AuditError::Corrupt(e.to_string()))?;
             // In place: the sync thread does not exist yet.
@@ -592,6 +703,7 @@ impl AuditLog {
             buffered,
             chain_every,
             available,
+            space,
             syncs,
             thread: Mutex::new(Some(thread)),
         })
@@ -602,11 +714,23 @@ impl AuditLog {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    /// Whether the log takes records: the last write or sync succeeded, and the writer keeps up
-    /// (fewer than [`MAX_BUFFERED`] records wait for it). Callers deny while it does not.
+    /// Whether the log takes every kind of record: the last write or sync succeeded, the disk
+    /// is not full, and the writer keeps up (fewer than [`MAX_BUFFERED`] records wait for it).
+    /// Callers deny while it does not.
     pub fn is_available(&self) -> bool {
         self.available.load(Ordering::Relaxed)
+            && !self.space.full.load(Ordering::Relaxed)
             && self.buffered.load(Ordering::Relaxed) < MAX_BUFFERED
+    }
+
+    /// The log's disk space: whether the disk is full, and how much is allocated and unspent.
+    pub fn space(&self) -> SpaceReport {
+        let unbounded = self.space.unbounded.load(Ordering::Relaxed);
+        SpaceReport {
+            disk_full: self.space.full.load(Ordering::Relaxed),
+            reserve_bytes: (!unbounded)
+                .then(|| u64::try_from(self.space.budget.load(Ordering::Relaxed)).unwrap_or(0)),
+        }
     }
 
     /// Appends without blocking; `done` runs on a thread of the log once the record is durable
@@ -863,7 +987,8 @@ impl Writer {
                 return;
             }
         }
-        match self.push_record(ev, None, None) {
+        let sync = d == Durability::Sync || self.opts.strict;
+        match self.push_record(ev, None, None, sync) {
             Ok(receipt) => {
                 if d == Durability::Sync || self.opts.strict {
                     self.waiting.push((done, receipt));
@@ -909,18 +1034,41 @@ impl Writer {
                         },
                         Some(c.suppressed),
                         None,
+                        false,
                     );
                 }
             }
         }
     }
 
+    /// Chains a record. `sync`: someone waits for it to be durable (a grant, say), so the
+    /// disk's free space is looked at before it is admitted.
     fn push_record(
         &mut self,
         ev: Event,
         count: Option<u64>,
         sig: Option<String>,
+        sync: bool,
     ) -> Result<Receipt, AuditError> {
+        let reserve = uses_reserve(&ev);
+        if self.told_full && !reserve && !self.space.full.load(Ordering::Relaxed) {
+            self.told_full = false;
+            let _ = self.push_record(
+                Event {
+                    actor: "supervisor".into(),
+                    action: "audit.disk-ok".into(),
+                    resource: String::new(),
+                    decision: Decision::Info,
+                    reason:
+                        "space for the audit log is available again: every record is written again"
+                            .into(),
+                    token: None,
+                },
+                None,
+                None,
+                false,
+            );
+        }
         let mut time = [0u8; 40];
         let mut prev = [0u8; 64];
         // Cannot fail: the output is exactly twice the input.
@@ -945,6 +1093,31 @@ impl Writer {
             self.unsynced.truncate(start);
             return Err(AuditError::Corrupt(e.to_string()));
         }
+        let len = self.unsynced.len() - start + 1;
+        if let Err(e) = self.admit(len, reserve, sync) {
+            self.unsynced.truncate(start);
+            if !reserve && !self.told_full && self.space.full.load(Ordering::Relaxed) {
+                // Said once per episode, from the reserve.
+                self.told_full = true;
+                let _ = self.push_record(
+                    Event {
+                        actor: "supervisor".into(),
+                        action: "audit.disk-full".into(),
+                        resource: String::new(),
+                        decision: Decision::Info,
+                        reason: format!(
+                            "the disk holding the audit log is full: until space is freed only denials, revocations and checkpoints are recorded (from a reserve of {} MiB), and everything else, every grant and allowed call included, is refused",
+                            RESERVE >> 20
+                        ),
+                        token: None,
+                    },
+                    None,
+                    None,
+                    false,
+                );
+            }
+            return Err(e);
+        }
         let hash = record_hash(&self.unsynced[start..]);
         self.unsynced.push(b'\n');
         self.seq = rec.seq;
@@ -953,6 +1126,39 @@ impl Writer {
         self.last_append = Instant::now();
         self.oldest_unsynced.get_or_insert(self.last_append);
         Ok(Receipt { seq: rec.seq, hash })
+    }
+
+    /// Spends `len` bytes of the allocated space on a record, or refuses it: once the disk is
+    /// full, only a reserve record is admitted, and only while the reserve lasts. A record
+    /// someone waits for (`sync`) first has the disk's free space looked at, so that a grant
+    /// on a disk that just filled is refused at once rather than after the next write.
+    fn admit(&self, len: usize, reserve: bool, sync: bool) -> Result<(), AuditError> {
+        let space = &self.space;
+        if !reserve && sync && low_on_space(&space.dir) {
+            // The sync thread clears it once space is back.
+            space.full.store(true, Ordering::Relaxed);
+        }
+        let full = space.full.load(Ordering::Relaxed);
+        if full && !reserve {
+            return Err(AuditError::Unavailable(
+                "the disk holding $ELASTOS_HOME is full; only denials, revocations and checkpoints are recorded until space is freed".into(),
+            ));
+        }
+        if space.unbounded.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // Until the disk is full a burst may overdraw (the sync thread allocates for it before
+        // writing it); once it is, what is left is all there is.
+        let len = i64::try_from(len).unwrap_or(i64::MAX);
+        if full && space.budget.load(Ordering::Relaxed) < len {
+            return Err(AuditError::Unavailable(
+                "the disk is full and the audit reserve is spent: free space in $ELASTOS_HOME"
+                    .into(),
+            ));
+        }
+        // Only this thread spends; the sync thread only adds, so the check above stays true.
+        space.budget.fetch_sub(len, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Gives everything chained so far to the sync thread; it queues behind a job in progress
@@ -1040,6 +1246,7 @@ impl Writer {
             },
             None,
             Some(hex::encode(sig.to_bytes())),
+            false,
         )?;
         // The head is the checkpoint record itself, signed the same way.
         let msg = head_message(self.seq, &self.prev);
@@ -1111,6 +1318,7 @@ impl Disk {
             return Ok(());
         }
         let path = self.path();
+        self.check_space();
         if self.retry_truncate {
             self.file.set_len(self.synced_len).map_err(io_err(&path))?;
         }
@@ -1132,12 +1340,83 @@ impl Disk {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.retry_truncate = false;
         self.synced_len += bytes.len() as u64;
+        self.allocated = self.allocated.max(self.synced_len);
         if self.synced_len >= self.segment_bytes {
             // The records are durable whatever happens here; a failed rotation is tried again
             // after the next sync, and the segment grows a little meanwhile.
             let _ = self.rotate();
         }
+        self.check_space();
         Ok(())
+    }
+
+    /// Allocates `len` bytes of `file` from `offset` without changing its length, as the
+    /// reserve needs. `Ok(false)`: the file system cannot (then there is no reserve).
+    fn allocate(&self, file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        if self
+            .fail_alloc
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
+        }
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::EFBIG));
+        };
+        match fallocate(
+            file.as_fd(),
+            FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
+            Err(e) => Err(std::io::Error::from(e)),
+        }
+    }
+
+    /// Keeps [`RESERVE`] and [`AHEAD`] allocated past the segment's end, and says whether the
+    /// disk is full: an allocation that was needed failed, or less than [`AHEAD`] is free.
+    fn check_space(&mut self) {
+        let space = self.space.clone();
+        // The budget counts what the writer has chained but this thread not yet written, so a
+        // backlog is allocated for before it is written.
+        let budget = space.budget.load(Ordering::Relaxed);
+        let needed = budget < (RESERVE + AHEAD / 2) as i64;
+        let due = self.retry_alloc.is_none_or(|t| Instant::now() >= t);
+        if !space.unbounded.load(Ordering::Relaxed) && (needed || self.alloc_failed) && due {
+            let want = u64::try_from((RESERVE + AHEAD) as i64 - budget).unwrap_or(0);
+            match self.allocate(&self.file, self.allocated, want.max(1)) {
+                Ok(true) => {
+                    self.allocated += want;
+                    space
+                        .budget
+                        .fetch_add(i64::try_from(want).unwrap_or(0), Ordering::Relaxed);
+                    self.alloc_failed = false;
+                    self.retry_alloc = None;
+                }
+                Ok(false) => {
+                    space.unbounded.store(true, Ordering::Relaxed);
+                    self.alloc_failed = false;
+                }
+                Err(e) => {
+                    if !self.alloc_failed {
+                        tracing::warn!("allocating space for the audit log failed: {e}");
+                    }
+                    self.alloc_failed = true;
+                    self.retry_alloc = Some(Instant::now() + FULL_RETRY);
+                }
+            }
+        }
+        let full = self.alloc_failed || low_on_space(&self.dir);
+        if space.full.swap(full, Ordering::Relaxed) != full {
+            if full {
+                tracing::warn!("the audit log's disk is full: recording only denials, revocations and checkpoints, from the reserve");
+            } else {
+                tracing::info!("the audit log's disk has space again");
+            }
+        }
     }
 
     /// Writes a job and tells its waiters (through `acks`, else in place); on failure returns
@@ -1178,6 +1457,8 @@ impl Disk {
         }
     }
 
+    /// Moves on to a new segment, but only once the new one holds a reserve of its own: on a
+    /// full disk the current segment keeps growing into its reserve instead.
     fn rotate(&mut self) -> Result<(), AuditError> {
         let next = self.dir.join(segment_name(self.segment + 1));
         let file = OpenOptions::new()
@@ -1188,10 +1469,33 @@ impl Disk {
             .mode(0o600)
             .open(&next)
             .map_err(io_err(&next))?;
+        let unbounded = self.space.unbounded.load(Ordering::Relaxed);
+        let allocated = if unbounded {
+            0
+        } else {
+            match self.allocate(&file, 0, RESERVE + AHEAD) {
+                Ok(true) => RESERVE + AHEAD,
+                Ok(false) => 0,
+                Err(e) => {
+                    // An empty segment after a full one is read as the chain's continuation,
+                    // but there is no use in leaving it.
+                    let _ = fs::remove_file(&next);
+                    return Err(io_err(&next)(e));
+                }
+            }
+        };
         sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        // What the old segment had allocated past its end is given back to the disk.
+        let _ = self.file.set_len(self.synced_len);
+        let left = self.allocated - self.synced_len;
+        self.space.budget.fetch_add(
+            i64::try_from(allocated).unwrap_or(0) - i64::try_from(left).unwrap_or(0),
+            Ordering::Relaxed,
+        );
         self.segment += 1;
         self.file = file;
         self.synced_len = 0;
+        self.allocated = allocated;
         Ok(())
     }
 
@@ -1213,7 +1517,23 @@ impl Disk {
             nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid, -10);
         }
         let mut failed = false;
-        while let Ok(first) = jobs.recv() {
+        loop {
+            // While the disk is full, look once a second for space (nothing else may write).
+            let first = if self.space.full.load(Ordering::Relaxed) {
+                match jobs.recv_timeout(FULL_RETRY) {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.check_space();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match jobs.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                }
+            };
             let mut ready = vec![first];
             while let Ok(j) = jobs.try_recv() {
                 ready.push(j);
@@ -1792,6 +2112,140 @@ mod tests {
             .filter(|r| r.as_ref().unwrap().action == "call")
             .count();
         assert_eq!(calls, 4, "{r:?}");
+    }
+
+    /// A record of `action` by `actor` with a reason of `len` bytes.
+    fn sized(actor: &str, action: &'static str, decision: Decision, len: usize) -> Event {
+        Event {
+            action: action.into(),
+            reason: "r".repeat(len),
+            ..ev(actor, decision)
+        }
+    }
+
+    #[test]
+    fn a_full_disk_admits_only_reserve_records_says_so_once_and_recovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let full = Arc::new(AtomicBool::new(false));
+        let log = open(
+            tmp.path(),
+            AuditOptions {
+                fail_alloc: Some(full.clone()),
+                // Each Group append below waits for its record to be chained.
+                group_commit: Duration::from_millis(1),
+                ..Default::default()
+            },
+        );
+        let start = log.space();
+        assert!(
+            start.reserve_bytes.is_some_and(|b| b >= RESERVE + AHEAD),
+            "this test needs a file system that can preallocate: {start:?}"
+        );
+        full.store(true, Ordering::Relaxed);
+        // Allowed records go on until an allocation after them fails and what is left is the
+        // reserve; then they are refused.
+        let mut allowed = 0;
+        let refusal = loop {
+            match log.append(
+                sized("capsule:a", "call", Decision::Allowed, 4000),
+                Durability::Group,
+            ) {
+                Ok(_) => allowed += 1,
+                Err(e) => break e,
+            }
+            assert!(allowed < 10_000, "never refused");
+        };
+        assert!(matches!(refusal, AuditError::Unavailable(_)), "{refusal}");
+        assert!(refusal.to_string().contains("full"), "{refusal}");
+        assert!(!log.is_available());
+        assert!(log.space().disk_full);
+        // At least RESERVE bytes of denials and revocations still go in, durably.
+        log.append(
+            sized("operator:root", "token.revoke", Decision::Allowed, 10),
+            Durability::Sync,
+        )
+        .unwrap();
+        // Records of at most RECORD bytes (checked below): this many fit in the reserve.
+        const RECORD: u64 = 4300;
+        for i in 0..RESERVE / RECORD {
+            // Distinct actors: a flood of one actor's denials would be coalesced.
+            let actor = format!("capsule:d{i}");
+            log.append(
+                sized(&actor, "call", Decision::Denied, 4000),
+                Durability::Group,
+            )
+            .unwrap_or_else(|e| panic!("denial #{i} refused: {e}"));
+        }
+        log.append(
+            sized("capsule:z", "call", Decision::Denied, 10),
+            Durability::Sync,
+        )
+        .unwrap();
+        // The reserve is bounded too.
+        let mut extra = 0;
+        while log
+            .append(
+                sized(&format!("capsule:e{extra}"), "call", Decision::Denied, 4000),
+                Durability::Group,
+            )
+            .is_ok()
+        {
+            extra += 1;
+            assert!(extra < 10_000, "the reserve never ran out");
+        }
+        assert!(log
+            .append(
+                sized("capsule:a", "call", Decision::Allowed, 10),
+                Durability::Sync
+            )
+            .is_err());
+        // Space comes back: within a few of the sync thread's once-a-second looks, every
+        // record is admitted again.
+        full.store(false, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log.is_available() {
+            assert!(
+                Instant::now() < deadline,
+                "space never came back: {:?}",
+                log.space()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+            .unwrap();
+        log.close().unwrap();
+        verify(tmp.path(), &vk(), None).unwrap();
+        let actions: Vec<String> = read_records(tmp.path())
+            .unwrap()
+            .map(|r| r.unwrap().action)
+            .collect();
+        let count = |a: &str| actions.iter().filter(|x| *x == a).count();
+        assert_eq!(count("audit.disk-full"), 1, "said once per episode");
+        assert_eq!(count("audit.disk-ok"), 1);
+        assert_eq!(count("token.revoke"), 1);
+        let full_at = actions.iter().position(|a| a == "audit.disk-full");
+        let ok_at = actions.iter().position(|a| a == "audit.disk-ok");
+        assert!(full_at < ok_at);
+        // Nothing but reserve records between the two.
+        let (f, o) = (full_at.unwrap(), ok_at.unwrap());
+        let records: Vec<Record> = read_records(tmp.path())
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        for r in &records[f + 1..o] {
+            assert!(
+                r.decision == Decision::Denied || RESERVE_ACTIONS.contains(&r.action.as_str()),
+                "{r:?}"
+            );
+        }
+        assert!(allowed > 0);
+        let longest = fs::read_to_string(seg1(tmp.path()))
+            .unwrap()
+            .lines()
+            .map(str::len)
+            .max()
+            .unwrap();
+        assert!(longest < RECORD as usize, "{longest}");
     }
 
     #[test]

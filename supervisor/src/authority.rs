@@ -60,6 +60,13 @@ use crate::token::{
 /// The state file's name inside `home.state_dir()`.
 pub const STATE_FILE: &str = "authority.json";
 
+/// Kept in the state directory beside the state file, and given up when a narrowing change
+/// (a revocation, an epoch raise, an issuer no longer trusted) finds the disk full: that change
+/// then still takes effect. Re-made after the next commit that finds room.
+pub const RESERVE_FILE: &str = "authority.reserve";
+/// The state reserve's size: many times a state file with thousands of revocations.
+pub const STATE_RESERVE: u64 = 1 << 20;
+
 /// The most ancestors a token may have. Bounds the revocation walk and refuses runaway chains.
 pub const MAX_DELEGATION_DEPTH: usize = 16;
 
@@ -183,6 +190,15 @@ struct FormatProbe {
     format: u32,
 }
 
+/// A child token minted by [`Authority::prepare_delegate`] but not in effect yet: nothing about
+/// it is stored until [`Authority::apply_delegation`], which the caller runs only once the
+/// delegation's audit record is durable. Dropped unapplied, it was never made.
+pub struct StagedDelegation {
+    pub token: Token,
+    pub text: String,
+    link: Delegation,
+}
+
 /// A token that passed the checks, with its ancestry: `(id, max_uses)` from itself to the root.
 struct Passed {
     token: Arc<VerifiedToken>,
@@ -215,6 +231,38 @@ pub struct Authority {
     /// The node's and the trusted issuers' keys, decompressed once.
     known_keys: HashMap<[u8; 32], VerifyingKey>,
     sig_cache: SigCache,
+}
+
+/// Makes the state reserve (a file of [`STATE_RESERVE`] allocated bytes) if it is missing.
+fn ensure_reserve(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if fs::symlink_metadata(path).is_ok() {
+        return Ok(());
+    }
+    let tmp = path.with_extension("reserve.tmp");
+    let made = (|| {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        let len = i64::try_from(STATE_RESERVE).unwrap_or(i64::MAX);
+        nix::fcntl::fallocate(
+            std::os::fd::AsFd::as_fd(&f),
+            nix::fcntl::FallocateFlags::empty(),
+            0,
+            len,
+        )
+        .map_err(io::Error::from)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if made.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    made
 }
 
 fn now_unix() -> i64 {
@@ -310,6 +358,14 @@ impl Authority {
         Ok(authority)
     }
 
+    /// Makes the state reserve if it is missing, for a writer that just opened the authority
+    /// (`open` itself never writes). Best effort: on a full disk it waits for the next commit.
+    pub fn ensure_state_reserve(&self) {
+        if let Ok(dir) = self.home.ensure_dir("state") {
+            let _ = ensure_reserve(&dir.join(RESERVE_FILE));
+        }
+    }
+
     fn parse_state(path: &Path, bytes: &[u8]) -> Result<State, AuthorityError> {
         let bad = |e: serde_json::Error| AuthorityError::BadState {
             path: path.to_path_buf(),
@@ -328,7 +384,7 @@ impl Authority {
 
     /// Writes `next` durably, then adopts it. On failure nothing changes, in memory or on disk.
     fn commit(&mut self, next: State) -> Result<(), AuthorityError> {
-        self.home.ensure_dir("state")?;
+        let dir = self.home.ensure_dir("state")?;
         let json = serde_json::to_vec_pretty(&next)
             .map_err(|e| AuthorityError::Invalid(format!("cannot serialise the state: {e}")))?;
         write_atomic(&self.state_path, &json, 0o600).map_err(|source| AuthorityError::Io {
@@ -336,7 +392,35 @@ impl Authority {
             source,
         })?;
         self.state = next;
+        // Best effort: on a full disk the commit above succeeded and the reserve waits.
+        let _ = ensure_reserve(&dir.join(RESERVE_FILE));
         Ok(())
+    }
+
+    /// [`Authority::commit`] for a change that only narrows authority: if the disk is full, the
+    /// state reserve is given up to make room, so that a revocation always takes effect.
+    fn commit_narrowing(&mut self, next: State) -> Result<(), AuthorityError> {
+        match self.commit(next.clone()) {
+            Err(AuthorityError::Io { source, .. })
+                if source.raw_os_error() == Some(nix::libc::ENOSPC)
+                    || source.raw_os_error() == Some(nix::libc::EDQUOT) =>
+            {
+                let reserve = self.state_path.with_file_name(RESERVE_FILE);
+                match fs::remove_file(&reserve) {
+                    Ok(()) => {
+                        tracing::warn!(
+                            "the disk is full: the state reserve was given up for a revocation"
+                        );
+                        self.commit(next)
+                    }
+                    Err(_) => Err(AuthorityError::Io {
+                        path: self.state_path.clone(),
+                        source,
+                    }),
+                }
+            }
+            r => r,
+        }
     }
 
     fn refresh_known_keys(&mut self) {
@@ -432,13 +516,34 @@ impl Authority {
     }
 
     /// Mints a child of `parent` that is at most as wide in every respect, and records the link
-    /// durably before returning it, so revoking the parent revokes the child.
+    /// durably before returning it, so revoking the parent revokes the child. For a caller with
+    /// no audit record to write first (tests); the daemon and the CLI stage it instead.
     pub fn delegate(
         &mut self,
         parent: &str,
         n: Narrowing,
         now: i64,
     ) -> Result<(Token, String), AuthorityError> {
+        let staged = self.prepare_delegate(parent, n, now)?;
+        self.apply_delegation(&staged)?;
+        Ok((staged.token, staged.text))
+    }
+
+    /// Records a staged child's link to its parent, durably: from here, revoking the parent
+    /// revokes the child, and the child may be handed out.
+    pub fn apply_delegation(&mut self, staged: &StagedDelegation) -> Result<(), AuthorityError> {
+        let mut next = self.state.clone();
+        next.delegations.insert(staged.token.id, staged.link);
+        self.commit(next)
+    }
+
+    /// Mints a child of `parent` as [`Authority::delegate`] does, without storing anything.
+    pub fn prepare_delegate(
+        &mut self,
+        parent: &str,
+        n: Narrowing,
+        now: i64,
+    ) -> Result<StagedDelegation, AuthorityError> {
         let key = self.signing_key()?;
         // The parent must be valid now, in every respect that does not depend on a call.
         let bytes = token::text_to_bytes(parent)
@@ -569,16 +674,14 @@ impl Authority {
             parent: Some(p.id),
         };
         let (_, text) = token::sign(&child, &key)?;
-        let mut next = self.state.clone();
-        next.delegations.insert(
-            child.id,
-            Delegation {
+        Ok(StagedDelegation {
+            token: child,
+            text,
+            link: Delegation {
                 parent: p.id,
                 parent_max_uses: p.max_uses,
             },
-        );
-        self.commit(next)?;
-        Ok((child, text))
+        })
     }
 
     /// Runs the twelve checks on `token` for `req` at time `now`. With `consume`, a use is
@@ -863,7 +966,7 @@ impl Authority {
             level = below;
         }
         if newly > 0 {
-            self.commit(next)?;
+            self.commit_narrowing(next)?;
         }
         Ok(newly)
     }
@@ -876,7 +979,7 @@ impl Authority {
             .checked_add(1)
             .ok_or(AuthorityError::EpochExhausted)?;
         let epoch = next.epoch;
-        self.commit(next)?;
+        self.commit_narrowing(next)?;
         Ok(epoch)
     }
 
@@ -901,7 +1004,7 @@ impl Authority {
         }
         let mut next = self.state.clone();
         next.trusted.remove(did);
-        self.commit(next)?;
+        self.commit_narrowing(next)?;
         self.trusted.retain(|_, d| d != did);
         self.refresh_known_keys();
         Ok(true)

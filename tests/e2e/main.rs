@@ -6,6 +6,7 @@ mod calls;
 mod capsule;
 mod cli;
 mod confinement;
+mod fulldisk;
 mod identity;
 mod supervisor;
 mod throwaway;

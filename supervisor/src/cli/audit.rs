@@ -75,13 +75,34 @@ pub fn record_operator(
     reason: &str,
     token: Option<String>,
 ) -> anyhow::Result<()> {
+    record_operator_decision(
+        home,
+        key,
+        action,
+        resource,
+        reason,
+        token,
+        Decision::Allowed,
+    )
+}
+
+/// [`record_operator`] with a decision of the caller's.
+pub fn record_operator_decision(
+    home: &Home,
+    key: &NodeKey,
+    action: &str,
+    resource: &str,
+    reason: &str,
+    token: Option<String>,
+    decision: Decision,
+) -> anyhow::Result<()> {
     let log = open_log(home, key)?;
     log.append(
         Event {
             actor: operator().into(),
             action: action.to_string().into(),
             resource: resource.to_string(),
-            decision: Decision::Allowed,
+            decision,
             reason: reason.to_string(),
             token,
         },

@@ -173,6 +173,18 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("did: {}", d["did"].as_str().unwrap_or("?"));
         println!("socket: {}", d["socket"].as_str().unwrap_or("?"));
         println!("policy: {}", d["policy"].as_str().unwrap_or("?"));
+        let a = &d["audit"];
+        let reserve = match a["reserve_bytes"].as_u64() {
+            Some(b) => format!("{:.1} MiB allocated ahead", b as f64 / (1u64 << 20) as f64),
+            None => "no reserve (this file system cannot preallocate)".into(),
+        };
+        if a["disk_full"].as_bool() == Some(true) {
+            println!("audit: DISK FULL: only denials, revocations and checkpoints are recorded; grants and calls are refused until space is freed in {} ({reserve})", home.root().display());
+        } else if a["available"].as_bool() == Some(false) {
+            println!("audit: UNAVAILABLE: every call is refused until the audit log can be written ({reserve})");
+        } else if !a.is_null() {
+            println!("audit: ok ({reserve})");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -202,6 +202,7 @@ fn writable_authority(home: &Home) -> anyhow::Result<(StateLock, Arc<NodeKey>, A
     let key = Arc::new(NodeKey::load_or_create(home).context("loading the node identity")?);
     let authority =
         Authority::open(home, Some(key.clone())).context("opening the token authority")?;
+    authority.ensure_state_reserve();
     Ok((lock, key, authority))
 }
 
@@ -258,6 +259,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 classification: a.classification,
                 delegatable: a.delegatable,
             })?;
+            // Signed, but handed out only once its record is durable.
             record_operator(
                 &home,
                 &key,
@@ -270,7 +272,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                     humantime::format_rfc3339_seconds(token::unix_to_system(tok.expiry))
                 ),
                 Some(tok.id.to_string()),
-            )?;
+            )
+            .context("the token was not issued")?;
             print_issued(&tok, &encoded, a.json)?;
         }
         TokenCommand::Delegate(a) => {
@@ -292,7 +295,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 return print_remote(&data, a.json);
             }
             let (_lock, key, mut authority) = writable_authority(&home)?;
-            let (tok, encoded) = authority.delegate(
+            let staged = authority.prepare_delegate(
                 &a.parent,
                 Narrowing {
                     subject,
@@ -305,6 +308,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 },
                 now(),
             )?;
+            let tok = &staged.token;
+            // Widening: the record is durable before the child exists.
             record_operator(
                 &home,
                 &key,
@@ -316,8 +321,13 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                     tok.subject_display()
                 ),
                 Some(tok.id.to_string()),
-            )?;
-            print_issued(&tok, &encoded, a.json)?;
+            )
+            .context("the token was not delegated")?;
+            if let Err(e) = authority.apply_delegation(&staged) {
+                let _ = record_undone(&home, &key, "token.delegate", &tok.resource, &e);
+                return Err(e.into());
+            }
+            print_issued(tok, &staged.text, a.json)?;
         }
         TokenCommand::Inspect { token, json } => {
             let decoded = token::decode(&token).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -360,6 +370,9 @@ pub fn revoke(a: RevokeArgs) -> anyhow::Result<ExitCode> {
         (None, false) => anyhow::bail!("name a token id or --all"),
     };
     if let Some(data) = via_supervisor(&home, &remote)? {
+        if let Some(w) = data.get("warning").and_then(|w| w.as_str()) {
+            eprintln!("elastos: warning: {w}");
+        }
         match data.get("epoch") {
             Some(e) => println!("epoch raised to {e}: every token issued before is revoked"),
             None => println!(
@@ -371,31 +384,61 @@ pub fn revoke(a: RevokeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let (_lock, key, mut authority) = writable_authority(&home)?;
+    // Narrowing: it takes effect whatever the disk holds, and its record goes into the audit
+    // log's reserve.
     if a.all {
         let epoch = authority.revoke_all()?;
-        record_operator(
+        warn_unrecorded(record_operator(
             &home,
             &key,
             "token.revoke-all",
             "*",
             &format!("epoch raised to {epoch}: every earlier token is invalid"),
             None,
-        )?;
+        ));
         println!("epoch raised to {epoch}: every token issued before is revoked");
     } else if let Some(id) = a.token_id {
         let id = TokenId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
         let n = authority.revoke(&id)?;
-        record_operator(
+        warn_unrecorded(record_operator(
             &home,
             &key,
             "token.revoke",
             "*",
             &format!("revoked with {} descendant(s)", n.saturating_sub(1)),
             Some(id.to_string()),
-        )?;
+        ));
         println!("revoked {id} ({n} token(s) including descendants)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A narrowing action took effect; if even the reserve could not take its record, say so.
+fn warn_unrecorded(r: anyhow::Result<()>) {
+    if let Err(e) = r {
+        eprintln!(
+            "elastos: warning: it took effect, but its audit record could not be written ({e:#}); free space in $ELASTOS_HOME"
+        );
+    }
+}
+
+/// A widening action whose record was durable but whose state change then failed.
+fn record_undone(
+    home: &Home,
+    key: &NodeKey,
+    action: &str,
+    resource: &str,
+    why: &dyn std::fmt::Display,
+) -> anyhow::Result<()> {
+    super::audit::record_operator_decision(
+        home,
+        key,
+        action,
+        resource,
+        &format!("not made after all: {why}"),
+        None,
+        elastos::audit::Decision::Denied,
+    )
 }
 
 pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
@@ -407,9 +450,14 @@ pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
                 println!("trusted {did}");
                 return Ok(ExitCode::SUCCESS);
             }
+            elastos::identity::public_from_did(&did)?;
             let (_lock, key, mut authority) = writable_authority(&home)?;
-            authority.trust_add(&did)?;
-            record_operator(&home, &key, "trust.add", &did, "issuer trusted", None)?;
+            record_operator(&home, &key, "trust.add", &did, "issuer trusted", None)
+                .context("the issuer was not trusted")?;
+            if let Err(e) = authority.trust_add(&did) {
+                let _ = record_undone(&home, &key, "trust.add", &did, &e);
+                return Err(e.into());
+            }
             println!("trusted {did}");
         }
         TrustCommand::Rm { did } => {
@@ -420,14 +468,14 @@ pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
             }
             let (_lock, key, mut authority) = writable_authority(&home)?;
             authority.trust_rm(&did)?;
-            record_operator(
+            warn_unrecorded(record_operator(
                 &home,
                 &key,
                 "trust.rm",
                 &did,
                 "issuer no longer trusted",
                 None,
-            )?;
+            ));
             println!("no longer trusted: {did}");
         }
         TrustCommand::Ls { json } => {

@@ -603,11 +603,12 @@ fn handle_call(
         Err(denial) => {
             let why = format!("{}: {}", denial.check.as_str(), denial.reason);
             let (shared, conn, target) = (shared.clone(), conn.clone(), call.target.to_string());
+            let token = elastos::token::audit_ref(call.token);
             // Denials are durable before the answer goes out.
             tokio::spawn(async move {
                 let actor = conn.peer.actor();
                 if shared
-                    .audit_sync(actor, "call", &target, Decision::Denied, &why, None)
+                    .audit_sync(actor, "call", &target, Decision::Denied, &why, token)
                     .await
                 {
                     answer_back(&conn, id, Status::Denied, &format!("denied: {why}")).await;
@@ -1017,7 +1018,8 @@ async fn serve_namespace(
     token: &[u8],
 ) {
     let actor = conn.peer.actor();
-    let outcome = (|| -> Result<Classification, String> {
+    let token_ref = elastos::token::audit_ref(token);
+    let checked = (|| -> Result<Classification, String> {
         let classification =
             policy::may_provide(&conn.peer.manifest, conn.peer.first_party, pattern)?;
         let req = CallRequest {
@@ -1033,37 +1035,52 @@ async fn serve_namespace(
             .unwrap_or_else(|e| e.into_inner())
             .check_serve(token, &req, now_unix())
             .map_err(|d| format!("{}: {}", d.check.as_str(), d.reason))?;
-        let route = Arc::new(Route {
-            pattern: pattern.to_string(),
-            classification,
-            conn: conn.clone(),
-        });
-        shared
-            .routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .claim(pattern, route, |r| r.conn.peer.name.clone())?;
         Ok(classification)
     })();
-    let (status, message) = match outcome {
+    // The route is claimed only once the grant's record is durable: a namespace is never
+    // served on the strength of a record that a crash or a full disk could lose.
+    let outcome = match checked {
         Ok(c) => {
-            shared
+            let audited = shared
                 .audit_sync(
                     actor,
                     "serve",
                     pattern,
                     Decision::Allowed,
                     &format!("classification {c}"),
-                    None,
+                    token_ref.clone(),
                 )
                 .await;
-            (Status::Ok, String::new())
+            if audited {
+                let route = Arc::new(Route {
+                    pattern: pattern.to_string(),
+                    classification: c,
+                    conn: conn.clone(),
+                });
+                shared
+                    .routes
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .claim(pattern, route, |r| r.conn.peer.name.clone())
+                    .map_err(|why| (Status::Denied, why))
+            } else {
+                Err((
+                    Status::Unavailable,
+                    "audit unavailable: the grant could not be recorded, so it was not made; retry when the audit log is writable".to_string(),
+                ))
+            }
         }
-        Err(why) => {
-            shared
-                .audit_sync(actor, "serve", pattern, Decision::Denied, &why, None)
-                .await;
-            (Status::Denied, why)
+        Err(why) => Err((Status::Denied, why)),
+    };
+    let (status, message) = match outcome {
+        Ok(()) => (Status::Ok, String::new()),
+        Err((status, why)) => {
+            if status == Status::Denied {
+                shared
+                    .audit_sync(actor, "serve", pattern, Decision::Denied, &why, token_ref)
+                    .await;
+            }
+            (status, why)
         }
     };
     let frame = {

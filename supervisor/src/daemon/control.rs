@@ -160,6 +160,11 @@ async fn handle(
             "policy": elastos::policy::NAME,
             "rss_bytes": self_rss(),
             "run_dir": shared.run_dir.display().to_string(),
+            "audit": {
+                "available": shared.audit.is_available(),
+                "disk_full": shared.audit.space().disk_full,
+                "reserve_bytes": shared.audit.space().reserve_bytes,
+            },
         })),
         Request::Ps => match root.call(RootMsg::Ps, Some(CALL_TIMEOUT)).await {
             Ok(ractor::rpc::CallResult::Success(list)) => Response::ok(json!(list)),
@@ -202,7 +207,7 @@ async fn handle(
                     .revoke(&tid);
                 match r {
                     Ok(n) => {
-                        operator(
+                        let audited = operator(
                             &shared,
                             "token.revoke",
                             &id,
@@ -210,7 +215,7 @@ async fn handle(
                             Some(id.clone()),
                         )
                         .await;
-                        Response::ok(json!({"revoked": n}))
+                        narrowed(json!({"revoked": n}), audited)
                     }
                     Err(e) => Response::err(e.to_string()),
                 }
@@ -225,7 +230,7 @@ async fn handle(
                 .revoke_all();
             match r {
                 Ok(epoch) => {
-                    operator(
+                    let audited = operator(
                         &shared,
                         "token.revoke-all",
                         "*",
@@ -233,25 +238,12 @@ async fn handle(
                         None,
                     )
                     .await;
-                    Response::ok(json!({"epoch": epoch}))
+                    narrowed(json!({"epoch": epoch}), audited)
                 }
                 Err(e) => Response::err(e.to_string()),
             }
         }
-        Request::TrustAdd { did } => {
-            let r = shared
-                .authority
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .trust_add(&did);
-            match r {
-                Ok(added) => {
-                    operator(&shared, "trust.add", &did, "issuer trusted", None).await;
-                    Response::ok(json!({"added": added}))
-                }
-                Err(e) => Response::err(e.to_string()),
-            }
-        }
+        Request::TrustAdd { did } => trust_add(&shared, did).await,
         Request::TrustRm { did } => {
             let r = shared
                 .authority
@@ -260,8 +252,9 @@ async fn handle(
                 .trust_rm(&did);
             match r {
                 Ok(removed) => {
-                    operator(&shared, "trust.rm", &did, "issuer no longer trusted", None).await;
-                    Response::ok(json!({"removed": removed}))
+                    let audited =
+                        operator(&shared, "trust.rm", &did, "issuer no longer trusted", None).await;
+                    narrowed(json!({"removed": removed}), audited)
                 }
                 Err(e) => Response::err(e.to_string()),
             }
@@ -311,13 +304,14 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         .map_err(|_| format!("`{s}` is not a signal: use TERM, KILL, INT, HUP, USR1…"))
 }
 
+/// A durable record of an operator's action; `false` when the audit log could not take it.
 async fn operator(
     shared: &Shared,
     action: &'static str,
     resource: &str,
     reason: &str,
     token: Option<String>,
-) {
+) -> bool {
     shared
         .audit_sync(
             &crate::cli::operator(),
@@ -327,7 +321,61 @@ async fn operator(
             reason,
             token,
         )
+        .await
+}
+
+/// What a widening action answers when its record could not be made durable: it did not happen.
+fn not_recorded(what: &str) -> Response {
+    Response::err(format!(
+        "{what} was refused: its audit record could not be made durable (is the disk holding $ELASTOS_HOME full? `elastos status` says); nothing was changed"
+    ))
+}
+
+/// A narrowing action (revocation, an issuer no longer trusted) took effect whatever the audit
+/// log could take; the answer says whether its record is durable too.
+fn narrowed(mut data: serde_json::Value, audited: bool) -> Response {
+    data["audited"] = json!(audited);
+    if !audited {
+        data["warning"] = json!("it took effect, but its audit record could not be written: the audit reserve is spent; free space in $ELASTOS_HOME");
+    }
+    Response::ok(data)
+}
+
+/// A widening action whose record was durable but whose state change then failed: the log
+/// says that it did not happen after all.
+async fn undone(shared: &Shared, action: &'static str, resource: &str, why: &str) {
+    shared
+        .audit_sync(
+            &crate::cli::operator(),
+            action,
+            resource,
+            Decision::Denied,
+            &format!("not made after all: {why}"),
+            None,
+        )
         .await;
+}
+
+async fn trust_add(shared: &Arc<Shared>, did: String) -> Response {
+    if let Err(e) = elastos::identity::public_from_did(&did) {
+        return usage(e.to_string());
+    }
+    // Widening: the record first, then the change.
+    if !operator(shared, "trust.add", &did, "issuer trusted", None).await {
+        return not_recorded("trusting the issuer");
+    }
+    let r = shared
+        .authority
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .trust_add(&did);
+    match r {
+        Ok(added) => Response::ok(json!({"added": added})),
+        Err(e) => {
+            undone(shared, "trust.add", &did, &e.to_string()).await;
+            Response::err(e.to_string())
+        }
+    }
 }
 
 async fn issue(shared: &Arc<Shared>, p: elastos::control::IssueParams) -> Response {
@@ -355,8 +403,9 @@ async fn issue(shared: &Arc<Shared>, p: elastos::control::IssueParams) -> Respon
             delegatable: p.delegatable,
         });
     match r {
+        // Signed but not yet handed out: it exists only once its record is durable.
         Ok((token, text)) => {
-            operator(
+            let audited = operator(
                 shared,
                 "token.issue",
                 &p.resource,
@@ -364,6 +413,9 @@ async fn issue(shared: &Arc<Shared>, p: elastos::control::IssueParams) -> Respon
                 Some(token.id.to_string()),
             )
             .await;
+            if !audited {
+                return not_recorded("issuing the token");
+            }
             Response::ok(json!({"token": text, "id": token.id.to_string(), "expiry": token.expiry}))
         }
         Err(e) => Response::err(e.to_string()),
@@ -388,28 +440,45 @@ async fn delegate(shared: &Arc<Shared>, p: elastos::control::DelegateParams) -> 
         classification,
         delegatable: p.delegatable,
     };
-    let r = shared
+    let staged = shared
         .authority
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .delegate(&p.parent, narrowing, super::conn::now_unix());
-    match r {
-        Ok((token, text)) => {
-            operator(
-                shared,
-                "token.delegate",
-                &token.resource,
-                &format!(
-                    "child of {} for {}",
-                    token.parent_display(),
-                    token.subject_display()
-                ),
-                Some(token.id.to_string()),
-            )
-            .await;
-            Response::ok(json!({"token": text, "id": token.id.to_string(), "expiry": token.expiry}))
+        .prepare_delegate(&p.parent, narrowing, super::conn::now_unix());
+    let staged = match staged {
+        Ok(s) => s,
+        Err(e) => return Response::err(e.to_string()),
+    };
+    let token = &staged.token;
+    // The record first; the link to the parent (and the child's existence) after it.
+    let audited = operator(
+        shared,
+        "token.delegate",
+        &token.resource,
+        &format!(
+            "child of {} for {}",
+            token.parent_display(),
+            token.subject_display()
+        ),
+        Some(token.id.to_string()),
+    )
+    .await;
+    if !audited {
+        return not_recorded("delegating the token");
+    }
+    let applied = shared
+        .authority
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .apply_delegation(&staged);
+    match applied {
+        Ok(()) => Response::ok(
+            json!({"token": staged.text, "id": token.id.to_string(), "expiry": token.expiry}),
+        ),
+        Err(e) => {
+            undone(shared, "token.delegate", &token.resource, &e.to_string()).await;
+            Response::err(e.to_string())
         }
-        Err(e) => Response::err(e.to_string()),
     }
 }
 

@@ -232,6 +232,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
     let config = Config::load(&home)?;
     let authority =
         Authority::open(&home, Some(key.clone())).context("opening the token authority")?;
+    authority.ensure_state_reserve();
     home.ensure_dir("audit")?;
     let audit = AuditLog::open(
         &home.audit_dir(),

@@ -430,3 +430,25 @@ proptest! {
         prop_assert_eq!(d.parts.encode().unwrap(), text);
     }
 }
+
+#[test]
+fn the_audit_reference_is_the_id_when_it_decodes_else_a_hash_of_the_bytes() {
+    let k = key();
+    let t = sample(&k);
+    let (_, text) = sign(&t, &k).unwrap();
+    let bytes = text_to_bytes(&text).unwrap();
+    assert_eq!(audit_ref(&bytes), Some(t.id.to_string()));
+    // Signed by a key nobody trusts: it still decodes, and the record names the token it
+    // claims to be.
+    let (_, forged) = sign(&t, &NodeKey::from_seed(&[9u8; 32])).unwrap();
+    assert_eq!(
+        audit_ref(&text_to_bytes(&forged).unwrap()),
+        Some(t.id.to_string())
+    );
+    // Garbage is named by its hash, stably, and two different garbages differently.
+    let a = audit_ref(b"not a token at all").unwrap();
+    assert!(a.starts_with("sha256:") && a.len() == 7 + 32, "{a}");
+    assert_eq!(audit_ref(b"not a token at all").unwrap(), a);
+    assert_ne!(audit_ref(b"not a token at all!").unwrap(), a);
+    assert_eq!(audit_ref(b""), None);
+}

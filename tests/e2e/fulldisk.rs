@@ -1,0 +1,230 @@
+//! A full disk, as an unlucky operator meets it: `$ELASTOS_HOME` on a small ext4 file system
+//! (`mkfs.ext4 -m 0`, loop-mounted) filled until writes themselves fail. Nothing that widens
+//! authority may happen without its durable record; what narrows it always takes effect, and is
+//! recorded from the audit log's reserve; the log says the disk is full and still verifies.
+//!
+//! Needs root (to mount the image), as CI has: without it these tests fail, loudly.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use elastos_e2e::Node;
+
+use crate::supervisor::{wait_until, Up};
+
+/// A small ext4 file system mounted at a node's home; unmounted when dropped.
+struct SmallDisk {
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    fn at_home_of(node: &Node, mib: u64) -> SmallDisk {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the full-disk tests mount a loop image and need root; run the suite as root (CI does)"
+        );
+        let image = node.dir.path().join("disk.img");
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(mib << 20).unwrap();
+        drop(f);
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&image));
+        let mount = node.home();
+        std::fs::create_dir_all(&mount).unwrap();
+        run(Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&image)
+            .arg(&mount));
+        elastos_e2e::set_mode(&mount, 0o700);
+        SmallDisk { mount }
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.mount.join("filler")
+    }
+
+    /// Writes until the writes themselves fail: big chunks, then small ones (a file's last
+    /// block still takes small appends after a big write hits ENOSPC).
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.filler()).unwrap();
+        for chunk in [1 << 20, 4096, 1] {
+            let buf = vec![0x5a; chunk];
+            while f.write_all(&buf).is_ok() {}
+        }
+        let _ = f.sync_all();
+        // Once more after the sync: nothing more fits.
+        assert!(f.write_all(&[0; 4096]).and_then(|_| f.sync_all()).is_err());
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.filler()).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+fn actions(node: &Node) -> Vec<String> {
+    node.run(&["audit", "--json"])
+        .ok()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn count(actions: &[String], a: &str) -> usize {
+    actions.iter().filter(|x| *x == a).count()
+}
+
+const ISSUE: &[&str] = &[
+    "token",
+    "issue",
+    "--capsule",
+    "notes",
+    "--resource",
+    "localhost://storage/notes/*",
+    "--action",
+    "read",
+    "--ttl",
+    "1h",
+];
+
+fn check(node: &Node, token: &str) -> String {
+    node.run(&[
+        "token",
+        "check",
+        token,
+        "--as",
+        "notes",
+        "--resource",
+        "localhost://storage/notes/a",
+        "--action",
+        "read",
+    ])
+    .stdout
+}
+
+fn delegatable(node: &Node) -> String {
+    let mut args = ISSUE[2..].to_vec();
+    args.push("--delegatable");
+    node.issue(&args)
+}
+
+/// No supervisor: each command opens the log itself.
+#[test]
+fn on_a_full_disk_the_cli_refuses_grants_and_revocations_still_take_effect_and_are_recorded() {
+    let node = Node::new();
+    let disk = SmallDisk::at_home_of(&node, 40);
+    let stolen = delegatable(&node);
+    let other = Node::new().did();
+    assert_eq!(check(&node, &stolen).trim(), "allowed");
+    disk.fill();
+
+    let issued = node.run(ISSUE);
+    assert_ne!(issued.code, 0, "{issued:#?}");
+    assert!(
+        issued.stdout.trim().is_empty(),
+        "a token was printed: {issued:#?}"
+    );
+    assert!(issued.stderr.contains("not issued"), "{issued:#?}");
+
+    let child = node.run(&["token", "delegate", &stolen, "--ttl", "10m"]);
+    assert_ne!(child.code, 0, "{child:#?}");
+    assert!(child.stdout.trim().is_empty(), "{child:#?}");
+
+    let trusted = node.run(&["trust", "add", &other]);
+    assert_ne!(trusted.code, 0, "{trusted:#?}");
+    assert!(!node.run(&["trust", "ls"]).ok().contains(&other));
+
+    // Narrowing takes effect and is recorded, disk full or not.
+    let revoked = node.run(&["revoke", "--all"]);
+    assert_eq!(revoked.code, 0, "{revoked:#?}");
+    assert!(
+        !revoked.stderr.contains("warning"),
+        "the revocation was not recorded: {revoked:#?}"
+    );
+    assert!(check(&node, &stolen).starts_with("denied: epoch"));
+
+    let acts = actions(&node);
+    assert_eq!(count(&acts, "token.issue"), 1, "{acts:?}");
+    assert_eq!(count(&acts, "token.delegate"), 0, "{acts:?}");
+    assert_eq!(count(&acts, "trust.add"), 0, "{acts:?}");
+    assert_eq!(count(&acts, "token.revoke-all"), 1, "{acts:?}");
+    assert!(count(&acts, "audit.disk-full") >= 1, "{acts:?}");
+    node.run(&["audit", "verify"]).ok();
+
+    // With space again, grants are made again.
+    disk.free();
+    node.run(ISSUE).ok();
+}
+
+/// With a supervisor: it learns that the disk is full at the first grant, says so in `status`,
+/// and takes grants again once space is freed.
+#[test]
+fn on_a_full_disk_the_supervisor_refuses_grants_says_so_and_recovers_when_space_returns() {
+    let node = Node::new();
+    let disk = SmallDisk::at_home_of(&node, 40);
+    let up = Up::with_node(node);
+    let node = &up.node;
+    let stolen = delegatable(node);
+    let status = || node.run(&["status", "--json"]).json()["audit"].clone();
+    assert_eq!(status()["disk_full"], false, "{}", status());
+    assert!(status()["reserve_bytes"].as_u64().unwrap() >= 4 << 20);
+    disk.fill();
+
+    let issued = node.run(ISSUE);
+    assert_ne!(issued.code, 0, "{issued:#?}");
+    assert!(issued.stdout.trim().is_empty(), "{issued:#?}");
+    assert!(issued.stderr.contains("refused"), "{issued:#?}");
+    let s = status();
+    assert_eq!(s["disk_full"], true, "{s}");
+    assert_eq!(s["available"], false, "{s}");
+    assert!(node.run(&["status"]).ok().contains("DISK FULL"));
+
+    let child = node.run(&["token", "delegate", &stolen, "--ttl", "10m"]);
+    assert_ne!(child.code, 0, "{child:#?}");
+    let trusted = node.run(&["trust", "add", &Node::new().did()]);
+    assert_ne!(trusted.code, 0, "{trusted:#?}");
+
+    let revoked = node.run(&["revoke", "--all"]);
+    assert_eq!(revoked.code, 0, "{revoked:#?}");
+    assert!(!revoked.stderr.contains("warning"), "{revoked:#?}");
+    assert!(check(node, &stolen).starts_with("denied: epoch"));
+
+    disk.free();
+    wait_until(
+        "the supervisor to see space again",
+        Duration::from_secs(10),
+        || status()["disk_full"] == false,
+    );
+    node.run(ISSUE).ok();
+
+    node.run(&["down"]).ok();
+    let acts = actions(node);
+    assert_eq!(count(&acts, "token.issue"), 2, "{acts:?}");
+    assert_eq!(count(&acts, "token.delegate"), 0, "{acts:?}");
+    assert_eq!(count(&acts, "trust.add"), 0, "{acts:?}");
+    assert_eq!(count(&acts, "token.revoke-all"), 1, "{acts:?}");
+    assert_eq!(count(&acts, "audit.disk-full"), 1, "{acts:?}");
+    assert_eq!(count(&acts, "audit.disk-ok"), 1, "{acts:?}");
+    node.run(&["audit", "verify"]).ok();
+    drop(up);
+    drop(disk);
+}
