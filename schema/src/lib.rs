@@ -55,6 +55,9 @@ pub mod domains {
     pub const PACKAGE: &[u8] = b"elastos/package/v1\0";
     pub const AUDIT_CHECKPOINT: &[u8] = b"elastos/audit-checkpoint/v1\0";
     pub const AUDIT_RECOVERED: &[u8] = b"elastos/audit-recovered/v1\0";
+    /// The audit log's `head` file (format 2): `seq ‖ hash ‖ clean`, so that whether the writer
+    /// stopped cleanly there is signed too.
+    pub const AUDIT_HEAD: &[u8] = b"elastos/audit-head/v2\0";
     /// The label the WASM cache's MAC key is derived under (`NodeKey::derive_key`).
     pub const WASM_CACHE_KEY: &[u8] = b"elastos/wasm-cache-key/v1\0";
     /// What the WASM cache's MAC covers first: `‖ module CID ‖ 0 ‖ compatibility hash ‖ 0 ‖

@@ -424,6 +424,8 @@ fn head_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
     m
 }
 
+/// The `head` file: the last signed (seq, hash), and whether the writer stopped cleanly there.
+/// Format 1 (no `clean`, signed like a checkpoint) is still read, as an unclean head.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Head {
@@ -432,6 +434,65 @@ struct Head {
     hash: String,
     sig: String,
     time: String,
+    #[serde(default)]
+    clean: bool,
+}
+
+/// The head format this elastos writes.
+const HEAD_FORMAT: u32 = 2;
+
+fn head_v2_message(seq: u64, hash: &[u8; 32], clean: bool) -> Vec<u8> {
+    let mut m = head_message(seq, hash);
+    m.push(u8::from(clean));
+    m
+}
+
+impl Head {
+    fn new(key: &NodeKey, seq: u64, hash: &[u8; 32], clean: bool) -> Head {
+        let sig = key.sign(domains::AUDIT_HEAD, &head_v2_message(seq, hash, clean));
+        Head {
+            format: HEAD_FORMAT,
+            seq,
+            hash: hex::encode(hash),
+            sig: hex::encode(sig.to_bytes()),
+            time: now_text(&mut [0u8; 40]).to_string(),
+            clean,
+        }
+    }
+
+    /// The signed (hash, clean) if `public` signed this head; a clear error otherwise.
+    fn check(&self, public: &VerifyingKey) -> Result<([u8; 32], bool), AuditError> {
+        let hash = parse_hash(&self.hash)
+            .ok_or_else(|| AuditError::Corrupt("the head file's hash is malformed".into()))?;
+        let sig = hex::decode(&self.sig)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| Signature::from_bytes(&b))
+            .ok_or_else(|| AuditError::Corrupt("the head file's signature is malformed".into()))?;
+        let (domain, msg, clean) = match self.format {
+            1 => (domains::AUDIT_CHECKPOINT, head_message(self.seq, &hash), false),
+            2 => (
+                domains::AUDIT_HEAD,
+                head_v2_message(self.seq, &hash, self.clean),
+                self.clean,
+            ),
+            f => {
+                return Err(AuditError::Corrupt(format!(
+                    "the head file has format {f}, which this elastos does not know; use a newer elastos"
+                )))
+            }
+        };
+        if !crate::identity::verify(public, domain, &msg, &sig) {
+            return Err(AuditError::Corrupt(
+                "the head file's signature does not verify with this key: it was forged or edited, or the log belongs to another identity".into(),
+            ));
+        }
+        Ok((hash, clean))
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, AuditError> {
+        serde_json::to_vec_pretty(self).map_err(|e| AuditError::Corrupt(e.to_string()))
+    }
 }
 
 /// Now, as a record's `time`, written into `buf`.
@@ -545,27 +606,93 @@ impl AuditLog {
             .open(&path)
             .map_err(io_err(&path))?;
         // Find the last good record of the last segment; anything after it is a torn tail.
-        let (good_len, last, total_len) = scan_tail(&file, &path)?;
-        let (seq, prev) = match last {
+        let head = read_head(dir)?;
+        let want = head.as_ref().map(|h| h.seq).filter(|s| *s > 0);
+        let public = key.verifying_key();
+        let scan = scan_tail(&file, &path, want, Some(&public))?;
+        let (good_len, total_len) = (scan.good_len, scan.total_len);
+        let (seq, prev) = match scan.last {
             Some((s, h)) => (s, h),
             None => match segs.len() {
                 // An empty new segment follows a full one: continue its chain.
                 n if n >= 2 => {
                     let (_, p) = &segs[n - 2];
                     let f = File::open(p).map_err(io_err(p))?;
-                    let (_, last, _) = scan_tail(&f, p)?;
-                    last.unwrap_or((0, ZERO_HASH))
+                    scan_tail(&f, p, None, None)?.last.unwrap_or((0, ZERO_HASH))
                 }
                 _ => (0, ZERO_HASH),
             },
         };
-        if let Some(head) = read_head(dir)? {
-            if head.seq > seq {
+        // What the head signed must be there, unchanged; what follows a clean stop's head was
+        // not written by elastos; what follows an unclean one is adopted, in a signed record.
+        let mut adopt = None;
+        let mut reopen_clean = false;
+        match &head {
+            None if seq > 0 => {
                 return Err(AuditError::Corrupt(format!(
-                    "the log ends at #{seq} but its signed head is #{}: records were removed; run `elastos audit verify` and keep the damaged log for investigation",
-                    head.seq
-                )));
+                    "the log holds records up to #{seq} but its signed `head` file is missing: it was deleted, or the log was put here by hand; restore `head` from a backup, or move {} aside (keep it for investigation) to start a new log",
+                    dir.display()
+                )))
             }
+            None => {}
+            Some(h) => {
+                let (hash, clean) = h.check(&public)?;
+                if h.seq > seq {
+                    return Err(AuditError::Corrupt(format!(
+                        "the log ends at #{seq} but its signed head is #{}: records were removed; run `elastos audit verify` and keep the damaged log for investigation",
+                        h.seq
+                    )));
+                }
+                let found = match (h.seq, scan.at_want) {
+                    (0, _) => Some(ZERO_HASH),
+                    (_, Some(x)) => Some(x),
+                    (s, None) => hash_in_segments(&segs, s)?,
+                };
+                if found != Some(hash) {
+                    return Err(AuditError::Corrupt(format!(
+                        "record #{} is not the record the signed head names: the log was rewritten; run `elastos audit verify` and keep the log for investigation",
+                        h.seq
+                    )));
+                }
+                // A clean stop whose last head could not be written (a full disk) still ends
+                // in its signed checkpoint record.
+                let signed = h.seq.max(scan.signed_through);
+                if seq > signed {
+                    if clean {
+                        return Err(AuditError::Corrupt(format!(
+                            "records #{}..#{seq} follow the last signature (#{signed}) after a clean stop: elastos did not write them; run `elastos audit verify`, and move {} aside (keep it for investigation) to start a new log",
+                            signed + 1,
+                            dir.display()
+                        )));
+                    }
+                    adopt = Some((signed + 1, seq, signed));
+                }
+                reopen_clean = clean;
+            }
+        }
+        // Whatever is cut is kept: moved to a quarantine file before the segment is cut.
+        let quarantined = if total_len > good_len {
+            Some(quarantine(dir, &file, &path, seq, good_len, total_len)?)
+        } else {
+            None
+        };
+        if head.is_none() {
+            // A new log gets its head at once: a crash before the first checkpoint must not
+            // leave records with no head at all.
+            write_atomic(
+                &dir.join("head"),
+                &Head::new(&key, seq, &prev, false).bytes()?,
+                0o600,
+            )
+            .map_err(io_err(dir))?;
+        } else if reopen_clean && adopt.is_none() && quarantined.is_none() {
+            // Open again: until the next clean stop, a crash must read as one. Best effort (a
+            // full disk keeps the old head, and what follows it is then signed in the log).
+            let _ = write_atomic(
+                &dir.join("head"),
+                &Head::new(&key, seq, &prev, false).bytes()?,
+                0o600,
+            );
         }
         let available = Arc::new(AtomicBool::new(true));
         let space = Arc::new(Space {
@@ -587,7 +714,7 @@ impl AuditLog {
                 }
             })
             .map_err(io_err(dir))?;
-        if total_len > good_len {
+        if quarantined.is_some() {
             file.set_len(good_len).map_err(io_err(&path))?;
         }
         // Blocks an earlier run allocated past the end are still there (a crash leaves them).
@@ -643,9 +770,17 @@ impl AuditLog {
             space: space.clone(),
             told_full: false,
         };
-        if total_len > good_len {
-            let dropped = total_len - good_len;
-            let reason = format!("recovered after a crash: dropped {dropped} bytes of an incomplete tail after #{seq}");
+        let mut said = Vec::new();
+        if let Some(q) = &quarantined {
+            said.push(q.clone());
+        }
+        if let Some((from, to, head_seq)) = adopt {
+            said.push(format!(
+                "adopted records #{from}..#{to}, written after the last signed head (#{head_seq}) before an unclean stop"
+            ));
+        }
+        if !said.is_empty() {
+            let reason = format!("recovered after an unclean stop: {}", said.join("; "));
             let mut msg = head_message(seq, &prev);
             msg.extend_from_slice(reason.as_bytes());
             let sig = w.key.sign(domains::AUDIT_RECOVERED, &msg);
@@ -804,14 +939,35 @@ impl Drop for AuditLog {
     }
 }
 
-/// Reads a segment: the length up to the end of its last good line, that line's seq and hash,
-/// and the file's total length.
-#[allow(clippy::type_complexity)]
-fn scan_tail(file: &File, path: &Path) -> Result<(u64, Option<(u64, [u8; 32])>, u64), AuditError> {
+/// What [`scan_tail`] found in a segment.
+struct Scan {
+    /// The length up to the end of its last good line.
+    good_len: u64,
+    /// That line's seq and hash.
+    last: Option<(u64, [u8; 32])>,
+    total_len: u64,
+    /// The hash of the record asked for, if it is in this segment's good part.
+    at_want: Option<[u8; 32]>,
+    /// The last record after `want` that is a checkpoint or recovery record whose signature
+    /// verifies with the key given (it covers itself and every record before it).
+    signed_through: u64,
+}
+
+/// Reads a segment up to its last good record (well formed, of this version, chained to the
+/// one before), noting the hash of record `want` on the way, and (with `public`) which signed
+/// records follow it.
+fn scan_tail(
+    file: &File,
+    path: &Path,
+    want: Option<u64>,
+    public: Option<&VerifyingKey>,
+) -> Result<Scan, AuditError> {
     let total = file.metadata().map_err(io_err(path))?.len();
     let mut reader = BufReader::new(file.try_clone().map_err(io_err(path))?);
     let mut good = 0u64;
     let mut last: Option<(u64, [u8; 32])> = None;
+    let mut at_want = None;
+    let mut signed_through = 0;
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -830,10 +986,124 @@ fn scan_tail(file: &File, path: &Path) -> Result<(u64, Option<(u64, [u8; 32])>, 
         if !chained || rec.v != versions::AUDIT {
             break;
         }
-        last = Some((rec.seq, record_hash(body)));
+        let hash = record_hash(body);
+        if want == Some(rec.seq) {
+            at_want = Some(hash);
+        }
+        if let (Some(pk), Some((s, h))) = (public, &last) {
+            if rec.seq > want.unwrap_or(0) && signature_holds(pk, &rec, *s, h) {
+                signed_through = rec.seq;
+            }
+        }
+        last = Some((rec.seq, hash));
         good += n as u64;
     }
-    Ok((good, last, total))
+    Ok(Scan {
+        good_len: good,
+        last,
+        total_len: total,
+        at_want,
+        signed_through,
+    })
+}
+
+/// Whether `rec` is a checkpoint or recovery record whose signature over the record before it
+/// (`seq`, `hash`) verifies with `public`.
+fn signature_holds(public: &VerifyingKey, rec: &Record, seq: u64, hash: &[u8; 32]) -> bool {
+    let Some(sig) = rec
+        .sig
+        .as_deref()
+        .and_then(|s| hex::decode(s).ok())
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .map(|b| Signature::from_bytes(&b))
+    else {
+        return false;
+    };
+    let mut msg = head_message(seq, hash);
+    let domain = match rec.action.as_str() {
+        "checkpoint" => domains::AUDIT_CHECKPOINT,
+        "recovered" => {
+            msg.extend_from_slice(rec.reason.as_bytes());
+            domains::AUDIT_RECOVERED
+        }
+        _ => return false,
+    };
+    crate::identity::verify(public, domain, &msg, &sig)
+}
+
+/// The hash of record `seq`, looked for in the segments before the last (a head that was
+/// written just before a rotation points there).
+fn hash_in_segments(segs: &[(u32, PathBuf)], seq: u64) -> Result<Option<[u8; 32]>, AuditError> {
+    for (_, p) in segs.iter().rev().skip(1) {
+        let f = File::open(p).map_err(io_err(p))?;
+        let scan = scan_tail(&f, p, Some(seq), None)?;
+        if scan.at_want.is_some() {
+            return Ok(scan.at_want);
+        }
+        if scan.last.is_some_and(|(s, _)| s < seq) {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// Moves the bytes of `path` from `from` to `to` (a torn or unreadable tail, and whatever
+/// follows it) to a new quarantine file beside the log, durably, and says what they were.
+fn quarantine(
+    dir: &Path,
+    file: &File,
+    path: &Path,
+    after: u64,
+    from: u64,
+    to: u64,
+) -> Result<String, AuditError> {
+    let len = usize::try_from(to - from)
+        .map_err(|_| AuditError::Corrupt("the damaged tail is too long to keep".into()))?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, from).map_err(io_err(path))?;
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!("quarantine-{after:08}-{stamp}.bin");
+    let qpath = dir.join(&name);
+    let kept = (|| {
+        use std::io::Write;
+        let mut q = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&qpath)?;
+        q.write_all(&bytes)?;
+        q.sync_all()?;
+        sync_dir(dir)
+    })();
+    if let Err(e) = kept {
+        let _ = fs::remove_file(&qpath);
+        return Err(AuditError::Unavailable(format!(
+            "the log's damaged tail ({len} bytes after #{after}) could not be kept in {}: {e}; nothing was cut",
+            qpath.display()
+        )));
+    }
+    // Say exactly what was cut: its lines, and which of them read as records.
+    let lines = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    let seqs: Vec<u64> = bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Record>(l).ok())
+        .map(|r| r.seq)
+        .collect();
+    let complete = bytes.ends_with(b"\n");
+    let records = match (seqs.first(), seqs.last()) {
+        (Some(a), Some(b)) => format!(", {} of them readable records #{a}..#{b}", seqs.len()),
+        _ => ", none of them a readable record".into(),
+    };
+    Ok(format!(
+        "moved {len} bytes after #{after} ({lines} line(s){records}{}) to {name}",
+        if complete { "" } else { ", the last one torn" }
+    ))
 }
 
 fn read_head(dir: &Path) -> Result<Option<Head>, AuditError> {
@@ -930,7 +1200,7 @@ impl Writer {
                 || (self.since_checkpoint > 0
                     && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
             {
-                let _ = self.checkpoint();
+                let _ = self.checkpoint(false);
             }
             // Records buffered while this thread worked sent no kick (the buffer was not empty):
             // their clock starts now.
@@ -1231,8 +1501,8 @@ impl Writer {
     }
 
     /// A signed checkpoint of the current head, in the log and (once that record is durable)
-    /// in the head file.
-    fn checkpoint(&mut self) -> Result<(), AuditError> {
+    /// in the head file; `clean` for the last one, as the writer stops.
+    fn checkpoint(&mut self, clean: bool) -> Result<(), AuditError> {
         let msg = head_message(self.seq, &self.prev);
         let sig = self.key.sign(domains::AUDIT_CHECKPOINT, &msg);
         self.push_record(
@@ -1248,18 +1518,8 @@ impl Writer {
             Some(hex::encode(sig.to_bytes())),
             false,
         )?;
-        // The head is the checkpoint record itself, signed the same way.
-        let msg = head_message(self.seq, &self.prev);
-        let sig = self.key.sign(domains::AUDIT_CHECKPOINT, &msg);
-        let head = Head {
-            format: versions::STATE,
-            seq: self.seq,
-            hash: hex::encode(self.prev),
-            sig: hex::encode(sig.to_bytes()),
-            time: now_text(&mut [0u8; 40]).to_string(),
-        };
-        self.pending_head =
-            Some(serde_json::to_vec_pretty(&head).map_err(|e| AuditError::Corrupt(e.to_string()))?);
+        // The head is the checkpoint record itself, with whether the writer stops there.
+        self.pending_head = Some(Head::new(&self.key, self.seq, &self.prev, clean).bytes()?);
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.hand_off();
@@ -1270,8 +1530,12 @@ impl Writer {
     fn finish(&mut self, rx: &mpsc::Receiver<Cmd>) -> Result<(), AuditError> {
         self.drain_group();
         self.end_windows(true);
-        if self.seq > 0 && self.since_checkpoint > 0 {
-            self.checkpoint()?;
+        if self.since_checkpoint > 0 {
+            self.checkpoint(true)?;
+        } else {
+            // Nothing since the last checkpoint: only the head changes, to say it is clean.
+            self.pending_head = Some(Head::new(&self.key, self.seq, &self.prev, true).bytes()?);
+            self.hand_off();
         }
         let mut attempts = 0;
         loop {
@@ -1620,8 +1884,12 @@ pub fn actor_is_capsule(actor: &str, name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
     pub records: u64,
+    /// The last record's seq and hash (the anchor to keep for `--expect`).
     pub head_seq: u64,
     pub head_hash: [u8; 32],
+    /// Records covered by a signature (a checkpoint, a recovery record or the head file); the
+    /// rest were written after the last one, before an unclean stop, and are not yet signed.
+    pub signed: u64,
 }
 
 /// Checks the whole log against `public` (the node's key): versions, sequence, chain, every
@@ -1635,6 +1903,7 @@ pub fn verify(
     let mut prev = ZERO_HASH;
     let mut anchor_seen = false;
     let mut hashes_at_head = None;
+    let mut signed = 0u64;
     let head = read_head(dir)?;
     for (n, path) in segments(dir)? {
         let file = segment_name(n);
@@ -1709,6 +1978,9 @@ pub fn verify(
                         format!("its {} signature does not verify with this key", rec.action),
                     ));
                 }
+                // It signs the record before it, and it is itself authentic: no other record
+                // could carry that signature in that place.
+                signed = rec.seq;
             } else if rec.action == "checkpoint" || rec.action == "recovered" {
                 return Err(bad(rec.seq, format!("an unsigned {} record", rec.action)));
             }
@@ -1737,40 +2009,40 @@ pub fn verify(
             prev = hash;
         }
     }
-    if let Some(hd) = head {
-        let hash = parse_hash(&hd.hash)
-            .ok_or_else(|| AuditError::Corrupt("the head file's hash is malformed".into()))?;
-        let sig = hex::decode(&hd.sig)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .map(|b| Signature::from_bytes(&b))
-            .ok_or_else(|| AuditError::Corrupt("the head file's signature is malformed".into()))?;
-        if !crate::identity::verify(
-            public,
-            domains::AUDIT_CHECKPOINT,
-            &head_message(hd.seq, &hash),
-            &sig,
-        ) {
-            return Err(AuditError::Corrupt(
-                "the head file's signature does not verify with this key".into(),
-            ));
+    match head {
+        None if seq > 0 => {
+            return Err(AuditError::Corrupt(format!(
+                "the log holds {seq} records but no signed `head` file: it was deleted, or the log was put together by hand"
+            )))
         }
-        match hashes_at_head {
-            None => {
+        None => {}
+        Some(hd) => {
+            let (hash, clean) = hd.check(public)?;
+            match hashes_at_head {
+                _ if hd.seq == 0 && hash == ZERO_HASH => {}
+                None => {
+                    return Err(AuditError::Corrupt(format!(
+                        "the log ends at #{seq} but its signed head is #{}: records were removed",
+                        hd.seq
+                    )))
+                }
+                Some(h) if h != hash => {
+                    return Err(AuditError::Bad {
+                        seq: hd.seq,
+                        file: "head".into(),
+                        why: "the record at the signed head has another hash: the log was rewritten"
+                            .into(),
+                    })
+                }
+                Some(_) => {}
+            }
+            signed = signed.max(hd.seq);
+            if clean && seq > signed {
                 return Err(AuditError::Corrupt(format!(
-                    "the log ends at #{seq} but its signed head is #{}: records were removed",
-                    hd.seq
-                )))
+                    "records #{}..#{seq} follow the last signature after a clean stop (#{signed}): elastos did not write them",
+                    signed + 1,
+                )));
             }
-            Some(h) if h != hash => {
-                return Err(AuditError::Bad {
-                    seq: hd.seq,
-                    file: "head".into(),
-                    why: "the record at the signed head has another hash: the log was rewritten"
-                        .into(),
-                })
-            }
-            Some(_) => {}
         }
     }
     if let Some((s, _)) = expect {
@@ -1784,6 +2056,7 @@ pub fn verify(
         records: seq,
         head_seq: seq,
         head_hash: prev,
+        signed,
     })
 }
 
@@ -1951,26 +2224,159 @@ mod tests {
         assert!(verify(tmp.path(), &vk(), None).is_err());
     }
 
+    /// Replaces the head file with one signed by the node key at `seq` (the log's record
+    /// there), as a running writer's last checkpoint before a crash leaves it.
+    fn unclean_head_at(dir: &Path, seq: u64) {
+        let line = fs::read_to_string(seg1(dir))
+            .unwrap()
+            .lines()
+            .nth(usize::try_from(seq).unwrap() - 1)
+            .unwrap()
+            .to_string();
+        let head = Head::new(&key(), seq, &record_hash(line.as_bytes()), false);
+        fs::write(dir.join("head"), head.bytes().unwrap()).unwrap();
+    }
+
+    /// A record appended by someone without the key, correctly linked to the last one.
+    fn forge_next(dir: &Path) {
+        let text = fs::read_to_string(seg1(dir)).unwrap();
+        let last = text.lines().last().unwrap();
+        let rec: Record = serde_json::from_str(last).unwrap();
+        let forged = Record {
+            seq: rec.seq + 1,
+            action: "token.issue".into(),
+            actor: "operator:uid=0".into(),
+            reason: "nothing to see".into(),
+            prev: hex::encode(record_hash(last.as_bytes())),
+            sig: None,
+            count: None,
+            ..rec
+        };
+        let mut f = OpenOptions::new().append(true).open(seg1(dir)).unwrap();
+        let mut line = serde_json::to_vec(&forged).unwrap();
+        line.push(b'\n');
+        std::io::Write::write_all(&mut f, &line).unwrap();
+    }
+
+    fn recovered_reason(dir: &Path) -> String {
+        read_records(dir)
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|r| r.action == "recovered")
+            .last()
+            .expect("a recovered record")
+            .reason
+    }
+
     #[test]
-    fn a_torn_tail_is_cut_and_a_signed_recovered_record_written() {
+    fn a_torn_line_and_the_records_after_it_are_moved_to_a_named_quarantine_file() {
         let tmp = tempfile::tempdir().unwrap();
         let before = write_some(tmp.path());
+        // A crash with its head file at #6: one record after the last checkpoint, a torn line,
+        // then a complete record.
+        unclean_head_at(tmp.path(), 6);
+        forge_next(tmp.path());
+        let text = fs::read_to_string(seg1(tmp.path())).unwrap();
+        let third = text.lines().nth(2).unwrap();
+        let mut cut = b"{\"v\":1,\"seq\":99,\"ti".to_vec();
+        cut.extend_from_slice(b"\n");
+        cut.extend_from_slice(third.as_bytes());
+        cut.extend_from_slice(b"\n");
         let mut f = OpenOptions::new()
             .append(true)
             .open(seg1(tmp.path()))
             .unwrap();
-        std::io::Write::write_all(&mut f, b"{\"v\":1,\"seq\":99,\"ti").unwrap();
+        std::io::Write::write_all(&mut f, &cut).unwrap();
         drop(f);
         let log = open(tmp.path(), AuditOptions::default());
         log.close().unwrap();
         let r = verify(tmp.path(), &vk(), Some((before.head_seq, before.head_hash))).unwrap();
-        let recs: Vec<Record> = read_records(tmp.path())
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let rec = recs.iter().find(|r| r.action == "recovered").unwrap();
-        assert!(rec.reason.contains("dropped 19 bytes"), "{}", rec.reason);
         assert!(r.records > before.records);
+        assert_eq!(r.signed, r.records);
+        let reason = recovered_reason(tmp.path());
+        let unsigned = before.records + 1;
+        assert!(
+            reason.contains(&format!("moved {} bytes after #{unsigned}", cut.len())),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("2 line(s), 1 of them readable records #3..#3"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains(&format!("adopted records #{unsigned}..#{unsigned}")),
+            "{reason}"
+        );
+        let name = reason
+            .rsplit(" to ")
+            .next()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        assert_eq!(fs::read(tmp.path().join(name)).unwrap(), cut, "{name}");
+    }
+
+    #[test]
+    fn a_record_appended_after_a_clean_stop_is_refused_by_open_and_verify() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_some(tmp.path());
+        forge_next(tmp.path());
+        let e = verify(tmp.path(), &vk(), None).unwrap_err();
+        assert!(e.to_string().contains("clean stop"), "{e}");
+        let Err(e) = AuditLog::open(tmp.path(), key(), AuditOptions::default()) else {
+            panic!("a log with a forged tail opened")
+        };
+        assert!(e.to_string().contains("did not write them"), "{e}");
+    }
+
+    #[test]
+    fn an_unsigned_tail_after_an_unclean_stop_is_reported_then_adopted_in_a_signed_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let before = write_some(tmp.path());
+        // A crash: the head file at #4, one record after the last checkpoint in the log.
+        unclean_head_at(tmp.path(), 4);
+        forge_next(tmp.path());
+        let r = verify(tmp.path(), &vk(), None).unwrap();
+        assert_eq!((r.signed, r.records), (before.records, before.records + 1));
+        let log = open(tmp.path(), AuditOptions::default());
+        log.close().unwrap();
+        let r = verify(tmp.path(), &vk(), None).unwrap();
+        assert_eq!(r.signed, r.records);
+        let reason = recovered_reason(tmp.path());
+        let unsigned = before.records + 1;
+        assert!(
+            reason.contains(&format!("adopted records #{unsigned}..#{unsigned}")),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_edited_head_is_an_error_on_a_log_with_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_some(tmp.path());
+        let head = fs::read_to_string(tmp.path().join("head")).unwrap();
+        // Flipping the clean flag by hand breaks the head's signature.
+        fs::write(
+            tmp.path().join("head"),
+            head.replace("\"clean\": true", "\"clean\": false"),
+        )
+        .unwrap();
+        assert!(verify(tmp.path(), &vk(), None).is_err());
+        assert!(AuditLog::open(tmp.path(), key(), AuditOptions::default()).is_err());
+        fs::remove_file(tmp.path().join("head")).unwrap();
+        let e = verify(tmp.path(), &vk(), None).unwrap_err();
+        assert!(e.to_string().contains("no signed `head`"), "{e}");
+        let Err(e) = AuditLog::open(tmp.path(), key(), AuditOptions::default()) else {
+            panic!("a log without its head opened")
+        };
+        assert!(e.to_string().contains("missing"), "{e}");
+        // An empty log is fine without one, and gets one at once.
+        let empty = tempfile::tempdir().unwrap();
+        let log = open(empty.path(), AuditOptions::default());
+        assert!(empty.path().join("head").exists());
+        log.close().unwrap();
+        verify(empty.path(), &vk(), None).unwrap();
     }
 
     #[test]

@@ -156,9 +156,63 @@ fn a_torn_tail_is_recovered_and_the_recovery_is_recorded() {
     // The next writer truncates the torn tail and says so in a signed record.
     node.run(&["revoke", "--all"]).ok();
     let recs = records(&node, &[]);
-    assert!(
-        recs.iter().any(|r| r["action"] == "recovered"),
-        "no recovered record: {recs:#?}"
-    );
+    let rec = recs
+        .iter()
+        .find(|r| r["action"] == "recovered")
+        .unwrap_or_else(|| panic!("no recovered record: {recs:#?}"));
+    // What was cut is kept, in the file the record names.
+    let reason = rec["reason"].as_str().unwrap();
+    let name = reason.rsplit(" to ").next().unwrap();
+    assert!(name.starts_with("quarantine-"), "{reason}");
+    let kept = std::fs::read(node.home().join("audit").join(name)).unwrap();
+    assert_eq!(kept, b"{\"v\":1,\"seq\":99,\"actor\":\"half");
     node.run(&["audit", "verify"]).ok();
+}
+
+/// Appends a record correctly linked to the last one, as someone who can edit the files but has
+/// not the node key would.
+fn forge_record(node: &Node) {
+    let seg = segments(node).pop().unwrap();
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let last = text.lines().last().unwrap();
+    let mut rec: serde_json::Value = serde_json::from_str(last).unwrap();
+    rec["seq"] = (rec["seq"].as_u64().unwrap() + 1).into();
+    rec["action"] = "token.issue".into();
+    rec["reason"] = "granted quietly".into();
+    rec["prev"] = hex::encode(elastos::audit::record_hash(last.as_bytes())).into();
+    let obj = rec.as_object_mut().unwrap();
+    obj.remove("sig");
+    obj.remove("count");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    let line = serde_json::to_string(&rec).unwrap() + "\n";
+    std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
+}
+
+#[test]
+fn a_record_appended_by_hand_after_a_clean_stop_is_refused_by_verify_and_up() {
+    let (node, _) = busy_node();
+    let ok = node.run(&["audit", "verify", "--json"]).json();
+    assert_eq!(ok["unsigned"], 0, "{ok}");
+    forge_record(&node);
+    let v = node.run(&["audit", "verify"]);
+    v.code(1);
+    assert!(v.stdout.contains("clean stop"), "{v:#?}");
+    let up = node.run(&["up"]);
+    assert_ne!(up.code, 0, "{up:#?}");
+    assert!(up.stderr.contains("did not write them"), "{up:#?}");
+    // Nor does a command that writes the log sign over it.
+    node.run(&["revoke", "--all"]);
+    node.run(&["audit", "verify"]).code(1);
+}
+
+#[test]
+fn a_missing_head_on_a_log_with_records_is_an_error() {
+    let (node, _) = busy_node();
+    std::fs::remove_file(node.home().join("audit").join("head")).unwrap();
+    let v = node.run(&["audit", "verify"]);
+    v.code(1);
+    assert!(v.stdout.contains("head"), "{v:#?}");
+    let up = node.run(&["up"]);
+    assert_ne!(up.code, 0, "{up:#?}");
+    assert!(up.stderr.contains("head"), "{up:#?}");
 }

@@ -218,6 +218,8 @@ fn verify(
                     "records": report.records,
                     "head_seq": report.head_seq,
                     "head_hash": hex::encode(report.head_hash),
+                    "signed": report.signed,
+                    "unsigned": report.records - report.signed,
                 }))?;
             } else {
                 println!(
@@ -226,6 +228,17 @@ fn verify(
                     report.head_seq,
                     hex::encode(report.head_hash)
                 );
+                let unsigned = report.records - report.signed;
+                if unsigned == 0 {
+                    println!("all {} covered by a signature", report.records);
+                } else {
+                    println!(
+                        "{} covered by a signature; {unsigned} (#{}..#{}) not yet: written after the last signed head before an unclean stop, they are signed when the node next starts",
+                        report.signed,
+                        report.signed + 1,
+                        report.records
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
