@@ -58,6 +58,10 @@ pub mod domains {
     /// The audit log's `head` file (format 2): `seq ‖ hash ‖ clean`, so that whether the writer
     /// stopped cleanly there is signed too.
     pub const AUDIT_HEAD: &[u8] = b"elastos/audit-head/v2\0";
+    /// A change of node key in the audit log: `seq ‖ hash` of the record before, then the
+    /// action (`key.retire`, signed by the old key; `key.adopt`, by the new one) and the other
+    /// key's DID.
+    pub const AUDIT_REKEY: &[u8] = b"elastos/audit-rekey/v1\0";
     /// The label the WASM cache's MAC key is derived under (`NodeKey::derive_key`).
     pub const WASM_CACHE_KEY: &[u8] = b"elastos/wasm-cache-key/v1\0";
     /// What the WASM cache's MAC covers first: `‖ module CID ‖ 0 ‖ compatibility hash ‖ 0 ‖

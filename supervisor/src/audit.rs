@@ -76,6 +76,8 @@ const FULL_RETRY: Duration = Duration::from_secs(1);
 /// full), what keeps the log verifiable (checkpoints, recovery), the disk-full notice itself,
 /// and the supervisor's clean stop.
 pub const RESERVE_ACTIONS: &[&str] = &[
+    "key.retire",
+    "key.adopt",
     "token.revoke",
     "token.revoke-all",
     "trust.rm",
@@ -254,6 +256,8 @@ enum Cmd {
     /// `group_commit`. Or it holds another [`CHAIN_EVERY`] records (`true`): chain them now.
     Kick(bool),
     Close(mpsc::Sender<Result<(), AuditError>>),
+    /// Hands the log over to a new node key (see [`AuditLog::rekey`]).
+    Rekey(Arc<NodeKey>, Done),
     /// From the sync thread: the job handed to it is durable, or failed (its bytes come back,
     /// to be written again before anything newer).
     /// `n` jobs, written together.
@@ -493,6 +497,14 @@ impl Head {
     fn bytes(&self) -> Result<Vec<u8>, AuditError> {
         serde_json::to_vec_pretty(self).map_err(|e| AuditError::Corrupt(e.to_string()))
     }
+}
+
+fn rekey_message(seq: u64, hash: &[u8; 32], action: &str, other: &str) -> Vec<u8> {
+    let mut m = head_message(seq, hash);
+    m.extend_from_slice(action.as_bytes());
+    m.push(0);
+    m.extend_from_slice(other.as_bytes());
+    m
 }
 
 /// Now, as a record's `time`, written into `buf`.
@@ -919,6 +931,28 @@ impl AuditLog {
         rx.recv().unwrap_or(Err(AuditError::Closed))
     }
 
+    /// Hands the log over to `new` as the node's key: a `key.retire` record signed by the old
+    /// key names the new one, a `key.adopt` record signed by the new key names the old one,
+    /// and a checkpoint and head signed by the new key follow; returns once all are durable.
+    /// From here the log is signed by `new`, and `verify` follows the chain from the first key.
+    pub fn rekey(&self, new: Arc<NodeKey>) -> Result<(), AuditError> {
+        let (tx, rx) = mpsc::channel();
+        let done: Done = Box::new(move |r: Result<Receipt, AuditError>| {
+            let _ = tx.send(r.map(|_| ()));
+        });
+        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(t) => {
+                if let Err(mpsc::SendError(Cmd::Rekey(_, done))) = t.send(Cmd::Rekey(new, done)) {
+                    done(Err(AuditError::Closed));
+                }
+            }
+            None => done(Err(AuditError::Closed)),
+        }
+        drop(guard);
+        rx.recv().unwrap_or(Err(AuditError::Closed))
+    }
+
     /// Writes a final checkpoint and the head, syncs, and stops the writer.
     pub fn close(&self) -> Result<(), AuditError> {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -1157,7 +1191,7 @@ impl Writer {
                         self.oldest_unsynced.get_or_insert_with(Instant::now);
                         urgent |= chain;
                     }
-                    Cmd::Append(..) | Cmd::Close(_) => urgent = true,
+                    Cmd::Append(..) | Cmd::Close(_) | Cmd::Rekey(..) => urgent = true,
                     Cmd::Synced(..) => {}
                 }
             }
@@ -1175,6 +1209,10 @@ impl Writer {
                         self.append(ev, d, done);
                     }
                     Cmd::Kick(_) => {}
+                    Cmd::Rekey(new, done) => {
+                        self.rekey(new, done);
+                        sync_now = true;
+                    }
                     Cmd::Close(reply) => closing = Some(reply),
                     // The sync thread is free: whoever waits goes next, at once (the pipeline).
                     Cmd::Synced(n, r) => {
@@ -1398,6 +1436,50 @@ impl Writer {
         Ok(Receipt { seq: rec.seq, hash })
     }
 
+    /// The two signed records of a key change, then a checkpoint under the new key; `done`
+    /// hears once they are durable. Records submitted before are chained (and so signed) under
+    /// the old key.
+    fn rekey(&mut self, new: Arc<NodeKey>, done: Done) {
+        self.drain_group();
+        let (old_did, new_did) = (self.key.did(), new.did());
+        let retire = Event {
+            actor: "supervisor".into(),
+            action: "key.retire".into(),
+            resource: new_did.clone(),
+            decision: Decision::Info,
+            reason: format!("node key {old_did} retired; its successor is {new_did}"),
+            token: None,
+        };
+        let sig = self.key.sign(
+            domains::AUDIT_REKEY,
+            &rekey_message(self.seq, &self.prev, "key.retire", &new_did),
+        );
+        if let Err(e) = self.push_record(retire, None, Some(hex::encode(sig.to_bytes())), true) {
+            return done(Err(e));
+        }
+        let adopt = Event {
+            actor: "supervisor".into(),
+            action: "key.adopt".into(),
+            resource: old_did.clone(),
+            decision: Decision::Info,
+            reason: format!("node key {new_did} succeeds {old_did}"),
+            token: None,
+        };
+        let sig = new.sign(
+            domains::AUDIT_REKEY,
+            &rekey_message(self.seq, &self.prev, "key.adopt", &old_did),
+        );
+        match self.push_record(adopt, None, Some(hex::encode(sig.to_bytes())), true) {
+            Ok(receipt) => {
+                // A retire with no adopt after it changes nothing for `verify`.
+                self.key = new;
+                self.waiting.push((done, receipt));
+                let _ = self.checkpoint(false);
+            }
+            Err(e) => done(Err(e)),
+        }
+    }
+
     /// Spends `len` bytes of the allocated space on a record, or refuses it: once the disk is
     /// full, only a reserve record is admitted, and only while the reserve lasts. A record
     /// someone waits for (`sync`) first has the disk's free space looked at, so that a grant
@@ -1544,6 +1626,7 @@ impl Writer {
                     Ok(Cmd::Synced(n, r)) => self.on_synced(n, r),
                     // A submitter that raced `close`: its record still goes in.
                     Ok(Cmd::Append(ev, d, done)) => self.append(ev, d, done),
+                    Ok(Cmd::Rekey(_, done)) => done(Err(AuditError::Closed)),
                     Ok(_) => {}
                     Err(_) => break,
                 }
@@ -1892,6 +1975,54 @@ pub struct VerifyReport {
     pub signed: u64,
 }
 
+/// The key the log begins with: `public`, or, when the log records key changes (completed
+/// `key.retire` + `key.adopt` pairs), the first key of the chain that ends at `public`. Only
+/// the chain's shape is read here; every signature in it is checked by [`verify`].
+fn first_key(dir: &Path, public: &VerifyingKey) -> Result<VerifyingKey, AuditError> {
+    let mut changes: Vec<(String, String)> = Vec::new();
+    let mut pending: Option<(u64, String)> = None;
+    for (_, path) in segments(dir)? {
+        let f = File::open(&path).map_err(io_err(&path))?;
+        for line in BufReader::new(f).split(b'\n') {
+            let line = line.map_err(io_err(&path))?;
+            // Cheap: only the few lines that can be key changes are parsed.
+            if !line
+                .windows(9)
+                .any(|w| w == b"\"key.reti" || w == b"\"key.adop")
+            {
+                continue;
+            }
+            let Ok(rec) = serde_json::from_slice::<Record>(&line) else {
+                continue;
+            };
+            match (rec.action.as_str(), pending.take()) {
+                ("key.retire", _) => pending = Some((rec.seq, rec.resource)),
+                ("key.adopt", Some((s, new))) if s + 1 == rec.seq => {
+                    changes.push((rec.resource, new))
+                }
+                _ => {}
+            }
+        }
+    }
+    let Some((first_old, _)) = changes.first() else {
+        return Ok(*public);
+    };
+    let did = crate::identity::did_from_public(public.as_bytes());
+    let mut expect = did.clone();
+    for (old, new) in changes.iter().rev() {
+        if *new != expect {
+            return Err(AuditError::Corrupt(format!(
+                "the log's chain of node keys does not end at {did}: it hands over to {new} where {expect} was expected; verify with the DID the log was last signed by (`--did`)"
+            )));
+        }
+        expect = old.clone();
+    }
+    crate::identity::public_from_did(first_old)
+        .ok()
+        .and_then(|pk| VerifyingKey::from_bytes(&pk).ok())
+        .ok_or_else(|| AuditError::Corrupt("the log's first node key is not a valid key".into()))
+}
+
 /// Checks the whole log against `public` (the node's key): versions, sequence, chain, every
 /// signature, the signed head, and an optional anchor `(seq, hash)` saved earlier.
 pub fn verify(
@@ -1905,6 +2036,10 @@ pub fn verify(
     let mut hashes_at_head = None;
     let mut signed = 0u64;
     let head = read_head(dir)?;
+    // The key each part of the log is signed with: the chain of key changes must end at
+    // `public`, so the first key is known before the first signature is checked.
+    let mut current = first_key(dir, public)?;
+    let mut retiring: Option<VerifyingKey> = None;
     for (n, path) in segments(dir)? {
         let file = segment_name(n);
         let bad = |seq: u64, why: String| AuditError::Bad {
@@ -1959,11 +2094,30 @@ pub fn verify(
                     .map(|b| Signature::from_bytes(&b))
                     .ok_or_else(|| bad(rec.seq, "a malformed signature".into()))?;
                 let mut msg = head_message(seq, &prev);
+                let mut signer = current;
                 let domain = match rec.action.as_str() {
                     "checkpoint" => domains::AUDIT_CHECKPOINT,
                     "recovered" => {
                         msg.extend_from_slice(rec.reason.as_bytes());
                         domains::AUDIT_RECOVERED
+                    }
+                    "key.retire" => {
+                        msg = rekey_message(seq, &prev, "key.retire", &rec.resource);
+                        domains::AUDIT_REKEY
+                    }
+                    "key.adopt" => {
+                        // Signed by the key the retire before it named.
+                        signer = retiring.ok_or_else(|| {
+                            bad(rec.seq, "a key.adopt with no key.retire before it".into())
+                        })?;
+                        if rec.resource != crate::identity::did_from_public(current.as_bytes()) {
+                            return Err(bad(
+                                rec.seq,
+                                "a key.adopt that names another key than the one retired".into(),
+                            ));
+                        }
+                        msg = rekey_message(seq, &prev, "key.adopt", &rec.resource);
+                        domains::AUDIT_REKEY
                     }
                     _ => {
                         return Err(bad(
@@ -1972,17 +2126,42 @@ pub fn verify(
                         ))
                     }
                 };
-                if !crate::identity::verify(public, domain, &msg, &sig) {
+                if !crate::identity::verify(&signer, domain, &msg, &sig) {
                     return Err(bad(
                         rec.seq,
-                        format!("its {} signature does not verify with this key", rec.action),
+                        format!(
+                            "its {} signature does not verify with {}",
+                            rec.action,
+                            crate::identity::did_from_public(signer.as_bytes())
+                        ),
                     ));
+                }
+                match rec.action.as_str() {
+                    "key.retire" => {
+                        retiring = Some(
+                            crate::identity::public_from_did(&rec.resource)
+                                .ok()
+                                .and_then(|pk| VerifyingKey::from_bytes(&pk).ok())
+                                .ok_or_else(|| {
+                                    bad(rec.seq, "a key.retire naming no valid key".into())
+                                })?,
+                        );
+                    }
+                    "key.adopt" => current = signer,
+                    _ => {}
                 }
                 // It signs the record before it, and it is itself authentic: no other record
                 // could carry that signature in that place.
                 signed = rec.seq;
-            } else if rec.action == "checkpoint" || rec.action == "recovered" {
+            } else if matches!(
+                rec.action.as_str(),
+                "checkpoint" | "recovered" | "key.retire" | "key.adopt"
+            ) {
                 return Err(bad(rec.seq, format!("an unsigned {} record", rec.action)));
+            }
+            if rec.action != "key.retire" {
+                // A retire counts only when its adopt follows at once.
+                retiring = None;
             }
             let hash = record_hash(body);
             if let Some((s, h)) = expect {
@@ -2315,6 +2494,38 @@ mod tests {
             .next()
             .unwrap();
         assert_eq!(fs::read(tmp.path().join(name)).unwrap(), cut, "{name}");
+    }
+
+    #[test]
+    fn a_key_change_is_signed_by_both_keys_and_verify_follows_the_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_some(tmp.path());
+        let new = Arc::new(NodeKey::from_seed(&[10; 32]));
+        let newer = Arc::new(NodeKey::from_seed(&[11; 32]));
+        let log = open(tmp.path(), AuditOptions::default());
+        log.rekey(new.clone()).unwrap();
+        log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+            .unwrap();
+        log.close().unwrap();
+        // Opened again only under the new key; a second change chains on.
+        assert!(AuditLog::open(tmp.path(), key(), AuditOptions::default()).is_err());
+        let log = AuditLog::open(tmp.path(), new.clone(), AuditOptions::default()).unwrap();
+        log.rekey(newer.clone()).unwrap();
+        log.close().unwrap();
+        let r = verify(tmp.path(), &newer.verifying_key(), None).unwrap();
+        assert_eq!(r.signed, r.records);
+        for wrong in [vk(), new.verifying_key()] {
+            let e = verify(tmp.path(), &wrong, None).unwrap_err();
+            assert!(e.to_string().contains("does not end at"), "{e}");
+        }
+        // A retire pointing elsewhere breaks its signature.
+        let seg = seg1(tmp.path());
+        let text = fs::read_to_string(&seg).unwrap();
+        let other = crate::identity::did_from_public(&[7; 32]);
+        let edited = text.replacen(&new.did(), &other, 1);
+        assert_ne!(edited, text);
+        fs::write(&seg, edited).unwrap();
+        assert!(verify(tmp.path(), &newer.verifying_key(), None).is_err());
     }
 
     #[test]

@@ -169,6 +169,10 @@ struct State {
     delegations: BTreeMap<TokenId, Delegation>,
     uses: BTreeMap<TokenId, u64>,
     trusted: BTreeSet<String>,
+    /// The node's earlier keys (DIDs), retired by `identity import --force`: packages they
+    /// signed stay first party; tokens they issued ended with the epoch raised at the change.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    former_keys: BTreeSet<String>,
 }
 
 impl State {
@@ -180,6 +184,7 @@ impl State {
             delegations: BTreeMap::new(),
             uses: BTreeMap::new(),
             trusted: BTreeSet::new(),
+            former_keys: BTreeSet::new(),
         }
     }
 }
@@ -981,6 +986,27 @@ impl Authority {
         let epoch = next.epoch;
         self.commit_narrowing(next)?;
         Ok(epoch)
+    }
+
+    /// After the node key changed from `old_did`: remembers it as a former key (its packages
+    /// stay first party) and raises the epoch, so every token issued before ends. Narrowing:
+    /// takes effect on a full disk too. Returns the new epoch.
+    pub fn retire_key(&mut self, old_did: &str) -> Result<u64, AuthorityError> {
+        public_from_did(old_did)?;
+        let mut next = self.state.clone();
+        next.former_keys.insert(old_did.to_string());
+        next.epoch = next
+            .epoch
+            .checked_add(1)
+            .ok_or(AuthorityError::EpochExhausted)?;
+        let epoch = next.epoch;
+        self.commit_narrowing(next)?;
+        Ok(epoch)
+    }
+
+    /// Whether `did` is one of this node's former keys.
+    pub fn is_former_key(&self, did: &str) -> bool {
+        self.state.former_keys.contains(did)
     }
 
     /// Accepts tokens signed by `did`. Returns false if it was already trusted.

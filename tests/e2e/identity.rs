@@ -144,3 +144,91 @@ fn read_only_commands_never_write_to_the_home() {
         node.home().display()
     );
 }
+
+#[test]
+fn replacing_the_key_keeps_the_log_verifiable_ends_old_tokens_and_keeps_its_packages_first_party() {
+    use crate::supervisor::{path, wait_until, Up};
+    let node = Node::new();
+    let old = node.did();
+    // Made under the old key: a package, a token, some history.
+    let echo = node.pack_first_party("echo");
+    let tok = node.issue(&[
+        "--capsule",
+        "notes",
+        "--resource",
+        "localhost://storage/notes/*",
+        "--action",
+        "read",
+        "--ttl",
+        "1h",
+    ]);
+    node.run(&["trust", "add", &Node::new().did()]).ok();
+
+    let forced = node.run_with_stdin(&["identity", "import", "--force"], &"11".repeat(32));
+    let new = forced.ok().trim().to_string();
+    assert_ne!(new, old);
+
+    // One chain of keys, followed with no flag.
+    node.run(&["audit", "verify"]).ok();
+    node.run(&["audit", "verify", "--did", &old]).code(1);
+    let recs: Vec<serde_json::Value> = node
+        .run(&["audit", "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |a: &str| recs.iter().position(|r| r["action"] == a).unwrap();
+    assert_eq!(at("key.retire") + 1, at("key.adopt"));
+    assert_eq!(recs[at("key.retire")]["resource"], new.as_str());
+    assert_eq!(recs[at("key.adopt")]["resource"], old.as_str());
+
+    // The old key's tokens end.
+    let check = node.run(&[
+        "token",
+        "check",
+        &tok,
+        "--as",
+        "notes",
+        "--resource",
+        "localhost://storage/notes/a",
+        "--action",
+        "read",
+    ]);
+    check.code(1);
+    assert!(check.stdout.starts_with("denied: "), "{check:#?}");
+
+    // Its packages stay first party: echo may still serve its namespace.
+    let up = Up::with_node(node);
+    up.node.run(&["run", "-d", path(&echo)]).ok();
+    wait_until("echo serving", std::time::Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "echo"])
+            .ok()
+            .contains("serving localhost://echo/*")
+    });
+    up.node.run(&["down"]).ok();
+    up.node.run(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn an_import_that_stopped_after_recording_the_key_change_is_finished_by_running_it_again() {
+    let node = Node::new();
+    node.did();
+    node.run(&["revoke", "--all"]).ok();
+    let key_file = node.home().join("node.key");
+    let old_key = std::fs::read(&key_file).unwrap();
+    let seed = "22".repeat(32);
+    let new = node
+        .run_with_stdin(&["identity", "import", "--force"], &seed)
+        .ok()
+        .trim()
+        .to_string();
+    // As if it had stopped before the new key was installed.
+    std::fs::write(&key_file, &old_key).unwrap();
+    assert_ne!(node.did(), new);
+    assert!(node.run(&["up"]).code != 0);
+    node.run_with_stdin(&["identity", "import", "--force"], &seed)
+        .ok();
+    assert_eq!(node.did(), new);
+    node.run(&["audit", "verify"]).ok();
+}

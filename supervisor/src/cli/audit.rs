@@ -113,7 +113,7 @@ pub fn record_operator_decision(
     Ok(())
 }
 
-fn open_log(home: &Home, key: &NodeKey) -> anyhow::Result<AuditLog> {
+pub fn open_log(home: &Home, key: &NodeKey) -> anyhow::Result<AuditLog> {
     let cfg = Config::load(home)?;
     let opts = AuditOptions {
         strict: cfg.audit.strict,

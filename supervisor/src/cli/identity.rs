@@ -71,7 +71,12 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
                 .context("reading the seed from stdin")?;
             let key = NodeKey::from_hex(&text)?;
             let _lock = super::token::state_lock(&home)?;
-            key.install(&home, force)?;
+            let old = NodeKey::load(&home)?.filter(|o| o.public_bytes() != key.public_bytes());
+            match old {
+                Some(old) if force => rekey(&home, &old, &key)?,
+                // Refuses without --force, saying how.
+                _ => key.install(&home, force)?,
+            }
             super::audit::record_operator(
                 &home,
                 &key,
@@ -84,4 +89,50 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces the node key `old` with `new`, keeping the audit log verifiable and ending every
+/// token of the old key. The log records the change first, under both keys (nothing changes if
+/// it cannot); then the new key is installed, and the authority remembers the old key (its
+/// packages stay first party) and raises the epoch.
+fn rekey(home: &Home, old: &NodeKey, new: &NodeKey) -> anyhow::Result<()> {
+    if home.audit_dir().join("head").exists() {
+        match super::audit::open_log(home, old) {
+            Ok(log) => {
+                log.rekey(std::sync::Arc::new(NodeKey::from_hex(&new.seed_hex())?))
+                    .context(
+                        "recording the key change in the audit log; the identity was not replaced",
+                    )?;
+                log.close().context("closing the audit log")?;
+            }
+            // An earlier import recorded the change and stopped before installing the key: the
+            // log is the new key's already.
+            Err(e) => match super::audit::open_log(home, new) {
+                Ok(log) => log.close().context("closing the audit log")?,
+                Err(_) => return Err(e),
+            },
+        }
+    }
+    new.install(home, true)?;
+    let signer = std::sync::Arc::new(NodeKey::from_hex(&new.seed_hex())?);
+    let mut authority = elastos::authority::Authority::open(home, Some(signer))
+        .context("opening the token authority")?;
+    let epoch = authority.retire_key(&old.did())?;
+    if let Err(e) = super::audit::record_operator(
+        home,
+        new,
+        "token.revoke-all",
+        "*",
+        &format!(
+            "epoch raised to {epoch}: the node key was replaced, every token issued before ends"
+        ),
+        None,
+    ) {
+        eprintln!("elastos: warning: the epoch was raised, but its audit record could not be written ({e:#})");
+    }
+    eprintln!(
+        "the node key {} is retired: every token issued before is revoked (epoch {epoch}); its packages stay first party",
+        old.did()
+    );
+    Ok(())
 }

@@ -155,19 +155,17 @@ impl Shared {
         out
     }
 
-    /// Published by this node's key or an issuer it trusts; never the development key.
+    /// Published by this node's key, one of its former keys, or an issuer it trusts; never the
+    /// development key.
     pub fn is_first_party(&self, publisher: &str) -> bool {
         if publisher == self.dev_did {
             return false;
         }
-        publisher == self.did
-            || self
-                .authority
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .trust_ls()
-                .iter()
-                .any(|d| d == publisher)
+        if publisher == self.did {
+            return true;
+        }
+        let authority = self.authority.lock().unwrap_or_else(|e| e.into_inner());
+        authority.is_former_key(publisher) || authority.trust_ls().iter().any(|d| d == publisher)
     }
 }
 
