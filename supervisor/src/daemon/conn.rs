@@ -121,9 +121,12 @@ impl Conn {
     }
 
     /// Sends a frame this capsule caused itself (a reply to its own request), waiting for room:
-    /// a capsule that floods without reading slows only its own reader.
+    /// a capsule that floods without reading slows only its own reader. One that has not read
+    /// for the outbox's stall time is stalled: its connection is closed.
     async fn push_wait(&self, frame: Vec<u8>) {
-        let _ = self.out.send_wait(frame).await;
+        if self.out.send_wait(frame).await == Err(SendError::Full) {
+            self.stalled.notify_one();
+        }
     }
 
     /// One of this capsule's calls is answered (or failed): it may make another.

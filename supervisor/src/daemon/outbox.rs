@@ -10,17 +10,25 @@
 //! and the next frame for it is refused ([`SendError::Full`]) instead of buffering without end.
 //! That is for frames other capsules cause (calls, answers). What a capsule causes itself (the
 //! replies to its own malformed frames, token requests, ...) goes through [`Outbox::send_wait`],
-//! which waits for room: a capsule that floods without reading only slows its own reader.
+//! which waits for room: a capsule that floods without reading only slows its own reader. That
+//! wait is bounded ([`STALL`]): a capsule that has not read for that long is stalled, and its
+//! connection is closed. Draining and closing wake every waiter, so no task (and no connection
+//! it holds) is left waiting on a closed outbox.
 
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 /// Frames that may wait for a capsule to read, beyond what its socket buffer holds.
 pub const MAX_QUEUED: usize = 256;
+
+/// How long a reply to a capsule's own frame may wait for the capsule to read before the
+/// capsule counts as stalled.
+pub const STALL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendError {
@@ -32,6 +40,7 @@ pub enum SendError {
 
 pub struct Outbox {
     half: OwnedWriteHalf,
+    stall: Duration,
     state: Mutex<State>,
     /// Wakes the writer task: a frame was queued behind a full socket.
     queued: Notify,
@@ -48,8 +57,14 @@ struct State {
 
 impl Outbox {
     pub fn new(half: OwnedWriteHalf) -> Outbox {
+        Outbox::with_stall(half, STALL)
+    }
+
+    /// An outbox whose `send_wait` gives up after `stall` without room.
+    pub fn with_stall(half: OwnedWriteHalf, stall: Duration) -> Outbox {
         Outbox {
             half,
+            stall,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 offset: 0,
@@ -65,15 +80,22 @@ impl Outbox {
         self.try_send(frame).map_err(|(e, _)| e)
     }
 
-    /// Like `send`, but waits for room in a full queue instead of refusing the frame.
+    /// Like `send`, but waits for room in a full queue instead of refusing the frame, for at
+    /// most the stall time in all: then [`SendError::Full`] (the capsule is stalled).
     pub async fn send_wait(&self, mut frame: Vec<u8>) -> Result<(), SendError> {
+        let deadline = tokio::time::Instant::now() + self.stall;
         loop {
+            // Registered before the attempt: a drain or close between the two still wakes it.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
             match self.try_send(frame) {
                 Ok(()) => return Ok(()),
                 Err((SendError::Full, f)) => {
                     frame = f;
-                    // A permit stored by a drain since the attempt wakes this at once.
-                    self.room.notified().await;
+                    if tokio::time::timeout_at(deadline, room).await.is_err() {
+                        return Err(SendError::Full);
+                    }
                 }
                 Err((e, _)) => return Err(e),
             }
@@ -135,13 +157,13 @@ impl Outbox {
                             st.closed = true;
                             st.queue.clear();
                             drop(st);
-                            self.room.notify_one();
+                            self.room.notify_waiters();
                             return;
                         }
                     }
                 }
                 if st.queue.len() < before {
-                    self.room.notify_one();
+                    self.room.notify_waiters();
                 }
                 // Empty under the lock: the next `send` writes directly again.
                 if st.queue.is_empty() {
@@ -156,7 +178,8 @@ impl Outbox {
         st.closed = true;
         st.queue.clear();
         drop(st);
-        self.room.notify_one();
+        // Every waiter: each holds a frame and, through its task, the connection.
+        self.room.notify_waiters();
     }
 }
 
@@ -244,6 +267,53 @@ mod tests {
         }
         sender.await.unwrap();
         writer.abort();
+    }
+
+    /// An outbox over a socket nobody reads, filled to its queue's limit.
+    fn full_outbox(stall: Duration) -> (Arc<Outbox>, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (_rd, wr) = a.into_split();
+        let out = Arc::new(Outbox::with_stall(wr, stall));
+        let mut i = 0u32;
+        while out.send(frame(i, 4096)).is_ok() {
+            i += 1;
+        }
+        (out, b)
+    }
+
+    #[tokio::test]
+    async fn close_wakes_every_waiter_so_none_keeps_its_connection() {
+        let (out, _b) = full_outbox(Duration::from_secs(3600));
+        let waiters: Vec<_> = (0..8u32)
+            .map(|i| {
+                let out = out.clone();
+                tokio::spawn(async move { out.send_wait(frame(i, 64)).await })
+            })
+            .collect();
+        // Let every waiter reach its wait.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        out.close();
+        for w in waiters {
+            let r = tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("a waiter was not woken by close")
+                .unwrap();
+            assert_eq!(r, Err(SendError::Closed));
+        }
+        assert_eq!(
+            Arc::strong_count(&out),
+            1,
+            "a waiter still holds the outbox"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_waits_longer_than_the_stall_time_gives_up() {
+        let (out, _b) = full_outbox(Duration::from_secs(10));
+        let r = out.send_wait(frame(0, 64)).await;
+        assert_eq!(r, Err(SendError::Full));
     }
 
     #[tokio::test]
