@@ -383,3 +383,44 @@ fn the_supervisor_runs_no_thread_per_capsule() {
     let grown = threads().saturating_sub(before);
     assert!(grown < 10, "{grown} more threads for 20 more capsules");
 }
+
+/// Open descriptors of process `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn idle_and_half_sent_control_connections_are_capped_and_closed() {
+    use std::io::{Read, Write};
+    let up = Up::new();
+    let pid = up.supervisor_pid();
+    let before = fds(pid);
+    let sock = up.node.home().join("control.sock");
+    let mut conns: Vec<std::os::unix::net::UnixStream> = (0..300)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    // Half a request on some: a partial line is no request either.
+    for c in conns.iter_mut().take(20) {
+        c.write_all(b"{\"Stat").unwrap();
+    }
+    // Past the cap, a new operator command is told why, at once.
+    let busy = up.node.run(&["status"]);
+    assert_ne!(busy.code, 0, "{busy:#?}");
+    assert!(busy.stderr.contains("in use"), "{busy:#?}");
+    // Every one of them is closed by the supervisor within its request timeout.
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest)
+            .expect("the supervisor closes an idle connection");
+    }
+    drop(conns);
+    up.node.run(&["status"]).ok();
+    wait_until(
+        "the supervisor to let go of the connections",
+        Duration::from_secs(5),
+        || fds(pid) <= before + 2,
+    );
+}

@@ -165,6 +165,13 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let r = c.request(&Request::Status)?;
+    if !r.ok {
+        return Err(super::Failure {
+            code: r.code.unwrap_or(super::EXIT_FAILED),
+            message: r.error.unwrap_or_else(|| "the supervisor refused".into()),
+        }
+        .into());
+    }
     if args.json {
         super::print_json(&r.data)?;
     } else {

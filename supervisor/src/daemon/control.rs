@@ -27,6 +27,11 @@ use super::Shared;
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Operators' connections served at once; more are answered with an error and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send its request line (an idle or half-sent one is
+/// closed after this).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(
     listener: UnixListener,
@@ -34,6 +39,7 @@ pub async fn serve(
     root: ActorRef<RootMsg>,
     down: mpsc::Sender<Duration>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -74,6 +80,25 @@ pub async fn serve(
                 continue;
             }
         }
+        // Bounded: each connection holds a task and its buffers until it ends.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.audit_now(
+                &format!("process:{}", pid.unwrap_or(0)),
+                "control.refused",
+                "control.sock",
+                Decision::Denied,
+                &format!("{MAX_CONNECTIONS} operator connections are open already"),
+                None,
+            );
+            tokio::spawn(async move {
+                let (_, mut wr) = stream.into_split();
+                let r = Response::err(format!(
+                    "the supervisor serves {MAX_CONNECTIONS} control connections at once and all are in use; try again when one has finished"
+                ));
+                let _ = tokio::time::timeout(Duration::from_secs(1), write_line(&mut wr, &r)).await;
+            });
+            continue;
+        };
         let shared = shared.clone();
         let root = root.clone();
         let down = down.clone();
@@ -81,6 +106,7 @@ pub async fn serve(
             if let Err(e) = handle(stream, shared, root, down).await {
                 tracing::debug!("control connection: {e}");
             }
+            drop(slot);
         });
     }
 }
@@ -137,8 +163,26 @@ async fn handle(
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let mut line = String::new();
-    if (&mut rd).take(MAX_LINE as u64).read_line(&mut line).await? == 0 {
-        return Ok(());
+    let mut limited = (&mut rd).take(MAX_LINE as u64);
+    match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_line(&mut line)).await {
+        Ok(Ok(0)) => return Ok(()),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            let mut r = Response::err(format!(
+                "no request line within {}s; connection closed",
+                REQUEST_TIMEOUT.as_secs()
+            ));
+            r.code = Some(2);
+            return write_line(&mut wr, &r).await;
+        }
+    }
+    if !line.ends_with('\n') {
+        let mut r = Response::err(format!(
+            "the request line is longer than {MAX_LINE} bytes, or was cut short"
+        ));
+        r.code = Some(2);
+        return write_line(&mut wr, &r).await;
     }
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
@@ -624,6 +668,7 @@ async fn run_request(
     // Attached: stream events; signals from the operator's terminal come back on this socket.
     let mut line = String::new();
     loop {
+        let mut limited = (&mut rd).take(MAX_LINE.saturating_sub(line.len()) as u64);
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { return Ok(()) };
@@ -633,7 +678,12 @@ async fn run_request(
                     return Ok(());
                 }
             }
-            n = rd.read_line(&mut line) => {
+            n = limited.read_line(&mut line) => {
+                // A line longer than any request is not one.
+                let n = match n {
+                    Ok(_) if line.len() >= MAX_LINE => Ok(0),
+                    n => n,
+                };
                 match n {
                     Ok(0) | Err(_) => {
                         // The operator's command went away: a foreground capsule goes with it.
