@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use elastos_e2e::Node;
 
-use crate::supervisor::{wait_until, Up};
+use crate::livepath::{echo_calls, start_echo, token_for, ungranted_ping};
+use crate::supervisor::{path, wait_until, Up};
 
 /// A small ext4 file system mounted at a node's home; unmounted when dropped.
 struct SmallDisk {
@@ -225,6 +226,67 @@ fn on_a_full_disk_the_supervisor_refuses_grants_says_so_and_recovers_when_space_
     assert_eq!(count(&acts, "audit.disk-full"), 1, "{acts:?}");
     assert_eq!(count(&acts, "audit.disk-ok"), 1, "{acts:?}");
     node.run(&["audit", "verify"]).ok();
+    drop(up);
+    drop(disk);
+}
+
+/// Calls that pass their checks are refused while the audit log cannot take their records, and
+/// none reaches the provider; they go through again once space is back.
+#[test]
+fn on_a_full_disk_allowed_calls_are_refused_and_nothing_is_forwarded() {
+    let node = Node::new();
+    let disk = SmallDisk::at_home_of(&node, 40);
+    let up = Up::with_node(node);
+    let echo = up.node.pack_first_party("echo");
+    start_echo(&up, &echo);
+    let pinger = ungranted_ping(&up.node);
+    let (tok, _) = token_for(&up.node, "p-full", &[]);
+    up.node
+        .run(&[
+            "run",
+            "-d",
+            path(&pinger),
+            "--name",
+            "p-full",
+            "--",
+            "--count",
+            "100000000",
+            "--token",
+            &tok,
+        ])
+        .ok();
+    let calls = |name: &str| up.capsule(name)["calls"].as_u64().unwrap_or(0);
+    wait_until("calls flowing", Duration::from_secs(20), || {
+        echo_calls(&up) > 100
+    });
+    disk.fill();
+    let full = || up.node.run(&["status", "--json"]).json()["audit"]["disk_full"] == true;
+    wait_until(
+        "the supervisor to see the disk full",
+        Duration::from_secs(10),
+        full,
+    );
+    let (served, made) = (echo_calls(&up), calls("p-full"));
+    wait_until("more calls made", Duration::from_secs(20), || {
+        calls("p-full") > made + 1000
+    });
+    assert_eq!(
+        echo_calls(&up),
+        served,
+        "a call reached echo while nothing could be audited"
+    );
+    assert!(up
+        .node
+        .run(&["logs", "p-full"])
+        .ok()
+        .contains("audit unavailable"));
+    disk.free();
+    wait_until("space again", Duration::from_secs(10), || !full());
+    wait_until("calls served again", Duration::from_secs(20), || {
+        echo_calls(&up) > served + 100
+    });
+    up.node.run(&["down"]).ok();
+    up.node.run(&["audit", "verify"]).ok();
     drop(up);
     drop(disk);
 }

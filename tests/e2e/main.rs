@@ -8,6 +8,7 @@ mod cli;
 mod confinement;
 mod fulldisk;
 mod identity;
+mod livepath;
 mod supervisor;
 mod throwaway;
 mod token;

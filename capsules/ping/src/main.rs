@@ -9,18 +9,20 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use elastos_sdk::{Action, CallError, CallId, Capsule, ErrorKind, Transport};
+use elastos_sdk::{Action, CallError, CallId, Capsule, ErrorKind, Grant, Transport};
 
 const USAGE: &str = "\
 usage: ping [--count N] [--size BYTES] [--concurrency C] [--target URI] [--json]
-            [--wait-for-provider SECS]
+            [--wait-for-provider SECS] [--token TOKEN]
 
   --count N                calls to make (default 1000)
   --size BYTES             payload size (default 64)
   --concurrency C          calls kept in flight (default 1)
   --target URI             where to call (default localhost://echo/ping)
   --json                   print one JSON object instead of a line
-  --wait-for-provider SECS retry while nobody serves the target yet (default 10)";
+  --wait-for-provider SECS retry while nobody serves the target yet (default 10)
+  --token TOKEN            call with this token (as `elastos token issue` prints it)
+                           instead of asking the supervisor; `none`: with no token";
 
 /// Only the first few failures are printed: a dead provider would otherwise flood stderr.
 const ERRORS_SHOWN: u64 = 5;
@@ -34,6 +36,8 @@ struct Options {
     target: String,
     json: bool,
     wait_for_provider: Duration,
+    /// The `SignedToken` bytes to call with (empty: none at all), instead of a granted one.
+    token: Option<Vec<u8>>,
 }
 
 enum Parsed {
@@ -49,6 +53,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         target: "localhost://echo/ping".into(),
         json: false,
         wait_for_provider: Duration::from_secs(10),
+        token: None,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -73,6 +78,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--target" => o.target = value(&flag)?,
             "--wait-for-provider" => {
                 o.wait_for_provider = Duration::from_secs(number(&flag, value(&flag)?)?)
+            }
+            "--token" => {
+                use base64::Engine;
+                let text = value(&flag)?;
+                o.token = Some(match text.as_str() {
+                    "none" => Vec::new(),
+                    t => base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(t.trim())
+                        .map_err(|_| "--token takes a token as `elastos token issue` prints it")?,
+                });
             }
             "--json" if inline.is_none() => o.json = true,
             "-h" | "--help" => return Ok(Parsed::Help),
@@ -104,6 +119,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(token) = &options.token {
+        capsule.add_grant(Grant {
+            token: token.clone(),
+            resource: options.target.clone(),
+            actions: vec![Action::Read],
+            expiry: i64::MAX,
+        });
+    }
     match run(&mut capsule, &options) {
         Ok(report) => {
             println!(
@@ -438,6 +461,7 @@ mod tests {
                 target: "localhost://echo/ping".into(),
                 json: false,
                 wait_for_provider: Duration::from_secs(10),
+                token: None,
             }
         );
         let Ok(Parsed::Run(o)) = parse(&[
@@ -458,6 +482,14 @@ mod tests {
             (5, 0, 8, "localhost://echo/x", true)
         );
         assert_eq!(o.wait_for_provider, Duration::ZERO);
+        let Ok(Parsed::Run(o)) = parse(&["--token", "AAEC"]) else {
+            panic!()
+        };
+        assert_eq!(o.token, Some(vec![0, 1, 2]));
+        let Ok(Parsed::Run(o)) = parse(&["--token=none"]) else {
+            panic!()
+        };
+        assert_eq!(o.token, Some(vec![]));
         assert!(matches!(parse(&["--help"]), Ok(Parsed::Help)));
         for bad in [
             &["--count"][..],
@@ -466,6 +498,7 @@ mod tests {
             &["--concurrency", "0"],
             &["--json=1"],
             &["--what"],
+            &["--token", "not base64!"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
