@@ -303,6 +303,31 @@ fn kill_9_of_the_supervisor_leaves_no_capsule_behind_and_the_log_verifies() {
     );
     // A new supervisor starts (the lock died with the old one) and the log still verifies.
     assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
+    // It recorded the unclean stop, and the capsule lost with it.
+    let recs: Vec<serde_json::Value> = up
+        .node
+        .run(&["audit", "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stop = recs
+        .iter()
+        .find(|r| r["action"] == "supervisor.unclean-stop")
+        .unwrap_or_else(|| panic!("no unclean stop recorded: {recs:#?}"));
+    assert!(stop["reason"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("pid {sup}")));
+    let lost: Vec<_> = recs
+        .iter()
+        .filter(|r| r["action"] == "capsule.lost")
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:#?}");
+    assert!(lost[0]["resource"]
+        .as_str()
+        .unwrap()
+        .starts_with("capsule:forker@"));
     // The killed capsule-host could not remove its groups; the new supervisor did, at its start.
     for g in &groups {
         assert!(!g.exists(), "{} was left behind", g.display());
@@ -310,6 +335,17 @@ fn kill_9_of_the_supervisor_leaves_no_capsule_behind_and_the_log_verifies() {
     up.node.run(&["audit", "verify"]).ok();
     up.node.run(&["down"]).ok();
     assert!(with_marker(&marker).is_empty());
+    // A clean stop leaves nothing to report.
+    assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
+    up.node.run(&["down"]).ok();
+    let stops = up
+        .node
+        .run(&["audit", "--json"])
+        .ok()
+        .lines()
+        .filter(|l| l.contains("\"supervisor.unclean-stop\""))
+        .count();
+    assert_eq!(stops, 1);
 }
 
 #[test]

@@ -534,6 +534,13 @@ impl CapsuleActor {
                     }
                     Err(e) => st.log.event(&format!("socket unusable: {e}")),
                 }
+                self.shared.set_live(
+                    &st.spec.name,
+                    Some(super::LiveCapsule {
+                        actor: st.peer.actor().to_string(),
+                        pid,
+                    }),
+                );
                 self.shared
                     .audit_sync(
                         "supervisor",
@@ -639,6 +646,7 @@ impl CapsuleActor {
 
     async fn exited(&self, myself: &ActorRef<Msg>, st: &mut CapsuleState, code: i32) {
         st.log.event(&format!("exited with code {code}"));
+        self.shared.set_live(&st.spec.name, None);
         // 128 + SIGSYS: the seccomp filter killed it for a forbidden system call.
         if code == 128 + nix::libc::SIGSYS {
             let why = "killed by its seccomp filter: it made a forbidden system call (ptrace, bpf, mount, ...; see capsule-host/src/seccomp.rs)";

@@ -114,6 +114,100 @@ pub struct Shared {
     pub run_dir: PathBuf,
     /// Each capsule's own host uid, when the supervisor runs as root; stable for its life.
     capsule_uids: Mutex<HashMap<String, u32>>,
+    /// The capsules running now, as kept in [`LIVE_FILE`].
+    live: Mutex<std::collections::BTreeMap<String, LiveCapsule>>,
+}
+
+/// `state/live.json`: the capsules this supervisor runs, kept on disk so that the next `up`
+/// after a kill -9 (or a crash) can record which capsules went down with it.
+pub const LIVE_FILE: &str = "live.json";
+
+/// One running capsule, as [`LIVE_FILE`] lists it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LiveCapsule {
+    pub actor: String,
+    pub pid: u32,
+}
+
+/// What a supervisor that stopped without `down` left behind: its pid file, and its list of
+/// running capsules.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+struct LiveFile {
+    supervisor: u32,
+    capsules: std::collections::BTreeMap<String, LiveCapsule>,
+}
+
+impl Shared {
+    /// Notes that capsule `name` runs (`Some`) or no longer does (`None`), on disk. Best
+    /// effort: a failure costs only the record of a loss after a crash.
+    pub fn set_live(&self, name: &str, running: Option<LiveCapsule>) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        match running {
+            Some(c) => live.insert(name.to_string(), c),
+            None => live.remove(name),
+        };
+        let file = LiveFile {
+            supervisor: std::process::id(),
+            capsules: live.clone(),
+        };
+        if let Ok(bytes) = serde_json::to_vec_pretty(&file) {
+            let path = self.home.state_dir().join(LIVE_FILE);
+            if let Err(e) = elastos::fsutil::write_atomic(&path, &bytes, 0o600) {
+                tracing::warn!("writing {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// After a supervisor stopped without `down`: records the unclean stop and each capsule it lost,
+/// then forgets them. Nothing when the last stop was clean.
+fn record_unclean_stop(
+    home: &Home,
+    audit: &AuditLog,
+    previous_pid: Option<u32>,
+) -> anyhow::Result<()> {
+    let path = home.state_dir().join(LIVE_FILE);
+    let live: LiveFile = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        Err(_) => LiveFile::default(),
+    };
+    let pid = previous_pid.or((live.supervisor != 0).then_some(live.supervisor));
+    let Some(pid) = pid else { return Ok(()) };
+    let record = |action: &'static str, resource: String, reason: String| {
+        audit.append(
+            Event {
+                actor: "supervisor".into(),
+                action: action.into(),
+                resource,
+                decision: Decision::Info,
+                reason,
+                token: None,
+            },
+            Durability::Sync,
+        )
+    };
+    record(
+        "supervisor.unclean-stop",
+        String::new(),
+        format!(
+            "the supervisor before this one (pid {pid}) stopped without `elastos down` (killed or crashed); {} capsule(s) went down with it",
+            live.capsules.len()
+        ),
+    )
+    .context("recording the last supervisor's unclean stop")?;
+    for (name, c) in &live.capsules {
+        record(
+            "capsule.lost",
+            c.actor.clone(),
+            format!(
+                "`{name}` (pid {}) was running when its supervisor stopped without `down`; its processes ended with it",
+                c.pid
+            ),
+        )
+        .context("recording a lost capsule")?;
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
 }
 
 impl Shared {
@@ -265,7 +359,12 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         pending_wake: tokio::sync::Notify::new(),
         run_dir: run_dir.clone(),
         capsule_uids: Mutex::new(HashMap::new()),
+        live: Mutex::new(std::collections::BTreeMap::new()),
     });
+    // A pid file left behind: the supervisor before stopped without `down` (this one holds the
+    // lock, so that one is gone).
+    let previous = recorded_pid(&home);
+    record_unclean_stop(&home, &shared.audit, previous)?;
     elastos::fsutil::write_atomic(
         &pid_file(&home),
         format!("{}\n", std::process::id()).as_bytes(),
@@ -280,6 +379,8 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let result = rt.block_on(run(shared.clone()));
     rt.shutdown_timeout(Duration::from_secs(2));
+    // A clean stop: the next `up` has nothing to report.
+    let _ = std::fs::remove_file(home.state_dir().join(LIVE_FILE));
     let _ = std::fs::remove_file(pid_file(&home));
     if let Ok(path) = elastos::control::socket_path(&home) {
         let _ = std::fs::remove_file(path);
