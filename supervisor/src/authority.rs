@@ -27,9 +27,12 @@
 //! # Checks
 //!
 //! [`Authority::check`] runs the twelve checks of [`Check`] in order and returns the first
-//! failure. A token string that is not a well-formed `SignedToken` of a known version is a
-//! `version` denial; the signature is verified on the received body bytes before the body is
-//! parsed, so a validly signed but malformed body is also a `version` denial. The [`SigCache`]
+//! failure. A token string that is not a well-formed `SignedToken` of a known version (or is
+//! over [`MAX_TOKEN_BYTES`]) is a `version` denial; a signer that is neither the node nor
+//! trusted is an `issuer` denial before any signature work; the signature is verified on the
+//! received body bytes before the body is parsed, so a validly signed but malformed body is
+//! also a `version` denial. Those depend on the bytes alone and are done by the [`Verifier`],
+//! which the call path runs outside this type's lock. The [`SigCache`]
 //! keeps, per exact token bytes, only what those bytes alone decide (the strict decode and the
 //! signature verdict); every other check runs on every call. `not_before` allows
 //! [`MAX_CLOCK_SKEW_SECS`](crate::token::MAX_CLOCK_SKEW_SECS) of clock skew; `expired` allows
@@ -52,7 +55,7 @@ use crate::identity::{did_from_public, public_from_did, IdentityError, NodeKey};
 use crate::text::sanitize;
 use crate::token::{
     self, check_action, check_classification, check_expired, check_not_before, check_resource,
-    check_resource_pattern, check_subject, resource_within, validate_pattern, verify_signature,
+    check_resource_pattern, check_subject, resource_within, validate_pattern,
     verify_signature_with, Check, Denial, SigCache, Subject, Token, TokenError, TokenId,
     VerifiedToken, MAX_SUBJECT_LEN,
 };
@@ -213,13 +216,125 @@ struct Passed {
 /// A token that passed the checks: the body as first verified, shared with the signature cache
 /// rather than copied for every call.
 #[derive(Debug, Clone)]
-pub struct Checked(Arc<VerifiedToken>);
+pub struct Checked {
+    token: Arc<VerifiedToken>,
+    limited: bool,
+}
+
+impl Checked {
+    fn of(passed: Passed) -> Checked {
+        Checked {
+            limited: passed.chain.iter().any(|(_, max)| *max > 0),
+            token: passed.token,
+        }
+    }
+
+    /// Whether a use of it is counted: it or an ancestor has `max_uses`.
+    pub fn limited(&self) -> bool {
+        self.limited
+    }
+}
 
 impl std::ops::Deref for Checked {
     type Target = Token;
 
     fn deref(&self) -> &Token {
-        &self.0.token
+        &self.token.token
+    }
+}
+
+/// The longest `SignedToken` accepted on any path, in bytes, checked before anything reads it.
+/// A token is a few hundred bytes; the cap bounds the work (and the audit record) a flood of
+/// oversized ones can cause.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// The first part of the checks, which depends on a token's bytes alone: its size, its
+/// decoding, that its signer is a key this node knows, and its signature. Shared by the
+/// authority and the call path, which runs it *outside* the authority's lock, so that a flood
+/// of tokens to verify never holds up another capsule's checks. Verdicts are cached per exact
+/// bytes ([`SigCache`]); the cache's lock is held only to look up and to insert, never while a
+/// signature is verified.
+#[derive(Clone)]
+pub struct Verifier {
+    cache: Arc<std::sync::Mutex<SigCache>>,
+    /// The node's and the trusted issuers' keys, decompressed once; replaced whole on a change.
+    keys: Arc<std::sync::RwLock<Arc<KnownKeys>>>,
+}
+
+/// Public key bytes → the key, decompressed.
+type KnownKeys = HashMap<[u8; 32], VerifyingKey>;
+
+impl Verifier {
+    fn new() -> Verifier {
+        Verifier {
+            cache: Arc::new(std::sync::Mutex::new(SigCache::default())),
+            keys: Arc::default(),
+        }
+    }
+
+    fn set_keys(&self, keys: KnownKeys) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
+    /// Decodes and verifies `bytes`, cheapest refusals first: over [`MAX_TOKEN_BYTES`], not a
+    /// `SignedToken`, signed by a key this node neither is nor trusts (refused before any
+    /// signature work: `issuer`), a bad signature, a body that is not a token.
+    pub fn verify(&self, bytes: &[u8]) -> Result<Arc<VerifiedToken>, Denial> {
+        if bytes.len() > MAX_TOKEN_BYTES {
+            return Err(Denial::new(
+                Check::Version,
+                format!(
+                    "the token is {} bytes long; at most {MAX_TOKEN_BYTES} are accepted",
+                    bytes.len()
+                ),
+            ));
+        }
+        if let Some(v) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(bytes)
+        {
+            return Ok(v);
+        }
+        let parts = token::decode_signed_bytes(bytes)
+            .map_err(|e| Denial::new(Check::Version, e.to_string()))?;
+        let key = self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&parts.signer)
+            .copied();
+        let Some(key) = key else {
+            let did = did_from_public(&parts.signer);
+            return Err(Denial::new(
+                Check::Issuer,
+                format!(
+                    "{did} is not this node and not a trusted issuer; if you trust it, run `elastos trust add {did}`"
+                ),
+            ));
+        };
+        // signature: over the received body bytes, before anything reads them.
+        verify_signature_with(&key, &parts).map_err(|e| Denial::new(Check::Signature, e))?;
+        // version, continued: the signed body must be a well-formed body of a known version.
+        // A body that fails here is reported as `version` although its signature was checked
+        // first.
+        let token = token::decode_body(&parts.body)
+            .map_err(|e| Denial::new(Check::Version, e.to_string()))?;
+        let v = Arc::new(VerifiedToken {
+            token,
+            signer: parts.signer,
+        });
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bytes, v.clone());
+        Ok(v)
+    }
+
+    /// How many verdicts are cached.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -233,9 +348,7 @@ pub struct Authority {
     state: State,
     /// `state.trusted`, parsed: public key → DID.
     trusted: HashMap<[u8; 32], String>,
-    /// The node's and the trusted issuers' keys, decompressed once.
-    known_keys: HashMap<[u8; 32], VerifyingKey>,
-    sig_cache: SigCache,
+    verifier: Verifier,
 }
 
 /// Makes the state reserve (a file of [`STATE_RESERVE`] allocated bytes) if it is missing.
@@ -356,8 +469,7 @@ impl Authority {
             node,
             state,
             trusted,
-            known_keys: HashMap::new(),
-            sig_cache: SigCache::default(),
+            verifier: Verifier::new(),
         };
         authority.refresh_known_keys();
         Ok(authority)
@@ -430,15 +542,21 @@ impl Authority {
 
     fn refresh_known_keys(&mut self) {
         let node = self.key.as_ref().map(|k| k.verifying_key());
-        self.known_keys = node
-            .into_iter()
-            .chain(
-                self.trusted
-                    .keys()
-                    .filter_map(|pk| VerifyingKey::from_bytes(pk).ok()),
-            )
-            .map(|vk| (vk.to_bytes(), vk))
-            .collect();
+        self.verifier.set_keys(
+            node.into_iter()
+                .chain(
+                    self.trusted
+                        .keys()
+                        .filter_map(|pk| VerifyingKey::from_bytes(pk).ok()),
+                )
+                .map(|vk| (vk.to_bytes(), vk))
+                .collect(),
+        );
+    }
+
+    /// The verifier the call path runs outside this authority's lock.
+    pub fn verifier(&self) -> Verifier {
+        self.verifier.clone()
     }
 
     fn signing_key(&self) -> Result<Arc<NodeKey>, AuthorityError> {
@@ -470,7 +588,11 @@ impl Authority {
 
     /// Forgets every cached signature verdict (benchmarks and tests measure first sight).
     pub fn clear_signature_cache(&mut self) {
-        self.sig_cache.clear();
+        self.verifier
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Issues a root token, valid from `not_before` (default now) for `ttl`.
@@ -716,7 +838,24 @@ impl Authority {
         if consume {
             self.consume(&passed.chain)?;
         }
-        Ok(Checked(passed.token))
+        Ok(Checked::of(passed))
+    }
+
+    /// [`Authority::check_bytes`] for a token the shared [`Verifier`] already passed (the call
+    /// path verifies outside this authority's lock): the checks that depend on the caller, the
+    /// clock and this authority's state. With `consume`, a use is recorded durably first.
+    pub fn check_verified(
+        &mut self,
+        verified: Arc<VerifiedToken>,
+        req: &CallRequest<'_>,
+        now: i64,
+        consume: bool,
+    ) -> Result<Checked, Denial> {
+        let passed = self.checks_after_verify(verified, Some(req), false, now)?;
+        if consume {
+            self.consume(&passed.chain)?;
+        }
+        Ok(Checked::of(passed))
     }
 
     /// The 12 checks for serving a namespace: `req.resource` is the pattern to serve
@@ -730,7 +869,7 @@ impl Authority {
     ) -> Result<Checked, Denial> {
         let passed = self.run_checks(token, Some(req), true, now)?;
         self.consume(&passed.chain)?;
-        Ok(Checked(passed.token))
+        Ok(Checked::of(passed))
     }
 
     /// The checks in contract order. With no call (`delegate`'s test of a parent), the four
@@ -742,34 +881,21 @@ impl Authority {
         pattern: bool,
         now: i64,
     ) -> Result<Passed, Denial> {
-        let deny = |check: Check| move |reason: String| Denial::new(check, reason);
+        // version, signature, and an unknown signer's `issuer`: the bytes alone decide them.
+        let verified = self.verifier.verify(bytes)?;
+        self.checks_after_verify(verified, call, pattern, now)
+    }
 
-        // version: the outer layer. Anything that is not a well-formed SignedToken of a known
-        // version is a `version` denial (documented contract), never a panic.
-        let verified = match self.sig_cache.get(bytes) {
-            Some(v) => v,
-            None => {
-                let parts = token::decode_signed_bytes(bytes)
-                    .map_err(|e| Denial::new(Check::Version, e.to_string()))?;
-                // signature: over the received body bytes, before anything reads them.
-                match self.known_keys.get(&parts.signer) {
-                    Some(vk) => verify_signature_with(vk, &parts),
-                    None => verify_signature(&parts),
-                }
-                .map_err(deny(Check::Signature))?;
-                // version, continued: the signed body must be a well-formed body of a known
-                // version. A body that fails here is reported as `version` although its
-                // signature was checked first.
-                let token = token::decode_body(&parts.body)
-                    .map_err(|e| Denial::new(Check::Version, e.to_string()))?;
-                let v = Arc::new(VerifiedToken {
-                    token,
-                    signer: parts.signer,
-                });
-                self.sig_cache.insert(bytes, v.clone());
-                v
-            }
-        };
+    /// The checks that depend on more than the token's bytes, on a token the [`Verifier`]
+    /// passed.
+    fn checks_after_verify(
+        &self,
+        verified: Arc<VerifiedToken>,
+        call: Option<&CallRequest<'_>>,
+        pattern: bool,
+        now: i64,
+    ) -> Result<Passed, Denial> {
+        let deny = |check: Check| move |reason: String| Denial::new(check, reason);
         // Decoding refuses other versions; asked again on every call, cached or not, so the
         // check never depends on how the token was obtained.
         if verified.token.version != versions::TOKEN {
@@ -1346,6 +1472,43 @@ mod tests {
     }
 
     #[test]
+    fn cheap_refusals_come_before_any_signature_work() {
+        let mut f = fixture();
+        // Over the byte cap: refused before it is read at all.
+        let huge = vec![0u8; MAX_TOKEN_BYTES + 1];
+        let d = f.auth.verifier().verify(&huge).unwrap_err();
+        assert_eq!(d.check, Check::Version);
+        assert!(d.reason.contains("bytes long"), "{d}");
+        // An unknown signer is refused as `issuer` before its signature is checked: the same
+        // token with its signature spoiled gets the same answer, and nothing is cached.
+        let other = NodeKey::from_seed(&[6u8; 32]);
+        let (mut t, _) = issue(&mut f, req());
+        t.issuer = other.did();
+        let mut bytes = token::text_to_bytes(&sign_as(&t, &other)).unwrap();
+        let good = f.auth.verifier().verify(&bytes).unwrap_err();
+        let sig_at = bytes
+            .windows(64)
+            .position(|w| w == token::decode_signed_bytes(&bytes).unwrap().signature())
+            .unwrap();
+        bytes[sig_at] ^= 1;
+        let spoiled = f.auth.verifier().verify(&bytes).unwrap_err();
+        assert_eq!((good.check, spoiled.check), (Check::Issuer, Check::Issuer));
+        assert_eq!(f.auth.verifier().cached(), 0);
+        // A known signer's spoiled signature is a signature denial.
+        let (_, own) = issue(&mut f, req());
+        let mut own = token::text_to_bytes(&own).unwrap();
+        let sig_at = own
+            .windows(64)
+            .position(|w| w == token::decode_signed_bytes(&own).unwrap().signature())
+            .unwrap();
+        own[sig_at] ^= 1;
+        assert_eq!(
+            f.auth.verifier().verify(&own).unwrap_err().check,
+            Check::Signature
+        );
+    }
+
+    #[test]
     fn a_token_naming_an_issuer_other_than_its_signer_fails_issuer() {
         let mut f = fixture();
         let other = NodeKey::from_seed(&[6u8; 32]);
@@ -1839,7 +2002,7 @@ mod tests {
         let (t, text) = issue(&mut f, req());
         f.auth.check(&text, &call(), NOW, false).unwrap();
         f.auth.check(&text, &call(), NOW, false).unwrap();
-        assert_eq!(f.auth.sig_cache.len(), 1);
+        assert_eq!(f.auth.verifier.cached(), 1);
         // Cached or not, every other check still runs.
         f.auth.revoke(&t.id).unwrap();
         assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Revoked);
@@ -1850,7 +2013,7 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(denied(&mut f, &forged, &call(), NOW), Check::Signature);
         }
-        assert_eq!(f.auth.sig_cache.len(), 1);
+        assert_eq!(f.auth.verifier.cached(), 1);
     }
 
     #[test]

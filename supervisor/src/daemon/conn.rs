@@ -590,36 +590,25 @@ fn handle_call(
     let classification = route
         .as_ref()
         .map_or(Classification::Internal, |r| r.classification);
-    let checked = {
-        let req = CallRequest {
-            caller_name: &conn.peer.name,
-            caller_cid: Some(&conn.peer.cid),
-            resource: call.target,
-            action: call.action,
-            classification,
-        };
-        let mut authority = shared.authority.lock().unwrap_or_else(|e| e.into_inner());
-        authority.check_bytes(call.token, &req, now_unix(), true)
+    let req = CallRequest {
+        caller_name: &conn.peer.name,
+        caller_cid: Some(&conn.peer.cid),
+        resource: call.target,
+        action: call.action,
+        classification,
     };
+    // The token's bytes alone (size, decoding, a known signer, the signature) are checked
+    // before the authority's lock is taken: a flood of tokens to verify holds up no other
+    // capsule's checks. The rest runs under the lock, counting nothing yet.
+    let checked = shared.verifier.verify(call.token).and_then(|verified| {
+        let mut authority = shared.authority.lock().unwrap_or_else(|e| e.into_inner());
+        authority.check_verified(verified, &req, now_unix(), false)
+    });
     let token = match checked {
         Ok(t) => t,
         Err(denial) => {
             let why = format!("{}: {}", denial.check.as_str(), denial.reason);
-            let (shared, conn, target) = (shared.clone(), conn.clone(), call.target.to_string());
-            let token = elastos::token::audit_ref(call.token);
-            // Denials are durable before the answer goes out.
-            tokio::spawn(async move {
-                let actor = conn.peer.actor();
-                if shared
-                    .audit_sync(actor, "call", &target, Decision::Denied, &why, token)
-                    .await
-                {
-                    answer_back(&conn, id, Status::Denied, &format!("denied: {why}")).await;
-                } else {
-                    answer_back(&conn, id, Status::Unavailable, "audit unavailable").await;
-                }
-                conn.call_done();
-            });
+            deny_call(shared, conn, id, call.target, why, call.token);
             return;
         }
     };
@@ -633,10 +622,57 @@ fn handle_call(
     };
     let reason = format!("{} via {}", call.action, route.conn.peer.name);
     // Calls under a max-uses token, and every call on a strict node, are durable first.
-    if token.max_uses > 0 || shared.config.audit.strict {
+    if token.limited() || shared.config.audit.strict {
+        let limited = token.limited().then(|| call.token.to_vec());
         let (shared, conn, call) = (shared.clone(), conn.clone(), call.owned());
         tokio::spawn(async move {
             let actor = conn.peer.actor();
+            // The use is counted durably (an fsync) on a blocking thread, not on a worker
+            // that serves other capsules' calls; checked again there, since another call may
+            // have used the last one meanwhile.
+            if let Some(bytes) = limited {
+                let counted = {
+                    let (shared, conn, target) =
+                        (shared.clone(), conn.clone(), call.target.clone());
+                    let action = call.action;
+                    tokio::task::spawn_blocking(move || {
+                        let verified = shared.verifier.verify(&bytes)?;
+                        let req = CallRequest {
+                            caller_name: &conn.peer.name,
+                            caller_cid: Some(&conn.peer.cid),
+                            resource: &target,
+                            action,
+                            classification,
+                        };
+                        shared
+                            .authority
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .check_verified(verified, &req, now_unix(), true)
+                            .map(|_| ())
+                    })
+                    .await
+                };
+                match counted {
+                    Ok(Ok(())) => {}
+                    Ok(Err(denial)) => {
+                        let why = format!("{}: {}", denial.check.as_str(), denial.reason);
+                        let token = token_id.clone();
+                        deny_call_with(&shared, &conn, id, &call.target, &why, token).await;
+                        return;
+                    }
+                    Err(_) => {
+                        answer_error(
+                            &conn,
+                            id,
+                            Status::Unavailable,
+                            "the use could not be counted",
+                        );
+                        conn.call_done();
+                        return;
+                    }
+                }
+            }
             if shared
                 .audit_sync(
                     actor,
@@ -671,6 +707,40 @@ fn handle_call(
         token: token_id,
     });
     forward(shared, conn, id, call, &route, Some(batch));
+}
+
+/// Denies a call in a task of its own: the denial is durable before the answer goes out.
+fn deny_call(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    id: u64,
+    target: &str,
+    why: String,
+    token: &[u8],
+) {
+    let (shared, conn, target) = (shared.clone(), conn.clone(), target.to_string());
+    let token = elastos::token::audit_ref(token);
+    tokio::spawn(async move { deny_call_with(&shared, &conn, id, &target, &why, token).await });
+}
+
+async fn deny_call_with(
+    shared: &Shared,
+    conn: &Conn,
+    id: u64,
+    target: &str,
+    why: &str,
+    token: Option<String>,
+) {
+    let actor = conn.peer.actor();
+    if shared
+        .audit_sync(actor, "call", target, Decision::Denied, why, token)
+        .await
+    {
+        answer_back(conn, id, Status::Denied, &format!("denied: {why}")).await;
+    } else {
+        answer_back(conn, id, Status::Unavailable, "audit unavailable").await;
+    }
+    conn.call_done();
 }
 
 /// Hands an allowed call to its provider (at once, or in `batch`); the provider's reader

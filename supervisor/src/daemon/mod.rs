@@ -96,6 +96,8 @@ pub struct Shared {
     pub dev_did: String,
     pub config: Config,
     pub authority: Mutex<Authority>,
+    /// The authority's verifier, run on the call path outside its lock.
+    pub verifier: elastos::authority::Verifier,
     pub audit: AuditLog,
     pub routes: RwLock<routes::Routes<Route>>,
     pub conns: ConnTable,
@@ -346,6 +348,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         did: did.clone(),
         dev_did: dev.did(),
         config,
+        verifier: authority.verifier(),
         authority: Mutex::new(authority),
         audit,
         routes: RwLock::new(routes::Routes::default()),
