@@ -15,6 +15,7 @@ pub mod cid;
 pub mod config;
 pub mod control;
 pub mod doctor;
+pub mod frames;
 pub mod fsutil;
 pub mod home;
 pub mod host;

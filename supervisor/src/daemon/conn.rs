@@ -22,7 +22,6 @@ use capnp::message::Builder;
 use elastos::audit::{Decision, Durability, Event};
 use elastos::authority::{CallRequest, IssueRequest};
 use elastos::policy::{self, Grant};
-use elastos::text::sanitize_capped;
 use elastos_schema::manifest::Manifest;
 use elastos_schema::wire::{self, FrameError};
 use elastos_schema::wire_capnp::{frame, Status};
@@ -33,6 +32,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::outbox::{Outbox, SendError};
 use super::Shared;
+use elastos::frames::{parse, CallView, Parsed};
 
 /// Who is on the other end of a capsule socket, as the supervisor started it.
 #[derive(Debug)]
@@ -73,13 +73,6 @@ impl Peer {
     pub fn actor_shared(&self) -> Arc<str> {
         self.actor.clone()
     }
-}
-
-/// What a provider answered to one incoming call, read in place from its frame.
-struct ReplyView<'a> {
-    status: Status,
-    message: String,
-    payload: &'a [u8],
 }
 
 /// The shared handle of a live connection: how others reach this capsule.
@@ -141,9 +134,6 @@ pub struct Route {
     pub classification: Classification,
     pub conn: Arc<Conn>,
 }
-
-/// Kept short: capsule-supplied text ends up in audit records and operators' terminals.
-const MAX_TEXT: usize = 2048;
 
 /// Where to say that the capsule is ready (its hello arrived), and since when it was starting:
 /// the cold start an operator waits for, in the capsule's log.
@@ -358,145 +348,6 @@ async fn read_loop(
             Parsed::Malformed(why) => malformed(shared, conn, &why).await,
         }
     }
-}
-
-/// A frame from a capsule. Calls and replies, the frames every call is made of, borrow their
-/// fields from the frame; the others are read into owned values. (Readers are not `Send` and
-/// must not live across an await: only plain slices and strings are kept.)
-enum Parsed<'a> {
-    Hello(u16),
-    Call(u64, Result<CallView<'a>, String>),
-    Reply(u64, ReplyView<'a>),
-    RequestToken {
-        id: u64,
-        resource: String,
-        actions: ActionSet,
-        reason: String,
-        ttl: Duration,
-    },
-    Serve {
-        id: u64,
-        pattern: String,
-        token: Vec<u8>,
-    },
-    Malformed(String),
-}
-
-fn parse<'a>(msg: &'a Result<wire::Message<'_>, FrameError>) -> Parsed<'a> {
-    let msg = match msg {
-        Ok(m) => m,
-        Err(e) => return Parsed::Malformed(e.to_string()),
-    };
-    let root = match msg.get_root::<frame::Reader>() {
-        Ok(r) => r,
-        Err(e) => return Parsed::Malformed(e.to_string()),
-    };
-    let bad = |e: capnp::Error| Parsed::Malformed(e.to_string());
-    match root.which() {
-        Ok(frame::Which::Hello(Ok(h))) => Parsed::Hello(h.get_version()),
-        Ok(frame::Which::Call(Ok(c))) => Parsed::Call(c.get_id(), read_call(&c)),
-        Ok(frame::Which::Reply(Ok(r))) => Parsed::Reply(
-            r.get_id(),
-            ReplyView {
-                status: r.get_status().unwrap_or(Status::ProviderError),
-                message: text(r.get_message()),
-                payload: r.get_payload().unwrap_or_default(),
-            },
-        ),
-        Ok(frame::Which::RequestToken(Ok(t))) => {
-            let mut actions = ActionSet::EMPTY;
-            if let Ok(list) = t.get_actions() {
-                for a in list.iter().flatten() {
-                    actions.insert(Action::from(a));
-                }
-            }
-            Parsed::RequestToken {
-                id: t.get_id(),
-                resource: text(t.get_resource()),
-                actions,
-                reason: text(t.get_reason()),
-                ttl: Duration::from_secs(u64::from(t.get_ttl_seconds())),
-            }
-        }
-        Ok(frame::Which::Serve(Ok(s))) => Parsed::Serve {
-            id: s.get_id(),
-            pattern: text(s.get_pattern()),
-            token: s.get_token().map(|t| t.to_vec()).unwrap_or_default(),
-        },
-        Ok(
-            frame::Which::Hello(Err(e))
-            | frame::Which::Call(Err(e))
-            | frame::Which::Reply(Err(e))
-            | frame::Which::RequestToken(Err(e))
-            | frame::Which::Serve(Err(e)),
-        ) => bad(e),
-        Ok(_) => Parsed::Malformed("a frame a capsule may not send".into()),
-        Err(e) => Parsed::Malformed(format!("unknown frame kind ({e})")),
-    }
-}
-
-/// A call, read in place from its frame.
-#[derive(Clone, Copy)]
-struct CallView<'a> {
-    target: &'a str,
-    action: Action,
-    token: &'a [u8],
-    payload: &'a [u8],
-    deadline_ms: u32,
-}
-
-/// A call that waits for the audit log in a task of its own (its frame's buffer is reused).
-struct CallData {
-    target: String,
-    action: Action,
-    payload: Vec<u8>,
-    deadline_ms: u32,
-}
-
-impl CallView<'_> {
-    fn owned(&self) -> CallData {
-        CallData {
-            target: self.target.to_string(),
-            action: self.action,
-            payload: self.payload.to_vec(),
-            deadline_ms: self.deadline_ms,
-        }
-    }
-}
-
-impl CallData {
-    fn view(&self) -> CallView<'_> {
-        CallView {
-            target: &self.target,
-            action: self.action,
-            token: &[],
-            payload: &self.payload,
-            deadline_ms: self.deadline_ms,
-        }
-    }
-}
-
-fn read_call<'a>(c: &elastos_schema::wire_capnp::call::Reader<'a>) -> Result<CallView<'a>, String> {
-    let target = c
-        .get_target()
-        .map_err(|e| e.to_string())?
-        .to_str()
-        .map_err(|_| "the target is not UTF-8".to_string())?;
-    let action = Action::from(c.get_action().map_err(|_| "unknown action".to_string())?);
-    Ok(CallView {
-        target,
-        action,
-        token: c.get_token().map_err(|e| e.to_string())?,
-        payload: c.get_payload().map_err(|e| e.to_string())?,
-        deadline_ms: c.get_deadline_ms(),
-    })
-}
-
-fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
-    t.ok()
-        .and_then(|t| t.to_str().ok())
-        .map(|s| sanitize_capped(s, MAX_TEXT))
-        .unwrap_or_default()
 }
 
 /// Sends a reply to the capsule's own request (see [`Conn::push_wait`]).
