@@ -232,6 +232,9 @@ pub struct AuditOptions {
     /// Fault injection for tests: while true, every allocation fails with ENOSPC, as on a full
     /// disk.
     pub fail_alloc: Option<Arc<AtomicBool>>,
+    /// One record for every allowed call (`[audit] per_call`), instead of an exact record for a
+    /// token's first use and one summary per interval of the calls alike that follow it.
+    pub per_call: bool,
 }
 
 impl Default for AuditOptions {
@@ -244,6 +247,7 @@ impl Default for AuditOptions {
             chain_every: CHAIN_EVERY,
             fail_sync: None,
             fail_alloc: None,
+            per_call: false,
         }
     }
 }
@@ -288,8 +292,34 @@ pub const MAX_BUFFERED: usize = 100_000;
 /// holds the CPU for a millisecond, which every call in flight would wait out.
 const CHAIN_EVERY: usize = 16;
 
+/// What waits in the group buffer.
+enum Grouped {
+    Record(Event, Done),
+    /// An allowed call (with the caller's call id), which may be summed up with others like it.
+    Call(Event, u64),
+}
+
 /// `Group` records waiting for the writer thread, in submission order.
-type GroupBuffer = Arc<Mutex<Vec<(Event, Done)>>>;
+type GroupBuffer = Arc<Mutex<Vec<Grouped>>>;
+
+/// Who called what with which token: calls alike are summed up in one record per interval.
+type SummaryKey = (Arc<str>, Option<String>, Cow<'static, str>, String);
+
+/// Allowed calls alike, within one group-commit interval.
+struct Summary {
+    reason: String,
+    count: u64,
+    first: SystemTime,
+    last: SystemTime,
+    first_id: u64,
+    last_id: u64,
+}
+
+/// Kinds of calls summed up at once; more and the interval's summaries are written early.
+const MAX_SUMMARIES: usize = 10_000;
+/// Tokens whose first use was recorded exactly; beyond this the set starts again (a first use
+/// is then recorded exactly once more, which costs a record and loses nothing).
+const MAX_SEEN_TOKENS: usize = 100_000;
 
 /// The log's writer handle: cheap to share; one writer thread does the I/O.
 pub struct AuditLog {
@@ -377,6 +407,11 @@ struct Writer {
     space: Arc<Space>,
     /// The `audit.disk-full` record of this episode was written.
     told_full: bool,
+    summaries: HashMap<SummaryKey, Summary>,
+    /// When the first call of the summaries waiting was summed up: they are written within
+    /// `group_commit` of it.
+    summary_since: Option<Instant>,
+    seen_tokens: std::collections::HashSet<String>,
 }
 
 enum DiskHandle {
@@ -781,6 +816,9 @@ impl AuditLog {
             coalesce: HashMap::new(),
             space: space.clone(),
             told_full: false,
+            summaries: HashMap::new(),
+            summary_since: None,
+            seen_tokens: std::collections::HashSet::new(),
         };
         let mut said = Vec::new();
         if let Some(q) = &quarantined {
@@ -896,16 +934,7 @@ impl AuditLog {
                 drop(guard);
                 return done(Err(AuditError::Closed));
             };
-            let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
-            group.push((ev, Box::new(done)));
-            self.buffered.store(group.len(), Ordering::Relaxed);
-            let n = group.len();
-            drop(group);
-            if n == 1 {
-                let _ = tx.send(Cmd::Kick(false));
-            } else if n.is_multiple_of(self.chain_every) {
-                let _ = tx.send(Cmd::Kick(true));
-            }
+            self.buffer(tx, Grouped::Record(ev, Box::new(done)));
             return;
         }
         let tx = guard.clone();
@@ -919,6 +948,32 @@ impl AuditLog {
                 }
             }
             None => done(Err(AuditError::Closed)),
+        }
+    }
+
+    /// An allowed call's record, as a `Group` record but with no one to tell: unless the log
+    /// was opened `per_call`, the first call with a token is recorded exactly and the calls
+    /// alike that follow (same caller, token, action and resource) are summed up in one record
+    /// per group-commit interval, with their count, first and last time and call ids.
+    pub fn submit_call(&self, ev: Event, call_id: u64) {
+        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            self.buffer(tx, Grouped::Call(ev, call_id));
+        }
+    }
+
+    /// Adds to the group buffer, under the `tx` lock (so a `Close` sent after sees it), and
+    /// wakes the writer only as the buffer starts or fills another batch.
+    fn buffer(&self, tx: &mpsc::Sender<Cmd>, item: Grouped) {
+        let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        group.push(item);
+        self.buffered.store(group.len(), Ordering::Relaxed);
+        let n = group.len();
+        drop(group);
+        if n == 1 {
+            let _ = tx.send(Cmd::Kick(false));
+        } else if n.is_multiple_of(self.chain_every) {
+            let _ = tx.send(Cmd::Kick(true));
         }
     }
 
@@ -1162,6 +1217,11 @@ impl Writer {
         }
         loop {
             let due_at = self.oldest_unsynced.map(|t| t + self.opts.group_commit);
+            let summaries_at = self.summary_since.map(|t| t + self.opts.group_commit);
+            let due_at = match (due_at, summaries_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let wait = match due_at {
                 Some(at) => at.saturating_duration_since(Instant::now()),
                 None if !self.coalesce.is_empty() => self.opts.group_commit,
@@ -1230,8 +1290,12 @@ impl Writer {
                 .oldest_unsynced
                 .is_some_and(|t| t.elapsed() >= self.opts.group_commit);
             let backing_off = self.backoff_until.is_some_and(|t| Instant::now() < t);
-            if (sync_now || due) && !backing_off {
+            let summaries_due = self
+                .summary_since
+                .is_some_and(|t| t.elapsed() >= self.opts.group_commit);
+            if (sync_now || due || summaries_due) && !backing_off {
                 self.drain_group();
+                self.flush_summaries();
                 self.hand_off();
             }
             if self.since_checkpoint >= self.opts.checkpoint_every
@@ -1262,10 +1326,85 @@ impl Writer {
             std::mem::take(&mut *group)
         };
         let n = records.len();
-        for (ev, done) in records {
-            self.append(ev, Durability::Group, done);
+        for item in records {
+            match item {
+                Grouped::Record(ev, done) => self.append(ev, Durability::Group, done),
+                Grouped::Call(ev, id) => self.summarize(ev, id),
+            }
         }
         n
+    }
+
+    /// An allowed call: recorded exactly on its token's first use (or always, `per_call`),
+    /// else counted into the summary of the calls alike in this interval.
+    fn summarize(&mut self, ev: Event, id: u64) {
+        let first_use = match &ev.token {
+            Some(t) => !self.seen_tokens.contains(t),
+            None => true,
+        };
+        if self.opts.per_call || first_use {
+            if let Some(t) = &ev.token {
+                if self.seen_tokens.len() >= MAX_SEEN_TOKENS {
+                    self.seen_tokens.clear();
+                }
+                self.seen_tokens.insert(t.clone());
+            }
+            return self.append(ev, Durability::Group, Box::new(|_| {}));
+        }
+        let now = SystemTime::now();
+        let key = (ev.actor, ev.token, ev.action, ev.resource);
+        match self.summaries.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let s = e.get_mut();
+                s.count += 1;
+                s.last = now;
+                s.last_id = id;
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Summary {
+                    reason: ev.reason,
+                    count: 1,
+                    first: now,
+                    last: now,
+                    first_id: id,
+                    last_id: id,
+                });
+            }
+        }
+        self.summary_since.get_or_insert_with(Instant::now);
+        if self.summaries.len() >= MAX_SUMMARIES {
+            self.flush_summaries();
+        }
+    }
+
+    /// Writes one record for each kind of call summed up in this interval.
+    fn flush_summaries(&mut self) {
+        self.summary_since = None;
+        let summaries: Vec<_> = self.summaries.drain().collect();
+        for ((actor, token, action, resource), s) in summaries {
+            let reason = format!(
+                "{} calls ({}) from {} to {}, call ids {}..{}",
+                s.count,
+                s.reason,
+                humantime::format_rfc3339_micros(s.first),
+                humantime::format_rfc3339_micros(s.last),
+                s.first_id,
+                s.last_id
+            );
+            let _ = self.push_record(
+                Event {
+                    actor,
+                    action,
+                    resource,
+                    decision: Decision::Allowed,
+                    reason,
+                    token,
+                },
+                Some(s.count),
+                None,
+                false,
+            );
+        }
     }
 
     fn append(&mut self, ev: Event, d: Durability, done: Done) {
@@ -1611,6 +1750,7 @@ impl Writer {
     /// Makes everything durable, ends with a checkpoint, and stops the sync thread.
     fn finish(&mut self, rx: &mpsc::Receiver<Cmd>) -> Result<(), AuditError> {
         self.drain_group();
+        self.flush_summaries();
         self.end_windows(true);
         if self.since_checkpoint > 0 {
             self.checkpoint(true)?;
@@ -2918,6 +3058,75 @@ mod tests {
             .filter(|r| r.as_ref().unwrap().action == "call")
             .count() as u64;
         assert_eq!(calls, attempts.load(Ordering::Relaxed));
+    }
+
+    fn call_by(token: &str) -> Event {
+        Event {
+            token: Some(token.into()),
+            ..ev("capsule:a", Decision::Allowed)
+        }
+    }
+
+    /// (records of calls, calls they account for) in the log.
+    fn calls_in(dir: &Path) -> (usize, u64) {
+        let calls: Vec<Record> = read_records(dir)
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|r| r.action == "call")
+            .collect();
+        (
+            calls.len(),
+            calls.iter().map(|r| r.count.unwrap_or(1)).sum(),
+        )
+    }
+
+    #[test]
+    fn repeated_calls_alike_are_summed_up_and_every_call_is_accounted_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(tmp.path(), AuditOptions::default());
+        for i in 0..5000u64 {
+            log.submit_call(call_by("t1"), i);
+            // A second token: its first use is recorded exactly too.
+            if i % 10 == 0 {
+                log.submit_call(call_by("t2"), i);
+            }
+        }
+        log.close().unwrap();
+        verify(tmp.path(), &vk(), None).unwrap();
+        let (records, calls) = calls_in(tmp.path());
+        assert_eq!(calls, 5500, "every call accounted for");
+        assert!(records < 200, "{records} records for 5500 calls alike");
+        let recs: Vec<Record> = read_records(tmp.path())
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|r| r.action == "call")
+            .collect();
+        // Each token's first use exactly, then summaries naming their count and call ids.
+        for t in ["t1", "t2"] {
+            let first = recs.iter().find(|r| r.token.as_deref() == Some(t)).unwrap();
+            assert_eq!(first.count, None, "{first:?}");
+        }
+        let summary = recs.iter().find(|r| r.count.is_some()).unwrap();
+        assert!(
+            summary.reason.contains(" calls (test) from "),
+            "{summary:?}"
+        );
+        assert!(summary.reason.contains("call ids "), "{summary:?}");
+
+        // per_call keeps one record per call.
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(
+            tmp.path(),
+            AuditOptions {
+                per_call: true,
+                ..Default::default()
+            },
+        );
+        for i in 0..500u64 {
+            log.submit_call(call_by("t1"), i);
+        }
+        log.close().unwrap();
+        assert_eq!(calls_in(tmp.path()), (500, 500));
     }
 
     #[test]

@@ -119,6 +119,13 @@ pub struct AuditConfig {
     /// lifecycle events). Costs one fdatasync per call batch.
     #[serde(default)]
     pub strict: bool,
+    /// One record for every allowed call. Without it (the default) a token's first use, every
+    /// use of a max-uses token, and every denial, grant and revocation are recorded exactly,
+    /// while repeated allowed calls alike (same caller, token, action and resource) are summed
+    /// up in one record per 10 ms interval: the log grows with activity, not traffic. A strict
+    /// node keeps one record per call.
+    #[serde(default)]
+    pub per_call: bool,
 }
 
 fn format_default() -> u32 {

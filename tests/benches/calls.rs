@@ -19,6 +19,10 @@
 //!   each figure is the median of its rounds, each ratio the median of its rounds' ratios.
 //! - Scale: the call cost with 200 echo capsules running against 2 (goal ≤ 1.1×), and the
 //!   supervisor's RSS idle and with 200 capsules (goal ≤ 15 MiB / ≤ 40 MiB).
+//! - Audit volume: what the audit log grows by per second of calls at concurrency 8, with calls
+//!   alike summed up (the default) and with `[audit] per_call = true`, on two nodes in
+//!   alternating pairs of runs, and the p50 of each. Goal: ≤ 1 MiB/s summed up, with a p50 no
+//!   worse than per call's.
 //!
 //! The same CPU pinning for all: this process pins itself to one CPU before it starts anything,
 //! and every process it starts (the helpers, the supervisor, capsule-host, the capsules)
@@ -143,6 +147,7 @@ fn main() {
     };
     let down = node.run(&["down", "--timeout", "5s"]);
     assert_eq!(down.code, 0, "elastos down: {down:#?}");
+    let volume = audit_volume(calls, if quick { 1 } else { 5 });
 
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     println!(
@@ -207,6 +212,108 @@ fn main() {
         mib(idle_rss),
         mib(many_rss)
     );
+    volume.print(calls);
+}
+
+/// One node's side of the audit volume figure, per run: bytes per second, bytes per call, p50.
+struct Volume {
+    summed: Vec<(f64, f64, u64)>,
+    per_call: Vec<(f64, f64, u64)>,
+}
+
+impl Volume {
+    fn print(&self, calls: u64) {
+        let kib = |v: &[(f64, f64, u64)]| median(v.iter().map(|x| x.0 / 1024.0));
+        let per = |v: &[(f64, f64, u64)]| median(v.iter().map(|x| x.1));
+        let p50 = |v: &[(f64, f64, u64)]| median(v.iter().map(|x| x.2 as f64));
+        let ratios: Vec<f64> = self
+            .summed
+            .iter()
+            .zip(&self.per_call)
+            .map(|(s, p)| ratio(s.2, p.2))
+            .collect();
+        let spread: Vec<String> = self
+            .summed
+            .iter()
+            .map(|x| format!("{:.0}", x.0 / 1024.0))
+            .collect();
+        println!(
+            "  audit volume, c=8, {calls} calls per run, {} alternating pair(s): calls alike summed up {:.1} KiB/s ({:.1} B/call; runs: {} KiB/s) (goal <= 1024 KiB/s), per call {:.1} KiB/s ({:.1} B/call); p50 {} us against {} us per call: {:.2}x (goal <= 1, within noise)",
+            self.summed.len(),
+            kib(&self.summed),
+            per(&self.summed),
+            spread.join(" "),
+            kib(&self.per_call),
+            per(&self.per_call),
+            p50(&self.summed) as u64,
+            p50(&self.per_call) as u64,
+            median(ratios.into_iter())
+        );
+    }
+}
+
+/// The audit log's size on disk, all segments.
+fn audit_bytes(node: &Node) -> u64 {
+    std::fs::read_dir(node.home().join("audit"))
+        .expect("the audit directory")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// Two nodes, one summing calls up (the default), one with `per_call = true`, each with an echo;
+/// ping runs at c=8 on each in turn, `pairs` times, the order alternating.
+fn audit_volume(calls: u64, pairs: usize) -> Volume {
+    let nodes: Vec<(Node, PathBuf)> = [false, true]
+        .into_iter()
+        .map(|per_call| {
+            let node = Node::new();
+            node.run(&["identity"]);
+            if per_call {
+                std::fs::write(
+                    node.home().join("config.toml"),
+                    "format = 1\n[audit]\nper_call = true\n",
+                )
+                .expect("config.toml");
+            }
+            let up = node.run(&["up"]);
+            assert_eq!(up.code, 0, "elastos up: {up:#?}");
+            let echo = node.pack_first_party("echo");
+            let ping = node.pack_first_party("ping");
+            start_echos(&node, &echo, 0..1);
+            ping_run(&node, &ping, "localhost://echo/0/ping", 8, calls / 4);
+            (node, ping)
+        })
+        .collect();
+    let measure = |(node, ping): &(Node, PathBuf)| {
+        let before = audit_bytes(node);
+        let start = Instant::now();
+        let l = ping_run(node, ping, "localhost://echo/0/ping", 8, calls);
+        let secs = start.elapsed().as_secs_f64();
+        // The last summaries are durable within a group-commit interval of the last call.
+        std::thread::sleep(Duration::from_millis(50));
+        let grew = audit_bytes(node).saturating_sub(before) as f64;
+        (grew / secs, grew / calls as f64, l.p50)
+    };
+    let mut v = Volume {
+        summed: Vec::new(),
+        per_call: Vec::new(),
+    };
+    for i in 0..pairs {
+        if i % 2 == 0 {
+            v.summed.push(measure(&nodes[0]));
+            v.per_call.push(measure(&nodes[1]));
+        } else {
+            v.per_call.push(measure(&nodes[1]));
+            v.summed.push(measure(&nodes[0]));
+        }
+    }
+    for (node, _) in &nodes {
+        let down = node.run(&["down", "--timeout", "5s"]);
+        assert_eq!(down.code, 0, "elastos down: {down:#?}");
+    }
+    v
 }
 
 /// The middle value (the mean of the two middle ones for an even count).

@@ -92,6 +92,8 @@ fn ping_calls_echo_through_the_supervisor_and_every_call_is_audited() {
                 .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
                 .any(|r| r["action"] == "token.grant" && r["decision"] == "allowed")
     });
+    // Every call accounted for, exactly: the 300 and the one that waited for echo.
+    assert_eq!(audited_calls(&up.node, "ping"), 301);
     let echo_records = up
         .node
         .run(&["audit", "--json", "--capsule", "echo"])

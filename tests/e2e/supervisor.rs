@@ -102,8 +102,8 @@ pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> b
     }
 }
 
-/// How many allowed calls to `localhost://echo/...`, each with its token id, the audit log holds
-/// for `capsule`.
+/// How many allowed calls to `localhost://echo/...`, each with its token id, the audit log
+/// accounts for `capsule`: a record counts once, a summary of calls alike its `count`.
 pub(crate) fn audited_calls(node: &Node, capsule: &str) -> usize {
     node.run(&["audit", "--json", "--capsule", capsule])
         .ok()
@@ -117,7 +117,8 @@ pub(crate) fn audited_calls(node: &Node, capsule: &str) -> usize {
                     .is_some_and(|s| s.starts_with("localhost://echo/"))
                 && r["token"].is_string()
         })
-        .count()
+        .map(|r| r["count"].as_u64().unwrap_or(1) as usize)
+        .sum()
 }
 
 pub(crate) fn path(p: &Path) -> &str {

@@ -117,6 +117,7 @@ pub fn open_log(home: &Home, key: &NodeKey) -> anyhow::Result<AuditLog> {
     let cfg = Config::load(home)?;
     let opts = AuditOptions {
         strict: cfg.audit.strict,
+        per_call: cfg.audit.per_call || cfg.audit.strict,
         ..AuditOptions::default()
     };
     home.ensure_dir("audit")?;

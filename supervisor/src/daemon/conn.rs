@@ -548,15 +548,19 @@ fn handle_call(
         conn.call_done();
         return;
     }
-    // Answered at once; the record is made durable by group commit within 10 ms.
-    shared.audit_owned(Event {
-        actor: conn.peer.actor_shared(),
-        action: "call".into(),
-        resource: call.target.to_string(),
-        decision: Decision::Allowed,
-        reason,
-        token: token_id,
-    });
+    // Answered at once; the record (a token's first use exactly, the calls alike after it
+    // summed up per interval) is made durable by group commit within 10 ms.
+    shared.audit.submit_call(
+        Event {
+            actor: conn.peer.actor_shared(),
+            action: "call".into(),
+            resource: call.target.to_string(),
+            decision: Decision::Allowed,
+            reason,
+            token: token_id,
+        },
+        id,
+    );
     forward(shared, conn, id, call, &route, Some(batch));
 }
 
@@ -1026,11 +1030,6 @@ pub fn now_unix() -> i64 {
 
 /// Audits a wire event without waiting; used where the answer does not depend on it.
 impl Shared {
-    /// [`Shared::audit_now`] for an event already made: the per-call record copies nothing.
-    pub fn audit_owned(&self, ev: Event) {
-        self.audit.submit(ev, Durability::Group, |_| {});
-    }
-
     pub fn audit_now(
         &self,
         actor: &str,

@@ -333,6 +333,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         key.clone(),
         AuditOptions {
             strict: config.audit.strict,
+            per_call: config.audit.per_call || config.audit.strict,
             ..AuditOptions::default()
         },
     )
