@@ -542,6 +542,33 @@ fn rekey_message(seq: u64, hash: &[u8; 32], action: &str, other: &str) -> Vec<u8
     m
 }
 
+/// The longest resource a record keeps (a denied call's target may be up to a frame long).
+pub const MAX_RESOURCE_FIELD: usize = 1024;
+/// The longest reason a record keeps.
+pub const MAX_REASON_FIELD: usize = 2048;
+/// The longest actor, action or token reference a record keeps.
+pub const MAX_SHORT_FIELD: usize = 256;
+
+/// `s` whole when it is at most `max` bytes (or `whole`); else its first `max` bytes (at a
+/// character boundary) and its full length and hash, so that a flood of huge fields costs a
+/// bounded record each and the original can still be matched.
+fn capped(s: &str, max: usize, whole: bool) -> Cow<'_, str> {
+    if whole || s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = Sha256::digest(s.as_bytes());
+    Cow::Owned(format!(
+        "{}…[{} bytes, sha256:{}]",
+        &s[..cut],
+        s.len(),
+        hex::encode(&hash[..16])
+    ))
+}
+
 /// Now, as a record's `time`, written into `buf`.
 fn now_text(buf: &mut [u8; 40]) -> &str {
     use std::io::Write;
@@ -1520,16 +1547,26 @@ impl Writer {
         let mut prev = [0u8; 64];
         // Cannot fail: the output is exactly twice the input.
         let _ = hex::encode_to_slice(self.prev, &mut prev);
+        // A signed record's fields are what its signature covers, and are short: kept whole.
+        let whole = sig.is_some();
+        let actor = capped(&ev.actor, MAX_SHORT_FIELD, whole);
+        let action = capped(&ev.action, MAX_SHORT_FIELD, whole);
+        let resource = capped(&ev.resource, MAX_RESOURCE_FIELD, whole);
+        let reason = capped(&ev.reason, MAX_REASON_FIELD, whole);
+        let token = ev
+            .token
+            .as_deref()
+            .map(|t| capped(t, MAX_SHORT_FIELD, whole));
         let rec = Line {
             v: versions::AUDIT,
             seq: self.seq + 1,
             time: now_text(&mut time),
-            actor: &ev.actor,
-            action: &ev.action,
-            resource: &ev.resource,
+            actor: &actor,
+            action: &action,
+            resource: &resource,
             decision: ev.decision,
-            reason: &ev.reason,
-            token: ev.token.as_deref(),
+            reason: &reason,
+            token: token.as_deref(),
             prev: std::str::from_utf8(&prev).unwrap_or(""),
             count,
             sig: sig.as_deref(),
@@ -3127,6 +3164,41 @@ mod tests {
         }
         log.close().unwrap();
         assert_eq!(calls_in(tmp.path()), (500, 500));
+    }
+
+    #[test]
+    fn huge_fields_are_cut_to_a_bounded_record_that_names_their_length_and_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(tmp.path(), AuditOptions::default());
+        let target = format!("localhost://echo/{}", "é".repeat(500_000));
+        log.append(
+            Event {
+                resource: target.clone(),
+                reason: "x".repeat(1 << 20),
+                actor: "capsule:a".repeat(1000).into(),
+                ..ev("capsule:a", Decision::Denied)
+            },
+            Durability::Sync,
+        )
+        .unwrap();
+        log.close().unwrap();
+        verify(tmp.path(), &vk(), None).unwrap();
+        let line = fs::read_to_string(seg1(tmp.path()))
+            .unwrap()
+            .lines()
+            .find(|l| l.contains("\"denied\""))
+            .unwrap()
+            .to_string();
+        assert!(line.len() < 8 * 1024, "{} bytes", line.len());
+        let rec: Record = serde_json::from_str(&line).unwrap();
+        let hash = hex::encode(&Sha256::digest(target.as_bytes())[..16]);
+        assert!(
+            rec.resource
+                .ends_with(&format!("…[{} bytes, sha256:{hash}]", target.len())),
+            "{}",
+            &rec.resource[rec.resource.len() - 80..]
+        );
+        assert!(rec.resource.starts_with("localhost://echo/é"));
     }
 
     #[test]

@@ -461,3 +461,71 @@ fn idle_and_half_sent_control_connections_are_capped_and_closed() {
         || fds(pid) <= before + 2,
     );
 }
+
+/// One frame of the capsule wire, as a capsule writes it.
+fn wire_frame(build: impl FnOnce(elastos_schema::wire_capnp::frame::Builder)) -> Vec<u8> {
+    let mut m = capnp::message::Builder::new_default();
+    build(m.init_root());
+    elastos_schema::wire::encode(&m).unwrap()
+}
+
+#[test]
+fn a_capsule_flooding_the_audit_log_is_answered_busy_past_its_budget() {
+    let up = Up::new();
+    // A hello, then 3000 token requests it is entitled to, each with a 2 KiB reason: without a
+    // budget, 3000 durable records of 2 KiB.
+    let mut frames = wire_frame(|f| {
+        let mut h = f.init_hello();
+        h.set_version(elastos_schema::versions::WIRE);
+        h.set_sdk("flood");
+    });
+    let reason = "r".repeat(2000);
+    for i in 0..3000u64 {
+        frames.extend(wire_frame(|f| {
+            let mut t = f.init_request_token();
+            t.set_id(i + 1);
+            t.set_resource("localhost://echo/*");
+            t.set_reason(&reason);
+            t.set_ttl_seconds(60);
+            t.init_actions(1)
+                .set(0, elastos_schema::token_capnp::Action::Read);
+        }));
+    }
+    let dir = script_capsule(
+        &up.node,
+        "flood",
+        "cat <&3 >/dev/null &\ncat /capsule/frames.bin >&3\necho sent\nsleep 1000",
+    );
+    std::fs::write(dir.join("frames.bin"), &frames).unwrap();
+    let manifest = dir.join("capsule.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text + "[[requests]]\nresource = \"localhost://echo/*\"\nactions = [\"read\"]\nreason = \"flood\"\n",
+    )
+    .unwrap();
+    up.node.run(&["run", "-d", path(&dir)]).ok();
+    wait_until("the flood sent", Duration::from_secs(60), || {
+        up.node.run(&["logs", "flood"]).ok().contains("sent")
+    });
+    let count = |action: &str| {
+        up.node
+            .run(&["audit", "--json", "--capsule", "flood"])
+            .ok()
+            .lines()
+            .filter(|l| l.contains(&format!("\"action\":\"{action}\"")))
+            .count()
+    };
+    wait_until("the budget record", Duration::from_secs(20), || {
+        count("audit.budget") >= 1
+    });
+    let grants = count("token.grant");
+    eprintln!("{grants} of 3000 token requests recorded");
+    assert!(
+        (100..1800).contains(&grants),
+        "{grants} of 3000 requests recorded: the budget did not hold"
+    );
+    // The supervisor and the log are fine.
+    up.node.run(&["status"]).ok();
+    up.node.run(&["audit", "verify"]).ok();
+}

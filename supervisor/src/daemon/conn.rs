@@ -89,6 +89,69 @@ pub struct Conn {
     /// Woken when this capsule's answers no longer fit its queue: it has stopped reading its
     /// socket, and its connection is closed rather than buffering without end.
     stalled: Notify,
+    /// What this capsule may still cost the audit log.
+    budget: Mutex<AuditBudget>,
+}
+
+/// Records per second one capsule may cause, and how many it may cause at once.
+pub const BUDGET_RECORDS_PER_S: f64 = 100.0;
+pub const BUDGET_RECORDS_BURST: f64 = 500.0;
+/// Bytes of records per second one capsule may cause, and at once.
+pub const BUDGET_BYTES_PER_S: f64 = 256.0 * 1024.0;
+pub const BUDGET_BYTES_BURST: f64 = 1024.0 * 1024.0;
+
+/// A token bucket over what one capsule costs the audit log: each frame that will be recorded
+/// on its own (a denial, a token request, a serve request, a malformed frame) spends a record
+/// and its bytes. Allowed calls are summed up by the log and spend nothing. An empty bucket
+/// refills at the rates above; while it is empty the capsule's calls and requests are answered
+/// `busy` and not recorded, and one `audit.budget` record per episode says so.
+pub struct AuditBudget {
+    records: f64,
+    bytes: f64,
+    last: Instant,
+    /// Over budget now, and already said so.
+    over: bool,
+}
+
+impl AuditBudget {
+    fn new() -> AuditBudget {
+        AuditBudget {
+            records: BUDGET_RECORDS_BURST,
+            bytes: BUDGET_BYTES_BURST,
+            last: Instant::now(),
+            over: false,
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let secs = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.records = (self.records + secs * BUDGET_RECORDS_PER_S).min(BUDGET_RECORDS_BURST);
+        self.bytes = (self.bytes + secs * BUDGET_BYTES_PER_S).min(BUDGET_BYTES_BURST);
+    }
+
+    /// Spends a record of about `bytes` (the bucket may go below empty: the record is made).
+    fn charge(&mut self, bytes: usize) {
+        self.refill();
+        self.records -= 1.0;
+        self.bytes -= bytes as f64;
+    }
+
+    /// Whether the bucket is empty; `Some(true)` the first time in an episode (say so once).
+    fn exhausted(&mut self) -> Option<bool> {
+        self.refill();
+        if self.records >= 1.0 && self.bytes >= 1024.0 {
+            self.over = false;
+            return None;
+        }
+        Some(!std::mem::replace(&mut self.over, true))
+    }
+}
+
+/// About what a record of these fields costs on disk.
+fn record_cost(fields: &[&str]) -> usize {
+    300 + fields.iter().map(|f| f.len().min(2048)).sum::<usize>()
 }
 
 /// A forwarded call waiting for its provider's reply.
@@ -158,6 +221,7 @@ pub async fn serve(
         in_flight: AtomicUsize::new(0),
         calls: shared.conns.counter(&peer.name),
         stalled: Notify::new(),
+        budget: Mutex::new(AuditBudget::new()),
     });
     let writer = tokio::spawn({
         let conn = conn.clone();
@@ -288,6 +352,34 @@ async fn read_loop(
                 _ => malformed(shared, conn, "the first frame must be a hello").await,
             }
             continue;
+        }
+        // Over its audit budget: what would be recorded is answered `busy` instead.
+        if !matches!(parsed, Parsed::Reply(..)) {
+            let exhausted = conn
+                .budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .exhausted();
+            if let Some(first) = exhausted {
+                batch.flush(shared);
+                over_budget(shared, conn, &parsed, first).await;
+                continue;
+            }
+        }
+        let cost = match &parsed {
+            Parsed::RequestToken {
+                resource, reason, ..
+            } => Some(record_cost(&[resource, reason])),
+            Parsed::Serve { pattern, .. } => Some(record_cost(&[pattern])),
+            Parsed::Malformed(why) => Some(record_cost(&[why])),
+            Parsed::Call(_, Err(e)) => Some(record_cost(&[e])),
+            _ => None,
+        };
+        if let Some(cost) = cost {
+            conn.budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .charge(cost);
         }
         match parsed {
             Parsed::Call(id, Ok(call)) => {
@@ -564,6 +656,52 @@ fn handle_call(
     forward(shared, conn, id, call, &route, Some(batch));
 }
 
+/// A frame from a capsule over its audit budget: answered `busy`, recorded only once per
+/// episode (`first`).
+async fn over_budget(shared: &Shared, conn: &Conn, parsed: &Parsed<'_>, first: bool) {
+    let why = format!(
+        "over its audit budget ({BUDGET_RECORDS_PER_S} records and {} KiB a second, {BUDGET_RECORDS_BURST} at once): answered busy, not recorded, until it recovers",
+        BUDGET_BYTES_PER_S / 1024.0
+    );
+    if first {
+        shared.audit_now(
+            conn.peer.actor(),
+            "audit.budget",
+            "",
+            Decision::Denied,
+            &why,
+            None,
+        );
+    }
+    let msg = format!("busy: {why}");
+    match parsed {
+        Parsed::Call(id, _) => answer_back(conn, *id, Status::Busy, &msg).await,
+        Parsed::RequestToken { id, .. } => {
+            let frame = {
+                let mut m = Builder::new_default();
+                let mut reply = m.init_root::<frame::Builder>().init_token_reply();
+                reply.set_id(*id);
+                reply.set_status(Status::Busy);
+                reply.set_message(&msg);
+                wire::encode(&m)
+            };
+            send_back(conn, frame).await;
+        }
+        Parsed::Serve { id, .. } => {
+            let frame = {
+                let mut m = Builder::new_default();
+                let mut reply = m.init_root::<frame::Builder>().init_serve_reply();
+                reply.set_id(*id);
+                reply.set_status(Status::Busy);
+                reply.set_message(&msg);
+                wire::encode(&m)
+            };
+            send_back(conn, frame).await;
+        }
+        _ => {}
+    }
+}
+
 /// Denies a call in a task of its own: the denial is durable before the answer goes out.
 fn deny_call(
     shared: &Arc<Shared>,
@@ -573,6 +711,10 @@ fn deny_call(
     why: String,
     token: &[u8],
 ) {
+    conn.budget
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .charge(record_cost(&[target, &why]));
     let (shared, conn, target) = (shared.clone(), conn.clone(), target.to_string());
     let token = elastos::token::audit_ref(token);
     tokio::spawn(async move { deny_call_with(&shared, &conn, id, &target, &why, token).await });
