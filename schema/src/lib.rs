@@ -62,6 +62,9 @@ pub mod domains {
     /// action (`key.retire`, signed by the old key; `key.adopt`, by the new one) and the other
     /// key's DID.
     pub const AUDIT_REKEY: &[u8] = b"elastos/audit-rekey/v1\0";
+    /// The audit log's `anchor` after `audit prune`: `seq ‖ hash` of the last record pruned and
+    /// the DID of the key in force there.
+    pub const AUDIT_ANCHOR: &[u8] = b"elastos/audit-anchor/v1\0";
     /// The label the WASM cache's MAC key is derived under (`NodeKey::derive_key`).
     pub const WASM_CACHE_KEY: &[u8] = b"elastos/wasm-cache-key/v1\0";
     /// What the WASM cache's MAC covers first: `‖ module CID ‖ 0 ‖ compatibility hash ‖ 0 ‖

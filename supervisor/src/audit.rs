@@ -84,6 +84,7 @@ pub const RESERVE_ACTIONS: &[&str] = &[
     "checkpoint",
     "recovered",
     "audit.disk-full",
+    "audit.prune",
     "supervisor.stop",
 ];
 
@@ -1033,6 +1034,104 @@ impl AuditLog {
         }
         drop(guard);
         rx.recv().unwrap_or(Err(AuditError::Closed))
+    }
+
+    /// Removes the whole segments of `dir` (this log's directory) whose records all come
+    /// before `before`, never the live one: first an `audit.prune` record (from the reserve, so
+    /// a full disk can be pruned) says what goes, durably; then a signed `anchor` (by `key`,
+    /// the node's) names the last record removed, its hash and the key in force there, so the
+    /// rest still verifies; then the files go. An anchor kept for `verify --expect` that points
+    /// into what was removed no longer matches anything.
+    pub fn prune(
+        &self,
+        dir: &Path,
+        before: u64,
+        actor: &str,
+        key: &NodeKey,
+    ) -> Result<Pruned, AuditError> {
+        let segs = segments(dir)?;
+        let mut cut = Vec::new();
+        let mut first = None;
+        let mut last = None;
+        let mut bytes = 0;
+        for (_, p) in segs.iter().take(segs.len().saturating_sub(1)) {
+            let f = File::open(p).map_err(io_err(p))?;
+            let scan = scan_tail(&f, p, None, None)?;
+            match scan.last {
+                Some((s, h)) if s < before => {
+                    if first.is_none() {
+                        let mut line = Vec::new();
+                        BufReader::new(File::open(p).map_err(io_err(p))?)
+                            .read_until(b'\n', &mut line)
+                            .map_err(io_err(p))?;
+                        first = serde_json::from_slice::<Record>(line.trim_ascii_end())
+                            .ok()
+                            .map(|r| r.seq);
+                    }
+                    cut.push(p.clone());
+                    last = Some((s, h));
+                    bytes += scan.total_len;
+                }
+                _ => break,
+            }
+        }
+        let (Some((seq, hash)), Some(first)) = (last, first) else {
+            return Ok(Pruned {
+                first: 0,
+                last: 0,
+                segments: 0,
+                bytes: 0,
+            });
+        };
+        // The key in force at `seq`: the anchor's (or the first) key, changed by every key
+        // change up to there.
+        let anchor = read_anchor(dir)?;
+        let mut did = crate::identity::did_from_public(
+            first_key(dir, &key.verifying_key(), anchor.as_ref())?.as_bytes(),
+        );
+        for (at, _, new) in key_changes(dir)? {
+            if at <= seq {
+                did = new;
+            }
+        }
+        self.append(
+            Event {
+                actor: actor.into(),
+                action: "audit.prune".into(),
+                resource: format!("#{first}..#{seq}"),
+                decision: Decision::Info,
+                reason: format!(
+                    "records #{first}..#{seq} ({} segment(s), {bytes} bytes) removed; the log now begins at #{}, anchored by `anchor`",
+                    cut.len(),
+                    seq + 1
+                ),
+                token: None,
+            },
+            Durability::Sync,
+        )?;
+        let sig = key.sign(domains::AUDIT_ANCHOR, &anchor_message(seq, &hash, &did));
+        let anchor = Anchor {
+            format: 1,
+            seq,
+            hash: hex::encode(hash),
+            did,
+            signer: key.did(),
+            sig: hex::encode(sig.to_bytes()),
+            time: now_text(&mut [0u8; 40]).to_string(),
+        };
+        let text =
+            serde_json::to_vec_pretty(&anchor).map_err(|e| AuditError::Corrupt(e.to_string()))?;
+        write_atomic(&dir.join("anchor"), &text, 0o600).map_err(io_err(dir))?;
+        for p in &cut {
+            fs::remove_file(p).map_err(io_err(p))?;
+        }
+        sync_dir(dir).map_err(io_err(dir))?;
+        Ok(Pruned {
+            first,
+            last: seq,
+            segments: cut.len(),
+            bytes,
+        })
     }
 
     /// Writes a final checkpoint and the head, syncs, and stops the writer.
@@ -2133,6 +2232,16 @@ pub fn read_records(
     Ok(out.into_iter())
 }
 
+/// The audit log's size on disk: every segment's length.
+pub fn size(dir: &Path) -> u64 {
+    segments(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(_, p)| fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Whether a record's actor is the capsule `name` (`capsule:NAME` or `capsule:NAME@CID`).
 pub fn actor_is_capsule(actor: &str, name: &str) -> bool {
     actor
@@ -2152,11 +2261,11 @@ pub struct VerifyReport {
     pub signed: u64,
 }
 
-/// The key the log begins with: `public`, or, when the log records key changes (completed
-/// `key.retire` + `key.adopt` pairs), the first key of the chain that ends at `public`. Only
-/// the chain's shape is read here; every signature in it is checked by [`verify`].
-fn first_key(dir: &Path, public: &VerifyingKey) -> Result<VerifyingKey, AuditError> {
-    let mut changes: Vec<(String, String)> = Vec::new();
+/// The completed key changes the log records (`key.retire` then `key.adopt` at once), in
+/// order: (seq of the adopt, old DID, new DID). Only the chain's shape is read here; every
+/// signature in it is checked by [`verify`].
+fn key_changes(dir: &Path) -> Result<Vec<(u64, String, String)>, AuditError> {
+    let mut changes = Vec::new();
     let mut pending: Option<(u64, String)> = None;
     for (_, path) in segments(dir)? {
         let f = File::open(&path).map_err(io_err(&path))?;
@@ -2175,18 +2284,33 @@ fn first_key(dir: &Path, public: &VerifyingKey) -> Result<VerifyingKey, AuditErr
             match (rec.action.as_str(), pending.take()) {
                 ("key.retire", _) => pending = Some((rec.seq, rec.resource)),
                 ("key.adopt", Some((s, new))) if s + 1 == rec.seq => {
-                    changes.push((rec.resource, new))
+                    changes.push((rec.seq, rec.resource, new))
                 }
                 _ => {}
             }
         }
     }
-    let Some((first_old, _)) = changes.first() else {
-        return Ok(*public);
-    };
+    Ok(changes)
+}
+
+fn key_of(did: &str) -> Result<VerifyingKey, AuditError> {
+    crate::identity::public_from_did(did)
+        .ok()
+        .and_then(|pk| VerifyingKey::from_bytes(&pk).ok())
+        .ok_or_else(|| AuditError::Corrupt(format!("`{did}` in the log is not a valid key")))
+}
+
+/// The key the log (what is left of it after a prune: its anchor's key) begins with: `public`,
+/// or the first key of the chain of changes that ends at `public`.
+fn first_key(
+    dir: &Path,
+    public: &VerifyingKey,
+    anchor: Option<&Anchor>,
+) -> Result<VerifyingKey, AuditError> {
+    let changes = key_changes(dir)?;
     let did = crate::identity::did_from_public(public.as_bytes());
     let mut expect = did.clone();
-    for (old, new) in changes.iter().rev() {
+    for (_, old, new) in changes.iter().rev() {
         if *new != expect {
             return Err(AuditError::Corrupt(format!(
                 "the log's chain of node keys does not end at {did}: it hands over to {new} where {expect} was expected; verify with the DID the log was last signed by (`--did`)"
@@ -2194,10 +2318,85 @@ fn first_key(dir: &Path, public: &VerifyingKey) -> Result<VerifyingKey, AuditErr
         }
         expect = old.clone();
     }
-    crate::identity::public_from_did(first_old)
-        .ok()
-        .and_then(|pk| VerifyingKey::from_bytes(&pk).ok())
-        .ok_or_else(|| AuditError::Corrupt("the log's first node key is not a valid key".into()))
+    if let Some(a) = anchor {
+        if a.did != expect {
+            return Err(AuditError::Corrupt(format!(
+                "the anchor says the log went on under {} but its chain of keys begins at {expect}",
+                a.did
+            )));
+        }
+    }
+    key_of(&expect)
+}
+
+/// The `anchor` file `audit prune` leaves: where the log now begins, signed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Anchor {
+    format: u32,
+    /// The last record pruned, and its hash: the first record left links to it.
+    seq: u64,
+    hash: String,
+    /// The node key in force at `seq`.
+    did: String,
+    /// Who signed this anchor (the node key at the prune), and the signature.
+    signer: String,
+    sig: String,
+    time: String,
+}
+
+fn anchor_message(seq: u64, hash: &[u8; 32], did: &str) -> Vec<u8> {
+    let mut m = head_message(seq, hash);
+    m.extend_from_slice(did.as_bytes());
+    m
+}
+
+fn read_anchor(dir: &Path) -> Result<Option<Anchor>, AuditError> {
+    let path = dir.join("anchor");
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| AuditError::Corrupt(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+impl Anchor {
+    /// (seq, hash, key in force there), once its signature holds under a key of the chain
+    /// (`keys`, from the anchor's own on).
+    fn check(&self, keys: &[String]) -> Result<(u64, [u8; 32], VerifyingKey), AuditError> {
+        let hash = parse_hash(&self.hash)
+            .ok_or_else(|| AuditError::Corrupt("the anchor's hash is malformed".into()))?;
+        let sig = hex::decode(&self.sig)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| Signature::from_bytes(&b))
+            .ok_or_else(|| AuditError::Corrupt("the anchor's signature is malformed".into()))?;
+        if self.format != 1 || !keys.contains(&self.signer) {
+            return Err(AuditError::Corrupt(format!(
+                "the anchor is signed by {}, which is not one of this log's keys",
+                self.signer
+            )));
+        }
+        let msg = anchor_message(self.seq, &hash, &self.did);
+        if !crate::identity::verify(&key_of(&self.signer)?, domains::AUDIT_ANCHOR, &msg, &sig) {
+            return Err(AuditError::Corrupt(
+                "the anchor's signature does not verify: it was forged or edited".into(),
+            ));
+        }
+        Ok((self.seq, hash, key_of(&self.did)?))
+    }
+}
+
+/// What `audit prune` removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pruned {
+    /// Records `first..=last` went, in `segments` files of `bytes` bytes; 0 of them: nothing.
+    pub first: u64,
+    pub last: u64,
+    pub segments: usize,
+    pub bytes: u64,
 }
 
 /// Checks the whole log against `public` (the node's key): versions, sequence, chain, every
@@ -2215,8 +2414,19 @@ pub fn verify(
     let head = read_head(dir)?;
     // The key each part of the log is signed with: the chain of key changes must end at
     // `public`, so the first key is known before the first signature is checked.
-    let mut current = first_key(dir, public)?;
+    let anchor = read_anchor(dir)?;
+    let mut current = first_key(dir, public, anchor.as_ref())?;
     let mut retiring: Option<VerifyingKey> = None;
+    // After a prune the log begins after its anchor, under the key in force there.
+    let mut anchored = None;
+    if let Some(a) = &anchor {
+        let mut keys = vec![a.did.clone()];
+        keys.extend(key_changes(dir)?.into_iter().map(|(_, _, new)| new));
+        let (s, h, k) = a.check(&keys)?;
+        (seq, prev, current) = (s, h, k);
+        signed = s;
+        anchored = Some((s, h));
+    }
     for (n, path) in segments(dir)? {
         let file = segment_name(n);
         let bad = |seq: u64, why: String| AuditError::Bad {
@@ -2239,6 +2449,16 @@ pub fn verify(
             let body = &line[..line.len() - 1];
             let rec: Record = serde_json::from_slice(body)
                 .map_err(|e| bad(seq + 1, format!("not a record ({e})")))?;
+            // A prune stopped before it removed everything it anchored: what is at or below the
+            // anchor is gone as far as the log is concerned, but the anchor's record must match.
+            if let Some((s, h)) = anchored {
+                if rec.seq <= s {
+                    if rec.seq == s && record_hash(body) != h {
+                        return Err(bad(rec.seq, "it is not the record the anchor names".into()));
+                    }
+                    continue;
+                }
+            }
             if rec.v != versions::AUDIT {
                 return Err(bad(
                     rec.seq,
@@ -2403,9 +2623,12 @@ pub fn verify(
     }
     if let Some((s, _)) = expect {
         if !anchor_seen {
-            return Err(AuditError::Corrupt(format!(
-                "the log has no record #{s} (the expected anchor)"
-            )));
+            return Err(AuditError::Corrupt(match anchored {
+                Some((a, _)) if s <= a => format!(
+                    "record #{s} (the expected anchor) was pruned: the log now begins after #{a}"
+                ),
+                _ => format!("the log has no record #{s} (the expected anchor)"),
+            }));
         }
     }
     Ok(VerifyReport {
@@ -2703,6 +2926,77 @@ mod tests {
         assert_ne!(edited, text);
         fs::write(&seg, edited).unwrap();
         assert!(verify(tmp.path(), &newer.verifying_key(), None).is_err());
+    }
+
+    #[test]
+    fn prune_removes_old_segments_and_the_rest_still_verifies_across_a_key_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let small = || AuditOptions {
+            segment_bytes: 3000,
+            ..Default::default()
+        };
+        let log = open(tmp.path(), small());
+        for _ in 0..40 {
+            log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+                .unwrap();
+        }
+        let new = Arc::new(NodeKey::from_seed(&[12; 32]));
+        log.rekey(new.clone()).unwrap();
+        for _ in 0..40 {
+            log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+                .unwrap();
+        }
+        let before = verify(tmp.path(), &new.verifying_key(), None).unwrap();
+        let old_anchor = (5u64, {
+            let line = fs::read_to_string(seg1(tmp.path()))
+                .unwrap()
+                .lines()
+                .nth(4)
+                .unwrap()
+                .to_string();
+            record_hash(line.as_bytes())
+        });
+        let segs_before = segments(tmp.path()).unwrap().len();
+        // Past the key change: the anchor must name the new key.
+        let pruned = log.prune(tmp.path(), 60, "operator:test", &new).unwrap();
+        log.close().unwrap();
+        assert!(
+            pruned.segments > 0 && pruned.first == 1 && pruned.last < 60,
+            "{pruned:?}"
+        );
+        assert_eq!(
+            segments(tmp.path()).unwrap().len(),
+            segs_before - pruned.segments
+        );
+        let after = verify(tmp.path(), &new.verifying_key(), None).unwrap();
+        assert!(after.records > before.records);
+        assert_eq!(after.signed, after.records);
+        let e = verify(tmp.path(), &new.verifying_key(), Some(old_anchor)).unwrap_err();
+        assert!(e.to_string().contains("was pruned"), "{e}");
+        let acts: Vec<String> = read_records(tmp.path())
+            .unwrap()
+            .map(|r| r.unwrap().action)
+            .collect();
+        assert_eq!(acts.iter().filter(|a| *a == "audit.prune").count(), 1);
+        // Opened again and written to: still one chain.
+        let log = AuditLog::open(tmp.path(), new.clone(), small()).unwrap();
+        log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+            .unwrap();
+        log.close().unwrap();
+        verify(tmp.path(), &new.verifying_key(), None).unwrap();
+        // An edited anchor is refused.
+        let path = tmp.path().join("anchor");
+        let text = fs::read_to_string(&path).unwrap();
+        let a: Anchor = serde_json::from_str(&text).unwrap();
+        fs::write(
+            &path,
+            text.replace(
+                &format!("\"seq\": {}", a.seq),
+                &format!("\"seq\": {}", a.seq + 1),
+            ),
+        )
+        .unwrap();
+        assert!(verify(tmp.path(), &new.verifying_key(), None).is_err());
     }
 
     #[test]

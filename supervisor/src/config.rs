@@ -126,6 +126,14 @@ pub struct AuditConfig {
     /// node keeps one record per call.
     #[serde(default)]
     pub per_call: bool,
+    /// Bytes the audit log may hold before `elastos status` and `elastos doctor` warn. Nothing
+    /// is ever dropped by itself: `elastos audit prune` removes what the operator decides.
+    #[serde(default)]
+    pub max_size: Option<u64>,
+    /// Bytes after which the log moves on to a new segment file (default 64 MiB); `audit prune`
+    /// removes whole segments.
+    #[serde(default)]
+    pub segment_size: Option<u64>,
 }
 
 fn format_default() -> u32 {

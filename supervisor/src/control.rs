@@ -65,6 +65,10 @@ pub enum Request {
         did: String,
     },
     TrustLs,
+    /// `elastos audit prune --before SEQ`.
+    AuditPrune {
+        before: u64,
+    },
 }
 
 /// What `elastos run` asks for.

@@ -61,6 +61,7 @@ pub fn run(home: &Path) -> Vec<Feature> {
         ),
         home_permissions(home),
         disk_space(home),
+        audit_size(home),
         tiocsti(),
         io_uring(),
     ]
@@ -561,6 +562,37 @@ fn disk_space(home: &Path) -> Feature {
             "check that the file system holding ELASTOS_HOME is mounted",
         ),
     }
+}
+
+fn audit_size(home: &Path) -> Feature {
+    let size = crate::audit::size(&home.join("audit"));
+    let max = crate::config::Config::load(&crate::home::Home::at(home.to_path_buf()))
+        .ok()
+        .and_then(|c| c.audit.max_size);
+    audit_size_verdict(size, max)
+}
+
+/// Whether the audit log (`size` bytes) has reached its `[audit] max_size`: a warning, never
+/// a failure, and nothing is dropped.
+pub fn audit_size_verdict(size: u64, max: Option<u64>) -> Feature {
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    feature(
+        "audit_size",
+        max.is_none_or(|m| size < m),
+        false,
+        match max {
+            Some(m) => format!(
+                "the audit log holds {:.1} MiB; [audit] max_size is {:.1} MiB",
+                mib(size),
+                mib(m)
+            ),
+            None => format!(
+                "the audit log holds {:.1} MiB ([audit] max_size not set)",
+                mib(size)
+            ),
+        },
+        "remove what need not be kept: `elastos audit prune --before SEQ` (copy the log first if it must be archived), or raise [audit] max_size; elastos never drops records by itself",
+    )
 }
 
 pub fn disk_verdict(at: &Path, free: u64) -> Feature {

@@ -216,3 +216,83 @@ fn a_missing_head_on_a_log_with_records_is_an_error() {
     assert_ne!(up.code, 0, "{up:#?}");
     assert!(up.stderr.contains("head"), "{up:#?}");
 }
+
+#[test]
+fn prune_removes_the_old_log_keeps_the_rest_verifiable_and_max_size_warns() {
+    let node = Node::new();
+    node.run(&["identity"]).ok();
+    std::fs::write(
+        node.home().join("config.toml"),
+        "format = 1\n[audit]\nsegment_size = 4096\nmax_size = 20000\n",
+    )
+    .unwrap();
+    for _ in 0..40 {
+        node.run(&["revoke", "--all"]).ok();
+    }
+    let before = node.run(&["audit", "verify", "--json"]).json();
+    let records = before["records"].as_u64().unwrap();
+    assert!(segments(&node).len() > 4);
+    // Over its max_size: doctor says so, and fixes nothing by itself.
+    let doctor = node.run(&["doctor", "--json"]).json();
+    let size = doctor["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "audit_size")
+        .unwrap()
+        .clone();
+    assert_eq!(size["ok"], false, "{size}");
+    assert!(size["fix"].as_str().unwrap().contains("audit prune"));
+    let early = records / 4;
+    let early_hash = records_hash(&node, early);
+
+    let cut = (records / 2).to_string();
+    let out = node
+        .run(&["audit", "prune", "--before", &cut, "--json"])
+        .json();
+    let last = out["last"].as_u64().unwrap();
+    assert!(
+        out["segments"].as_u64().unwrap() > 0 && last < records / 2,
+        "{out}"
+    );
+    assert_eq!(out["first"], 1);
+    let after = node.run(&["audit", "verify", "--json"]).json();
+    assert_eq!(after["ok"], true, "{after}");
+    let recs = records_of(&node);
+    assert_eq!(recs[0]["seq"].as_u64().unwrap(), last + 1);
+    assert!(recs.iter().any(|r| r["action"] == "audit.prune"));
+    let gone = node.run(&[
+        "audit",
+        "verify",
+        "--expect",
+        &format!("{early}:{early_hash}"),
+    ]);
+    gone.code(1);
+    assert!(gone.stdout.contains("was pruned"), "{gone:#?}");
+
+    // With a supervisor: it opens the pruned log, and prunes through it.
+    let up = crate::supervisor::Up::with_node(node);
+    let out = up
+        .node
+        .run(&["audit", "prune", "--before", &(last + 20).to_string()]);
+    assert!(out.ok().starts_with("pruned records") || out.ok().starts_with("nothing to prune"));
+    up.node.run(&["down"]).ok();
+    up.node.run(&["audit", "verify"]).ok();
+}
+
+fn records_of(node: &Node) -> Vec<serde_json::Value> {
+    records(node, &[])
+}
+
+/// The hash of record `seq`, from the segment that holds it.
+fn records_hash(node: &Node, seq: u64) -> String {
+    for seg in segments(node) {
+        for line in std::fs::read_to_string(seg).unwrap().lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            if r["seq"].as_u64() == Some(seq) {
+                return hex::encode(elastos::audit::record_hash(line.as_bytes()));
+            }
+        }
+    }
+    panic!("no record #{seq}")
+}

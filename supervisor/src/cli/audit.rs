@@ -46,6 +46,16 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Remove the old part of the log: every whole segment whose records all come before SEQ
+    /// (never the live one). Recorded first; a signed `anchor` keeps the rest verifiable.
+    /// Anchors saved for `verify --expect` inside what goes no longer match.
+    Prune {
+        /// Remove records before this sequence number (whole segments only).
+        #[arg(long, value_name = "SEQ")]
+        before: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_since(s: &str) -> Result<SystemTime, String> {
@@ -113,11 +123,67 @@ pub fn record_operator_decision(
     Ok(())
 }
 
+fn prune(home: &Home, before: u64, json: bool) -> anyhow::Result<ExitCode> {
+    use elastos::control::{Client, ControlError, Request};
+    let pruned: audit::Pruned = match Client::connect(home) {
+        Ok(mut c) => {
+            let r = c.request(&Request::AuditPrune { before })?;
+            if !r.ok {
+                return Err(super::Failure {
+                    code: r.code.unwrap_or(super::EXIT_FAILED),
+                    message: r.error.unwrap_or_else(|| "the prune failed".into()),
+                }
+                .into());
+            }
+            let n = |k: &str| r.data[k].as_u64().unwrap_or(0);
+            audit::Pruned {
+                first: n("first"),
+                last: n("last"),
+                segments: n("segments") as usize,
+                bytes: n("bytes"),
+            }
+        }
+        Err(ControlError::NotRunning { .. }) => {
+            let _lock = super::token::state_lock(home)?;
+            let key = NodeKey::load(home)?.ok_or_else(|| {
+                anyhow::anyhow!("this node has no identity, and so no audit log to prune")
+            })?;
+            let log = open_log(home, &key)?;
+            let pruned = log
+                .prune(&home.audit_dir(), before, &operator(), &key)
+                .context("pruning the audit log")?;
+            log.close().context("closing the audit log")?;
+            pruned
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        super::print_json(&pruned)?;
+    } else if pruned.segments == 0 {
+        println!("nothing to prune: no whole segment before #{before} but the live one");
+    } else {
+        println!(
+            "pruned records #{}..#{} ({} segment(s), {:.1} MiB); the log now begins at #{} and still verifies from its signed anchor",
+            pruned.first,
+            pruned.last,
+            pruned.segments,
+            pruned.bytes as f64 / f64::from(1 << 20),
+            pruned.last + 1
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn open_log(home: &Home, key: &NodeKey) -> anyhow::Result<AuditLog> {
     let cfg = Config::load(home)?;
     let opts = AuditOptions {
         strict: cfg.audit.strict,
         per_call: cfg.audit.per_call || cfg.audit.strict,
+        segment_bytes: cfg
+            .audit
+            .segment_size
+            .unwrap_or(AuditOptions::default().segment_bytes)
+            .max(4096),
         ..AuditOptions::default()
     };
     home.ensure_dir("audit")?;
@@ -127,8 +193,12 @@ pub fn open_log(home: &Home, key: &NodeKey) -> anyhow::Result<AuditLog> {
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let home = Home::from_env()?;
-    if let Some(AuditCommand::Verify { expect, did, json }) = args.command {
-        return verify(&home, expect, did, json);
+    match args.command {
+        Some(AuditCommand::Verify { expect, did, json }) => {
+            return verify(&home, expect, did, json)
+        }
+        Some(AuditCommand::Prune { before, json }) => return prune(&home, before, json),
+        None => {}
     }
     let dir = home.audit_dir();
     if !dir.exists() && !args.follow {

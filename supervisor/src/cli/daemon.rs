@@ -192,6 +192,15 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         } else if !a.is_null() {
             println!("audit: ok ({reserve})");
         }
+        if let (Some(bytes), Some(max)) = (a["bytes"].as_u64(), a["max_size"].as_u64()) {
+            if bytes >= max {
+                println!(
+                    "audit: WARNING: the log holds {:.1} MiB, at or over its [audit] max_size of {:.1} MiB; `elastos audit prune --before SEQ` removes what need not be kept (nothing is dropped by itself)",
+                    bytes as f64 / f64::from(1 << 20),
+                    max as f64 / f64::from(1 << 20)
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

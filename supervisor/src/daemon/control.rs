@@ -208,6 +208,8 @@ async fn handle(
                 "available": shared.audit.is_available(),
                 "disk_full": shared.audit.space().disk_full,
                 "reserve_bytes": shared.audit.space().reserve_bytes,
+                "bytes": elastos::audit::size(&shared.home.audit_dir()),
+                "max_size": shared.config.audit.max_size,
             },
         })),
         Request::Ps => match root.call(RootMsg::Ps, Some(CALL_TIMEOUT)).await {
@@ -310,6 +312,23 @@ async fn handle(
                 .unwrap_or_else(|e| e.into_inner())
                 .trust_ls();
             Response::ok(json!(list))
+        }
+        Request::AuditPrune { before } => {
+            let shared = shared.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                shared.audit.prune(
+                    &shared.home.audit_dir(),
+                    before,
+                    &crate::cli::operator(),
+                    &shared.key,
+                )
+            })
+            .await;
+            match done {
+                Ok(Ok(p)) => Response::ok(json!(p)),
+                Ok(Err(e)) => Response::err(format!("pruning the audit log: {e}")),
+                Err(e) => Response::err(format!("pruning the audit log: {e}")),
+            }
         }
         Request::Signal { .. } | Request::Stdin { .. } | Request::StdinClose => {
             usage("this request belongs on an attached run connection".into())

@@ -92,6 +92,8 @@ impl ConnTable {
 /// State every connection task and actor reads; the per-call path takes only short locks here.
 pub struct Shared {
     pub home: Home,
+    /// The node key: it signs what the supervisor itself writes beside the log (a prune's anchor).
+    pub key: Arc<NodeKey>,
     pub did: String,
     pub dev_did: String,
     pub config: Config,
@@ -334,6 +336,11 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         AuditOptions {
             strict: config.audit.strict,
             per_call: config.audit.per_call || config.audit.strict,
+            segment_bytes: config
+                .audit
+                .segment_size
+                .unwrap_or(AuditOptions::default().segment_bytes)
+                .max(4096),
             ..AuditOptions::default()
         },
     )
@@ -346,6 +353,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
     let did = key.did();
     let shared = Arc::new(Shared {
         home: home.clone(),
+        key: key.clone(),
         did: did.clone(),
         dev_did: dev.did(),
         config,
