@@ -65,6 +65,10 @@ pub mod domains {
     /// The audit log's `anchor` after `audit prune`: `seq ‖ hash` of the last record pruned and
     /// the DID of the key in force there.
     pub const AUDIT_ANCHOR: &[u8] = b"elastos/audit-anchor/v1\0";
+    /// The label the token authority's state MAC key is derived under (`NodeKey::derive_key`).
+    pub const STATE_MAC_KEY: &[u8] = b"elastos/state-mac-key/v1\0";
+    /// What the state MAC covers first: `‖ the state file's JSON without its mac`.
+    pub const STATE_MAC: &[u8] = b"elastos/state-mac/v1\0";
     /// The label the WASM cache's MAC key is derived under (`NodeKey::derive_key`).
     pub const WASM_CACHE_KEY: &[u8] = b"elastos/wasm-cache-key/v1\0";
     /// What the WASM cache's MAC covers first: `‖ module CID ‖ 0 ‖ compatibility hash ‖ 0 ‖

@@ -236,6 +236,8 @@ pub struct AuditOptions {
     /// One record for every allowed call (`[audit] per_call`), instead of an exact record for a
     /// token's first use and one summary per interval of the calls alike that follow it.
     pub per_call: bool,
+    /// The token authority's latest state stamp, which checkpoints and the head record.
+    pub state: Option<StateCell>,
 }
 
 impl Default for AuditOptions {
@@ -249,6 +251,7 @@ impl Default for AuditOptions {
             fail_sync: None,
             fail_alloc: None,
             per_call: false,
+            state: None,
         }
     }
 }
@@ -476,6 +479,30 @@ struct Head {
     time: String,
     #[serde(default)]
     clean: bool,
+    /// The token authority's state as the writer last saw it: `VERSION:DIGEST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+}
+
+/// The token authority's state, as the head and checkpoints record it: its version and digest
+/// (`authority::StateStamp`).
+pub type StateStamp = (u64, [u8; 32]);
+/// Where the authority publishes its latest stamp for the log.
+pub type StateCell = Arc<Mutex<Option<StateStamp>>>;
+
+fn stamp_text(s: &StateStamp) -> String {
+    format!("{}:{}", s.0, hex::encode(s.1))
+}
+
+fn stamp_parse(s: &str) -> Option<StateStamp> {
+    let (v, d) = s.split_once(':')?;
+    Some((v.parse().ok()?, parse_hash(d)?))
+}
+
+fn stamp_bytes(s: &StateStamp) -> Vec<u8> {
+    let mut m = s.0.to_le_bytes().to_vec();
+    m.extend_from_slice(&s.1);
+    m
 }
 
 /// The head format this elastos writes.
@@ -488,8 +515,18 @@ fn head_v2_message(seq: u64, hash: &[u8; 32], clean: bool) -> Vec<u8> {
 }
 
 impl Head {
-    fn new(key: &NodeKey, seq: u64, hash: &[u8; 32], clean: bool) -> Head {
-        let sig = key.sign(domains::AUDIT_HEAD, &head_v2_message(seq, hash, clean));
+    fn new(
+        key: &NodeKey,
+        seq: u64,
+        hash: &[u8; 32],
+        clean: bool,
+        state: Option<StateStamp>,
+    ) -> Head {
+        let mut msg = head_v2_message(seq, hash, clean);
+        if let Some(st) = &state {
+            msg.extend_from_slice(&stamp_bytes(st));
+        }
+        let sig = key.sign(domains::AUDIT_HEAD, &msg);
         Head {
             format: HEAD_FORMAT,
             seq,
@@ -497,7 +534,13 @@ impl Head {
             sig: hex::encode(sig.to_bytes()),
             time: now_text(&mut [0u8; 40]).to_string(),
             clean,
+            state: state.as_ref().map(stamp_text),
         }
+    }
+
+    /// The authority state this head records, once [`Head::check`] passed.
+    fn state(&self) -> Option<StateStamp> {
+        self.state.as_deref().and_then(stamp_parse)
     }
 
     /// The signed (hash, clean) if `public` signed this head; a clear error otherwise.
@@ -511,11 +554,16 @@ impl Head {
             .ok_or_else(|| AuditError::Corrupt("the head file's signature is malformed".into()))?;
         let (domain, msg, clean) = match self.format {
             1 => (domains::AUDIT_CHECKPOINT, head_message(self.seq, &hash), false),
-            2 => (
-                domains::AUDIT_HEAD,
-                head_v2_message(self.seq, &hash, self.clean),
-                self.clean,
-            ),
+            2 => {
+                let mut msg = head_v2_message(self.seq, &hash, self.clean);
+                if let Some(st) = &self.state {
+                    let st = stamp_parse(st).ok_or_else(|| {
+                        AuditError::Corrupt("the head file's state is malformed".into())
+                    })?;
+                    msg.extend_from_slice(&stamp_bytes(&st));
+                }
+                (domains::AUDIT_HEAD, msg, self.clean)
+            }
             f => {
                 return Err(AuditError::Corrupt(format!(
                     "the head file has format {f}, which this elastos does not know; use a newer elastos"
@@ -532,6 +580,24 @@ impl Head {
 
     fn bytes(&self) -> Result<Vec<u8>, AuditError> {
         serde_json::to_vec_pretty(self).map_err(|e| AuditError::Corrupt(e.to_string()))
+    }
+}
+
+/// What the authority last published, if it publishes.
+fn stamp_now(cell: &Option<StateCell>) -> Option<StateStamp> {
+    cell.as_ref()
+        .and_then(|c| *c.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The authority state the log's signed head records, once the head verifies with `public`.
+/// `None`: no head, or one from before heads recorded it.
+pub fn recorded_state(dir: &Path, public: &VerifyingKey) -> Result<Option<StateStamp>, AuditError> {
+    match read_head(dir)? {
+        Some(h) => {
+            h.check(public)?;
+            Ok(h.state())
+        }
+        None => Ok(None),
     }
 }
 
@@ -756,7 +822,7 @@ impl AuditLog {
             // leave records with no head at all.
             write_atomic(
                 &dir.join("head"),
-                &Head::new(&key, seq, &prev, false).bytes()?,
+                &Head::new(&key, seq, &prev, false, stamp_now(&opts.state)).bytes()?,
                 0o600,
             )
             .map_err(io_err(dir))?;
@@ -765,7 +831,7 @@ impl AuditLog {
             // full disk keeps the old head, and what follows it is then signed in the log).
             let _ = write_atomic(
                 &dir.join("head"),
-                &Head::new(&key, seq, &prev, false).bytes()?,
+                &Head::new(&key, seq, &prev, false, stamp_now(&opts.state)).bytes()?,
                 0o600,
             );
         }
@@ -1236,7 +1302,10 @@ fn signature_holds(public: &VerifyingKey, rec: &Record, seq: u64, hash: &[u8; 32
     };
     let mut msg = head_message(seq, hash);
     let domain = match rec.action.as_str() {
-        "checkpoint" => domains::AUDIT_CHECKPOINT,
+        "checkpoint" => {
+            msg.extend_from_slice(rec.resource.as_bytes());
+            domains::AUDIT_CHECKPOINT
+        }
         "recovered" => {
             msg.extend_from_slice(rec.reason.as_bytes());
             domains::AUDIT_RECOVERED
@@ -1860,13 +1929,18 @@ impl Writer {
     /// A signed checkpoint of the current head, in the log and (once that record is durable)
     /// in the head file; `clean` for the last one, as the writer stops.
     fn checkpoint(&mut self, clean: bool) -> Result<(), AuditError> {
-        let msg = head_message(self.seq, &self.prev);
+        // The authority's state as of now, signed with the head it follows.
+        let state = stamp_now(&self.opts.state)
+            .map(|s| format!("state:{}", stamp_text(&s)))
+            .unwrap_or_default();
+        let mut msg = head_message(self.seq, &self.prev);
+        msg.extend_from_slice(state.as_bytes());
         let sig = self.key.sign(domains::AUDIT_CHECKPOINT, &msg);
         self.push_record(
             Event {
                 actor: "supervisor".into(),
                 action: "checkpoint".into(),
-                resource: String::new(),
+                resource: state,
                 decision: Decision::Info,
                 reason: format!("signed head #{}", self.seq),
                 token: None,
@@ -1876,7 +1950,16 @@ impl Writer {
             false,
         )?;
         // The head is the checkpoint record itself, with whether the writer stops there.
-        self.pending_head = Some(Head::new(&self.key, self.seq, &self.prev, clean).bytes()?);
+        self.pending_head = Some(
+            Head::new(
+                &self.key,
+                self.seq,
+                &self.prev,
+                clean,
+                stamp_now(&self.opts.state),
+            )
+            .bytes()?,
+        );
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.hand_off();
@@ -1892,7 +1975,16 @@ impl Writer {
             self.checkpoint(true)?;
         } else {
             // Nothing since the last checkpoint: only the head changes, to say it is clean.
-            self.pending_head = Some(Head::new(&self.key, self.seq, &self.prev, true).bytes()?);
+            self.pending_head = Some(
+                Head::new(
+                    &self.key,
+                    self.seq,
+                    &self.prev,
+                    true,
+                    stamp_now(&self.opts.state),
+                )
+                .bytes()?,
+            );
             self.hand_off();
         }
         let mut attempts = 0;
@@ -2493,7 +2585,10 @@ pub fn verify(
                 let mut msg = head_message(seq, &prev);
                 let mut signer = current;
                 let domain = match rec.action.as_str() {
-                    "checkpoint" => domains::AUDIT_CHECKPOINT,
+                    "checkpoint" => {
+                        msg.extend_from_slice(rec.resource.as_bytes());
+                        domains::AUDIT_CHECKPOINT
+                    }
                     "recovered" => {
                         msg.extend_from_slice(rec.reason.as_bytes());
                         domains::AUDIT_RECOVERED
@@ -2812,7 +2907,7 @@ mod tests {
             .nth(usize::try_from(seq).unwrap() - 1)
             .unwrap()
             .to_string();
-        let head = Head::new(&key(), seq, &record_hash(line.as_bytes()), false);
+        let head = Head::new(&key(), seq, &record_hash(line.as_bytes()), false, None);
         fs::write(dir.join("head"), head.bytes().unwrap()).unwrap();
     }
 

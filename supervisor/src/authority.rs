@@ -176,6 +176,53 @@ struct State {
     /// signed stay first party; tokens they issued ended with the epoch raised at the change.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     former_keys: BTreeSet<String>,
+    /// Raised by every commit: the audit log's signed head records the version it saw, so an
+    /// older copy of this file put back is told from the current one.
+    #[serde(default)]
+    version: u64,
+    /// HMAC-SHA256 under a key derived from the node key, over the file without this field:
+    /// the file cannot be edited by hand, or taken from another node, unnoticed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+/// What the audit log's signed head records of the authority's state: its version, and a
+/// digest of what revocation rests on (epoch, revoked ids, delegations, trusted issuers, former
+/// keys; not use counts).
+pub type StateStamp = (u64, [u8; 32]);
+
+/// Where the authority publishes its stamp after each commit, for the audit log's next head.
+pub type StampCell = Arc<std::sync::Mutex<Option<StateStamp>>>;
+
+impl State {
+    fn stamp(&self) -> StateStamp {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"elastos/state-digest/v1\0");
+        let part = serde_json::json!({
+            "epoch": self.epoch,
+            "revoked": self.revoked,
+            "delegations": self.delegations,
+            "trusted": self.trusted,
+            "former_keys": self.former_keys,
+        });
+        h.update(part.to_string().as_bytes());
+        (self.version, h.finalize().into())
+    }
+
+    /// The MAC over this state (its `mac` left out).
+    fn mac(&self, key: &NodeKey) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut bare = self.clone();
+        bare.mac = None;
+        let json = serde_json::to_vec(&bare).unwrap_or_default();
+        let k = key.derive_key(elastos_schema::domains::STATE_MAC_KEY);
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(k.as_ref())
+            .expect("HMAC takes a key of any length");
+        m.update(elastos_schema::domains::STATE_MAC);
+        m.update(&json);
+        hex::encode(m.finalize().into_bytes())
+    }
 }
 
 impl State {
@@ -188,6 +235,8 @@ impl State {
             uses: BTreeMap::new(),
             trusted: BTreeSet::new(),
             former_keys: BTreeSet::new(),
+            version: 0,
+            mac: None,
         }
     }
 }
@@ -349,6 +398,13 @@ pub struct Authority {
     /// `state.trusted`, parsed: public key → DID.
     trusted: HashMap<[u8; 32], String>,
     verifier: Verifier,
+    /// Where each commit publishes the state's stamp for the audit log.
+    stamp_cell: Option<StampCell>,
+}
+
+/// Constant-time equality, for MACs.
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Makes the state reserve (a file of [`STATE_RESERVE`] allocated bytes) if it is missing.
@@ -460,6 +516,24 @@ impl Authority {
                 })
             }
         };
+        // Only a file from before MACs (version 0) may lack one; the audit log's record of
+        // the state's version tells such an old copy from the current one.
+        if let Some(k) = &key {
+            let why = match &state.mac {
+                Some(mac) if subtle_eq(state.mac(k).as_bytes(), mac.as_bytes()) => None,
+                Some(_) => Some(
+                    "its MAC does not match: it was edited by hand, or comes from another node",
+                ),
+                None if state.version > 0 => Some("its MAC is missing: it was edited by hand"),
+                None => None,
+            };
+            if let Some(why) = why {
+                return Err(AuthorityError::BadState {
+                    path: state_path,
+                    why: why.into(),
+                });
+            }
+        }
         let trusted = parse_trusted(&state_path, &state.trusted)?;
         let node = key.as_ref().map(|k| (k.public_bytes(), k.did()));
         let mut authority = Authority {
@@ -470,9 +544,48 @@ impl Authority {
             state,
             trusted,
             verifier: Verifier::new(),
+            stamp_cell: None,
         };
         authority.refresh_known_keys();
         Ok(authority)
+    }
+
+    /// Replaces the node key this authority signs and MACs with (`identity import --force`,
+    /// after the state was opened, and so checked, under the old one).
+    pub fn rekey_to(&mut self, key: Arc<NodeKey>) {
+        self.node = Some((key.public_bytes(), key.did()));
+        self.key = Some(key);
+        self.refresh_known_keys();
+    }
+
+    /// The state's version and digest, as the audit log's head records them.
+    pub fn stamp(&self) -> StateStamp {
+        self.state.stamp()
+    }
+
+    /// Publishes the state's stamp into `cell` now and after every commit.
+    pub fn publish_stamp(&mut self, cell: StampCell) {
+        *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.state.stamp());
+        self.stamp_cell = Some(cell);
+    }
+
+    /// Compares this state with what the audit log's signed head recorded of it: the same, or
+    /// newer (a change made durable after the head was written: a grant's state after its
+    /// record, or a crash). An older or different state was put back or replaced by hand:
+    /// refused, since it could revive revoked tokens.
+    pub fn check_against_log(&self, recorded: StateStamp) -> Result<(), AuthorityError> {
+        let (version, digest) = self.state.stamp();
+        if version > recorded.0 || (version, digest) == recorded {
+            return Ok(());
+        }
+        Err(AuthorityError::BadState {
+            path: self.state_path.clone(),
+            why: format!(
+                "it is version {version}, but the audit log's signed head recorded version {}{}: an older or different copy was put back, which could revive revoked tokens. Put back the file elastos last wrote; if the log was rolled back with it, only `elastos audit verify --expect SEQ:HASH` against an anchor kept elsewhere can tell",
+                recorded.0,
+                if version == recorded.0 { " with other contents" } else { "" }
+            ),
+        })
     }
 
     /// Makes the state reserve if it is missing, for a writer that just opened the authority
@@ -500,8 +613,13 @@ impl Authority {
     }
 
     /// Writes `next` durably, then adopts it. On failure nothing changes, in memory or on disk.
-    fn commit(&mut self, next: State) -> Result<(), AuthorityError> {
+    fn commit(&mut self, mut next: State) -> Result<(), AuthorityError> {
         let dir = self.home.ensure_dir("state")?;
+        next.version = self.state.version.saturating_add(1);
+        next.mac = None;
+        if let Some(k) = &self.key {
+            next.mac = Some(next.mac(k));
+        }
         let json = serde_json::to_vec_pretty(&next)
             .map_err(|e| AuthorityError::Invalid(format!("cannot serialise the state: {e}")))?;
         write_atomic(&self.state_path, &json, 0o600).map_err(|source| AuthorityError::Io {
@@ -509,6 +627,9 @@ impl Authority {
             source,
         })?;
         self.state = next;
+        if let Some(cell) = &self.stamp_cell {
+            *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.state.stamp());
+        }
         // Best effort: on a full disk the commit above succeeded and the reserve waits.
         let _ = ensure_reserve(&dir.join(RESERVE_FILE));
         Ok(())
@@ -1630,6 +1751,39 @@ mod tests {
         assert_eq!(mode, 0o600);
         let text = fs::read_to_string(f.auth.state_path()).unwrap();
         assert!(text.contains("\"format\": 1"), "{text}");
+    }
+
+    #[test]
+    fn the_state_is_sealed_and_an_older_copy_is_told_from_the_current_one() {
+        let mut f = fixture();
+        f.auth.revoke_all().unwrap();
+        let old_copy = fs::read(f.auth.state_path()).unwrap();
+        let old_stamp = f.auth.stamp();
+        f.auth.revoke_all().unwrap();
+        let now = f.auth.stamp();
+        assert!(now.0 > old_stamp.0);
+        f.auth.check_against_log(now).unwrap();
+        f.auth.check_against_log(old_stamp).unwrap();
+        let path = f.auth.state_path().to_path_buf();
+        // Edited by hand: the MAC no longer matches.
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replace("\"epoch\": 2", "\"epoch\": 1")).unwrap();
+        let e = Authority::open(&f.home, Some(f.key.clone())).err().unwrap();
+        assert!(e.to_string().contains("MAC does not match"), "{e}");
+        // Its MAC stripped: refused too.
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v.as_object_mut().unwrap().remove("mac");
+        fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(Authority::open(&f.home, Some(f.key.clone())).is_err());
+        // A genuine older copy opens, but is older than what the log recorded.
+        fs::write(&path, &old_copy).unwrap();
+        let back = Authority::open(&f.home, Some(f.key.clone())).unwrap();
+        assert_eq!(back.epoch(), 1);
+        let e = back.check_against_log(now).unwrap_err();
+        assert!(e.to_string().contains("older or different copy"), "{e}");
+        // Another node's key cannot open it.
+        let other = Arc::new(NodeKey::from_seed(&[44; 32]));
+        assert!(Authority::open(&f.home, Some(other)).is_err());
     }
 
     #[test]

@@ -419,3 +419,58 @@ fn inspect_shows_every_field_and_exactly_what_was_signed() {
     assert!(text.ok().contains(&did));
     node.run(&["token", "inspect", "garbage"]).code(1);
 }
+
+#[test]
+fn an_older_copy_of_the_authority_state_put_back_is_refused_and_revives_nothing() {
+    let node = Node::new();
+    let tok = node.issue(&[
+        "--capsule",
+        "notes",
+        "--resource",
+        "localhost://storage/notes/*",
+        "--action",
+        "read",
+        "--ttl",
+        "1h",
+    ]);
+    let state = node.home().join("state/authority.json");
+    node.run(&["trust", "add", &Node::new().did()]).ok();
+    let before_revoke = std::fs::read(&state).unwrap();
+    node.run(&["revoke", "--all"]).ok();
+    let check = || {
+        node.run(&[
+            "token",
+            "check",
+            &tok,
+            "--as",
+            "notes",
+            "--resource",
+            "localhost://storage/notes/a",
+            "--action",
+            "read",
+        ])
+    };
+    check().code(1);
+    // Up and down: the clean head records the state.
+    let up = node.run(&["up"]);
+    assert_eq!(up.code, 0, "{up:#?}");
+    node.run(&["down"]).ok();
+
+    // Rolled back by hand to the copy from before the revocation.
+    std::fs::write(&state, &before_revoke).unwrap();
+    let up = node.run(&["up"]);
+    assert_ne!(up.code, 0, "{up:#?}");
+    assert!(up.stderr.contains("older or different copy"), "{up:#?}");
+    let c = check();
+    assert_ne!(c.code, 0);
+    assert!(!c.stdout.contains("allowed"), "{c:#?}");
+    let issue = node.run(&["revoke", "--all"]);
+    assert_ne!(issue.code, 0, "{issue:#?}");
+
+    // Edited by hand: refused for its MAC.
+    let text = String::from_utf8(before_revoke).unwrap();
+    std::fs::write(&state, text.replace("\"epoch\": 0", "\"epoch\": 9")).unwrap();
+    let up = node.run(&["up"]);
+    assert_ne!(up.code, 0, "{up:#?}");
+    assert!(up.stderr.contains("MAC"), "{up:#?}");
+}

@@ -186,6 +186,15 @@ pub fn open_log(home: &Home, key: &NodeKey) -> anyhow::Result<AuditLog> {
             .max(4096),
         ..AuditOptions::default()
     };
+    // What checkpoints and the head record of the authority's state: as it is on disk now
+    // (a command records after it changed the state, or before it changes it).
+    let stamp = elastos::authority::Authority::open(home, None)
+        .ok()
+        .map(|a| a.stamp());
+    let opts = AuditOptions {
+        state: Some(Arc::new(std::sync::Mutex::new(stamp))),
+        ..opts
+    };
     home.ensure_dir("audit")?;
     let key = Arc::new(NodeKey::from_hex(&key.seed_hex())?);
     AuditLog::open(&home.audit_dir(), key, opts).context("opening the audit log")

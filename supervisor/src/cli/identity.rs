@@ -96,28 +96,43 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
 /// it cannot); then the new key is installed, and the authority remembers the old key (its
 /// packages stay first party) and raises the epoch.
 fn rekey(home: &Home, old: &NodeKey, new: &NodeKey) -> anyhow::Result<()> {
-    if home.audit_dir().join("head").exists() {
+    use elastos::authority::Authority;
+    let old_key = std::sync::Arc::new(NodeKey::from_hex(&old.seed_hex())?);
+    let new_key = std::sync::Arc::new(NodeKey::from_hex(&new.seed_hex())?);
+    // The state is checked under the key that sealed it: the old one, or the new one if an
+    // earlier import got that far before it stopped. Likewise the log's head.
+    let mut authority = Authority::open(home, Some(old_key.clone()))
+        .or_else(|_| Authority::open(home, Some(new_key.clone())))
+        .context("opening the token authority")?;
+    let dir = home.audit_dir();
+    let recorded = elastos::audit::recorded_state(&dir, &old.verifying_key())
+        .or_else(|_| elastos::audit::recorded_state(&dir, &new.verifying_key()))
+        .context("reading the audit log's signed head")?;
+    if let Some(r) = recorded {
+        authority
+            .check_against_log(r)
+            .context("checking the token authority's state against the audit log")?;
+    }
+    if dir.join("head").exists() {
         match super::audit::open_log(home, old) {
             Ok(log) => {
-                log.rekey(std::sync::Arc::new(NodeKey::from_hex(&new.seed_hex())?))
-                    .context(
-                        "recording the key change in the audit log; the identity was not replaced",
-                    )?;
+                log.rekey(new_key.clone()).context(
+                    "recording the key change in the audit log; the identity was not replaced",
+                )?;
                 log.close().context("closing the audit log")?;
             }
-            // An earlier import recorded the change and stopped before installing the key: the
-            // log is the new key's already.
+            // An earlier import recorded the change and stopped: the log is the new key's.
             Err(e) => match super::audit::open_log(home, new) {
                 Ok(log) => log.close().context("closing the audit log")?,
                 Err(_) => return Err(e),
             },
         }
     }
-    new.install(home, true)?;
-    let signer = std::sync::Arc::new(NodeKey::from_hex(&new.seed_hex())?);
-    let mut authority = elastos::authority::Authority::open(home, Some(signer))
-        .context("opening the token authority")?;
+    // Re-sealed under the new key, the old one retired, and only then the new key installed:
+    // an import stopped anywhere before is finished by running it again.
+    authority.rekey_to(new_key);
     let epoch = authority.retire_key(&old.did())?;
+    new.install(home, true)?;
     if let Err(e) = super::audit::record_operator(
         home,
         new,

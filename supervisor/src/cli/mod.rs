@@ -9,6 +9,7 @@ mod ops;
 mod token;
 
 pub use audit::operator;
+pub use token::checked_authority;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -200,10 +200,24 @@ pub fn state_lock(home: &Home) -> anyhow::Result<StateLock> {
 fn writable_authority(home: &Home) -> anyhow::Result<(StateLock, Arc<NodeKey>, Authority)> {
     let lock = state_lock(home)?;
     let key = Arc::new(NodeKey::load_or_create(home).context("loading the node identity")?);
-    let authority =
-        Authority::open(home, Some(key.clone())).context("opening the token authority")?;
+    let authority = checked_authority(home, key.clone())?;
     authority.ensure_state_reserve();
     Ok((lock, key, authority))
+}
+
+/// The authority, opened under `key` (its state's MAC checked) and compared with what the audit
+/// log's signed head recorded of its state: an older copy put back is refused.
+pub fn checked_authority(home: &Home, key: Arc<NodeKey>) -> anyhow::Result<Authority> {
+    let authority =
+        Authority::open(home, Some(key.clone())).context("opening the token authority")?;
+    if let Some(recorded) = elastos::audit::recorded_state(&home.audit_dir(), &key.verifying_key())
+        .context("reading the audit log's signed head")?
+    {
+        authority
+            .check_against_log(recorded)
+            .context("checking the token authority's state against the audit log")?;
+    }
+    Ok(authority)
 }
 
 /// Prints a token the supervisor issued or delegated.
@@ -340,9 +354,12 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::Check(a) => {
             let (name, cid) = subject(&a.caller)?;
             let home = Home::from_env()?;
-            // Read-only: the node key is loaded if present, never created.
-            let key = NodeKey::load(&home)?.map(Arc::new);
-            let mut authority = Authority::open(&home, key)?;
+            // Read-only: the node key is loaded if present, never created; with it, the state
+            // is checked as a writer checks it (an older copy put back is refused).
+            let mut authority = match NodeKey::load(&home)?.map(Arc::new) {
+                Some(key) => checked_authority(&home, key)?,
+                None => Authority::open(&home, None)?,
+            };
             let req = CallRequest {
                 caller_name: &name,
                 caller_cid: cid.as_deref(),

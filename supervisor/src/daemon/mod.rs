@@ -326,9 +326,11 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
     let key = Arc::new(NodeKey::load_or_create(&home).context("loading the node identity")?);
     let dev = dev_key(&home)?;
     let config = Config::load(&home)?;
-    let authority =
-        Authority::open(&home, Some(key.clone())).context("opening the token authority")?;
+    let mut authority = crate::cli::checked_authority(&home, key.clone())?;
     authority.ensure_state_reserve();
+    // Each commit publishes the state's stamp; the log's checkpoints and head record it.
+    let stamp: elastos::audit::StateCell = Arc::default();
+    authority.publish_stamp(stamp.clone());
     home.ensure_dir("audit")?;
     let audit = AuditLog::open(
         &home.audit_dir(),
@@ -336,6 +338,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         AuditOptions {
             strict: config.audit.strict,
             per_call: config.audit.per_call || config.audit.strict,
+            state: Some(stamp),
             segment_bytes: config
                 .audit
                 .segment_size
