@@ -284,6 +284,8 @@ struct Job {
     /// The first job after the writer took back the bytes of a failed one. Until it comes, the
     /// sync thread fails every job (they follow bytes that are not on disk yet).
     resume: bool,
+    /// The seq of the last record in `bytes` (0: none).
+    last_seq: u64,
 }
 
 /// Group records that may wait for the writer thread before the log reports itself unavailable
@@ -336,6 +338,7 @@ pub struct AuditLog {
     available: Arc<AtomicBool>,
     space: Arc<Space>,
     syncs: Arc<AtomicU64>,
+    durable: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -372,6 +375,8 @@ struct Disk {
     retry_alloc: Option<Instant>,
     /// The last allocation the reserve needed failed.
     alloc_failed: bool,
+    /// The highest seq written and fdatasync'd.
+    durable: Arc<AtomicU64>,
 }
 
 struct Writer {
@@ -840,6 +845,8 @@ impl AuditLog {
             dir: dir.to_path_buf(),
             ..Space::default()
         });
+        // Whatever the log held when it opened is on disk.
+        let durable = Arc::new(AtomicU64::new(0));
         let syncs = Arc::new(AtomicU64::new(0));
         let group: GroupBuffer = Arc::default();
         let buffered = Arc::new(AtomicUsize::new(0));
@@ -883,6 +890,7 @@ impl AuditLog {
             fail_alloc: opts.fail_alloc.clone(),
             retry_alloc: None,
             alloc_failed: false,
+            durable: durable.clone(),
         };
         disk.check_space();
         let mut w = Writer {
@@ -984,6 +992,7 @@ impl AuditLog {
             available,
             space,
             syncs,
+            durable,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -991,6 +1000,11 @@ impl AuditLog {
     /// How many fdatasyncs the log has made (group commit shares one among many records).
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// The highest seq written by this log and fdatasync'd since it opened (0: none yet).
+    pub fn durable_seq(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 
     /// Whether the log takes every kind of record: the last write or sync succeeded, the disk
@@ -1869,6 +1883,7 @@ impl Writer {
             waiting: std::mem::take(&mut self.waiting),
             head: self.pending_head.take(),
             resume: std::mem::take(&mut self.resume_next),
+            last_seq: self.seq,
         };
         self.oldest_unsynced = None;
         self.in_flight += 1;
@@ -2144,6 +2159,8 @@ impl Disk {
         match self.write_sync(&job.bytes) {
             Ok(()) => {
                 self.available.store(true, Ordering::Relaxed);
+                // Before any waiter hears: what it is told is durable, is counted so.
+                self.durable.fetch_max(job.last_seq, Ordering::Release);
                 if let Some(head) = &job.head {
                     let path = self.dir.join("head");
                     // A head that could not be replaced leaves the previous one, which still
@@ -2276,6 +2293,7 @@ impl Disk {
                     Some(mut m) => {
                         m.bytes.extend_from_slice(&job.bytes);
                         m.waiting.extend(job.waiting);
+                        m.last_seq = m.last_seq.max(job.last_seq);
                         if job.head.is_some() {
                             m.head = job.head;
                         }
@@ -3160,20 +3178,23 @@ mod tests {
     fn sync_records_are_on_disk_when_append_returns_and_group_records_soon_after() {
         let tmp = tempfile::tempdir().unwrap();
         let log = open(tmp.path(), AuditOptions::default());
-        let r = log
-            .append(ev("capsule:s", Decision::Allowed), Durability::Sync)
-            .unwrap();
-        let text = fs::read_to_string(seg1(tmp.path())).unwrap();
-        assert!(text.contains(&format!("\"seq\":{}", r.seq)));
+        for _ in 0..50 {
+            let syncs = log.syncs();
+            let r = log
+                .append(ev("capsule:s", Decision::Allowed), Durability::Sync)
+                .unwrap();
+            // Counted by the sync thread after its fdatasync, not read back from the page cache.
+            assert!(log.durable_seq() >= r.seq, "acknowledged before its sync");
+            assert!(log.syncs() > syncs);
+        }
         let r = log
             .append(ev("capsule:g", Decision::Allowed), Durability::Group)
             .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let text = fs::read_to_string(seg1(tmp.path())).unwrap();
-        assert!(
-            text.contains(&format!("\"seq\":{}", r.seq)),
-            "group record not durable"
-        );
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while log.durable_seq() < r.seq {
+            assert!(Instant::now() < deadline, "group record not made durable");
+            std::thread::yield_now();
+        }
         log.close().unwrap();
     }
 

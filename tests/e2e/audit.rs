@@ -296,3 +296,128 @@ fn records_hash(node: &Node, seq: u64) -> String {
     }
     panic!("no record #{seq}")
 }
+
+/// Run by `acknowledged_records_survive_repeated_kill_9` as a child process (it re-runs this
+/// test binary): appends durable records from four threads to the log in
+/// `ELASTOS_CRASH_DIR` and prints `ack SEQ REASON` for each once `append` returned, until it is
+/// killed. Ignored in a normal run.
+#[test]
+#[ignore = "a helper process of acknowledged_records_survive_repeated_kill_9"]
+fn crash_writer() {
+    use elastos::audit::{AuditLog, AuditOptions, Decision, Durability, Event};
+    use std::io::Write;
+    use std::sync::Arc;
+    let Some(dir) = std::env::var_os("ELASTOS_CRASH_DIR") else {
+        return;
+    };
+    let key = Arc::new(elastos::identity::NodeKey::from_seed(&[5; 32]));
+    let log =
+        Arc::new(AuditLog::open(std::path::Path::new(&dir), key, AuditOptions::default()).unwrap());
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (log, out) = (log.clone(), out.clone());
+            std::thread::spawn(move || {
+                for n in 0u64.. {
+                    let reason = format!("w{}-{t}-{n}", std::process::id());
+                    let ev = Event {
+                        actor: "capsule:w".into(),
+                        action: "call".into(),
+                        resource: "localhost://x/y".into(),
+                        decision: if n % 3 == 0 {
+                            Decision::Denied
+                        } else {
+                            Decision::Allowed
+                        },
+                        reason: reason.clone(),
+                        token: None,
+                    };
+                    // Between durable ones, records that are only chained (not acknowledged).
+                    let _ = log.append(ev.clone(), Durability::Group);
+                    // seq 0: a denial counted into a coalesced record, not one of its own.
+                    if let Some(r) = log.append(ev, Durability::Sync).ok().filter(|r| r.seq > 0) {
+                        let mut o = out.lock().unwrap();
+                        writeln!(o, "ack {} {reason}", r.seq).unwrap();
+                        o.flush().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+#[test]
+fn acknowledged_records_survive_repeated_kill_9() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    for round in 0..12u64 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "audit::crash_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("ELASTOS_CRASH_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // Killed at another point each round: at once (during recovery), or after some acks.
+        let wanted = (round * 37) % 150;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut got = 0;
+        while got < wanted {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(rest) = line.strip_prefix("ack ") {
+                let (seq, reason) = rest.split_once(' ').unwrap();
+                acked.push((seq.parse().unwrap(), reason.to_string()));
+                got += 1;
+            }
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // What it acknowledged before the kill landed counts too.
+        for line in lines.map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("ack ") {
+                let (seq, reason) = rest.split_once(' ').unwrap();
+                acked.push((seq.parse().unwrap(), reason.to_string()));
+            }
+        }
+        let _ = child.wait();
+    }
+    assert!(
+        acked.len() > 300,
+        "only {} records acknowledged",
+        acked.len()
+    );
+    // Recovered once more, then every acknowledged record is there, as written.
+    let key = std::sync::Arc::new(elastos::identity::NodeKey::from_seed(&[5; 32]));
+    let vk = key.verifying_key();
+    elastos::audit::AuditLog::open(dir.path(), key, Default::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    elastos::audit::verify(dir.path(), &vk, None).unwrap();
+    let records: std::collections::HashMap<u64, String> = elastos::audit::read_records(dir.path())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .map(|r| (r.seq, r.reason))
+        .collect();
+    for (seq, reason) in &acked {
+        assert_eq!(
+            records.get(seq),
+            Some(reason),
+            "acknowledged record #{seq} lost"
+        );
+    }
+}
