@@ -41,6 +41,8 @@ struct TokenBody {
   classification @10 :Classification;  # ceiling: the highest level this token may reach
   delegatable @11 :Bool;
   parent @12 :Data;            # id of the parent token; empty for a root token
+  ancestors @13 :List(Data);   # version 2: the id of every ancestor, parent first, root last
+                               # (at most 16); absent for a root token and in version 1
 }
 
 struct SignedToken {

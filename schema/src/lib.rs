@@ -34,8 +34,11 @@ pub mod wire;
 
 /// Versions of every persistent or wire format. A reader refuses a version it does not know.
 pub mod versions {
-    /// `SignedToken.version` and `TokenBody.version`.
-    pub const TOKEN: u16 = 1;
+    /// `SignedToken.version` and `TokenBody.version` written (2: a delegated token carries its
+    /// whole ancestor chain).
+    pub const TOKEN: u16 = 2;
+    /// The oldest token version still read (1: a parent id only).
+    pub const TOKEN_OLDEST: u16 = 1;
     /// `SignedIndex.version` and `PackageIndex.version`, and the package container layout.
     pub const PACKAGE: u16 = 1;
     /// `format = N` at the top of `capsule.toml`.

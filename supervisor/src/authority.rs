@@ -758,6 +758,7 @@ impl Authority {
             classification: req.classification,
             delegatable: req.delegatable,
             parent: None,
+            ancestors: Vec::new(),
         };
         let (_, text) = token::sign(&token, &key)?;
         Ok((token, text))
@@ -920,6 +921,9 @@ impl Authority {
             classification,
             delegatable: n.delegatable,
             parent: Some(p.id),
+            // The parent's whole chain, as this node knows it: revoking any link revokes the
+            // child, even where the chain passes through another issuer's tokens.
+            ancestors: passed.chain.iter().map(|(id, _)| *id).collect(),
         };
         let (_, text) = token::sign(&child, &key)?;
         Ok(StagedDelegation {
@@ -1019,7 +1023,7 @@ impl Authority {
         let deny = |check: Check| move |reason: String| Denial::new(check, reason);
         // Decoding refuses other versions; asked again on every call, cached or not, so the
         // check never depends on how the token was obtained.
-        if verified.token.version != versions::TOKEN {
+        if !(versions::TOKEN_OLDEST..=versions::TOKEN).contains(&verified.token.version) {
             return Err(Denial::new(
                 Check::Version,
                 format!("token format version {} is unknown", verified.token.version),
@@ -1137,6 +1141,19 @@ impl Authority {
                     None => break,
                 }
             }
+        }
+        // Every ancestor the token itself names (version 2) is checked too: a trusted issuer's
+        // grandchild has no delegation record here, and its chain would stop at the first
+        // unknown link.
+        for a in &token.ancestors {
+            if !chain.iter().any(|(id, _)| id == a) {
+                chain.push((*a, 0));
+            }
+        }
+        if chain.len() > MAX_DELEGATION_DEPTH + 1 {
+            return Err(format!(
+                "the delegation chain is deeper than {MAX_DELEGATION_DEPTH}"
+            ));
         }
         for (id, _) in &chain {
             if self.state.revoked.contains(id) {
@@ -1412,7 +1429,7 @@ mod tests {
         // version
         assert_eq!(denied(&mut f, "not-a-token", &call(), NOW), Check::Version);
         let (mut parts, _) = token::sign(&good, &f.key).unwrap();
-        parts.version = 2;
+        parts.version = 9;
         assert_eq!(
             denied(&mut f, &parts.encode().unwrap(), &call(), NOW),
             Check::Version
@@ -1900,6 +1917,57 @@ mod tests {
             ttl: Some(Duration::from_secs(600)),
             ..Narrowing::default()
         }
+    }
+
+    #[test]
+    fn revoking_a_root_reaches_the_grandchildren_of_a_trusted_issuers_token() {
+        // Another node, trusted here, mints a root, a child and a grandchild; this node holds
+        // no delegation record of them.
+        let mut other = fixture();
+        other.key = Arc::new(NodeKey::from_seed(&[66u8; 32]));
+        other.reopen();
+        let (root, root_text) = issue(
+            &mut other,
+            IssueRequest {
+                delegatable: true,
+                ..req()
+            },
+        );
+        let (child, child_text) = other
+            .auth
+            .delegate(
+                &root_text,
+                Narrowing {
+                    delegatable: true,
+                    ..Narrowing::default()
+                },
+                NOW,
+            )
+            .unwrap();
+        let (grand, grand_text) = other
+            .auth
+            .delegate(&child_text, Narrowing::default(), NOW)
+            .unwrap();
+        assert_eq!(grand.version, 2);
+        assert_eq!(grand.ancestors, vec![child.id, root.id]);
+
+        let mut f = fixture();
+        f.auth.trust_add(&other.key.did()).unwrap();
+        f.auth.check(&grand_text, &call(), NOW, false).unwrap();
+        f.auth.revoke(&root.id).unwrap();
+        assert_eq!(denied(&mut f, &grand_text, &call(), NOW), Check::Revoked);
+        assert_eq!(denied(&mut f, &child_text, &call(), NOW), Check::Revoked);
+    }
+
+    #[test]
+    fn a_version_1_token_is_still_read_and_checked() {
+        let mut f = fixture();
+        let (mut t, _) = issue(&mut f, req());
+        t.version = 1;
+        let text = sign_as(&t, &f.key);
+        let decoded = token::decode(&text).unwrap();
+        assert_eq!(decoded.token.version, 1);
+        f.auth.check(&text, &call(), NOW, false).unwrap();
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub(crate) fn decode_body(bytes: &[u8]) -> Result<Token, TokenError> {
     let token = read_canonical(bytes, "token body", |reader| {
         let b: token_body::Reader = reader.get_root().map_err(capnp_err("token body"))?;
         let version = b.get_version();
-        if version != versions::TOKEN {
+        if !(versions::TOKEN_OLDEST..=versions::TOKEN).contains(&version) {
             return Err(TokenError::UnknownVersion {
                 found: version,
                 known: versions::TOKEN,
@@ -206,6 +206,29 @@ pub(crate) fn decode_body(bytes: &[u8]) -> Result<Token, TokenError> {
         } else {
             None
         };
+        // Version 1 has no such field: one there is refused by the re-encoding below.
+        let mut ancestors = Vec::new();
+        if version >= 2 && b.has_ancestors() {
+            let list = b.get_ancestors().map_err(capnp_err("ancestors"))?;
+            if list.len() as usize > super::MAX_ANCESTORS {
+                return Err(malformed(
+                    "ancestors",
+                    format!("more than {}", super::MAX_ANCESTORS),
+                ));
+            }
+            for a in list.iter() {
+                let a = a.map_err(capnp_err("ancestors"))?;
+                ancestors.push(
+                    TokenId::from_slice(a).ok_or_else(|| malformed("ancestors", "not 16 bytes"))?,
+                );
+            }
+        }
+        if version >= 2 && ancestors.first() != parent.as_ref() {
+            return Err(malformed(
+                "ancestors",
+                "they must begin with the parent, and a root has none",
+            ));
+        }
         Ok(Token {
             version,
             id,
@@ -223,6 +246,7 @@ pub(crate) fn decode_body(bytes: &[u8]) -> Result<Token, TokenError> {
             classification,
             delegatable: b.get_delegatable(),
             parent,
+            ancestors,
         })
     })?;
     require_reencoding(bytes, &encode_body(&token)?, "token body")?;
@@ -267,6 +291,15 @@ pub(crate) fn encode_body(t: &Token) -> Result<Vec<u8>, TokenError> {
         if let Some(p) = &t.parent {
             b.set_parent(p.as_bytes());
         }
+        // Absent when empty, and never in version 1.
+        if t.version >= 2 && !t.ancestors.is_empty() {
+            let n =
+                u32::try_from(t.ancestors.len()).map_err(|_| malformed("ancestors", "too many"))?;
+            let mut list = b.reborrow().init_ancestors(n);
+            for (i, a) in t.ancestors.iter().enumerate() {
+                list.set(i as u32, a.as_bytes());
+            }
+        }
     }
     write_canonical(message, "token body")
 }
@@ -277,7 +310,7 @@ pub(crate) fn decode_signed(bytes: &[u8]) -> Result<SignedParts, TokenError> {
     let parts = read_canonical(bytes, "token", |reader| {
         let s: signed_token::Reader = reader.get_root().map_err(capnp_err("token"))?;
         let version = s.get_version();
-        if version != versions::TOKEN {
+        if !(versions::TOKEN_OLDEST..=versions::TOKEN).contains(&version) {
             return Err(TokenError::UnknownVersion {
                 found: version,
                 known: versions::TOKEN,

@@ -159,7 +159,14 @@ pub struct Token {
     pub classification: Classification,
     pub delegatable: bool,
     pub parent: Option<TokenId>,
+    /// Version 2: every ancestor, parent first, root last (empty for a root, and in version 1,
+    /// which names only the parent). Revoking any of them revokes this token, wherever it was
+    /// minted.
+    pub ancestors: Vec<TokenId>,
 }
+
+/// The most ancestors a token may name (its delegation depth).
+pub const MAX_ANCESTORS: usize = 16;
 
 fn serialize_actions<S: serde::Serializer>(a: &ActionSet, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(a.iter())
@@ -324,8 +331,17 @@ impl Decoded {
         } else {
             "INVALID"
         };
+        let ancestors = if t.ancestors.is_empty() {
+            "none".to_string()
+        } else {
+            t.ancestors
+                .iter()
+                .map(TokenId::to_string)
+                .collect::<Vec<_>>()
+                .join(" <- ")
+        };
         format!(
-            "id:             {}\nversion:        {}\nissuer:         {}\nsigner:         {}\nsignature:      {}\nsubject:        {}\nresource:       {}\nactions:        {}\nnot before:     {} ({})\nexpiry:         {} ({})\nepoch:          {}\nmax uses:       {}\nclassification: {}\ndelegatable:    {}\nparent:         {}\n",
+            "id:             {}\nversion:        {}\nissuer:         {}\nsigner:         {}\nsignature:      {}\nsubject:        {}\nresource:       {}\nactions:        {}\nnot before:     {} ({})\nexpiry:         {} ({})\nepoch:          {}\nmax uses:       {}\nclassification: {}\ndelegatable:    {}\nparent:         {}\nancestors:      {}\n",
             t.id,
             t.version,
             sanitize(&t.issuer),
@@ -343,6 +359,7 @@ impl Decoded {
             t.classification,
             t.delegatable,
             t.parent_display(),
+            ancestors,
         )
     }
 }

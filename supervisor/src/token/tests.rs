@@ -28,6 +28,7 @@ fn sample(key: &NodeKey) -> Token {
         classification: Classification::Internal,
         delegatable: false,
         parent: None,
+        ancestors: Vec::new(),
     }
 }
 
@@ -89,6 +90,10 @@ fn inspect_json_has_every_field() {
     let k = key();
     let mut t = sample(&k);
     t.parent = Some(TokenId::from_bytes([9u8; 16]));
+    t.ancestors = vec![
+        TokenId::from_bytes([9u8; 16]),
+        TokenId::from_bytes([8u8; 16]),
+    ];
     t.subject.cid = Some("bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".into());
     let (_, text) = sign(&t, &k).unwrap();
     let v = decode(&text).unwrap().inspect_json();
@@ -106,6 +111,7 @@ fn inspect_json_has_every_field() {
         "classification",
         "delegatable",
         "parent",
+        "ancestors",
         "signed_bytes_hex",
         "signature_hex",
         "signer_did",
@@ -223,10 +229,10 @@ fn bits_this_version_does_not_read_are_refused() {
 fn unknown_versions_are_refused() {
     let k = key();
     let mut t = sample(&k);
-    t.version = 2;
+    t.version = 3;
     let err = decode_body(&t.body_bytes().unwrap()).unwrap_err();
     assert!(
-        matches!(err, TokenError::UnknownVersion { found: 2, .. }),
+        matches!(err, TokenError::UnknownVersion { found: 3, .. }),
         "{err}"
     );
 
@@ -385,6 +391,14 @@ fn arb_token() -> impl Strategy<Value = Token> {
                     classification: Classification::ALL[class.min(3)],
                     delegatable: deleg,
                     parent: parent.map(TokenId::from_bytes),
+                    // A parent begins the chain; the grandparents follow.
+                    ancestors: parent
+                        .map(|p| {
+                            std::iter::once(TokenId::from_bytes(p))
+                                .chain((1..=(p[0] % 4)).map(|i| TokenId::from_bytes([i; 16])))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 }
             },
         )
@@ -451,4 +465,44 @@ fn the_audit_reference_is_the_id_when_it_decodes_else_a_hash_of_the_bytes() {
     assert_eq!(audit_ref(b"not a token at all").unwrap(), a);
     assert_ne!(audit_ref(b"not a token at all!").unwrap(), a);
     assert_eq!(audit_ref(b""), None);
+}
+
+#[test]
+fn ancestors_begin_with_the_parent_are_bounded_and_absent_from_version_1() {
+    let k = key();
+    let mut t = sample(&k);
+    let id = |b: u8| TokenId::from_bytes([b; 16]);
+    t.parent = Some(id(1));
+    t.ancestors = vec![id(1), id(2), id(3)];
+    let bytes = t.body_bytes().unwrap();
+    assert_eq!(decode_body(&bytes).unwrap().ancestors, t.ancestors);
+    // Not beginning with the parent, or naming some for a root: refused.
+    for (parent, ancestors) in [
+        (Some(id(9)), vec![id(1), id(2)]),
+        (None, vec![id(1)]),
+        (Some(id(1)), vec![]),
+    ] {
+        let mut bad = t.clone();
+        bad.parent = parent;
+        bad.ancestors = ancestors;
+        assert!(decode_body(&bad.body_bytes().unwrap()).is_err(), "{bad:?}");
+    }
+    // More than MAX_ANCESTORS: refused.
+    let mut deep = t.clone();
+    deep.ancestors = (0..=MAX_ANCESTORS as u8).map(|i| id(i + 1)).collect();
+    assert!(decode_body(&deep.body_bytes().unwrap()).is_err());
+    // Version 1 names the parent only; a version 1 body that carries ancestors is refused.
+    let mut v1 = t.clone();
+    v1.version = 1;
+    v1.ancestors.clear();
+    assert_eq!(decode_body(&v1.body_bytes().unwrap()).unwrap(), v1);
+    let mut forged = t.clone();
+    forged.version = 2;
+    let mut bytes = forged.body_bytes().unwrap();
+    // Rewrite the version field (the data section's first two bytes, after the 8-byte segment
+    // table and the root pointer) to 1, keeping the ancestors.
+    assert_eq!(&bytes[16..18], &[2, 0]);
+    bytes[16] = 1;
+    let e = decode_body(&bytes).unwrap_err();
+    assert!(e.to_string().contains("canonical"), "{e}");
 }
