@@ -861,3 +861,58 @@ fn a_supervisor_run_by_a_normal_user_confines_capsules_in_a_user_namespace() {
     root.sort();
     assert_eq!(root, ["capsule", "dev", "proc", "tmp"]);
 }
+
+#[test]
+fn a_capsules_child_killed_by_seccomp_or_for_memory_is_audited_and_the_capsule_goes_on() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs a root supervisor (capsules with uids and cgroups of their own); run the suite as root, as CI does"
+    );
+    let up = Up::new();
+    let dir = probe_capsule(&up.node);
+    // The probe as the capsule's children: one makes a killed call, one outgrows the memory cap.
+    let manifest = std::fs::read_to_string(dir.join("capsule.toml")).unwrap();
+    std::fs::write(
+        dir.join("capsule.toml"),
+        manifest
+            .replace("name = \"probe\"", "name = \"parent\"")
+            .replace("native = \"bin/probe\"", "native = \"bin/run\""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("bin/run"),
+        "#!/bin/sh\n/capsule/bin/probe ptrace\necho \"ptrace child: $?\"\n/capsule/bin/probe memory_bomb\necho \"bomb child: $?\"\necho children done\nwhile true; do sleep 1; done\n",
+    )
+    .unwrap();
+    set_mode(&dir.join("bin/run"), 0o755);
+    up.node.run(&["run", "-d", path(&dir)]).ok();
+    wait_until("both children ended", Duration::from_secs(60), || {
+        up.node
+            .run(&["logs", "parent"])
+            .ok()
+            .contains("children done")
+    });
+    let records = || -> Vec<serde_json::Value> {
+        up.node
+            .run(&["audit", "--json", "--capsule", "parent"])
+            .ok()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_until("the kills audited", Duration::from_secs(10), || {
+        let r = records();
+        r.iter().any(|r| r["action"] == "capsule.seccomp")
+            && r.iter().any(|r| r["action"] == "capsule.oom")
+    });
+    let r = records();
+    let seccomp = r.iter().find(|r| r["action"] == "capsule.seccomp").unwrap();
+    assert_eq!(seccomp["decision"], "denied");
+    assert!(
+        seccomp["reason"].as_str().unwrap().contains("(probe)"),
+        "{seccomp}"
+    );
+    // The capsule itself was neither: it still runs.
+    assert_eq!(up.capsule("parent")["state"], "running");
+    up.node.run(&["audit", "verify"]).ok();
+}

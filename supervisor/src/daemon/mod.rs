@@ -8,6 +8,7 @@
 pub mod capsule;
 pub mod conn;
 pub mod control;
+pub mod kmsg;
 pub mod logs;
 pub mod outbox;
 pub mod root;
@@ -241,6 +242,25 @@ impl Shared {
         routes.lookup(target).map(|(_, r)| r.clone())
     }
 
+    /// The capsule that runs as host uid `uid` (a root supervisor's capsules have their own).
+    pub fn capsule_of_uid(&self, uid: u32) -> Option<String> {
+        self.capsule_uids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(_, u)| **u == uid)
+            .map(|(n, _)| n.clone())
+    }
+
+    /// The audit actor of running capsule `name`.
+    pub fn actor_of(&self, name: &str) -> Option<String> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|c| c.actor.clone())
+    }
+
     /// The namespaces the live connection of capsule `name` serves, sorted.
     pub fn served_by(&self, name: &str) -> Vec<String> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
@@ -449,6 +469,14 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         }
     }
     let sweeper = tokio::spawn(conn::sweep_deadlines(shared.clone()));
+    // A root supervisor's capsules have uids and cgroups of their own: the kernel's reports
+    // of their children's seccomp and memory kills name them.
+    if nix::unistd::geteuid().is_root() {
+        let shared = shared.clone();
+        let _ = std::thread::Builder::new()
+            .name("elastos-kmsg".into())
+            .spawn(move || kmsg::watch(shared));
+    }
     let server = tokio::spawn(control::serve(
         listener,
         shared.clone(),
