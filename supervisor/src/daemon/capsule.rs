@@ -647,10 +647,19 @@ impl CapsuleActor {
     async fn exited(&self, myself: &ActorRef<Msg>, st: &mut CapsuleState, code: i32) {
         st.log.event(&format!("exited with code {code}"));
         self.shared.set_live(&st.spec.name, None);
-        // 128 + SIGSYS: the seccomp filter killed it for a forbidden system call.
+        // 128 + SIGSYS: the seccomp filter killed it for a forbidden system call. Audited from
+        // the kernel's own report where the supervisor follows it (with the process and the
+        // call, exactly once), from the exit code otherwise.
+        let followed = self
+            .shared
+            .kmsg_active
+            .load(std::sync::atomic::Ordering::Relaxed);
         if code == 128 + nix::libc::SIGSYS {
             let why = "killed by its seccomp filter: it made a forbidden system call (ptrace, bpf, mount, ...; see capsule-host/src/seccomp.rs)";
             st.log.event(why);
+        }
+        if code == 128 + nix::libc::SIGSYS && !followed {
+            let why = "killed by its seccomp filter: it made a forbidden system call (ptrace, bpf, mount, ...; see capsule-host/src/seccomp.rs)";
             self.shared
                 .audit_sync(
                     "supervisor",

@@ -81,6 +81,9 @@ pub fn watch(shared: Arc<Shared>) {
         tracing::warn!("cannot read /dev/kmsg: kills of capsules' child processes are not audited");
         return;
     };
+    shared
+        .kmsg_active
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     // From now on: what happened before this supervisor is not its capsules'.
     // SAFETY: lseek on a descriptor this function owns, integer arguments only.
     unsafe {
@@ -107,6 +110,9 @@ pub fn watch(shared: Arc<Shared>) {
                 tracing::warn!(
                     "reading /dev/kmsg: {e}; kills of capsules' children are no longer audited"
                 );
+                shared
+                    .kmsg_active
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
         }
@@ -145,7 +151,18 @@ fn report(shared: &Shared, kill: Kill) {
     let Some(actor) = shared.actor_of(&name) else {
         return;
     };
-    shared.audit_now(&actor, action, "", Decision::Denied, &why, None);
+    // Durable before the next report is read (this thread of its own may wait).
+    let _ = shared.audit.append(
+        elastos::audit::Event {
+            actor: actor.into(),
+            action: action.into(),
+            resource: String::new(),
+            decision: Decision::Denied,
+            reason: why,
+            token: None,
+        },
+        elastos::audit::Durability::Sync,
+    );
 }
 
 #[cfg(test)]

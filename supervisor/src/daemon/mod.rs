@@ -121,6 +121,12 @@ pub struct Shared {
     capsule_uids: Mutex<HashMap<String, u32>>,
     /// The capsules running now, as kept in [`LIVE_FILE`].
     live: Mutex<std::collections::BTreeMap<String, LiveCapsule>>,
+    /// The kernel log is followed ([`kmsg`]): every seccomp kill, a capsule's own included, is
+    /// audited from there, with the process's details.
+    pub kmsg_active: std::sync::atomic::AtomicBool,
+    /// Each capsule name's audit actor as last started, kept after it exits: the kernel's
+    /// report of its end may come after.
+    actors: Mutex<HashMap<String, String>>,
 }
 
 /// `state/live.json`: the capsules this supervisor runs, kept on disk so that the next `up`
@@ -146,6 +152,12 @@ impl Shared {
     /// Notes that capsule `name` runs (`Some`) or no longer does (`None`), on disk. Best
     /// effort: a failure costs only the record of a loss after a crash.
     pub fn set_live(&self, name: &str, running: Option<LiveCapsule>) {
+        if let Some(c) = &running {
+            self.actors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_string(), c.actor.clone());
+        }
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         match running {
             Some(c) => live.insert(name.to_string(), c),
@@ -252,13 +264,13 @@ impl Shared {
             .map(|(n, _)| n.clone())
     }
 
-    /// The audit actor of running capsule `name`.
+    /// The audit actor capsule `name` last started as.
     pub fn actor_of(&self, name: &str) -> Option<String> {
-        self.live
+        self.actors
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .map(|c| c.actor.clone())
+            .cloned()
     }
 
     /// The namespaces the live connection of capsule `name` serves, sorted.
@@ -395,6 +407,8 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         run_dir: run_dir.clone(),
         capsule_uids: Mutex::new(HashMap::new()),
         live: Mutex::new(std::collections::BTreeMap::new()),
+        kmsg_active: std::sync::atomic::AtomicBool::new(false),
+        actors: Mutex::new(HashMap::new()),
     });
     // A pid file left behind: the supervisor before stopped without `down` (this one holds the
     // lock, so that one is gone).
