@@ -42,11 +42,51 @@ use elastos_e2e::Node;
 
 /// Bytes of payload in every call: ping's default.
 const PAYLOAD: usize = 64;
-/// The raw frames carry what a mediated call carries: the call frame (payload, target, token)
-/// one way, the answer the other. Measured from the wire: a call with a 64-byte payload is
-/// about 400 bytes, its answer about 100.
-const RAW_REQUEST: usize = 400;
-const RAW_ANSWER: usize = 100;
+/// Where the helpers learn the answer frame's size, measured in this run.
+const ANSWER_BYTES_ENV: &str = "ELASTOS_BENCH_ANSWER_BYTES";
+
+/// The frames a mediated call puts on the wire, built here as ping and the supervisor build
+/// them: the call (target, a real token of the node's, the payload) and its answer. The raw
+/// baseline sends frames of exactly these sizes.
+fn wire_sizes(node: &Node, target: &str) -> (usize, usize) {
+    let issued = node.run(&[
+        "token",
+        "issue",
+        "--capsule",
+        "ping-bench",
+        "--resource",
+        "localhost://echo/*",
+        "--action",
+        "read",
+        "--ttl",
+        "1h",
+        "--json",
+    ]);
+    assert_eq!(issued.code, 0, "{issued:#?}");
+    let token = elastos::token::text_to_bytes(issued.json()["token"].as_str().expect("token"))
+        .expect("token bytes");
+    let payload = vec![0x5au8; PAYLOAD];
+    let encode = |build: &dyn Fn(elastos_schema::wire_capnp::frame::Builder)| {
+        let mut m = capnp::message::Builder::new_default();
+        build(m.init_root());
+        elastos_schema::wire::encode(&m).expect("frame").len()
+    };
+    let call = encode(&|f| {
+        let mut c = f.init_call();
+        c.set_id(1 << 20);
+        c.set_target(target);
+        c.set_action(elastos_schema::token_capnp::Action::Read);
+        c.set_token(&token);
+        c.set_payload(&payload);
+    });
+    let answer = encode(&|f| {
+        let mut a = f.init_answer();
+        a.set_id(1 << 20);
+        a.set_status(elastos_schema::wire_capnp::Status::Ok);
+        a.set_payload(&payload);
+    });
+    (call, answer)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -67,13 +107,21 @@ fn main() {
     let rounds: usize = if quick { 1 } else { 5 };
 
     let scratch = tempfile::tempdir().expect("scratch dir");
-    let node = Node::new();
+    // On the disk the audit bench measures (the target directory), not a /tmp that may be
+    // memory: the node's audit log fsyncs there.
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let node = Node::new_in(&base);
     let up = node.run(&["up"]);
     assert_eq!(up.code, 0, "elastos up: {up:#?}");
     let idle_rss = rss(&node);
     let echo = node.pack_first_party("echo");
     let ping = node.pack_first_party("ping");
     start_echos(&node, &echo, 0..2);
+    let (request_bytes, answer_bytes) = wire_sizes(&node, "localhost://echo/0/ping");
+    // Set before any helper starts: the helper processes inherit it.
+    std::env::set_var(ANSWER_BYTES_ENV, answer_bytes.to_string());
     // Unmeasured: the first calls after a start pay for pages and caches touched the first time.
     ping_run(&node, &ping, "localhost://echo/0/ping", 1, calls / 4);
 
@@ -84,13 +132,13 @@ fn main() {
     for _ in 0..rounds {
         let dir = scratch.path();
         runs.push([
-            raw(dir, 1, 1, calls, Wait::Read),
-            raw(dir, 2, 1, calls, Wait::Read),
-            raw(dir, 2, 1, calls, Wait::Poll),
+            raw(dir, 1, 1, calls, Wait::Read, request_bytes),
+            raw(dir, 2, 1, calls, Wait::Read, request_bytes),
+            raw(dir, 2, 1, calls, Wait::Poll, request_bytes),
             ping_run(&node, &ping, "localhost://echo/0/ping", 1, calls),
-            raw(dir, 1, 32, calls, Wait::Read),
-            raw(dir, 2, 32, calls, Wait::Read),
-            raw(dir, 2, 32, calls, Wait::Poll),
+            raw(dir, 1, 32, calls, Wait::Read, request_bytes),
+            raw(dir, 2, 32, calls, Wait::Read, request_bytes),
+            raw(dir, 2, 32, calls, Wait::Poll, request_bytes),
             ping_run(&node, &ping, "localhost://echo/0/ping", 32, calls),
         ]);
     }
@@ -134,17 +182,20 @@ fn main() {
     }
 
     // Measured before and after the crowd, so that the machine's drift over the minute it takes
-    // to start it does not pass for the crowd's cost.
-    let before = ping_run(&node, &ping, "localhost://echo/1/ping", 1, calls);
-    start_echos(&node, &echo, 2..many);
-    let at_many = ping_run(&node, &ping, "localhost://echo/1/ping", 1, calls);
-    let many_rss = rss(&node);
-    stop_echos(&node, 2..many);
-    let after = ping_run(&node, &ping, "localhost://echo/1/ping", 1, calls);
-    let at_2 = Latency {
-        p50: (before.p50 + after.p50) / 2,
-        p99: (before.p99 + after.p99) / 2,
-    };
+    // to start it does not pass for the crowd's cost; in rounds, each its own ratio.
+    let crowd_rounds = if quick { 1 } else { 3 };
+    let mut crowd: Vec<(u64, u64, u64)> = Vec::with_capacity(crowd_rounds);
+    let mut many_rss = 0;
+    for _ in 0..crowd_rounds {
+        let before = ping_run(&node, &ping, "localhost://echo/1/ping", 1, calls);
+        start_echos(&node, &echo, 2..many);
+        let at_many = ping_run(&node, &ping, "localhost://echo/1/ping", 1, calls);
+        many_rss = many_rss.max(rss(&node));
+        stop_echos(&node, 2..many);
+        let after = ping_run(&node, &ping, "localhost://echo/1/ping", 1, calls);
+        crowd.push((before.p50, at_many.p50, after.p50));
+    }
+    let flood = flood_p99(&node, &ping, calls.max(20_000), if quick { 1 } else { 3 });
     let down = node.run(&["down", "--timeout", "5s"]);
     assert_eq!(down.code, 0, "elastos down: {down:#?}");
     let volume = audit_volume(calls, if quick { 1 } else { 5 });
@@ -162,7 +213,11 @@ fn main() {
         ("raw socket, 2 hops, c=32, poll(2)", POLL2_C32),
     ] {
         let l = fig(i);
-        println!("  {what:<34} p50 {:>6} us  p99 {:>6} us", l.p50, l.p99);
+        println!(
+            "  {what:<34} p50 {:>8.1} us  p99 {:>8.1} us",
+            us(l.p50),
+            us(l.p99)
+        );
     }
     for (what, i, base, polled) in [
         ("ping -> supervisor -> echo, c=1", MED_C1, RAW2_C1, POLL2_C1),
@@ -175,9 +230,9 @@ fn main() {
     ] {
         let l = fig(i);
         println!(
-            "  {what:<34} p50 {:>6} us  p99 {:>6} us  vs 2 hops: p50 {:.2}x (goal <= 1.5), p99 {:.2}x (goal <= 3); vs 2 hops in poll(2): p50 {:.2}x, p99 {:.2}x",
-            l.p50,
-            l.p99,
+            "  {what:<34} p50 {:>8.1} us  p99 {:>8.1} us  vs 2 hops: p50 {:.2}x (goal <= 1.5), p99 {:.2}x (goal <= 3); vs 2 hops in poll(2): p50 {:.2}x, p99 {:.2}x",
+            us(l.p50),
+            us(l.p99),
             p50s(i, base),
             p99s(i, base),
             p50s(i, polled),
@@ -189,9 +244,9 @@ fn main() {
         .map(|(w, n)| ratio(w.p50, n.p50))
         .collect();
     println!(
-        "  wasm ping -> supervisor -> echo, c=1 p50 {:>6} us  p99 {:>6} us  vs native ping ({pairs} alternating pairs of {} calls): p50 {:.2}x (goal <= 1.2), p99 {:.2}x",
-        median(wasm_pairs.iter().map(|(w, _)| w.p50 as f64)) as u64,
-        median(wasm_pairs.iter().map(|(w, _)| w.p99 as f64)) as u64,
+        "  wasm ping -> supervisor -> echo, c=1 p50 {:>8.1} us  p99 {:>8.1} us  vs native ping ({pairs} alternating pairs of {} calls): p50 {:.2}x (goal <= 1.2), p99 {:.2}x",
+        us(median(wasm_pairs.iter().map(|(w, _)| w.p50 as f64)) as u64),
+        us(median(wasm_pairs.iter().map(|(w, _)| w.p99 as f64)) as u64),
         calls / 2,
         median(pair_p50.iter().copied()),
         median(wasm_pairs.iter().map(|(w, n)| ratio(w.p99, n.p99)))
@@ -199,13 +254,19 @@ fn main() {
     // The spread shows how much of a ratio near its goal is the machine's noise.
     let spread: Vec<String> = pair_p50.iter().map(|x| format!("{x:.2}")).collect();
     println!("    p50 ratio of each pair: {}", spread.join(" "));
+    let crowd_ratios: Vec<f64> = crowd
+        .iter()
+        .map(|(b, m, a)| ratio(*m, (b + a) / 2))
+        .collect();
+    let rounds_text: Vec<String> = crowd
+        .iter()
+        .zip(&crowd_ratios)
+        .map(|((b, m, a), r)| format!("{:.1}/{:.1}/{:.1} us {r:.2}x", us(*b), us(*m), us(*a)))
+        .collect();
     println!(
-        "  {many} echo capsules against 2, c=1: p50 {} us against {} us (2 before: {}, after: {}): {:.2}x (goal <= 1.1)",
-        at_many.p50,
-        at_2.p50,
-        before.p50,
-        after.p50,
-        ratio(at_many.p50, at_2.p50)
+        "  {many} echo capsules against 2, c=1, p50 before/with/after each round: {}; median {:.2}x (goal <= 1.1)",
+        rounds_text.join(", "),
+        median(crowd_ratios.iter().copied())
     );
     println!(
         "  supervisor RSS: idle {:.1} MiB (goal <= 15), with {many} capsules {:.1} MiB (goal <= 40)",
@@ -213,6 +274,134 @@ fn main() {
         mib(many_rss)
     );
     volume.print(calls);
+    flood.print();
+}
+
+/// Another capsule's call p99 with and without a flooder beside it.
+struct Flood {
+    quiet: Vec<u64>,
+    flooded: Vec<u64>,
+    calls: u64,
+}
+
+impl Flood {
+    fn print(&self) {
+        let ratios: Vec<f64> = self
+            .quiet
+            .iter()
+            .zip(&self.flooded)
+            .map(|(q, f)| ratio(*f, *q))
+            .collect();
+        println!(
+            "  flood of oversized and unknown-signer tokens (flooder capped at 25% CPU), another capsule's c=1 p99 over {} calls: {:.1} us against {:.1} us quiet: {:.2}x (goal <= 1.5; rounds {})",
+            self.calls,
+            us(median(self.flooded.iter().map(|x| *x as f64)) as u64),
+            us(median(self.quiet.iter().map(|x| *x as f64)) as u64),
+            median(ratios.iter().copied()),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+}
+
+/// A capsule (a shell loop writing prepared frames, `[limits] cpu = 25`) floods the supervisor
+/// with calls carrying an oversized token and calls carrying a token of a key nobody trusts;
+/// ping's c=1 p99 is measured without it and with it, `rounds` times.
+fn flood_p99(node: &Node, ping: &Path, calls: u64, rounds: usize) -> Flood {
+    let dir = node.scratch().join("flooder");
+    std::fs::create_dir_all(dir.join("bin")).expect("flooder dir");
+    std::fs::write(
+        dir.join("capsule.toml"),
+        "format = 1\nname = \"flooder\"\nversion = \"0.1.0\"\ndescription = \"floods\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/run\"\n[limits]\ncpu = 25\n[[requests]]\nresource = \"host://libs\"\nactions = [\"read\"]\nreason = \"runs /bin/sh\"\n",
+    )
+    .expect("manifest");
+    std::fs::write(
+        dir.join("bin/run"),
+        "#!/bin/sh\ncat <&3 >/dev/null &\nwhile true; do cat /capsule/frames.bin >&3 || exit 0; done\n",
+    )
+    .expect("script");
+    elastos_e2e::set_mode(&dir.join("bin/run"), 0o755);
+    // A hello, then calls: half with 8 KiB of junk as the token, half with a well-formed token
+    // of a stranger's key.
+    let stranger = Node::new();
+    let foreign = stranger.issue(&[
+        "--capsule",
+        "flooder",
+        "--resource",
+        "localhost://echo/*",
+        "--action",
+        "read",
+        "--ttl",
+        "1h",
+    ]);
+    let foreign = elastos::token::text_to_bytes(&foreign).expect("foreign token");
+    let junk = vec![0xa5u8; 8192];
+    let frame = |build: &dyn Fn(elastos_schema::wire_capnp::frame::Builder)| {
+        let mut m = capnp::message::Builder::new_default();
+        build(m.init_root());
+        elastos_schema::wire::encode(&m).expect("frame")
+    };
+    let mut frames = frame(&|f| {
+        let mut h = f.init_hello();
+        h.set_version(elastos_schema::versions::WIRE);
+        h.set_sdk("flooder");
+    });
+    for i in 0..2000u64 {
+        let token: &[u8] = if i % 2 == 0 { &junk } else { &foreign };
+        frames.extend(frame(&|f| {
+            let mut c = f.init_call();
+            c.set_id(i + 1);
+            c.set_target("localhost://echo/0/x");
+            c.set_action(elastos_schema::token_capnp::Action::Read);
+            c.set_token(token);
+            c.set_payload(b"flood");
+        }));
+    }
+    std::fs::write(dir.join("frames.bin"), &frames).expect("frames");
+    let mut f = Flood {
+        quiet: Vec::new(),
+        flooded: Vec::new(),
+        calls,
+    };
+    for _ in 0..rounds {
+        f.quiet
+            .push(ping_run(node, ping, "localhost://echo/0/ping", 1, calls).p99);
+        let out = node.run(&[
+            "run",
+            "-d",
+            dir.to_str().expect("utf-8"),
+            "--restart",
+            "never",
+        ]);
+        assert_eq!(out.code, 0, "starting the flooder: {out:#?}");
+        // Flooding: its calls are being answered.
+        let start = Instant::now();
+        while node
+            .run(&["ps", "--json"])
+            .json()
+            .as_array()
+            .expect("ps")
+            .iter()
+            .find(|c| c["name"] == "flooder")
+            .and_then(|c| c["calls"].as_u64())
+            .unwrap_or(0)
+            < 1000
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the flooder never flooded"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f.flooded
+            .push(ping_run(node, ping, "localhost://echo/0/ping", 1, calls).p99);
+        let out = node.run(&["stop", "flooder"]);
+        assert_eq!(out.code, 0, "stopping the flooder: {out:#?}");
+    }
+    f
 }
 
 /// One node's side of the audit volume figure, per run: bytes per second, bytes per call, p50.
@@ -238,15 +427,15 @@ impl Volume {
             .map(|x| format!("{:.0}", x.0 / 1024.0))
             .collect();
         println!(
-            "  audit volume, c=8, {calls} calls per run, {} alternating pair(s): calls alike summed up {:.1} KiB/s ({:.1} B/call; runs: {} KiB/s) (goal <= 1024 KiB/s), per call {:.1} KiB/s ({:.1} B/call); p50 {} us against {} us per call: {:.2}x (goal <= 1, within noise)",
+            "  audit volume, c=8, {calls} calls per run, {} alternating pair(s): calls alike summed up {:.1} KiB/s ({:.1} B/call; runs: {} KiB/s) (goal <= 1024 KiB/s), per call {:.1} KiB/s ({:.1} B/call); p50 {:.1} us against {:.1} us per call: {:.2}x (goal <= 1, within noise)",
             self.summed.len(),
             kib(&self.summed),
             per(&self.summed),
             spread.join(" "),
             kib(&self.per_call),
             per(&self.per_call),
-            p50(&self.summed) as u64,
-            p50(&self.per_call) as u64,
+            us(p50(&self.summed) as u64),
+            us(p50(&self.per_call) as u64),
             median(ratios.into_iter())
         );
     }
@@ -331,9 +520,14 @@ fn ratio(a: u64, b: u64) -> f64 {
     a as f64 / b.max(1) as f64
 }
 
+/// Nanoseconds.
 struct Latency {
     p50: u64,
     p99: u64,
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
 }
 
 fn rss(node: &Node) -> u64 {
@@ -428,8 +622,8 @@ fn ping_run_on(
         .unwrap_or_else(|| panic!("no JSON report from ping: {out:#?}"));
     assert_eq!(report["errors"], 0, "{report}");
     Latency {
-        p50: report["p50_us"].as_u64().expect("p50_us"),
-        p99: report["p99_us"].as_u64().expect("p99_us"),
+        p50: report["p50_ns"].as_u64().expect("p50_ns"),
+        p99: report["p99_ns"].as_u64().expect("p99_ns"),
     }
 }
 
@@ -481,7 +675,14 @@ impl Read for Input {
 }
 
 /// Round trips through 1 or 2 hops at `concurrency`.
-fn raw(dir: &Path, hops: u32, concurrency: usize, calls: u64, wait: Wait) -> Latency {
+fn raw(
+    dir: &Path,
+    hops: u32,
+    concurrency: usize,
+    calls: u64,
+    wait: Wait,
+    request_bytes: usize,
+) -> Latency {
     let poll = if wait == Wait::Poll { "-poll" } else { "" };
     let id = format!("{hops}-{concurrency}{poll}");
     let server_at: PathBuf = dir.join(format!("server-{id}.sock"));
@@ -499,8 +700,8 @@ fn raw(dir: &Path, hops: u32, concurrency: usize, calls: u64, wait: Wait) -> Lat
         s: s.try_clone().expect("clone"),
         wait,
     };
-    let request = frame(RAW_REQUEST);
-    let mut answer = vec![0u8; RAW_ANSWER];
+    let request = frame(request_bytes);
+    let mut answer = vec![0u8; answer_bytes()];
     let mut sent_at = std::collections::VecDeque::with_capacity(concurrency);
     let mut latencies = Vec::with_capacity(calls as usize);
     let (mut sent, mut done) = (0u64, 0u64);
@@ -513,7 +714,7 @@ fn raw(dir: &Path, hops: u32, concurrency: usize, calls: u64, wait: Wait) -> Lat
         // The server answers in order, so the oldest call is the one answered.
         input.read_exact(&mut answer).expect("read");
         let began = sent_at.pop_front().expect("a call in flight");
-        latencies.push(began.elapsed().as_micros() as u64);
+        latencies.push(began.elapsed().as_nanos() as u64);
         done += 1;
     }
     drop((s, input));
@@ -530,6 +731,14 @@ fn raw(dir: &Path, hops: u32, concurrency: usize, calls: u64, wait: Wait) -> Lat
         p50: at(0.50),
         p99: at(0.99),
     }
+}
+
+/// The answer frame's size, as measured by the main process.
+fn answer_bytes() -> usize {
+    std::env::var(ANSWER_BYTES_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("the answer size, set by the bench's main process")
 }
 
 /// A length-prefixed frame of `total` bytes in all.
@@ -555,7 +764,7 @@ fn read_frame(s: &mut Input, buf: &mut Vec<u8>) -> bool {
 fn serve(at: &Path, wait: Wait) {
     let listener = UnixListener::bind(at).expect("bind");
     let (mut s, _) = listener.accept().expect("accept");
-    let answer = frame(RAW_ANSWER);
+    let answer = frame(answer_bytes());
     let mut buf = Vec::new();
     let mut input = Input {
         s: s.try_clone().expect("clone"),

@@ -1,9 +1,13 @@
 //! Capsule cold start, against a plain spawn and `bwrap --unshare-all` of a trivial program, in
 //! one run (plain `fn main`; run by `scripts/bench` after building the release binaries).
 //!
-//! - plain: spawn `/bin/true` and wait for it.
+//! - plain: spawn `/bin/echo` and wait for its first byte on a pipe.
 //! - bwrap: `bwrap --unshare-all` (user, mount, PID, IPC, UTS, net, cgroup namespaces) with a
-//!   read-only `/usr`, `/proc` and `/dev`, running `/bin/true`.
+//!   read-only `/usr`, `/proc` and `/dev`, running `/bin/echo`, until its first byte.
+//!
+//! Each baseline times the interval the capsule figure times: from the spawn to the program's
+//! first word (a capsule's hello), not its exit and teardown. All four are interleaved, one
+//! start of each per round, so that the machine's drift weighs on them alike.
 //! - elastos: `echo` started by the supervisor — capsule-host spawned, cgroups entered, limits,
 //!   uid switch, `no_new_privs`, Landlock, seccomp, exec — until its hello arrives on its
 //!   socket, as the supervisor measures it ("ready on its socket X ms after spawn" in the log).
@@ -27,16 +31,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// From the spawn of `cmd` to the first byte it writes on its stdout (a pipe), in ms; then it
+/// is waited for, untimed.
 fn timed(cmd: &mut Command) -> f64 {
+    use std::io::Read;
     let start = Instant::now();
-    let st = cmd
+    let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .status()
+        .spawn()
         .expect("spawning");
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("its first byte");
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let st = child.wait().expect("waiting");
     assert!(st.success(), "{cmd:?} failed: {st}");
-    start.elapsed().as_secs_f64() * 1000.0
+    ms
 }
 
 fn main() {
@@ -44,53 +60,52 @@ fn main() {
     let quick = std::env::var_os("ELASTOS_BENCH_QUICK").is_some();
     let n = if quick { 5 } else { 40 };
 
-    let plain: Vec<f64> = (0..n)
-        .map(|_| timed(&mut Command::new("/bin/true")))
-        .collect();
     let bwrap_bin = ["/usr/bin/bwrap", "/bin/bwrap"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("bwrap is not installed: scripts/setup installs Debian's bubblewrap");
-    let bwrap: Vec<f64> = (0..n)
-        .map(|_| {
-            timed(Command::new(bwrap_bin).args([
-                "--unshare-all",
-                "--die-with-parent",
-                "--ro-bind",
-                "/usr",
-                "/usr",
-                "--symlink",
-                "usr/bin",
-                "/bin",
-                "--symlink",
-                "usr/lib",
-                "/lib",
-                "--symlink",
-                "usr/lib64",
-                "/lib64",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "/bin/true",
-            ]))
-        })
-        .collect();
+    let bwrap = || {
+        timed(Command::new(bwrap_bin).args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "/bin/echo",
+            "ready",
+        ]))
+    };
 
     let node = Node::new();
     let up = node.run(&["up"]);
     assert_eq!(up.code, 0, "elastos up: {up:#?}");
     let echo = node.pack_first_party("echo");
     let echo = echo.to_str().expect("utf-8 path");
-    // Native and WASM alternate, so that drift over the run weighs on both alike; one WASM
-    // start first compiles the module into the cache (not measured).
+    // One WASM start first compiles the module into the cache (not measured).
     cold_start(&node, echo, "warm-wasm", "wasm");
+    let (mut plain, mut bwrapped) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut cold = Vec::with_capacity(n);
     let mut cold_wasm = Vec::with_capacity(n);
     for i in 0..n {
+        plain.push(timed(Command::new("/bin/echo").arg("ready")));
+        bwrapped.push(bwrap());
         cold.push(cold_start(&node, echo, &format!("cold-{i}"), "native"));
         cold_wasm.push(cold_start(&node, echo, &format!("cold-wasm-{i}"), "wasm"));
     }
+    let bwrap = bwrapped;
     let down = node.run(&["down", "--timeout", "5s"]);
     assert_eq!(down.code, 0, "{down:#?}");
     let module = elastos_e2e::first_party_capsule("echo").join("bin/echo.wasm");
@@ -105,8 +120,8 @@ fn main() {
         median(cold_wasm),
     );
     println!("capsule cold start, {n} of each, {pinning}:");
-    println!("  plain spawn of /bin/true          median {p:>7.2} ms");
-    println!("  bwrap --unshare-all /bin/true     median {b:>7.2} ms");
+    println!("  plain spawn of /bin/echo, to its first byte       median {p:>7.2} ms");
+    println!("  bwrap --unshare-all /bin/echo, to its first byte  median {b:>7.2} ms");
     println!(
         "  elastos echo, spawn to ready      median {e:>7.2} ms   {:.2}x bwrap (goal <= 1.5), {:.2}x plain",
         e / b,

@@ -98,6 +98,16 @@ impl Node {
         }
     }
 
+    /// A node whose home is in a temporary directory under `parent` (for a benchmark that
+    /// wants it on a given disk).
+    pub fn new_in(parent: &Path) -> Node {
+        std::fs::create_dir_all(parent).expect("parent dir");
+        Node {
+            dir: tempfile::tempdir_in(parent).expect("tempdir"),
+            user: None,
+        }
+    }
+
     /// A node whose every command runs as the normal user `uid` (a test run by root plays a
     /// user this way). The user gets copies of the binaries and of `capsules` (first-party
     /// capsule directories, by name), since the build directory may be out of its reach, and

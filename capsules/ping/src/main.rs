@@ -297,13 +297,15 @@ impl Report {
 
     fn json(&self) -> String {
         format!(
-            "{{\"count\":{},\"size\":{},\"concurrency\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"calls_per_s\":{:.1},\"errors\":{}}}",
+            "{{\"count\":{},\"size\":{},\"concurrency\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"p50_ns\":{},\"p99_ns\":{},\"calls_per_s\":{:.1},\"errors\":{}}}",
             self.count,
             self.size,
             self.concurrency,
             self.percentile_us(50),
             self.percentile_us(99),
             self.max_us(),
+            self.latencies.percentile(50),
+            self.latencies.percentile(99),
             self.calls_per_s(),
             self.errors
         )
@@ -540,9 +542,13 @@ mod tests {
             r.line(),
             "ping: 4 calls of 64 bytes at concurrency 2: p50 20 us, p99 400 us, max 400 us, 2000 calls/s, 1 errors"
         );
+        let (p50, p99) = (r.latencies.percentile(50), r.latencies.percentile(99));
+        assert!((20_000..20_200).contains(&p50) && (400_000..403_200).contains(&p99));
         assert_eq!(
             r.json(),
-            r#"{"count":4,"size":64,"concurrency":2,"p50_us":20,"p99_us":400,"max_us":400,"calls_per_s":2000.0,"errors":1}"#
+            format!(
+                r#"{{"count":4,"size":64,"concurrency":2,"p50_us":20,"p99_us":400,"max_us":400,"p50_ns":{p50},"p99_ns":{p99},"calls_per_s":2000.0,"errors":1}}"#
+            )
         );
     }
 

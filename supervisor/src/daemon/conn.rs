@@ -149,6 +149,9 @@ impl AuditBudget {
     }
 }
 
+/// How long a capsule over its audit budget is not read after each frame it is answered `busy`.
+const OVER_BUDGET_PAUSE: Duration = Duration::from_millis(10);
+
 /// About what a record of these fields costs on disk.
 fn record_cost(fields: &[&str]) -> usize {
     300 + fields.iter().map(|f| f.len().min(2048)).sum::<usize>()
@@ -363,6 +366,9 @@ async fn read_loop(
             if let Some(first) = exhausted {
                 batch.flush(shared);
                 over_budget(shared, conn, &parsed, first).await;
+                // And it is read no faster than its budget refills: a flood costs the
+                // supervisor a frame every few milliseconds, not all the CPU it can send for.
+                tokio::time::sleep(OVER_BUDGET_PAUSE).await;
                 continue;
             }
         }
