@@ -817,11 +817,17 @@ impl AuditLog {
             }
         }
         // Whatever is cut is kept: moved to a quarantine file before the segment is cut.
-        let quarantined = if total_len > good_len {
+        // A tail of zeros is empty space (blocks a crash left allocated but unwritten), not a
+        // record: it is cut without a word. Anything else is kept.
+        let zero_tail = total_len > good_len && zeros(&file, good_len, total_len);
+        let quarantined = if total_len > good_len && !zero_tail {
             Some(quarantine(dir, &file, &path, seq, good_len, total_len)?)
         } else {
             None
         };
+        if zero_tail {
+            file.set_len(good_len).map_err(io_err(&path))?;
+        }
         if head.is_none() {
             // A new log gets its head at once: a crash before the first checkpoint must not
             // leave records with no head at all.
@@ -1343,6 +1349,20 @@ fn hash_in_segments(segs: &[(u32, PathBuf)], seq: u64) -> Result<Option<[u8; 32]
         }
     }
     Ok(None)
+}
+
+/// Whether bytes `from..to` of `file` are all zero (read in pieces; a read error says no).
+fn zeros(file: &File, from: u64, to: u64) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from((to - at).min(buf.len() as u64)).unwrap_or(buf.len());
+        if file.read_exact_at(&mut buf[..n], at).is_err() || buf[..n].iter().any(|b| *b != 0) {
+            return false;
+        }
+        at += n as u64;
+    }
+    true
 }
 
 /// Moves the bytes of `path` from `from` to `to` (a torn or unreadable tail, and whatever
@@ -3110,6 +3130,31 @@ mod tests {
         )
         .unwrap();
         assert!(verify(tmp.path(), &new.verifying_key(), None).is_err());
+    }
+
+    #[test]
+    fn a_tail_of_zeros_is_read_as_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let before = write_some(tmp.path());
+        let f = OpenOptions::new()
+            .append(true)
+            .open(seg1(tmp.path()))
+            .unwrap();
+        f.set_len(f.metadata().unwrap().len() + 8192).unwrap();
+        drop(f);
+        let log = open(tmp.path(), AuditOptions::default());
+        log.close().unwrap();
+        verify(tmp.path(), &vk(), Some((before.head_seq, before.head_hash))).unwrap();
+        let recs: Vec<Record> = read_records(tmp.path())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(recs.iter().all(|r| r.action != "recovered"));
+        assert!(fs::read_dir(tmp.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("quarantine")));
     }
 
     #[test]
