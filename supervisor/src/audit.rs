@@ -361,7 +361,6 @@ struct Disk {
     file: File,
     synced_len: u64,
     segment_bytes: u64,
-    retry_truncate: bool,
     syncs: Arc<AtomicU64>,
     fail_sync: Option<Arc<AtomicBool>>,
     /// Set here, before any waiter hears the outcome, so that a denied caller sees the log
@@ -596,14 +595,39 @@ fn stamp_now(cell: &Option<StateCell>) -> Option<StateStamp> {
 
 /// The authority state the log's signed head records, once the head verifies with `public`.
 /// `None`: no head, or one from before heads recorded it.
+/// The newest of the head's and the last segment's signed checkpoints' (an old head file put
+/// back with an old state file would otherwise vouch for it, while the log still holds the
+/// newer checkpoints).
 pub fn recorded_state(dir: &Path, public: &VerifyingKey) -> Result<Option<StateStamp>, AuditError> {
-    match read_head(dir)? {
+    let mut newest = match read_head(dir)? {
         Some(h) => {
             h.check(public)?;
-            Ok(h.state())
+            h.state()
         }
-        None => Ok(None),
+        None => None,
+    };
+    if let Some((_, path)) = segments(dir)?.last() {
+        let f = File::open(path).map_err(io_err(path))?;
+        let mut last: Option<(u64, [u8; 32])> = None;
+        for line in BufReader::new(f).split(b'\n') {
+            let line = line.map_err(io_err(path))?;
+            let Ok(rec) = serde_json::from_slice::<Record>(&line) else {
+                break;
+            };
+            if rec.action == "checkpoint" {
+                if let (Some((s, h)), Some(st)) = (
+                    &last,
+                    rec.resource.strip_prefix("state:").and_then(stamp_parse),
+                ) {
+                    if signature_holds(public, &rec, *s, h) && newest.is_none_or(|n| st.0 > n.0) {
+                        newest = Some(st);
+                    }
+                }
+            }
+            last = Some((rec.seq, record_hash(&line)));
+        }
     }
+    Ok(newest)
 }
 
 fn rekey_message(seq: u64, hash: &[u8; 32], action: &str, other: &str) -> Vec<u8> {
@@ -794,7 +818,11 @@ impl AuditLog {
                     (_, Some(x)) => Some(x),
                     (s, None) => hash_in_segments(&segs, s)?,
                 };
-                if found != Some(hash) {
+                // A head from before a prune may name a record the prune removed: the anchor
+                // covers it.
+                let pruned = found.is_none()
+                    && read_anchor(dir)?.is_some_and(|a| h.seq <= a.seq);
+                if found != Some(hash) && !pruned {
                     return Err(AuditError::Corrupt(format!(
                         "record #{} is not the record the signed head names: the log was rewritten; run `elastos audit verify` and keep the log for investigation",
                         h.seq
@@ -887,7 +915,6 @@ impl AuditLog {
             file,
             synced_len: good_len,
             segment_bytes: opts.segment_bytes,
-            retry_truncate: false,
             syncs: syncs.clone(),
             fail_sync: opts.fail_sync.clone(),
             available: available.clone(),
@@ -1814,6 +1841,19 @@ impl Writer {
         Ok(Receipt { seq: rec.seq, hash })
     }
 
+    /// A command that arrived while closing: records still go in, the rest is refused.
+    fn take_late(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Synced(n, r) => self.on_synced(n, r),
+            Cmd::Append(ev, d, done) => self.append(ev, d, done),
+            Cmd::Rekey(_, done) => done(Err(AuditError::Closed)),
+            Cmd::Close(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Kick(_) => {}
+        }
+    }
+
     /// The two signed records of a key change, then a checkpoint under the new key; `done`
     /// hears once they are durable. Records submitted before are chained (and so signed) under
     /// the old key.
@@ -1895,7 +1935,12 @@ impl Writer {
     /// and goes out with the next fdatasync. Done in place while opening.
     fn hand_off(&mut self) {
         // After a failure: first every outstanding job comes back, then all is written again.
-        if self.failing || (self.unsynced.is_empty() && self.pending_head.is_none()) {
+        if self.failing {
+            return;
+        }
+        if self.unsynced.is_empty() && self.pending_head.is_none() {
+            // Nothing is due: no deadline to wake up for (the loop would spin on it).
+            self.oldest_unsynced = None;
             return;
         }
         let job = Job {
@@ -2003,37 +2048,43 @@ impl Writer {
 
     /// Makes everything durable, ends with a checkpoint, and stops the sync thread.
     fn finish(&mut self, rx: &mpsc::Receiver<Cmd>) -> Result<(), AuditError> {
+        // What was sent before `close` goes in first (a sender may have raced it).
+        while let Ok(cmd) = rx.try_recv() {
+            self.take_late(cmd);
+        }
         self.drain_group();
         self.flush_summaries();
         self.end_windows(true);
-        if self.since_checkpoint > 0 {
-            self.checkpoint(true)?;
-        } else {
-            // Nothing since the last checkpoint: only the head changes, to say it is clean.
-            self.pending_head = Some(
-                Head::new(
-                    &self.key,
-                    self.seq,
-                    &self.prev,
-                    true,
-                    stamp_now(&self.opts.state),
-                )
-                .bytes()?,
-            );
-            self.hand_off();
-        }
         let mut attempts = 0;
+        let mut clean_head = false;
         loop {
             if self.in_flight > 0 {
                 match rx.recv() {
-                    Ok(Cmd::Synced(n, r)) => self.on_synced(n, r),
-                    // A submitter that raced `close`: its record still goes in.
-                    Ok(Cmd::Append(ev, d, done)) => self.append(ev, d, done),
-                    Ok(Cmd::Rekey(_, done)) => done(Err(AuditError::Closed)),
-                    Ok(_) => {}
+                    Ok(cmd) => self.take_late(cmd),
                     Err(_) => break,
                 }
                 continue;
+            }
+            // Whatever was chained, a record that raced `close` included, ends under a clean
+            // checkpoint: nothing may follow a clean stop's last signature.
+            if self.since_checkpoint > 0 {
+                self.checkpoint(true)?;
+                clean_head = true;
+                continue;
+            }
+            if !clean_head {
+                // Nothing since the last checkpoint: only the head changes, to say it is clean.
+                self.pending_head = Some(
+                    Head::new(
+                        &self.key,
+                        self.seq,
+                        &self.prev,
+                        true,
+                        stamp_now(&self.opts.state),
+                    )
+                    .bytes()?,
+                );
+                clean_head = true;
             }
             if self.unsynced.is_empty() && self.pending_head.is_none() {
                 break;
@@ -2062,17 +2113,16 @@ impl Disk {
     }
 
     /// Appends `bytes` after what is durable and fdatasyncs them. On failure nothing counts as
-    /// written: the next attempt cuts whatever part reached the file.
+    /// written: the next attempt writes them again at the same offset.
     fn write_sync(&mut self, bytes: &[u8]) -> Result<(), AuditError> {
         if bytes.is_empty() {
             return Ok(());
         }
         let path = self.path();
         self.check_space();
-        if self.retry_truncate {
-            self.file.set_len(self.synced_len).map_err(io_err(&path))?;
-        }
-        self.retry_truncate = true;
+        // A retry writes the failed bytes again, and more, at the same offset: it covers
+        // whatever part of them reached the file. (Cutting it first would also free the space
+        // allocated past the end, which the reserve counts on.)
         self.file
             .write_all_at(bytes, self.synced_len)
             .map_err(io_err(&path))?;
@@ -2088,7 +2138,6 @@ impl Disk {
         }
         self.file.sync_data().map_err(io_err(&path))?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.retry_truncate = false;
         self.synced_len += bytes.len() as u64;
         self.allocated = self.allocated.max(self.synced_len);
         if self.synced_len >= self.segment_bytes {
@@ -2437,7 +2486,12 @@ fn first_key(
     public: &VerifyingKey,
     anchor: Option<&Anchor>,
 ) -> Result<VerifyingKey, AuditError> {
-    let changes = key_changes(dir)?;
+    // Changes at or below the anchor are in segments a prune was about to remove.
+    let after = anchor.map_or(0, |a| a.seq);
+    let changes: Vec<_> = key_changes(dir)?
+        .into_iter()
+        .filter(|(at, _, _)| *at > after)
+        .collect();
     let did = crate::identity::did_from_public(public.as_bytes());
     let mut expect = did.clone();
     for (_, old, new) in changes.iter().rev() {
@@ -2551,7 +2605,12 @@ pub fn verify(
     let mut anchored = None;
     if let Some(a) = &anchor {
         let mut keys = vec![a.did.clone()];
-        keys.extend(key_changes(dir)?.into_iter().map(|(_, _, new)| new));
+        keys.extend(
+            key_changes(dir)?
+                .into_iter()
+                .filter(|(at, _, _)| *at > a.seq)
+                .map(|(_, _, new)| new),
+        );
         let (s, h, k) = a.check(&keys)?;
         (seq, prev, current) = (s, h, k);
         signed = s;
@@ -2729,6 +2788,9 @@ pub fn verify(
             let (hash, clean) = hd.check(public)?;
             match hashes_at_head {
                 _ if hd.seq == 0 && hash == ZERO_HASH => {}
+                // A head written before a prune, naming a record it removed: the anchor, signed
+                // later, covers it.
+                None if anchored.is_some_and(|(a, _)| hd.seq <= a) => {}
                 None => {
                     return Err(AuditError::Corrupt(format!(
                         "the log ends at #{seq} but its signed head is #{}: records were removed",
@@ -3155,6 +3217,53 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .starts_with("quarantine")));
+    }
+
+    #[test]
+    fn records_that_race_close_end_under_the_clean_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        for _ in 0..20 {
+            let log = Arc::new(open(tmp.path(), AuditOptions::default()));
+            let racer = {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    while log
+                        .append(ev("capsule:r", Decision::Allowed), Durability::Sync)
+                        .is_ok()
+                    {}
+                })
+            };
+            std::thread::yield_now();
+            log.close().unwrap();
+            racer.join().unwrap();
+            // Whatever went in is signed: the next open finds nothing after the clean stop.
+            drop(AuditLog::open(tmp.path(), key(), AuditOptions::default()).unwrap());
+        }
+        verify(tmp.path(), &vk(), None).unwrap();
+    }
+
+    #[test]
+    fn the_recorded_state_is_the_newest_signed_one_whatever_head_was_put_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cell: StateCell = Arc::new(Mutex::new(Some((1, [1; 32]))));
+        let opts = || AuditOptions {
+            state: Some(cell.clone()),
+            ..Default::default()
+        };
+        let log = open(tmp.path(), opts());
+        log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+            .unwrap();
+        log.close().unwrap();
+        let old_head = fs::read(tmp.path().join("head")).unwrap();
+        *cell.lock().unwrap() = Some((2, [2; 32]));
+        let log = open(tmp.path(), opts());
+        log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+            .unwrap();
+        log.close().unwrap();
+        assert_eq!(recorded_state(tmp.path(), &vk()).unwrap(), Some((2, [2; 32])));
+        // The old head put back vouches for nothing older: the log's checkpoints are newer.
+        fs::write(tmp.path().join("head"), old_head).unwrap();
+        assert_eq!(recorded_state(tmp.path(), &vk()).unwrap(), Some((2, [2; 32])));
     }
 
     #[test]

@@ -186,11 +186,13 @@ pub fn open_log(home: &Home, key: &NodeKey) -> anyhow::Result<AuditLog> {
             .max(4096),
         ..AuditOptions::default()
     };
-    // What checkpoints and the head record of the authority's state: as it is on disk now
-    // (a command records after it changed the state, or before it changes it).
-    let stamp = elastos::authority::Authority::open(home, None)
-        .ok()
-        .map(|a| a.stamp());
+    // What checkpoints and the head record of the authority's state: as it is on disk now (a
+    // command records after it changed the state, or before it changes it), checked first
+    // like any writer's, so an older copy put back is never signed over.
+    let stamp = Some(
+        super::token::checked_authority(home, Arc::new(NodeKey::from_hex(&key.seed_hex())?))?
+            .stamp(),
+    );
     let opts = AuditOptions {
         state: Some(Arc::new(std::sync::Mutex::new(stamp))),
         ..opts

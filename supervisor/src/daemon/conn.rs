@@ -316,6 +316,43 @@ async fn read_loop(
         if !matches!(parsed, Parsed::Call(..) | Parsed::Reply(..)) {
             batch.flush(shared);
         }
+        // Over its audit budget: what would be recorded is answered `busy` instead.
+        // (A capsule's first hello is free; a second is a malformed frame like any other.)
+        let first_hello = !greeted && matches!(parsed, Parsed::Hello(_));
+        if !matches!(parsed, Parsed::Reply(..)) && !first_hello {
+            let exhausted = conn
+                .budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .exhausted();
+            if let Some(first) = exhausted {
+                batch.flush(shared);
+                over_budget(shared, conn, &parsed, first).await;
+                // And it is read no faster than its budget refills: a flood costs the
+                // supervisor a frame every few milliseconds, not all the CPU it can send for.
+                tokio::time::sleep(OVER_BUDGET_PAUSE).await;
+                continue;
+            }
+        }
+        let cost = match &parsed {
+            _ if first_hello => None,
+            // Before its hello, every frame is refused and recorded.
+            _ if !greeted => Some(record_cost(&[])),
+            Parsed::Hello(_) => Some(record_cost(&[])),
+            Parsed::RequestToken {
+                resource, reason, ..
+            } => Some(record_cost(&[resource, reason])),
+            Parsed::Serve { pattern, .. } => Some(record_cost(&[pattern])),
+            Parsed::Malformed(why) => Some(record_cost(&[why])),
+            Parsed::Call(_, Err(e)) => Some(record_cost(&[e])),
+            _ => None,
+        };
+        if let Some(cost) = cost {
+            conn.budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .charge(cost);
+        }
         if !greeted {
             match parsed {
                 Parsed::Hello(v) if v == versions::WIRE => {
@@ -355,37 +392,6 @@ async fn read_loop(
                 _ => malformed(shared, conn, "the first frame must be a hello").await,
             }
             continue;
-        }
-        // Over its audit budget: what would be recorded is answered `busy` instead.
-        if !matches!(parsed, Parsed::Reply(..)) {
-            let exhausted = conn
-                .budget
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .exhausted();
-            if let Some(first) = exhausted {
-                batch.flush(shared);
-                over_budget(shared, conn, &parsed, first).await;
-                // And it is read no faster than its budget refills: a flood costs the
-                // supervisor a frame every few milliseconds, not all the CPU it can send for.
-                tokio::time::sleep(OVER_BUDGET_PAUSE).await;
-                continue;
-            }
-        }
-        let cost = match &parsed {
-            Parsed::RequestToken {
-                resource, reason, ..
-            } => Some(record_cost(&[resource, reason])),
-            Parsed::Serve { pattern, .. } => Some(record_cost(&[pattern])),
-            Parsed::Malformed(why) => Some(record_cost(&[why])),
-            Parsed::Call(_, Err(e)) => Some(record_cost(&[e])),
-            _ => None,
-        };
-        if let Some(cost) = cost {
-            conn.budget
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .charge(cost);
         }
         match parsed {
             Parsed::Call(id, Ok(call)) => {
