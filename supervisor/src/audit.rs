@@ -551,10 +551,7 @@ impl Head {
     fn check(&self, public: &VerifyingKey) -> Result<([u8; 32], bool), AuditError> {
         let hash = parse_hash(&self.hash)
             .ok_or_else(|| AuditError::Corrupt("the head file's hash is malformed".into()))?;
-        let sig = hex::decode(&self.sig)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .map(|b| Signature::from_bytes(&b))
+        let sig = parse_sig(&self.sig)
             .ok_or_else(|| AuditError::Corrupt("the head file's signature is malformed".into()))?;
         let (domain, msg, clean) = match self.format {
             1 => (domains::AUDIT_CHECKPOINT, head_message(self.seq, &hash), false),
@@ -753,6 +750,14 @@ fn json_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
     out.extend_from_slice(s.as_bytes());
     out.push(b'"');
     Ok(())
+}
+
+/// A signature as the log writes it: 128 hex digits.
+fn parse_sig(s: &str) -> Option<Signature> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .map(|b| Signature::from_bytes(&b))
 }
 
 fn parse_hash(s: &str) -> Option<[u8; 32]> {
@@ -1338,13 +1343,7 @@ fn scan_tail(
 /// Whether `rec` is a checkpoint or recovery record whose signature over the record before it
 /// (`seq`, `hash`) verifies with `public`.
 fn signature_holds(public: &VerifyingKey, rec: &Record, seq: u64, hash: &[u8; 32]) -> bool {
-    let Some(sig) = rec
-        .sig
-        .as_deref()
-        .and_then(|s| hex::decode(s).ok())
-        .and_then(|b| <[u8; 64]>::try_from(b).ok())
-        .map(|b| Signature::from_bytes(&b))
-    else {
+    let Some(sig) = rec.sig.as_deref().and_then(parse_sig) else {
         return false;
     };
     let mut msg = head_message(seq, hash);
@@ -1451,8 +1450,12 @@ fn quarantine(
     ))
 }
 
-fn read_head(dir: &Path) -> Result<Option<Head>, AuditError> {
-    let path = dir.join("head");
+/// The JSON file `name` of the log's directory, if there is one.
+fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> Result<Option<T>, AuditError> {
+    let path = dir.join(name);
     match fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -1460,6 +1463,10 @@ fn read_head(dir: &Path) -> Result<Option<Head>, AuditError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(&path)(e)),
     }
+}
+
+fn read_head(dir: &Path) -> Result<Option<Head>, AuditError> {
+    read_json(dir, "head")
 }
 
 impl Writer {
@@ -2536,14 +2543,7 @@ fn anchor_message(seq: u64, hash: &[u8; 32], did: &str) -> Vec<u8> {
 }
 
 fn read_anchor(dir: &Path) -> Result<Option<Anchor>, AuditError> {
-    let path = dir.join("anchor");
-    match fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| AuditError::Corrupt(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(&path)(e)),
-    }
+    read_json(dir, "anchor")
 }
 
 impl Anchor {
@@ -2552,10 +2552,7 @@ impl Anchor {
     fn check(&self, keys: &[String]) -> Result<(u64, [u8; 32], VerifyingKey), AuditError> {
         let hash = parse_hash(&self.hash)
             .ok_or_else(|| AuditError::Corrupt("the anchor's hash is malformed".into()))?;
-        let sig = hex::decode(&self.sig)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .map(|b| Signature::from_bytes(&b))
+        let sig = parse_sig(&self.sig)
             .ok_or_else(|| AuditError::Corrupt("the anchor's signature is malformed".into()))?;
         if self.format != 1 || !keys.contains(&self.signer) {
             return Err(AuditError::Corrupt(format!(
@@ -2674,11 +2671,8 @@ pub fn verify(
                 ));
             }
             if let Some(sig) = &rec.sig {
-                let sig = hex::decode(sig)
-                    .ok()
-                    .and_then(|b| <[u8; 64]>::try_from(b).ok())
-                    .map(|b| Signature::from_bytes(&b))
-                    .ok_or_else(|| bad(rec.seq, "a malformed signature".into()))?;
+                let sig =
+                    parse_sig(sig).ok_or_else(|| bad(rec.seq, "a malformed signature".into()))?;
                 let mut msg = head_message(seq, &prev);
                 let mut signer = current;
                 let domain = match rec.action.as_str() {
@@ -3260,10 +3254,16 @@ mod tests {
         log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
             .unwrap();
         log.close().unwrap();
-        assert_eq!(recorded_state(tmp.path(), &vk()).unwrap(), Some((2, [2; 32])));
+        assert_eq!(
+            recorded_state(tmp.path(), &vk()).unwrap(),
+            Some((2, [2; 32]))
+        );
         // The old head put back vouches for nothing older: the log's checkpoints are newer.
         fs::write(tmp.path().join("head"), old_head).unwrap();
-        assert_eq!(recorded_state(tmp.path(), &vk()).unwrap(), Some((2, [2; 32])));
+        assert_eq!(
+            recorded_state(tmp.path(), &vk()).unwrap(),
+            Some((2, [2; 32]))
+        );
     }
 
     #[test]

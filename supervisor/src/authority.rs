@@ -959,11 +959,8 @@ impl Authority {
         now: i64,
         consume: bool,
     ) -> Result<Checked, Denial> {
-        let passed = self.run_checks(token, Some(req), false, now)?;
-        if consume {
-            self.consume(&passed.chain)?;
-        }
-        Ok(Checked::of(passed))
+        let verified = self.verifier.verify(token)?;
+        self.check_verified(verified, req, now, consume)
     }
 
     /// [`Authority::check_bytes`] for a token the shared [`Verifier`] already passed (the call
