@@ -388,7 +388,7 @@ fn a_hostile_capsule_is_stopped_at_every_escape_the_control_run_shows_possible()
             .filter(|l| l.contains("\"action\":\"capsule.seccomp\""))
             .count()
     };
-    // From the kernel's report (a root supervisor) or the exit code: one record per kill.
+    // From each killed capsule's exit code: one record per kill.
     wait_until("every kill audited", Duration::from_secs(10), || {
         kills() >= killed.len()
     });
@@ -910,11 +910,14 @@ fn a_capsules_child_killed_by_seccomp_or_for_memory_is_audited_and_the_capsule_g
     };
     wait_until("the kills audited", Duration::from_secs(10), || {
         let r = records();
-        r.iter().any(|r| r["action"] == "capsule.seccomp")
+        r.iter().any(|r| r["action"] == "capsule.process-seccomp")
             && r.iter().any(|r| r["action"] == "capsule.oom")
     });
     let r = records();
-    let seccomp = r.iter().find(|r| r["action"] == "capsule.seccomp").unwrap();
+    let seccomp = r
+        .iter()
+        .find(|r| r["action"] == "capsule.process-seccomp")
+        .unwrap();
     assert_eq!(seccomp["decision"], "denied");
     assert!(
         seccomp["reason"].as_str().unwrap().contains("(probe)"),

@@ -647,19 +647,12 @@ impl CapsuleActor {
     async fn exited(&self, myself: &ActorRef<Msg>, st: &mut CapsuleState, code: i32) {
         st.log.event(&format!("exited with code {code}"));
         self.shared.set_live(&st.spec.name, None);
-        // 128 + SIGSYS: the seccomp filter killed it for a forbidden system call. Audited from
-        // the kernel's own report where the supervisor follows it (with the process and the
-        // call, exactly once), from the exit code otherwise.
-        let followed = self
-            .shared
-            .kmsg_active
-            .load(std::sync::atomic::Ordering::Relaxed);
+        // 128 + SIGSYS: the seccomp filter killed it for a forbidden system call. (Where the
+        // supervisor follows the kernel log, `capsule.process-seccomp` names the process and the
+        // call too; the kernel rate-limits those reports, so this record never depends on them.)
         if code == 128 + nix::libc::SIGSYS {
             let why = "killed by its seccomp filter: it made a forbidden system call (ptrace, bpf, mount, ...; see capsule-host/src/seccomp.rs)";
             st.log.event(why);
-        }
-        if code == 128 + nix::libc::SIGSYS && !followed {
-            let why = "killed by its seccomp filter: it made a forbidden system call (ptrace, bpf, mount, ...; see capsule-host/src/seccomp.rs)";
             self.shared
                 .audit_sync(
                     "supervisor",

@@ -210,6 +210,8 @@ async fn handle(
                 "reserve_bytes": shared.audit.space().reserve_bytes,
                 "bytes": elastos::audit::size(&shared.home.audit_dir()),
                 "max_size": shared.config.audit.max_size,
+                // The kernel log is followed: kills of capsules' child processes are audited.
+                "child_kills": shared.kmsg_active.load(std::sync::atomic::Ordering::Relaxed),
             },
         })),
         Request::Ps => match root.call(RootMsg::Ps, Some(CALL_TIMEOUT)).await {

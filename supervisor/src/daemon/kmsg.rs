@@ -5,8 +5,10 @@
 //! records (`type=1326 … uid=U pid=P comm="C" … sig=31 … syscall=N`), memory kills as
 //! `oom-kill:…,task_memcg=/elastos/NAME.PID,task=C,pid=P,uid=U`. A root supervisor gives every
 //! capsule its own uid and cgroup, so each line names its capsule. They are audited as
-//! denials of that capsule, so a flood of them is coalesced like any other (at most 20 a
-//! second a capsule and kind, the rest counted). A supervisor that is not root reads nothing
+//! denials of that capsule (`capsule.process-seccomp`, `capsule.oom`), so a flood of them is
+//! coalesced like any other (at most 20 a second a capsule and kind, the rest counted). The
+//! kernel rate-limits these reports itself, so under a burst of kills some are never seen; the
+//! capsule's own main process is audited from its exit code (`capsule.seccomp`) all the same. A supervisor that is not root reads nothing
 //! here: its capsules share its uid and have no cgroups (`elastos doctor` says so).
 
 use std::io::Read;
@@ -132,7 +134,7 @@ fn report(shared: &Shared, kill: Kill) {
             };
             (
                 name,
-                "capsule.seccomp",
+                "capsule.process-seccomp",
                 format!(
                     "its process {pid} ({}) was killed by the seccomp filter for system call {syscall}",
                     elastos::text::sanitize_capped(&comm, 64)

@@ -121,8 +121,7 @@ pub struct Shared {
     capsule_uids: Mutex<HashMap<String, u32>>,
     /// The capsules running now, as kept in [`LIVE_FILE`].
     live: Mutex<std::collections::BTreeMap<String, LiveCapsule>>,
-    /// The kernel log is followed ([`kmsg`]): every seccomp kill, a capsule's own included, is
-    /// audited from there, with the process's details.
+    /// The kernel log is followed ([`kmsg`]).
     pub kmsg_active: std::sync::atomic::AtomicBool,
     /// Each capsule name's audit actor as last started, kept after it exits: the kernel's
     /// report of its end may come after.
