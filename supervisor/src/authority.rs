@@ -400,6 +400,46 @@ pub struct Authority {
     verifier: Verifier,
     /// Where each commit publishes the state's stamp for the audit log.
     stamp_cell: Option<StampCell>,
+    /// The version of the state last made durable. Its lock orders every write of the state
+    /// file, so that a use counted outside this authority's lock ([`StagedUse`]) never
+    /// overwrites a newer state.
+    written: Arc<std::sync::Mutex<u64>>,
+}
+
+/// A use of a max-uses token, counted in memory and to be made durable by
+/// [`StagedUse::make_durable`] *outside* the authority's lock: its fsync then holds up no other
+/// capsule's checks. The call it counts goes ahead only once that returned `Ok`.
+pub struct StagedUse {
+    json: Vec<u8>,
+    stamp: StateStamp,
+    path: PathBuf,
+    written: Arc<std::sync::Mutex<u64>>,
+    stamp_cell: Option<StampCell>,
+}
+
+impl StagedUse {
+    /// Writes the state the use was counted in, unless a newer one (which includes it) is on
+    /// disk already.
+    pub fn make_durable(self) -> Result<(), AuthorityError> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written >= self.stamp.0 {
+            return Ok(());
+        }
+        write_atomic(&self.path, &self.json, 0o600).map_err(|source| AuthorityError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        *written = self.stamp.0;
+        // Only what is durable is published: the log's head never records a state the disk
+        // could lose.
+        if let Some(cell) = &self.stamp_cell {
+            let mut c = cell.lock().unwrap_or_else(|e| e.into_inner());
+            if c.is_none_or(|st| st.0 < self.stamp.0) {
+                *c = Some(self.stamp);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Constant-time equality, for MACs.
@@ -545,7 +585,9 @@ impl Authority {
             trusted,
             verifier: Verifier::new(),
             stamp_cell: None,
+            written: Arc::default(),
         };
+        *authority.written.lock().unwrap_or_else(|e| e.into_inner()) = authority.state.version;
         authority.refresh_known_keys();
         Ok(authority)
     }
@@ -622,10 +664,13 @@ impl Authority {
         }
         let json = serde_json::to_vec_pretty(&next)
             .map_err(|e| AuthorityError::Invalid(format!("cannot serialise the state: {e}")))?;
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         write_atomic(&self.state_path, &json, 0o600).map_err(|source| AuthorityError::Io {
             path: self.state_path.clone(),
             source,
         })?;
+        *written = next.version;
+        drop(written);
         self.state = next;
         if let Some(cell) = &self.stamp_cell {
             *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.state.stamp());
@@ -978,6 +1023,49 @@ impl Authority {
             self.consume(&passed.chain)?;
         }
         Ok(Checked::of(passed))
+    }
+
+    /// [`Authority::check_verified`] counting a use (against the token and every limited
+    /// ancestor) in memory: the use is durable only once the returned [`StagedUse`] is made so,
+    /// which the caller does after releasing this authority's lock, and before the call goes
+    /// ahead. Meanwhile later checks already see the use (they can only be stricter).
+    pub fn check_counting(
+        &mut self,
+        verified: Arc<VerifiedToken>,
+        req: &CallRequest<'_>,
+        now: i64,
+    ) -> Result<(Checked, Option<StagedUse>), Denial> {
+        let passed = self.checks_after_verify(verified, Some(req), false, now)?;
+        let limited: Vec<TokenId> = passed
+            .chain
+            .iter()
+            .filter(|(_, max)| *max > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        if limited.is_empty() {
+            return Ok((Checked::of(passed), None));
+        }
+        let mut next = self.state.clone();
+        for id in limited {
+            let n = next.uses.entry(id).or_insert(0);
+            *n = n.saturating_add(1);
+        }
+        next.version = self.state.version.saturating_add(1);
+        next.mac = None;
+        if let Some(k) = &self.key {
+            next.mac = Some(next.mac(k));
+        }
+        let json = serde_json::to_vec_pretty(&next)
+            .map_err(|e| Denial::new(Check::Uses, format!("cannot serialise the state: {e}")))?;
+        let staged = StagedUse {
+            json,
+            stamp: next.stamp(),
+            path: self.state_path.clone(),
+            written: self.written.clone(),
+            stamp_cell: self.stamp_cell.clone(),
+        };
+        self.state = next;
+        Ok((Checked::of(passed), Some(staged)))
     }
 
     /// The 12 checks for serving a namespace: `req.resource` is the pattern to serve
@@ -1720,6 +1808,57 @@ mod tests {
         };
         assert!(f.auth.check(&limited, &c, NOW, true).is_err());
         assert_eq!(f.auth.uses(&u.id), 0);
+    }
+
+    #[test]
+    fn uses_counted_outside_the_lock_are_all_durable_and_never_overwrite_a_newer_state() {
+        let mut f = fixture();
+        let (_, text) = issue(
+            &mut f,
+            IssueRequest {
+                max_uses: 1000,
+                ..req()
+            },
+        );
+        let bytes = token::text_to_bytes(&text).unwrap();
+        let id = token::decode(&text).unwrap().token.id;
+        // A use staged, then a revocation committed at once, then the staged write: the file
+        // keeps the revocation (and the use, which the newer state includes).
+        let verified = f.auth.verifier().verify(&bytes).unwrap();
+        let (_, staged) = f.auth.check_counting(verified, &call(), NOW).unwrap();
+        let other = TokenId::from_bytes([3; 16]);
+        f.auth.revoke(&other).unwrap();
+        staged.unwrap().make_durable().unwrap();
+        f.reopen();
+        assert!(f.auth.is_revoked(&other));
+        assert_eq!(f.auth.uses(&id), 1);
+        // Many callers: each counts under the lock and writes outside it.
+        let auth = Arc::new(std::sync::Mutex::new(std::mem::replace(
+            &mut f.auth,
+            Authority::open(&f.home, Some(f.key.clone())).unwrap(),
+        )));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (auth, bytes) = (auth.clone(), bytes.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        let verifier = auth.lock().unwrap().verifier();
+                        let v = verifier.verify(&bytes).unwrap();
+                        let (_, staged) = auth
+                            .lock()
+                            .unwrap()
+                            .check_counting(v, &call(), NOW)
+                            .unwrap();
+                        staged.unwrap().make_durable().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        f.reopen();
+        assert_eq!(f.auth.uses(&id), 81);
     }
 
     #[test]

@@ -599,12 +599,22 @@ fn handle_call(
                             action,
                             classification,
                         };
-                        shared
+                        let (_, staged) = shared
                             .authority
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .check_verified(verified, &req, now_unix(), true)
-                            .map(|_| ())
+                            .check_counting(verified, &req, now_unix())?;
+                        // The fsync, after the authority's lock is released: other
+                        // capsules' checks go on meanwhile.
+                        match staged {
+                            Some(s) => s.make_durable().map_err(|e| {
+                                elastos::token::Denial::new(
+                                    elastos::token::Check::Uses,
+                                    format!("this use could not be recorded durably ({e}); the call is refused"),
+                                )
+                            }),
+                            None => Ok(()),
+                        }
                     })
                     .await
                 };
