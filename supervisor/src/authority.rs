@@ -655,15 +655,9 @@ impl Authority {
     }
 
     /// Writes `next` durably, then adopts it. On failure nothing changes, in memory or on disk.
-    fn commit(&mut self, mut next: State) -> Result<(), AuthorityError> {
+    fn commit(&mut self, next: State) -> Result<(), AuthorityError> {
         let dir = self.home.ensure_dir("state")?;
-        next.version = self.state.version.saturating_add(1);
-        next.mac = None;
-        if let Some(k) = &self.key {
-            next.mac = Some(next.mac(k));
-        }
-        let json = serde_json::to_vec_pretty(&next)
-            .map_err(|e| AuthorityError::Invalid(format!("cannot serialise the state: {e}")))?;
+        let (next, json) = self.sealed(next)?;
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         write_atomic(&self.state_path, &json, 0o600).map_err(|source| AuthorityError::Io {
             path: self.state_path.clone(),
@@ -678,6 +672,31 @@ impl Authority {
         // Best effort: on a full disk the commit above succeeded and the reserve waits.
         let _ = ensure_reserve(&dir.join(RESERVE_FILE));
         Ok(())
+    }
+
+    /// `next` as the state after this one: its version raised, its MAC made, and its bytes.
+    fn sealed(&self, mut next: State) -> Result<(State, Vec<u8>), AuthorityError> {
+        next.version = self.state.version.saturating_add(1);
+        next.mac = None;
+        if let Some(k) = &self.key {
+            next.mac = Some(next.mac(k));
+        }
+        let json = serde_json::to_vec_pretty(&next)
+            .map_err(|e| AuthorityError::Invalid(format!("cannot serialise the state: {e}")))?;
+        Ok((next, json))
+    }
+
+    /// The state with one more use of every limited token of `chain`; `None` when none is
+    /// limited (nothing to count).
+    fn counted(&self, chain: &[(TokenId, u64)]) -> Option<State> {
+        let mut limited = chain.iter().filter(|(_, max)| *max > 0).peekable();
+        limited.peek()?;
+        let mut next = self.state.clone();
+        for (id, _) in limited {
+            let n = next.uses.entry(*id).or_insert(0);
+            *n = n.saturating_add(1);
+        }
+        Some(next)
     }
 
     /// [`Authority::commit`] for a change that only narrows authority: if the disk is full, the
@@ -1036,27 +1055,12 @@ impl Authority {
         now: i64,
     ) -> Result<(Checked, Option<StagedUse>), Denial> {
         let passed = self.checks_after_verify(verified, Some(req), false, now)?;
-        let limited: Vec<TokenId> = passed
-            .chain
-            .iter()
-            .filter(|(_, max)| *max > 0)
-            .map(|(id, _)| *id)
-            .collect();
-        if limited.is_empty() {
+        let Some(next) = self.counted(&passed.chain) else {
             return Ok((Checked::of(passed), None));
-        }
-        let mut next = self.state.clone();
-        for id in limited {
-            let n = next.uses.entry(id).or_insert(0);
-            *n = n.saturating_add(1);
-        }
-        next.version = self.state.version.saturating_add(1);
-        next.mac = None;
-        if let Some(k) = &self.key {
-            next.mac = Some(next.mac(k));
-        }
-        let json = serde_json::to_vec_pretty(&next)
-            .map_err(|e| Denial::new(Check::Uses, format!("cannot serialise the state: {e}")))?;
+        };
+        let (next, json) = self
+            .sealed(next)
+            .map_err(|e| Denial::new(Check::Uses, e.to_string()))?;
         let staged = StagedUse {
             json,
             stamp: next.stamp(),
@@ -1272,19 +1276,9 @@ impl Authority {
     /// write (two fsyncs) per consuming call: simple and crash-safe, at a cost of about a
     /// millisecond; batching or an append-only counter log is the next step if it matters.
     fn consume(&mut self, chain: &[(TokenId, u64)]) -> Result<(), Denial> {
-        let limited: Vec<TokenId> = chain
-            .iter()
-            .filter(|(_, max)| *max > 0)
-            .map(|(id, _)| *id)
-            .collect();
-        if limited.is_empty() {
+        let Some(next) = self.counted(chain) else {
             return Ok(());
-        }
-        let mut next = self.state.clone();
-        for id in limited {
-            let n = next.uses.entry(id).or_insert(0);
-            *n = n.saturating_add(1);
-        }
+        };
         self.commit(next).map_err(|e| {
             Denial::new(
                 Check::Uses,
