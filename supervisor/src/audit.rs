@@ -1343,9 +1343,21 @@ fn scan_tail(
 /// Whether `rec` is a checkpoint or recovery record whose signature over the record before it
 /// (`seq`, `hash`) verifies with `public`.
 fn signature_holds(public: &VerifyingKey, rec: &Record, seq: u64, hash: &[u8; 32]) -> bool {
-    let Some(sig) = rec.sig.as_deref().and_then(parse_sig) else {
+    if !matches!(rec.action.as_str(), "checkpoint" | "recovered") {
+        return false;
+    }
+    let (Some(sig), Some((domain, msg))) = (
+        rec.sig.as_deref().and_then(parse_sig),
+        signed_message(rec, seq, hash),
+    ) else {
         return false;
     };
+    crate::identity::verify(public, domain, &msg, &sig)
+}
+
+/// What a signed record's `sig` covers, given the record before it (`seq`, `hash`): the
+/// domain and the message. `None` for an action that is never signed.
+fn signed_message(rec: &Record, seq: u64, hash: &[u8; 32]) -> Option<(&'static [u8], Vec<u8>)> {
     let mut msg = head_message(seq, hash);
     let domain = match rec.action.as_str() {
         "checkpoint" => {
@@ -1356,9 +1368,13 @@ fn signature_holds(public: &VerifyingKey, rec: &Record, seq: u64, hash: &[u8; 32
             msg.extend_from_slice(rec.reason.as_bytes());
             domains::AUDIT_RECOVERED
         }
-        _ => return false,
+        "key.retire" | "key.adopt" => {
+            msg = rekey_message(seq, hash, &rec.action, &rec.resource);
+            domains::AUDIT_REKEY
+        }
+        _ => return None,
     };
-    crate::identity::verify(public, domain, &msg, &sig)
+    Some((domain, msg))
 }
 
 /// The hash of record `seq`, looked for in the segments before the last (a head that was
@@ -2673,42 +2689,22 @@ pub fn verify(
             if let Some(sig) = &rec.sig {
                 let sig =
                     parse_sig(sig).ok_or_else(|| bad(rec.seq, "a malformed signature".into()))?;
-                let mut msg = head_message(seq, &prev);
+                let (domain, msg) = signed_message(&rec, seq, &prev).ok_or_else(|| {
+                    bad(rec.seq, "a signature on a record that is not signed".into())
+                })?;
                 let mut signer = current;
-                let domain = match rec.action.as_str() {
-                    "checkpoint" => {
-                        msg.extend_from_slice(rec.resource.as_bytes());
-                        domains::AUDIT_CHECKPOINT
-                    }
-                    "recovered" => {
-                        msg.extend_from_slice(rec.reason.as_bytes());
-                        domains::AUDIT_RECOVERED
-                    }
-                    "key.retire" => {
-                        msg = rekey_message(seq, &prev, "key.retire", &rec.resource);
-                        domains::AUDIT_REKEY
-                    }
-                    "key.adopt" => {
-                        // Signed by the key the retire before it named.
-                        signer = retiring.ok_or_else(|| {
-                            bad(rec.seq, "a key.adopt with no key.retire before it".into())
-                        })?;
-                        if rec.resource != crate::identity::did_from_public(current.as_bytes()) {
-                            return Err(bad(
-                                rec.seq,
-                                "a key.adopt that names another key than the one retired".into(),
-                            ));
-                        }
-                        msg = rekey_message(seq, &prev, "key.adopt", &rec.resource);
-                        domains::AUDIT_REKEY
-                    }
-                    _ => {
+                if rec.action == "key.adopt" {
+                    // Signed by the key the retire before it named.
+                    signer = retiring.ok_or_else(|| {
+                        bad(rec.seq, "a key.adopt with no key.retire before it".into())
+                    })?;
+                    if rec.resource != crate::identity::did_from_public(current.as_bytes()) {
                         return Err(bad(
                             rec.seq,
-                            "a signature on a record that is not signed".into(),
-                        ))
+                            "a key.adopt that names another key than the one retired".into(),
+                        ));
                     }
-                };
+                }
                 if !crate::identity::verify(&signer, domain, &msg, &sig) {
                     return Err(bad(
                         rec.seq,
