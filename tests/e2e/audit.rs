@@ -28,16 +28,7 @@ fn segments(node: &Node) -> Vec<PathBuf> {
 /// A node with some history: a token issued and revoked, a trust change.
 fn busy_node() -> (Node, String) {
     let node = Node::new();
-    let tok = node.issue(&[
-        "--capsule",
-        "notes",
-        "--resource",
-        "localhost://storage/notes/*",
-        "--action",
-        "read",
-        "--ttl",
-        "1h",
-    ]);
+    let tok = node.issue(elastos_e2e::NOTES_READ);
     let id = node.run(&["token", "inspect", &tok, "--json"]).json()["id"]
         .as_str()
         .unwrap()

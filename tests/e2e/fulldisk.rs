@@ -94,36 +94,18 @@ fn count(actions: &[String], a: &str) -> usize {
     actions.iter().filter(|x| *x == a).count()
 }
 
-const ISSUE: &[&str] = &[
-    "token",
-    "issue",
-    "--capsule",
-    "notes",
-    "--resource",
-    "localhost://storage/notes/*",
-    "--action",
-    "read",
-    "--ttl",
-    "1h",
-];
+/// `token issue` with the usual notes token.
+fn issue_args() -> Vec<&'static str> {
+    [&["token", "issue"][..], elastos_e2e::NOTES_READ].concat()
+}
 
 fn check(node: &Node, token: &str) -> String {
-    node.run(&[
-        "token",
-        "check",
-        token,
-        "--as",
-        "notes",
-        "--resource",
-        "localhost://storage/notes/a",
-        "--action",
-        "read",
-    ])
-    .stdout
+    node.check(token, "notes", "localhost://storage/notes/a", "read")
+        .stdout
 }
 
 fn delegatable(node: &Node) -> String {
-    let mut args = ISSUE[2..].to_vec();
+    let mut args = elastos_e2e::NOTES_READ.to_vec();
     args.push("--delegatable");
     node.issue(&args)
 }
@@ -138,7 +120,7 @@ fn on_a_full_disk_the_cli_refuses_grants_and_revocations_still_take_effect_and_a
     assert_eq!(check(&node, &stolen).trim(), "allowed");
     disk.fill();
 
-    let issued = node.run(ISSUE);
+    let issued = node.run(&issue_args());
     assert_ne!(issued.code, 0, "{issued:#?}");
     assert!(
         issued.stdout.trim().is_empty(),
@@ -173,7 +155,7 @@ fn on_a_full_disk_the_cli_refuses_grants_and_revocations_still_take_effect_and_a
 
     // With space again, grants are made again.
     disk.free();
-    node.run(ISSUE).ok();
+    node.run(&issue_args()).ok();
 }
 
 /// With a supervisor: it learns that the disk is full at the first grant, says so in `status`,
@@ -190,7 +172,7 @@ fn on_a_full_disk_the_supervisor_refuses_grants_says_so_and_recovers_when_space_
     assert!(status()["reserve_bytes"].as_u64().unwrap() >= 4 << 20);
     disk.fill();
 
-    let issued = node.run(ISSUE);
+    let issued = node.run(&issue_args());
     assert_ne!(issued.code, 0, "{issued:#?}");
     assert!(issued.stdout.trim().is_empty(), "{issued:#?}");
     assert!(issued.stderr.contains("refused"), "{issued:#?}");
@@ -215,7 +197,7 @@ fn on_a_full_disk_the_supervisor_refuses_grants_says_so_and_recovers_when_space_
         Duration::from_secs(10),
         || status()["disk_full"] == false,
     );
-    node.run(ISSUE).ok();
+    node.run(&issue_args()).ok();
 
     node.run(&["down"]).ok();
     let acts = actions(node);

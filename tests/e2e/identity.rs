@@ -152,16 +152,7 @@ fn replacing_the_key_keeps_the_log_verifiable_ends_old_tokens_and_keeps_its_pack
     let old = node.did();
     // Made under the old key: a package, a token, some history.
     let echo = node.pack_first_party("echo");
-    let tok = node.issue(&[
-        "--capsule",
-        "notes",
-        "--resource",
-        "localhost://storage/notes/*",
-        "--action",
-        "read",
-        "--ttl",
-        "1h",
-    ]);
+    let tok = node.issue(elastos_e2e::NOTES_READ);
     node.run(&["trust", "add", &Node::new().did()]).ok();
 
     let forced = node.run_with_stdin(&["identity", "import", "--force"], &"11".repeat(32));
@@ -183,17 +174,7 @@ fn replacing_the_key_keeps_the_log_verifiable_ends_old_tokens_and_keeps_its_pack
     assert_eq!(recs[at("key.adopt")]["resource"], old.as_str());
 
     // The old key's tokens end.
-    let check = node.run(&[
-        "token",
-        "check",
-        &tok,
-        "--as",
-        "notes",
-        "--resource",
-        "localhost://storage/notes/a",
-        "--action",
-        "read",
-    ]);
+    let check = node.check(&tok, "notes", "localhost://storage/notes/a", "read");
     check.code(1);
     assert!(check.stdout.starts_with("denied: "), "{check:#?}");
 

@@ -1,23 +1,9 @@
 //! Capability tokens through the command line: issue, inspect, the dry-run check of all 12
 //! checks, delegation, revocation and trusted issuers.
 
-use elastos_e2e::{Node, Run};
+use elastos_e2e::{Node, Run, NOTES_READ};
 
 const RES: &str = "localhost://storage/notes/*";
-
-fn check(node: &Node, token: &str, caller: &str, resource: &str, action: &str) -> Run {
-    node.run(&[
-        "token",
-        "check",
-        token,
-        "--as",
-        caller,
-        "--resource",
-        resource,
-        "--action",
-        action,
-    ])
-}
 
 #[track_caller]
 fn assert_denied(run: &Run, check: &str) {
@@ -53,53 +39,35 @@ fn notes_token(node: &Node, extra: &[&str]) -> String {
 fn an_issued_token_allows_exactly_what_it_names() {
     let node = Node::new();
     let t = notes_token(&node, &[]);
-    assert_allowed(&check(
-        &node,
-        &t,
-        "notes",
-        "localhost://storage/notes/today",
-        "write",
-    ));
-    assert_allowed(&check(
-        &node,
-        &t,
-        "notes",
-        "localhost://storage/notes/a/b",
-        "read",
-    ));
+    assert_allowed(&node.check(&t, "notes", "localhost://storage/notes/today", "write"));
+    assert_allowed(&node.check(&t, "notes", "localhost://storage/notes/a/b", "read"));
     assert_denied(
-        &check(&node, &t, "mail", "localhost://storage/notes/a", "read"),
+        &node.check(&t, "mail", "localhost://storage/notes/a", "read"),
         "subject",
     );
     assert_denied(
-        &check(&node, &t, "notes", "localhost://storage/notes/a", "delete"),
+        &node.check(&t, "notes", "localhost://storage/notes/a", "delete"),
         "action",
     );
     // `P/*` never matches P itself, nor a sibling, nor a traversal out of it.
     assert_denied(
-        &check(&node, &t, "notes", "localhost://storage/notes", "read"),
+        &node.check(&t, "notes", "localhost://storage/notes", "read"),
         "resource",
     );
     assert_denied(
-        &check(&node, &t, "notes", "localhost://storage/notesx/a", "read"),
+        &node.check(&t, "notes", "localhost://storage/notesx/a", "read"),
         "resource",
     );
     assert_denied(
-        &check(
-            &node,
-            &t,
-            "notes",
-            "localhost://storage/notes/../mail",
-            "read",
-        ),
+        &node.check(&t, "notes", "localhost://storage/notes/../mail", "read"),
         "resource",
     );
     assert_denied(
-        &check(&node, &t, "notes", "localhost://storage/notes/a%2f", "read"),
+        &node.check(&t, "notes", "localhost://storage/notes/a%2f", "read"),
         "resource",
     );
     assert_denied(
-        &check(&node, &t, "notes", "LOCALHOST://storage/notes/a", "read"),
+        &node.check(&t, "notes", "LOCALHOST://storage/notes/a", "read"),
         "resource",
     );
     let secret = node.run(&[
@@ -133,11 +101,11 @@ fn a_token_bound_to_a_cid_is_only_for_that_package() {
         "1h",
     ]);
     let res = "localhost://storage/notes/a";
-    assert_allowed(&check(&node, &t, &format!("notes@{cid}"), res, "read"));
-    assert_denied(&check(&node, &t, "notes", res, "read"), "subject");
+    assert_allowed(&node.check(&t, &format!("notes@{cid}"), res, "read"));
+    assert_denied(&node.check(&t, "notes", res, "read"), "subject");
     let other = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e";
     assert_denied(
-        &check(&node, &t, &format!("notes@{other}"), res, "read"),
+        &node.check(&t, &format!("notes@{other}"), res, "read"),
         "subject",
     );
 }
@@ -147,13 +115,7 @@ fn time_bounds_are_enforced() {
     let node = Node::new();
     let later = notes_token(&node, &["--not-before", "2999-01-01T00:00:00Z"]);
     assert_denied(
-        &check(
-            &node,
-            &later,
-            "notes",
-            "localhost://storage/notes/a",
-            "read",
-        ),
+        &node.check(&later, "notes", "localhost://storage/notes/a", "read"),
         "not_before",
     );
     let short = node.issue(&[
@@ -168,13 +130,7 @@ fn time_bounds_are_enforced() {
     ]);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     assert_denied(
-        &check(
-            &node,
-            &short,
-            "notes",
-            "localhost://storage/notes/a",
-            "read",
-        ),
+        &node.check(&short, "notes", "localhost://storage/notes/a", "read"),
         "expired",
     );
 }
@@ -188,13 +144,7 @@ fn a_tampered_token_fails_its_signature() {
     let i = chars.len() / 2;
     chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
     let forged: String = chars.into_iter().collect();
-    let run = check(
-        &node,
-        &forged,
-        "notes",
-        "localhost://storage/notes/a",
-        "read",
-    );
+    let run = node.check(&forged, "notes", "localhost://storage/notes/a", "read");
     assert_eq!(run.code, 1, "{run:#?}");
     assert!(
         run.stdout.starts_with("denied: signature: ")
@@ -202,8 +152,7 @@ fn a_tampered_token_fails_its_signature() {
         "{run:#?}"
     );
     assert_denied(
-        &check(
-            &node,
+        &node.check(
             "not-a-token",
             "notes",
             "localhost://storage/notes/a",
@@ -225,16 +174,10 @@ fn revoking_a_token_denies_it_and_survives_restart() {
     node.run(&["revoke", &id]).ok();
     // Each command is a new process: the revocation was persisted.
     assert_denied(
-        &check(&node, &t, "notes", "localhost://storage/notes/a", "read"),
+        &node.check(&t, "notes", "localhost://storage/notes/a", "read"),
         "revoked",
     );
-    assert_allowed(&check(
-        &node,
-        &keep,
-        "notes",
-        "localhost://storage/notes/a",
-        "read",
-    ));
+    assert_allowed(&node.check(&keep, "notes", "localhost://storage/notes/a", "read"));
     node.run(&["revoke", "zz"]).code(1);
 }
 
@@ -245,23 +188,11 @@ fn revoke_all_raises_the_epoch() {
     let out = node.run(&["revoke", "--all"]);
     assert!(out.ok().contains("epoch"), "{out:#?}");
     assert_denied(
-        &check(
-            &node,
-            &before,
-            "notes",
-            "localhost://storage/notes/a",
-            "read",
-        ),
+        &node.check(&before, "notes", "localhost://storage/notes/a", "read"),
         "epoch",
     );
     let after = notes_token(&node, &[]);
-    assert_allowed(&check(
-        &node,
-        &after,
-        "notes",
-        "localhost://storage/notes/a",
-        "read",
-    ));
+    assert_allowed(&node.check(&after, "notes", "localhost://storage/notes/a", "read"));
     node.run(&["revoke"]).code(2);
 }
 
@@ -285,16 +216,10 @@ fn delegation_only_narrows_and_dies_with_its_parent() {
         .trim()
         .to_string();
     let shared = "localhost://storage/notes/shared/a";
-    assert_allowed(&check(&node, &child, "notes", shared, "read"));
-    assert_denied(&check(&node, &child, "notes", shared, "write"), "action");
+    assert_allowed(&node.check(&child, "notes", shared, "read"));
+    assert_denied(&node.check(&child, "notes", shared, "write"), "action");
     assert_denied(
-        &check(
-            &node,
-            &child,
-            "notes",
-            "localhost://storage/notes/a",
-            "read",
-        ),
+        &node.check(&child, "notes", "localhost://storage/notes/a", "read"),
         "resource",
     );
 
@@ -319,7 +244,7 @@ fn delegation_only_narrows_and_dies_with_its_parent() {
         .code(1);
 
     node.run(&["revoke", parent_id.as_str().unwrap()]).ok();
-    assert_denied(&check(&node, &child, "notes", shared, "read"), "revoked");
+    assert_denied(&node.check(&child, "notes", shared, "read"), "revoked");
 }
 
 #[test]
@@ -333,13 +258,13 @@ fn issue_delegate_and_revoke_go_through_a_running_supervisor() {
         .trim()
         .to_string();
     let shared = "localhost://storage/notes/a";
-    assert_allowed(&check(&node, &child, "notes", shared, "read"));
-    assert_denied(&check(&node, &child, "notes", shared, "write"), "action");
+    assert_allowed(&node.check(&child, "notes", shared, "read"));
+    assert_denied(&node.check(&child, "notes", shared, "write"), "action");
     node.run(&["token", "delegate", &parent, "--action", "read,delete"])
         .code(1);
     let parent_id = node.run(&["token", "inspect", &parent, "--json"]).json()["id"].clone();
     node.run(&["revoke", parent_id.as_str().unwrap()]).ok();
-    assert_denied(&check(&node, &child, "notes", shared, "read"), "revoked");
+    assert_denied(&node.check(&child, "notes", shared, "read"), "revoked");
     // Each went through the supervisor's audit log.
     let audit = node.run(&["audit", "--json"]).ok().to_string();
     for action in ["token.issue", "token.delegate", "token.revoke"] {
@@ -359,13 +284,13 @@ fn tokens_from_another_node_need_trust() {
     let their_did = theirs.did();
     let t = notes_token(&theirs, &[]);
     let res = "localhost://storage/notes/a";
-    assert_denied(&check(&ours, &t, "notes", res, "read"), "issuer");
+    assert_denied(&ours.check(&t, "notes", res, "read"), "issuer");
     ours.run(&["trust", "add", &their_did]).ok();
-    assert_allowed(&check(&ours, &t, "notes", res, "read"));
+    assert_allowed(&ours.check(&t, "notes", res, "read"));
     let listed = ours.run(&["trust", "ls", "--json"]).json();
     assert_eq!(listed, serde_json::json!([their_did]));
     ours.run(&["trust", "rm", &their_did]).ok();
-    assert_denied(&check(&ours, &t, "notes", res, "read"), "issuer");
+    assert_denied(&ours.check(&t, "notes", res, "read"), "issuer");
     ours.run(&["trust", "add", "did:web:example.com"]).code(1);
 }
 
@@ -423,33 +348,12 @@ fn inspect_shows_every_field_and_exactly_what_was_signed() {
 #[test]
 fn an_older_copy_of_the_authority_state_put_back_is_refused_and_revives_nothing() {
     let node = Node::new();
-    let tok = node.issue(&[
-        "--capsule",
-        "notes",
-        "--resource",
-        "localhost://storage/notes/*",
-        "--action",
-        "read",
-        "--ttl",
-        "1h",
-    ]);
+    let tok = node.issue(NOTES_READ);
     let state = node.home().join("state/authority.json");
     node.run(&["trust", "add", &Node::new().did()]).ok();
     let before_revoke = std::fs::read(&state).unwrap();
     node.run(&["revoke", "--all"]).ok();
-    let check = || {
-        node.run(&[
-            "token",
-            "check",
-            &tok,
-            "--as",
-            "notes",
-            "--resource",
-            "localhost://storage/notes/a",
-            "--action",
-            "read",
-        ])
-    };
+    let check = || node.check(&tok, "notes", "localhost://storage/notes/a", "read");
     check().code(1);
     // Up and down: the clean head records the state.
     let up = node.run(&["up"]);

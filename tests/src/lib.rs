@@ -41,6 +41,19 @@ pub fn first_party_capsule(name: &str) -> PathBuf {
     dir
 }
 
+/// `token issue` arguments of the tests' usual token: capsule `notes` may read
+/// `localhost://storage/notes/*` for an hour.
+pub const NOTES_READ: &[&str] = &[
+    "--capsule",
+    "notes",
+    "--resource",
+    "localhost://storage/notes/*",
+    "--action",
+    "read",
+    "--ttl",
+    "1h",
+];
+
 /// One node: a private `$ELASTOS_HOME` in a temporary directory.
 pub struct Node {
     pub dir: tempfile::TempDir,
@@ -217,6 +230,21 @@ impl Node {
     /// The node's DID (creating the identity).
     pub fn did(&self) -> String {
         self.run(&["identity"]).ok().trim().to_string()
+    }
+
+    /// `token check TOKEN --as CALLER --resource RESOURCE --action ACTION` (a dry run).
+    pub fn check(&self, token: &str, caller: &str, resource: &str, action: &str) -> Run {
+        self.run(&[
+            "token",
+            "check",
+            token,
+            "--as",
+            caller,
+            "--resource",
+            resource,
+            "--action",
+            action,
+        ])
     }
 
     /// Issues a token; returns it.
