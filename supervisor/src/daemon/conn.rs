@@ -100,11 +100,19 @@ pub const BUDGET_RECORDS_BURST: f64 = 500.0;
 pub const BUDGET_BYTES_PER_S: f64 = 256.0 * 1024.0;
 pub const BUDGET_BYTES_BURST: f64 = 1024.0 * 1024.0;
 
+/// Once over budget, a capsule is over until its bucket has refilled this far (a tenth of the
+/// burst): it then gets a short burst of calls and waits again, rather than a call every few
+/// milliseconds. A flood's cost to the node comes in few short bursts, each a single fsync of
+/// the log, instead of a steady trickle that lands on a large share of other capsules' calls.
+pub const BUDGET_RESUME_RECORDS: f64 = BUDGET_RECORDS_BURST / 10.0;
+pub const BUDGET_RESUME_BYTES: f64 = BUDGET_BYTES_BURST / 10.0;
+
 /// A token bucket over what one capsule costs the audit log: each frame that will be recorded
 /// on its own (a denial, a token request, a serve request, a malformed frame) spends a record
 /// and its bytes. Allowed calls are summed up by the log and spend nothing. An empty bucket
-/// refills at the rates above; while it is empty the capsule's calls and requests are answered
-/// `busy` and not recorded, and one `audit.budget` record per episode says so.
+/// refills at the rates above; while it is empty, and until it has refilled to the resume
+/// level, the capsule's calls and requests are answered `busy` and not recorded, and one
+/// `audit.budget` record per episode says so.
 pub struct AuditBudget {
     records: f64,
     bytes: f64,
@@ -115,42 +123,64 @@ pub struct AuditBudget {
 
 impl AuditBudget {
     fn new() -> AuditBudget {
+        AuditBudget::new_at(Instant::now())
+    }
+
+    fn new_at(now: Instant) -> AuditBudget {
         AuditBudget {
             records: BUDGET_RECORDS_BURST,
             bytes: BUDGET_BYTES_BURST,
-            last: Instant::now(),
+            last: now,
             over: false,
         }
     }
 
-    fn refill(&mut self) {
-        let now = Instant::now();
-        let secs = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
+    fn refill_at(&mut self, now: Instant) {
+        let secs = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now.max(self.last);
         self.records = (self.records + secs * BUDGET_RECORDS_PER_S).min(BUDGET_RECORDS_BURST);
         self.bytes = (self.bytes + secs * BUDGET_BYTES_PER_S).min(BUDGET_BYTES_BURST);
     }
 
     /// Spends a record of about `bytes` (the bucket may go below empty: the record is made).
     fn charge(&mut self, bytes: usize) {
-        self.refill();
+        self.charge_at(Instant::now(), bytes)
+    }
+
+    fn charge_at(&mut self, now: Instant, bytes: usize) {
+        self.refill_at(now);
         self.records -= 1.0;
         self.bytes -= bytes as f64;
     }
 
-    /// Whether the bucket is empty; `Some(true)` the first time in an episode (say so once).
+    /// Whether the capsule is over budget; `Some(true)` the first time in an episode (say so
+    /// once).
     fn exhausted(&mut self) -> Option<bool> {
-        self.refill();
-        if self.records >= 1.0 && self.bytes >= 1024.0 {
+        self.exhausted_at(Instant::now())
+    }
+
+    fn exhausted_at(&mut self, now: Instant) -> Option<bool> {
+        self.refill_at(now);
+        let (records, bytes) = if self.over {
+            (BUDGET_RESUME_RECORDS, BUDGET_RESUME_BYTES)
+        } else {
+            (1.0, 1024.0)
+        };
+        if self.records >= records && self.bytes >= bytes {
             self.over = false;
             return None;
         }
         Some(!std::mem::replace(&mut self.over, true))
     }
-}
 
-/// How long a capsule over its audit budget is not read after each frame it is answered `busy`.
-const OVER_BUDGET_PAUSE: Duration = Duration::from_millis(10);
+    /// How long until an over-budget capsule is back at the resume level (at least 1 ms, at
+    /// most a second): it is not read meanwhile.
+    fn until_resumed(&self) -> Duration {
+        let records = (BUDGET_RESUME_RECORDS - self.records) / BUDGET_RECORDS_PER_S;
+        let bytes = (BUDGET_RESUME_BYTES - self.bytes) / BUDGET_BYTES_PER_S;
+        Duration::from_secs_f64(records.max(bytes).clamp(0.001, 1.0))
+    }
+}
 
 /// About what a record of these fields costs on disk.
 fn record_cost(fields: &[&str]) -> usize {
@@ -328,9 +358,14 @@ async fn read_loop(
             if let Some(first) = exhausted {
                 batch.flush(shared);
                 over_budget(shared, conn, &parsed, first).await;
-                // And it is read no faster than its budget refills: a flood costs the
-                // supervisor a frame every few milliseconds, not all the CPU it can send for.
-                tokio::time::sleep(OVER_BUDGET_PAUSE).await;
+                // And it is not read again until its budget has refilled: a flood costs the
+                // supervisor one frame per pause, not all the CPU it can send for.
+                let pause = conn
+                    .budget
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .until_resumed();
+                tokio::time::sleep(pause).await;
                 continue;
             }
         }
@@ -1269,6 +1304,35 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An emptied budget stays over until it has refilled to the resume level, says so once,
+    /// and names the pause that gets it there.
+    #[test]
+    fn an_exhausted_budget_resumes_at_its_resume_level_not_at_one_record() {
+        let t0 = Instant::now();
+        let mut b = AuditBudget::new_at(t0);
+        for _ in 0..BUDGET_RECORDS_BURST as usize {
+            assert_eq!(b.exhausted_at(t0), None);
+            b.charge_at(t0, 300);
+        }
+        assert_eq!(b.exhausted_at(t0), Some(true), "the burst is spent");
+        assert_eq!(b.exhausted_at(t0), Some(false), "said once per episode");
+        // Refilled past one record, still short of the resume level: still over.
+        let one = Duration::from_secs_f64(2.0 / BUDGET_RECORDS_PER_S);
+        assert_eq!(b.exhausted_at(t0 + one), Some(false));
+        let pause = b.until_resumed();
+        let want = (BUDGET_RESUME_RECORDS - 2.0) / BUDGET_RECORDS_PER_S;
+        assert!(
+            (pause.as_secs_f64() - want).abs() < 0.01,
+            "{pause:?} against {want}"
+        );
+        assert_eq!(b.exhausted_at(t0 + one + pause), None, "resumed");
+        // A fresh episode is said again.
+        for _ in 0..BUDGET_RESUME_RECORDS as usize {
+            b.charge_at(t0 + one + pause, 300);
+        }
+        assert_eq!(b.exhausted_at(t0 + one + pause), Some(true));
+    }
 
     /// Reads every answer in `buf`: (id, status, message, payload length).
     fn answers(buf: &[u8]) -> Vec<(u64, Status, String, usize)> {
