@@ -62,6 +62,7 @@ pub fn run(home: &Path) -> Vec<Feature> {
         home_permissions(home),
         disk_space(home),
         audit_size(home),
+        child_kills(),
         tiocsti(),
         io_uring(),
     ]
@@ -606,6 +607,42 @@ pub fn disk_verdict(at: &Path, free: u64) -> Feature {
     )
 }
 
+/// Whether a supervisor started by this user would audit kills of capsules' child processes:
+/// it learns of them only from the kernel log, and can tell whose they are only when each
+/// capsule has its own uid and cgroup, which only a root supervisor gives.
+fn child_kills() -> Feature {
+    let root = nix::unistd::geteuid().is_root();
+    let kmsg = std::fs::File::open("/dev/kmsg").map(|_| ());
+    child_kills_verdict(root, kmsg)
+}
+
+pub fn child_kills_verdict(root: bool, kmsg: std::io::Result<()>) -> Feature {
+    let fix = "run `elastos up` as root (each capsule its own uid and cgroup) with /dev/kmsg readable; a capsule's main process is audited from its exit code either way";
+    match (root, kmsg) {
+        (true, Ok(())) => feature(
+            "child_kills",
+            true,
+            false,
+            "seccomp and memory kills of capsules' child processes are read from /dev/kmsg and audited".into(),
+            "",
+        ),
+        (true, Err(e)) => feature(
+            "child_kills",
+            false,
+            false,
+            format!("/dev/kmsg cannot be read ({e}): kills of capsules' child processes are not audited, only their main processes'"),
+            fix,
+        ),
+        (false, _) => feature(
+            "child_kills",
+            false,
+            false,
+            "not root: capsules share this user's uid and have no cgroups, so a kill in the kernel log cannot be told to be a capsule's; kills of capsules' child processes are not audited, only their main processes'".into(),
+            fix,
+        ),
+    }
+}
+
 fn tiocsti() -> Feature {
     let v = read("/proc/sys/dev/tty/legacy_tiocsti");
     feature(
@@ -638,6 +675,18 @@ fn io_uring() -> Feature {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_kills_are_reported_missing_unless_root_can_read_the_kernel_log() {
+        assert!(child_kills_verdict(true, Ok(())).ok);
+        let denied = || Err(std::io::Error::from_raw_os_error(nix::libc::EPERM));
+        let f = child_kills_verdict(true, denied());
+        assert!(!f.ok && !f.required, "{f:?}");
+        assert!(f.detail.contains("/dev/kmsg"), "{f:?}");
+        let f = child_kills_verdict(false, Ok(()));
+        assert!(!f.ok && f.detail.contains("not root"), "{f:?}");
+        assert!(f.fix.contains("as root"), "{f:?}");
+    }
 
     #[test]
     fn landlock_abi_levels_name_what_they_cover() {

@@ -9,7 +9,7 @@
 //! coalesced like any other (at most 20 a second a capsule and kind, the rest counted). The
 //! kernel rate-limits these reports itself, so under a burst of kills some are never seen; the
 //! capsule's own main process is audited from its exit code (`capsule.seccomp`) all the same. A supervisor that is not root reads nothing
-//! here: its capsules share its uid and have no cgroups (`elastos doctor` says so).
+//! here: its capsules share its uid and have no cgroups (`elastos doctor` says so under `child_kills`).
 
 use std::io::Read;
 use std::sync::Arc;
