@@ -417,6 +417,15 @@ pub struct StagedUse {
     stamp_cell: Option<StampCell>,
 }
 
+impl std::fmt::Debug for StagedUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedUse")
+            .field("path", &self.path)
+            .field("bytes", &self.json.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl StagedUse {
     /// Writes the state the use was counted in, unless a newer one (which includes it) is on
     /// disk already.
@@ -1054,7 +1063,30 @@ impl Authority {
         req: &CallRequest<'_>,
         now: i64,
     ) -> Result<(Checked, Option<StagedUse>), Denial> {
-        let passed = self.checks_after_verify(verified, Some(req), false, now)?;
+        self.checked_and_counted(verified, req, false, now)
+    }
+
+    /// The 12 checks for serving a namespace: `req.resource` is the pattern to serve
+    /// (`P/*`), and the token must name that pattern or one it lies within. Calls never come
+    /// here: a call's target is always one concrete resource. A use is counted as
+    /// [`Authority::check_counting`] counts one: made durable by the caller, outside the lock.
+    pub fn check_serve(
+        &mut self,
+        verified: Arc<VerifiedToken>,
+        req: &CallRequest<'_>,
+        now: i64,
+    ) -> Result<(Checked, Option<StagedUse>), Denial> {
+        self.checked_and_counted(verified, req, true, now)
+    }
+
+    fn checked_and_counted(
+        &mut self,
+        verified: Arc<VerifiedToken>,
+        req: &CallRequest<'_>,
+        pattern: bool,
+        now: i64,
+    ) -> Result<(Checked, Option<StagedUse>), Denial> {
+        let passed = self.checks_after_verify(verified, Some(req), pattern, now)?;
         let Some(next) = self.counted(&passed.chain) else {
             return Ok((Checked::of(passed), None));
         };
@@ -1070,20 +1102,6 @@ impl Authority {
         };
         self.state = next;
         Ok((Checked::of(passed), Some(staged)))
-    }
-
-    /// The 12 checks for serving a namespace: `req.resource` is the pattern to serve
-    /// (`P/*`), and the token must name that pattern or one it lies within. Calls never come
-    /// here: a call's target is always one concrete resource.
-    pub fn check_serve(
-        &mut self,
-        token: &[u8],
-        req: &CallRequest<'_>,
-        now: i64,
-    ) -> Result<Checked, Denial> {
-        let passed = self.run_checks(token, Some(req), true, now)?;
-        self.consume(&passed.chain)?;
-        Ok(Checked::of(passed))
     }
 
     /// The checks in contract order. With no call (`delegate`'s test of a parent), the four
@@ -2408,6 +2426,45 @@ mod tests {
     }
 
     #[test]
+    fn a_serve_use_is_staged_under_the_lock_and_durable_only_when_made_so() {
+        let mut f = fixture();
+        let (t, text) = issue(
+            &mut f,
+            IssueRequest {
+                actions: ActionSet::parse_list("admin").unwrap(),
+                max_uses: 1,
+                ..req()
+            },
+        );
+        let bytes = token::text_to_bytes(&text).unwrap();
+        let serve = CallRequest {
+            resource: RES,
+            action: Action::Admin,
+            ..call()
+        };
+        // As on a node that is up: its state directory exists.
+        std::fs::create_dir_all(f.auth.state_path().parent().unwrap()).unwrap();
+        let verifier = f.auth.verifier();
+        let (_, staged) = f
+            .auth
+            .check_serve(verifier.verify(&bytes).unwrap(), &serve, NOW)
+            .unwrap();
+        let staged = staged.expect("a max-uses token's use is counted");
+        // Counted in memory at once: a second serve is refused before the write.
+        let d = f
+            .auth
+            .check_serve(verifier.verify(&bytes).unwrap(), &serve, NOW)
+            .unwrap_err();
+        assert_eq!(d.check, Check::Uses);
+        // Not on disk until made durable.
+        let mut reopened = Authority::open(&f.home, Some(f.key.clone())).unwrap();
+        assert_eq!(reopened.uses(&t.id), 0);
+        staged.make_durable().unwrap();
+        reopened = Authority::open(&f.home, Some(f.key.clone())).unwrap();
+        assert_eq!(reopened.uses(&t.id), 1);
+    }
+
+    #[test]
     fn serving_needs_admin_on_the_pattern_or_a_wider_one() {
         let mut f = fixture();
         let (_, text) = issue(
@@ -2418,16 +2475,18 @@ mod tests {
             },
         );
         let bytes = token::text_to_bytes(&text).unwrap();
+        let verifier = f.auth.verifier();
+        let v = |bytes: &[u8]| verifier.verify(bytes).unwrap();
         let serve = |resource| CallRequest {
             resource,
             action: Action::Admin,
             ..call()
         };
         f.auth
-            .check_serve(&bytes, &serve(RES), NOW)
+            .check_serve(v(&bytes), &serve(RES), NOW)
             .expect("the token's own pattern");
         f.auth
-            .check_serve(&bytes, &serve("localhost://storage/notes/inbox/*"), NOW)
+            .check_serve(v(&bytes), &serve("localhost://storage/notes/inbox/*"), NOW)
             .expect("a pattern within it");
         for (pattern, check) in [
             ("localhost://storage/*", Check::Resource),
@@ -2437,7 +2496,7 @@ mod tests {
         ] {
             let d = f
                 .auth
-                .check_serve(&bytes, &serve(pattern), NOW)
+                .check_serve(v(&bytes), &serve(pattern), NOW)
                 .unwrap_err();
             assert_eq!(d.check, check, "{pattern}: {d}");
         }
@@ -2450,7 +2509,10 @@ mod tests {
         // Without `admin`, no serving.
         let (_, reader) = issue(&mut f, req());
         let reader = token::text_to_bytes(&reader).unwrap();
-        let d = f.auth.check_serve(&reader, &serve(RES), NOW).unwrap_err();
+        let d = f
+            .auth
+            .check_serve(v(&reader), &serve(RES), NOW)
+            .unwrap_err();
         assert_eq!(d.check, Check::Action);
     }
 }

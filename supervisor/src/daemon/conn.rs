@@ -1146,24 +1146,42 @@ async fn serve_namespace(
 ) {
     let actor = conn.peer.actor();
     let token_ref = elastos::token::audit_ref(token);
-    let checked = (|| -> Result<Classification, String> {
-        let classification =
-            policy::may_provide(&conn.peer.manifest, conn.peer.first_party, pattern)?;
-        let req = CallRequest {
-            caller_name: &conn.peer.name,
-            caller_cid: Some(&conn.peer.cid),
-            resource: pattern,
-            action: Action::Admin,
-            classification,
-        };
-        shared
-            .authority
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .check_serve(token, &req, now_unix())
-            .map_err(|d| format!("{}: {}", d.check.as_str(), d.reason))?;
-        Ok(classification)
-    })();
+    // Checked on a blocking thread: the signature is verified before the authority's lock is
+    // taken, and a max-uses token's use is made durable (an fsync) after it is released, so
+    // neither holds up other capsules' checks nor a runtime worker.
+    let checked = {
+        let (shared, conn) = (shared.clone(), conn.clone());
+        let (pattern, token) = (pattern.to_string(), token.to_vec());
+        tokio::task::spawn_blocking(move || -> Result<Classification, String> {
+            let classification =
+                policy::may_provide(&conn.peer.manifest, conn.peer.first_party, &pattern)?;
+            let req = CallRequest {
+                caller_name: &conn.peer.name,
+                caller_cid: Some(&conn.peer.cid),
+                resource: &pattern,
+                action: Action::Admin,
+                classification,
+            };
+            let denied = |d: elastos::token::Denial| format!("{}: {}", d.check.as_str(), d.reason);
+            let verified = shared.verifier.verify(&token).map_err(denied)?;
+            let (_, staged) = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .check_serve(verified, &req, now_unix())
+                .map_err(denied)?;
+            if let Some(staged) = staged {
+                staged.make_durable().map_err(|e| {
+                    format!(
+                        "uses: this use could not be recorded durably ({e}); the grant is refused"
+                    )
+                })?;
+            }
+            Ok(classification)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the serve check failed ({e})")))
+    };
     // The route is claimed only once the grant's record is durable: a namespace is never
     // served on the strength of a record that a crash or a full disk could lose.
     let outcome = match checked {
