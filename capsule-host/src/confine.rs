@@ -14,8 +14,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
 use landlock::{
-    Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreated,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use nix::sys::resource::Resource;
 use seccompiler::BpfProgram;
@@ -147,6 +147,11 @@ pub const DEFAULT_OPEN_FILES: u64 = 1024;
 /// with the private state directory).
 pub const MAX_FILE_SIZE: u64 = 1 << 30;
 
+/// Locked memory: the kernel's historical default for an unprivileged user.
+pub const MAX_LOCKED: u64 = 64 << 10;
+/// POSIX message-queue bytes: the kernel's default.
+pub const MAX_MSGQUEUE: u64 = 819_200;
+
 impl Plan {
     /// `data_limit`: the memory cap as `RLIMIT_DATA`, when no cgroup enforces it.
     pub fn native(
@@ -198,6 +203,15 @@ impl Plan {
             (Resource::RLIMIT_FSIZE, MAX_FILE_SIZE),
             // No core dumps: a capsule's memory may hold what it was trusted with.
             (Resource::RLIMIT_CORE, 0),
+            // What the supervisor's user may have been given, the capsule is not: no real-time
+            // scheduling (sched_setscheduler and sched_setattr are allowed for the ordinary
+            // policies; these make the real-time ones EPERM), no raised priority, no more
+            // locked memory or message-queue bytes than an unprivileged login gets.
+            (Resource::RLIMIT_RTPRIO, 0),
+            (Resource::RLIMIT_RTTIME, 0),
+            (Resource::RLIMIT_NICE, 0),
+            (Resource::RLIMIT_MEMLOCK, MAX_LOCKED),
+            (Resource::RLIMIT_MSGQUEUE, MAX_MSGQUEUE),
         ];
         if let Some(s) = limits.cpu_seconds {
             rlimits.push((Resource::RLIMIT_CPU, s));
@@ -234,6 +248,11 @@ impl Plan {
                 Resource::RLIMIT_CPU => "cpu",
                 Resource::RLIMIT_NPROC => "nproc",
                 Resource::RLIMIT_DATA => "data",
+                Resource::RLIMIT_RTPRIO => "rtprio",
+                Resource::RLIMIT_RTTIME => "rttime",
+                Resource::RLIMIT_NICE => "nice",
+                Resource::RLIMIT_MEMLOCK => "memlock",
+                Resource::RLIMIT_MSGQUEUE => "msgqueue",
                 _ => "other",
             })
             .collect();
@@ -385,7 +404,7 @@ impl Kernel {
             .and_then(|r| {
                 r.add_rules(landlock::path_beneath_rules(
                     &rules.read_write,
-                    AccessFs::from_all(abi),
+                    writable(abi),
                 ))
             })
             .and_then(|r| r.add_rules(landlock::path_beneath_rules(&rules.devices, file_rw)))
@@ -395,6 +414,43 @@ impl Kernel {
             landlock_fd: lowest.filter(|&fd| is_landlock_ruleset(fd)),
             setgroups_denied: false,
         })
+    }
+}
+
+/// What a capsule may do in its writable directories (tmp, state): everything but execute.
+/// Their mounts are noexec as well; this holds where a mount is not the capsule's own.
+fn writable(abi: ABI) -> BitFlags<AccessFs> {
+    AccessFs::from_all(abi) & !AccessFs::Execute
+}
+
+/// A handle on the prepared Landlock ruleset, for a directory that exists only once the
+/// capsule's root is built: its `/tmp`, a tmpfs mounted over its run directory. Landlock looks
+/// through a mount at the directory it covers for no rule, so the tmpfs needs its own, added
+/// before the capsule restricts itself (the ruleset is shared by both handles).
+pub struct LateRule(RulesetCreated);
+
+impl Kernel {
+    /// A second handle on the ruleset, when there is one.
+    pub fn late_rule(&self) -> Result<Option<LateRule>, Failure> {
+        self.landlock
+            .as_ref()
+            .map(|r| r.try_clone().map(LateRule))
+            .transpose()
+            .map_err(|e| Failure {
+                step: "landlock",
+                why: format!("a second handle on the ruleset: {e}"),
+            })
+    }
+}
+
+impl LateRule {
+    /// Lets the capsule read and write (not execute) beneath `dir`.
+    pub fn writable(self, dir: &std::path::Path) -> Result<(), String> {
+        let fd = PathFd::new(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        self.0
+            .add_rule(PathBeneath::new(fd, writable(ABI::V6)))
+            .map(drop)
+            .map_err(|e| format!("a rule for {}: {e}", dir.display()))
     }
 }
 
@@ -646,6 +702,11 @@ mod tests {
                 "limit RLIMIT_NOFILE=64",
                 &format!("limit RLIMIT_FSIZE={MAX_FILE_SIZE}"),
                 "limit RLIMIT_CORE=0",
+                "limit RLIMIT_RTPRIO=0",
+                "limit RLIMIT_RTTIME=0",
+                "limit RLIMIT_NICE=0",
+                &format!("limit RLIMIT_MEMLOCK={MAX_LOCKED}"),
+                &format!("limit RLIMIT_MSGQUEUE={MAX_MSGQUEUE}"),
                 "limit RLIMIT_CPU=30",
                 "limit RLIMIT_NPROC=16",
                 "uid 1000",
@@ -660,10 +721,10 @@ mod tests {
     fn a_failing_step_stops_everything_after_it_and_names_itself() {
         for (fail_at, step, ran) in [
             ("limit RLIMIT_NOFILE", "limits", 2),
-            ("uid", "identity", 7),
-            ("no_new_privs", "no_new_privs", 8),
-            ("landlock", "landlock", 9),
-            ("seccomp", "seccomp", 10),
+            ("uid", "identity", 12),
+            ("no_new_privs", "no_new_privs", 13),
+            ("landlock", "landlock", 14),
+            ("seccomp", "seccomp", 15),
         ] {
             let mut r = Recorder {
                 fail_at: Some(fail_at),
@@ -708,7 +769,7 @@ mod tests {
         assert_eq!(
             p.layers(),
             [
-                "rlimits(core,fsize,nofile)",
+                "rlimits(core,fsize,memlock,msgqueue,nice,nofile,rtprio,rttime)",
                 "no-new-privs",
                 "landlock",
                 "seccomp"

@@ -471,9 +471,26 @@ fn main() {
     let private_root = match (&namespaces, &a.tmp) {
         (Some(_), Some(tmp)) => {
             layers.insert(1, "private-root".to_string());
-            Some(newroot::plan(&a.root, tmp, a.state.as_deref(), a.host_libs))
+            let size = a.limits.tmp_size();
+            layers.push(format!("tmp(size={}MiB)", size >> 20));
+            let tmp = newroot::Tmp {
+                dir: tmp.clone(),
+                size,
+                owner: identity.map_or(host_ids.0, |i| i.uid),
+            };
+            Some(newroot::plan(
+                &a.root,
+                &tmp,
+                a.state.as_deref(),
+                a.host_libs,
+            ))
         }
         _ => None,
+    };
+    // The private /tmp is mounted by init: its Landlock rule is added there, once it exists.
+    let tmp_rule = match &private_root {
+        Some(_) => kernel.late_rule().unwrap_or_else(|f| fail(f.step, f.why)),
+        None => None,
     };
     // Fail closed: a layer this machine cannot give the capsule stops it, unless the node names
     // it in `[confinement] allow_without`; then every listing shows its absence.
@@ -639,6 +656,7 @@ fn main() {
                     go: Some(go_r),
                     ops: private_root.as_deref().unwrap_or(&[]),
                     pinned: None,
+                    tmp_rule,
                 };
                 let plan = init::InitPlan {
                     user_namespace: userns.is_ok(),
@@ -951,6 +969,8 @@ struct Init<'a> {
     ops: &'a [newroot::Op],
     /// The root's sources, open (kept until the root is built), and the plan naming them so.
     pinned: Option<(Vec<OwnedFd>, Vec<newroot::Op>)>,
+    /// Where the capsule's tmpfs gets its Landlock rule, once mounted.
+    tmp_rule: Option<confine::LateRule>,
 }
 
 impl init::InitSys for Init<'_> {
@@ -984,8 +1004,13 @@ impl init::InitSys for Init<'_> {
     }
     fn build_root(&mut self) -> Result<(), String> {
         match &self.pinned {
-            Some((_fds, ops)) => newroot::apply(Path::new(newroot::NEW_ROOT), ops),
-            None => Err("the root's sources were not opened".into()),
+            Some((_fds, ops)) => newroot::apply(Path::new(newroot::NEW_ROOT), ops)?,
+            None => return Err("the root's sources were not opened".into()),
+        }
+        // In the new root now: its /tmp is the tmpfs.
+        match self.tmp_rule.take() {
+            Some(rule) => rule.writable(Path::new("/tmp")),
+            None => Ok(()),
         }
     }
 }

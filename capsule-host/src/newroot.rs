@@ -2,7 +2,7 @@
 //! capsule was given, made its `/` with `pivot_root`, the host's tree detached.
 //!
 //! ```text
-//! /capsule   its package, read-only (nosuid, nodev)        /tmp   its private tmp (noexec)
+//! /capsule   its package, read-only (nosuid, nodev)        /tmp   its private tmpfs, sized (noexec)
 //! /state     its persistent directory, when granted (noexec)
 //! /dev/null, /dev/zero, /dev/urandom (bind-mounted nodes)  /proc  its own PID namespace's
 //! /usr, /etc/ld.so.cache and /bin /lib /lib64 /sbin links: only with `host://libs`
@@ -44,10 +44,29 @@ pub enum Op {
         to: &'static str,
     },
     Proc(&'static str),
+    /// A tmpfs of `size` bytes at `target`, owned by `owner` (as seen in the capsule's user
+    /// namespace), mode 0700, nosuid, nodev, noexec. Mounted over the bind of the capsule's
+    /// run directory: Landlock, walking up from a file in it, crosses the mount point onto
+    /// that directory, whose rule it finds, so no new rule is needed.
+    Tmpfs {
+        target: &'static str,
+        size: u64,
+        owner: u32,
+    },
+}
+
+/// Where the capsule's private `/tmp` comes from and how large it may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tmp {
+    /// Its run directory, which the tmpfs covers (and Landlock's rule names).
+    pub dir: PathBuf,
+    pub size: u64,
+    /// Its uid as seen where the root is built.
+    pub owner: u32,
 }
 
 /// What the capsule's root holds.
-pub fn plan(package: &Path, tmp: &Path, state: Option<&Path>, host_libs: bool) -> Vec<Op> {
+pub fn plan(package: &Path, tmp: &Tmp, state: Option<&Path>, host_libs: bool) -> Vec<Op> {
     let mut ops = vec![
         Op::Dir("capsule"),
         Op::Bind {
@@ -59,11 +78,16 @@ pub fn plan(package: &Path, tmp: &Path, state: Option<&Path>, host_libs: bool) -
         },
         Op::Dir("tmp"),
         Op::Bind {
-            source: tmp.to_path_buf(),
+            source: tmp.dir.clone(),
             target: "tmp",
             read_only: false,
             exec: false,
             device: false,
+        },
+        Op::Tmpfs {
+            target: "tmp",
+            size: tmp.size,
+            owner: tmp.owner,
         },
         Op::Dir("dev"),
     ];
@@ -178,6 +202,18 @@ pub fn apply(new_root: &Path, ops: &[Op]) -> Result<(), String> {
             Op::Symlink { link, to } => {
                 std::os::unix::fs::symlink(to, new_root.join(link)).map_err(|e| err(link, e))?
             }
+            Op::Tmpfs {
+                target,
+                size,
+                owner,
+            } => mount(
+                Some("tmpfs"),
+                &new_root.join(target),
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some(format!("mode=0700,size={size},uid={owner},gid={owner}").as_str()),
+            )
+            .map_err(|e| err(&format!("a tmpfs of {size} bytes at /{target}"), e))?,
             Op::Proc(p) => mount(
                 Some("proc"),
                 &new_root.join(p),
@@ -241,6 +277,14 @@ pub fn apply(new_root: &Path, ops: &[Op]) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn tmp(dir: impl AsRef<Path>) -> Tmp {
+        Tmp {
+            dir: dir.as_ref().to_path_buf(),
+            size: 5 << 20,
+            owner: 1000,
+        }
+    }
+
     fn binds(ops: &[Op]) -> Vec<(&str, bool, bool)> {
         ops.iter()
             .filter_map(|o| match o {
@@ -257,7 +301,7 @@ mod tests {
 
     #[test]
     fn the_root_holds_only_what_was_given() {
-        let ops = plan(Path::new("/store/x"), Path::new("/run/t"), None, false);
+        let ops = plan(Path::new("/store/x"), &tmp("/run/t"), None, false);
         assert_eq!(
             binds(&ops),
             [
@@ -270,13 +314,26 @@ mod tests {
         );
         assert!(ops.contains(&Op::Proc("proc")));
         assert!(!ops.iter().any(|o| matches!(o, Op::Symlink { .. })));
+        // Its /tmp is a tmpfs of its size, over the bind of its run directory.
+        let bind = ops
+            .iter()
+            .position(|o| matches!(o, Op::Bind { target: "tmp", .. }))
+            .unwrap();
+        assert_eq!(
+            ops[bind + 1],
+            Op::Tmpfs {
+                target: "tmp",
+                size: 5 << 20,
+                owner: 1000
+            }
+        );
     }
 
     #[test]
     fn host_libs_add_usr_read_only_and_the_loader_cache() {
         let ops = plan(
             Path::new("/store/x"),
-            Path::new("/run/t"),
+            &tmp("/run/t"),
             Some(Path::new("/h/state/x")),
             true,
         );
@@ -297,8 +354,8 @@ mod tests {
     fn pinned_sources_are_the_same_files_through_descriptors() {
         use std::os::unix::fs::MetadataExt;
         let pkg = tempfile::tempdir().unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let ops = plan(pkg.path(), tmp.path(), None, false);
+        let dir = tempfile::tempdir().unwrap();
+        let ops = plan(pkg.path(), &tmp(dir.path()), None, false);
         let (fds, pinned) = pin(&ops).unwrap();
         assert_eq!(fds.len(), binds(&ops).len());
         for (a, b) in ops.iter().zip(&pinned) {
@@ -314,6 +371,12 @@ mod tests {
                 _ => assert_eq!(a, b),
             }
         }
-        assert!(pin(&plan(&pkg.path().join("gone"), tmp.path(), None, false)).is_err());
+        assert!(pin(&plan(
+            &pkg.path().join("gone"),
+            &tmp(dir.path()),
+            None,
+            false
+        ))
+        .is_err());
     }
 }

@@ -9,8 +9,10 @@
 //!   namespace changes, chroot, swap, reboot, clocks, raw port I/O.
 //! - **ENOSYS** for `clone3`: its flags sit in memory a filter cannot read, so it cannot be
 //!   checked; libc falls back to `clone`, whose flags it can.
-//! - **EPERM** for `clone` with any namespace flag, for the TIOCSTI ioctl (typing into a
-//!   terminal), and for `execveat` (exec by descriptor: code from a memfd, no path to check).
+//! - **EPERM** for `clone` with any namespace flag, for the TIOCSTI and TIOCLINUX ioctls (typing
+//!   into a terminal, the console's own requests; compared in the low 32 bits the kernel
+//!   reads), for `personality` with any flag (turning off its own ASLR), and for `execveat`
+//!   (exec by descriptor: code from a memfd, no path to check).
 //! - **EAFNOSUPPORT** for sockets of any family but AF_UNIX: no network until a grant says so.
 //!
 //! - **ENOSYS** for every call not in [`ALLOWED`]: the obscure, the obsolete and whatever a
@@ -57,10 +59,11 @@ pub enum When {
         arg: u8,
         value: u32,
     },
-    /// Argument `arg` (a 64-bit value) equals `value`.
-    Eq {
+    /// Argument `arg`, compared in its low 32 bits as the kernel reads it (an `int` or
+    /// `unsigned int`: the upper half of the register is ignored), is any of `values`.
+    AnyOf {
         arg: u8,
-        value: u64,
+        values: &'static [u32],
     },
     /// Argument `arg` does not have bit `bit` set.
     LacksBit {
@@ -170,13 +173,28 @@ pub const NATIVE: &[Entry] = &[
             bits: NAMESPACE_FLAGS,
         },
     },
+    // Typing into a terminal (TIOCSTI) and the Linux console's own requests (TIOCLINUX: its
+    // selection pastes into the console, and more). The kernel takes the request as an
+    // `unsigned int`, so only the low 32 bits are compared: 0x1_0000_5412 is TIOCSTI too.
     Entry {
-        name: "ioctl TIOCSTI",
+        name: "ioctl TIOCSTI, TIOCLINUX",
         nr: libc::SYS_ioctl,
         verdict: Verdict::Errno(libc::EPERM),
-        when: When::Eq {
+        when: When::AnyOf {
             arg: 1,
-            value: libc::TIOCSTI as _,
+            values: &[libc::TIOCSTI as u32, libc::TIOCLINUX as u32],
+        },
+    },
+    // personality(): only asking (0xffffffff) and setting PER_LINUX, which changes nothing.
+    // Any flag would weaken the capsule's own process: ADDR_NO_RANDOMIZE turns off its ASLR,
+    // READ_IMPLIES_EXEC makes its readable memory executable.
+    Entry {
+        name: "personality (a flag or another persona)",
+        nr: libc::SYS_personality,
+        verdict: Verdict::Errno(libc::EPERM),
+        when: When::NoneOf {
+            arg: 0,
+            values: &[0xffff_ffff, 0],
         },
     },
     Entry {
@@ -691,16 +709,20 @@ pub fn compile(policy: &[Entry], allowed: &[(&str, i64)]) -> Result<Vec<BpfProgr
                 .map_err(bad)?])
                 .map_err(bad)?,
             ),
-            When::Eq { arg, value } => rules.push(
-                SeccompRule::new(vec![SeccompCondition::new(
-                    arg,
-                    SeccompCmpArgLen::Qword,
-                    SeccompCmpOp::Eq,
-                    value,
-                )
-                .map_err(bad)?])
-                .map_err(bad)?,
-            ),
+            When::AnyOf { arg, values } => {
+                for &value in values {
+                    rules.push(
+                        SeccompRule::new(vec![SeccompCondition::new(
+                            arg,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::Eq,
+                            u64::from(value),
+                        )
+                        .map_err(bad)?])
+                        .map_err(bad)?,
+                    );
+                }
+            }
             When::LacksBit { arg, bit } => rules.push(
                 SeccompRule::new(vec![SeccompCondition::new(
                     arg,
@@ -874,8 +896,15 @@ mod tests {
             When::Always => {}
             When::AnyBit { arg, bits } => a[arg as usize] = bits[0],
             When::Ne { arg, value } => a[arg as usize] = u64::from(value.wrapping_add(1)),
-            When::NoneOf { arg, .. } => a[arg as usize] = libc::AF_NETLINK as u64,
-            When::Eq { arg, value } => a[arg as usize] = value,
+            When::NoneOf { arg, values } => {
+                a[arg as usize] = if values.contains(&(libc::AF_NETLINK as u32)) {
+                    libc::AF_PACKET as u64
+                } else {
+                    libc::AF_NETLINK as u64
+                }
+            }
+            // With the upper half set: the filter must compare as the kernel reads it.
+            When::AnyOf { arg, values } => a[arg as usize] = (1 << 32) | u64::from(values[0]),
             When::LacksBit { arg, .. } => a[arg as usize] = libc::SIGCHLD as u64,
         }
         a
@@ -1141,6 +1170,27 @@ mod tests {
             [u64::MAX, libc::TIOCGWINSZ, 0, 0, 0, 0],
         );
         assert!(matches!(st, WaitStatus::Exited(_, libc::EBADF)), "{st:?}");
+        // personality: asking, and PER_LINUX, pass; turning off ASLR does not, nor TIOCLINUX
+        // with junk in the upper half.
+        for persona in [0xffff_ffff, 0] {
+            let st = under_policy(&programs, libc::SYS_personality, [persona, 0, 0, 0, 0, 0]);
+            assert!(
+                matches!(st, WaitStatus::Exited(_, 0)),
+                "{persona:#x}: {st:?}"
+            );
+        }
+        let st = under_policy(
+            &programs,
+            libc::SYS_personality,
+            [libc::ADDR_NO_RANDOMIZE as u64, 0, 0, 0, 0, 0],
+        );
+        assert!(matches!(st, WaitStatus::Exited(_, libc::EPERM)), "{st:?}");
+        let st = under_policy(
+            &programs,
+            libc::SYS_ioctl,
+            [0, (7 << 40) | libc::TIOCLINUX, 0, 0, 0, 0],
+        );
+        assert!(matches!(st, WaitStatus::Exited(_, libc::EPERM)), "{st:?}");
         // getpid: untouched.
         let st = under_policy(&programs, libc::SYS_getpid, [0; 6]);
         assert!(matches!(st, WaitStatus::Exited(_, 0)), "{st:?}");

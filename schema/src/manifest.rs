@@ -404,6 +404,21 @@ impl Manifest {
                 });
             }
         }
+        if let Some(l) = &raw.limits {
+            if let Some(tmp) = l.get_ref().tmp {
+                if !(Limits::MIN_TMP..=Limits::MAX_TMP).contains(&tmp) {
+                    return lines.err(
+                        l.span(),
+                        "limits.tmp",
+                        format!(
+                            "the private /tmp's size in bytes, from {} KiB to {} GiB",
+                            Limits::MIN_TMP >> 10,
+                            Limits::MAX_TMP >> 30
+                        ),
+                    );
+                }
+            }
+        }
         Ok(Manifest {
             format: versions::MANIFEST,
             name: raw.name.into_inner(),
@@ -583,6 +598,18 @@ processes = 16
         assert_eq!(e.field.as_deref(), Some("provides.uri"), "{e}");
         let e = err(&GOOD.replace("bin/notes", "../bin/notes"));
         assert_eq!(e.field.as_deref(), Some("entrypoint.native"), "{e}");
+        // A tmpfs of size 0 has no limit at all: refused, as is one larger than a disk.
+        for tmp in ["0", "1024", "17179869185"] {
+            let e = err(&GOOD.replace("processes = 16", &format!("processes = 16\ntmp = {tmp}")));
+            assert_eq!(e.field.as_deref(), Some("limits.tmp"), "{tmp}: {e}");
+        }
+        let m = Manifest::parse(&GOOD.replace("processes = 16", "processes = 16\ntmp = 1048576"))
+            .unwrap();
+        assert_eq!(m.limits.tmp_size(), 1 << 20);
+        assert_eq!(
+            Manifest::parse(GOOD).unwrap().limits.tmp_size(),
+            Limits::DEFAULT_TMP
+        );
         let e = err(&GOOD.replace("memory = 67108864", "memory = \"lots\""));
         assert!(e.line.is_some(), "{e}");
     }

@@ -208,11 +208,15 @@ pub struct Limits {
     /// budget is stopped. Default 10 000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_budget_ms: Option<u64>,
+    /// Size of the private `/tmp`, in bytes: a tmpfs of its own, whose pages are charged to
+    /// the capsule's memory. Default [`Limits::DEFAULT_TMP`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp: Option<u64>,
 }
 
 impl Limits {
     /// The key names, as written in `capsule.toml`.
-    pub const KEYS: [&'static str; 7] = [
+    pub const KEYS: [&'static str; 8] = [
         "memory",
         "cpu",
         "cpu_seconds",
@@ -220,7 +224,20 @@ impl Limits {
         "open_files",
         "storage",
         "call_budget_ms",
+        "tmp",
     ];
+
+    /// A private `/tmp` of 64 MiB unless the manifest says otherwise: room for a build's
+    /// scratch files, not for a copy of the disk.
+    pub const DEFAULT_TMP: u64 = 64 << 20;
+    /// Bounds of `tmp`: a tmpfs of size 0 would have none at all.
+    pub const MIN_TMP: u64 = 64 << 10;
+    pub const MAX_TMP: u64 = 16 << 30;
+
+    /// The size of the private `/tmp`.
+    pub fn tmp_size(&self) -> u64 {
+        self.tmp.unwrap_or(Self::DEFAULT_TMP)
+    }
 }
 
 /// The one mapping between the schema's enum and [`Action`], for every side of the wire.

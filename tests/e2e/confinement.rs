@@ -159,6 +159,8 @@ fn escapes(up: &Up, t: &Targets) -> Vec<Escape> {
         same("fork_bomb", String::new()),
         same("fd_exhaustion", String::new()),
         same("tiocsti", String::new()),
+        same("tiocsti_wide", String::new()),
+        same("aslr_off", String::new()),
     ]
 }
 
@@ -197,22 +199,23 @@ fn a_hostile_capsule_is_stopped_at_every_escape_the_control_run_shows_possible()
     // the test's own targets in it; the node's home in it stays 0700.
     chmod(up.node.dir.path(), 0o711);
     let scratch = up.node.scratch();
-    // Another capsule's data, in its private tmp.
+    // Another capsule's data, in its state directory (its tmp is a tmpfs only its own mount
+    // namespace sees).
     let victim = script_capsule(
         &up.node,
         "victim",
-        "echo secret > \"$TMPDIR/secret\"\necho \"tmp=$TMPDIR\"\nwhile true; do sleep 1; done",
+        "echo secret > \"$ELASTOS_STATE/secret\"\necho \"state=$ELASTOS_STATE\"\nwhile true; do sleep 1; done",
     );
+    let manifest = victim.join("capsule.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("[[requests]]\nresource = \"host://state\"\nactions = [\"read\", \"write\"]\nreason = \"keeps a secret\"\n");
+    std::fs::write(&manifest, text).unwrap();
     up.node.run(&["run", "-d", path(&victim)]).ok();
-    // Inside, its tmp is /tmp; on the host it is RUN_DIR/victim.
-    let run_dir = PathBuf::from(
-        up.node.run(&["status", "--json"]).json()["run_dir"]
-            .as_str()
-            .unwrap(),
-    );
-    let victim_secret = run_dir.join("victim/secret");
+    // Inside, its state is /state; on the host it is HOME/state/capsules/victim.
+    let victim_dir = up.node.home().join("state/capsules/victim");
+    let victim_secret = victim_dir.join("secret");
     wait_until("the victim's secret", Duration::from_secs(10), || {
-        up.node.run(&["logs", "victim"]).ok().contains("tmp=")
+        up.node.run(&["logs", "victim"]).ok().contains("state=")
     });
     assert!(victim_secret.exists(), "{}", victim_secret.display());
     // The invoking user's data, which the control uid plays: its own (the kernel's
@@ -261,7 +264,9 @@ fn a_hostile_capsule_is_stopped_at_every_escape_the_control_run_shows_possible()
     let grant = Grant::new(&[
         (&home, 0o5),
         (&home.join("node.key"), 0o4),
-        (&run_dir.join("victim"), 0o1),
+        (&home.join("state"), 0o1),
+        (&home.join("state/capsules"), 0o1),
+        (&victim_dir, 0o1),
         (&t.victim_secret, 0o4),
     ]);
     for e in &escapes {
@@ -588,13 +593,8 @@ fn capsule_host_and_the_capsule_get_none_of_the_supervisors_environment() {
 #[test]
 fn a_layer_that_cannot_be_applied_keeps_the_capsule_from_running() {
     let up = Up::new();
-    // Its private tmp (`RUN_DIR/NAME`) is the one place it could write if it ran.
-    let run_dir = up.node.run(&["status", "--json"]).json()["run_dir"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let marker = PathBuf::from(run_dir).join("overreach/it-ran");
-    let dir = script_capsule(&up.node, "overreach", "touch \"$TMPDIR/it-ran\"");
+    // Had it run, its log would say so.
+    let dir = script_capsule(&up.node, "overreach", "echo it-ran");
     // More open files than the kernel allows anyone (fs.nr_open): setrlimit fails, even for root.
     let manifest = dir.join("capsule.toml");
     let mut text = std::fs::read_to_string(&manifest).unwrap();
@@ -607,7 +607,10 @@ fn a_layer_that_cannot_be_applied_keeps_the_capsule_from_running() {
         log.contains("failed at limits") && log.contains("the capsule was not started"),
         "{log}"
     );
-    assert!(!marker.exists(), "the capsule ran without its limits");
+    assert!(
+        !log.contains("it-ran"),
+        "the capsule ran without its limits: {log}"
+    );
 }
 
 #[test]
@@ -762,6 +765,74 @@ fn a_state_directory_fills_up_to_its_quota_and_no_further() {
     let log = up.node.run(&["logs", "filler"]).ok().to_string();
     assert!(log.contains("found-before"), "{log}");
     assert!(mounted(&state));
+}
+
+/// The supervisor's run directory (`TMPDIR/elastos-PID-HEX`), as `status` names it.
+fn run_dir(up: &Up) -> PathBuf {
+    PathBuf::from(
+        up.node.run(&["status", "--json"]).json()["run_dir"]
+            .as_str()
+            .expect("status names its run_dir"),
+    )
+}
+
+#[test]
+fn a_capsules_tmp_is_a_tmpfs_of_its_size_and_its_run_directory_goes_when_it_ends() {
+    let up = Up::new();
+    let dir = script_capsule(
+        &up.node,
+        "scratch",
+        "head -c 1048576 /dev/zero > /tmp/small && echo small-ok\n\
+         dd if=/dev/zero of=/tmp/fill bs=1M count=20 2>&1\n\
+         echo \"dd=$?\"\n\
+         while true; do sleep 1; done",
+    );
+    let manifest = dir.join("capsule.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(&format!("[limits]\ntmp = {}\n", 4 << 20));
+    std::fs::write(&manifest, text).unwrap();
+    up.node.run(&["run", "-d", path(&dir)]).ok();
+    wait_until("the fill", Duration::from_secs(20), || {
+        up.node.run(&["logs", "scratch"]).stdout.contains("dd=")
+    });
+    let log = up.node.run(&["logs", "scratch"]).ok().to_string();
+    assert!(log.contains("small-ok"), "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(!log.contains("dd=0"), "{log}");
+    let layers = up.capsule("scratch")["layers"].to_string();
+    assert!(layers.contains("tmp(size=4MiB)"), "{layers}");
+    // Nothing of it reached the host's disk: its run directory, under the tmpfs, is empty.
+    let run = run_dir(&up);
+    let mine = run.join("scratch");
+    assert_eq!(
+        std::fs::read_dir(&mine)
+            .unwrap_or_else(|e| panic!("{}: {e}", mine.display()))
+            .count(),
+        0
+    );
+    // Stopped, its run directory goes.
+    up.node.run(&["stop", "scratch"]).ok();
+    wait_until("its run directory removed", Duration::from_secs(10), || {
+        !mine.exists()
+    });
+    // A supervisor killed leaves its run directory; the next `up` removes it.
+    up.node.run(&["run", "-d", path(&dir)]).ok();
+    wait_until("the second start", Duration::from_secs(20), || {
+        mine.exists()
+    });
+    let sup = up.supervisor_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the supervisor gone", Duration::from_secs(10), || {
+        !crate::supervisor::alive(sup)
+    });
+    assert!(run.exists(), "a killed supervisor cannot clean up");
+    assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
+    assert!(!run.exists(), "{} left behind", run.display());
+    assert_ne!(run_dir(&up), run);
 }
 
 /// The probe capsule, granted `resource`.

@@ -647,6 +647,10 @@ impl CapsuleActor {
     async fn exited(&self, myself: &ActorRef<Msg>, st: &mut CapsuleState, code: i32) {
         st.log.event(&format!("exited with code {code}"));
         self.shared.set_live(&st.spec.name, None);
+        // Its run directory goes with it (a restart makes a fresh one).
+        if let Err(e) = remove_tmp(&self.shared, &st.spec.name) {
+            tracing::warn!("removing the run directory of `{}`: {e}", st.spec.name);
+        }
         // 128 + SIGSYS: the seccomp filter killed it for a forbidden system call. (Where the
         // supervisor follows the kernel log, `capsule.process-seccomp` names the process and the
         // call too; the kernel rate-limits those reports, so this record never depends on them.)
@@ -861,8 +865,9 @@ fn tree_rss(pid: u32) -> u64 {
     total
 }
 
-/// The capsule's private writable directory, empty at every start: `RUN_DIR/NAME`, 0700 and
-/// owned by the capsule's uid (only its own Landlock rules reach it).
+/// The capsule's run directory, empty at every start: `RUN_DIR/NAME`, 0700 and owned by the
+/// capsule's uid (only its own Landlock rules reach it). In a private root its `/tmp` is a
+/// sized tmpfs mounted over it, so nothing it writes there reaches the host's disk.
 fn fresh_tmp(shared: &Shared, name: &str, uid: Option<u32>) -> std::io::Result<std::path::PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = shared.run_dir.join(name);
@@ -874,6 +879,15 @@ fn fresh_tmp(shared: &Shared, name: &str, uid: Option<u32>) -> std::io::Result<s
         chown_tree(&dir, uid)?;
     }
     Ok(dir)
+}
+
+/// Removes the capsule's run directory, if any. `remove_dir_all` never follows a symlink the
+/// capsule may have left in it.
+fn remove_tmp(shared: &Shared, name: &str) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(shared.run_dir.join(name)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// The capsule's private persistent directory, `$ELASTOS_HOME/state/capsules/NAME`: kept across

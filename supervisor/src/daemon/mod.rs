@@ -16,7 +16,7 @@ pub mod routes;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -342,6 +342,16 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
     // other processes of the same user.
     nix::sys::prctl::set_dumpable(false).context("making the supervisor non-dumpable")?;
     let logs_dir = home.ensure_dir("logs")?;
+    // What supervisors killed before left behind (their capsules' tmp directories) goes first.
+    for stale in stale_run_dirs(&std::env::temp_dir(), pid_alive) {
+        match std::fs::remove_dir_all(&stale) {
+            Ok(()) => tracing::info!(
+                "removed {}, left by a supervisor that stopped without `down`",
+                stale.display()
+            ),
+            Err(e) => tracing::warn!("removing {}: {e}", stale.display()),
+        }
+    }
     let run_dir = make_run_dir().context("creating the capsules' runtime directory")?;
     let log_file = tracing_appender::rolling::never(&logs_dir, "supervisor.log");
     let (writer, _guard) = tracing_appender::non_blocking(log_file);
@@ -519,6 +529,52 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The run directories in `temp` that supervisors of this user left behind when they stopped
+/// without `down` (killed, crashed): named `elastos-PID-HEX` by [`make_run_dir`], owned by this
+/// user, of a pid no longer alive. Another supervisor's that is still running is never one.
+pub fn stale_run_dirs(temp: &Path, alive: impl Fn(u32) -> bool) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let Some((pid, rnd)) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("elastos-"))
+                .and_then(|n| n.split_once('-'))
+            else {
+                return false;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                return false;
+            };
+            rnd.len() == 16
+                && rnd.bytes().all(|b| b.is_ascii_hexdigit())
+                && pid != std::process::id()
+                && !alive(pid)
+                // Not followed: a link is never a run directory.
+                && e.path()
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.is_dir() && m.uid() == me)
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Whether process `pid` is running: a zombie has ended, whether or not anyone reaps it (a
+/// container's init may never).
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        // The state follows the command name's closing parenthesis.
+        !s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
 /// A fresh directory of this supervisor's in the system's temp dir: created, never reused, so
 /// nobody can prepare it (or a symlink in its place) beforehand.
 fn make_run_dir() -> std::io::Result<PathBuf> {
@@ -559,4 +615,30 @@ async fn shutdown(shared: &Arc<Shared>, root: &ActorRef<RootMsg>, timeout: Durat
         Durability::Sync,
     );
     let _ = shared.audit.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_supervisors_run_directories_of_this_user_are_stale() {
+        let temp = tempfile::tempdir().unwrap();
+        let hex = "0123456789abcdef";
+        let at = |n: &str| temp.path().join(n);
+        for dir in [
+            format!("elastos-1-{hex}"),
+            format!("elastos-2-{hex}"),
+            "elastos-3-short".to_string(),
+            format!("elastos-x-{hex}"),
+            "elsewhere".to_string(),
+        ] {
+            std::fs::create_dir(at(&dir)).unwrap();
+        }
+        std::fs::write(at(&format!("elastos-5-{hex}")), b"").unwrap();
+        std::os::unix::fs::symlink(at("elsewhere"), at(&format!("elastos-4-{hex}"))).unwrap();
+        let stale = stale_run_dirs(temp.path(), |pid| pid == 2);
+        assert_eq!(stale, [at(&format!("elastos-1-{hex}"))]);
+        assert!(stale_run_dirs(&temp.path().join("none"), |_| false).is_empty());
+    }
 }

@@ -323,7 +323,13 @@ fn main() -> ExitCode {
             // Types into a terminal: a pty this probe opens itself, made the controlling terminal
             // of a child in a session of its own (without CAP_SYS_ADMIN of the host, TIOCSTI
             // works only there). The child reports by its exit code: 0, or the errno.
-            "tiocsti" => {
+            // Its own ASLR turned off, as `setarch -R` would.
+            "aslr_off" => {
+                let done = libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong) != -1
+                    && libc::personality(0xffff_ffff) & libc::ADDR_NO_RANDOMIZE != 0;
+                verdict(done, "personality(ADDR_NO_RANDOMIZE)")
+            }
+            "tiocsti" | "tiocsti_wide" => {
                 let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
                 if master < 0 || libc::grantpt(master) != 0 || libc::unlockpt(master) != 0 {
                     return verdict(false, "open a pty");
@@ -339,7 +345,13 @@ fn main() -> ExitCode {
                     // the controlling terminal.
                     let slave = libc::open(name, libc::O_RDWR);
                     let c: libc::c_char = b'x' as libc::c_char;
-                    if slave < 0 || libc::ioctl(slave, libc::TIOCSTI, &c) != 0 {
+                    // The kernel reads the request's low 32 bits only.
+                    let request = if attempt == "tiocsti_wide" {
+                        (1 << 32) | libc::TIOCSTI
+                    } else {
+                        libc::TIOCSTI
+                    };
+                    if slave < 0 || libc::ioctl(slave, request, &c) != 0 {
                         libc::_exit(errno().clamp(1, 255));
                     }
                     libc::_exit(0);
