@@ -23,7 +23,8 @@
 //!   still its last record's end), and the writer spends that allowance as it chains records. When
 //!   the disk fills, so that no more can be allocated, only the records that must never be lost
 //!   for want of space ([`uses_reserve`]: denials, revocations, checkpoints and one
-//!   `audit.disk-full` record) are still admitted, from the reserve; every other record is refused
+//!   `audit.disk-full` record; and the summaries of calls that already went ahead) are still
+//!   admitted, from the reserve; every other record is refused
 //!   with [`AuditError::Unavailable`] (so the grant or call it stood for is refused) until space
 //!   returns, which the sync thread looks for once a second. A file system that cannot
 //!   preallocate has no reserve, and says so in [`AuditLog::space`].
@@ -1776,7 +1777,9 @@ impl Writer {
         sig: Option<String>,
         sync: bool,
     ) -> Result<Receipt, AuditError> {
-        let reserve = uses_reserve(&ev);
+        // A summary accounts for calls that already went ahead, allowed while there was
+        // space: it is written from the reserve, or they would go unaccounted.
+        let reserve = uses_reserve(&ev) || count.is_some();
         if self.told_full && !reserve && !self.space.full.load(Ordering::Relaxed) {
             self.told_full = false;
             let _ = self.push_record(
@@ -3675,6 +3678,46 @@ mod tests {
             calls.len(),
             calls.iter().map(|r| r.count.unwrap_or(1)).sum(),
         )
+    }
+
+    #[test]
+    fn calls_summed_up_when_the_disk_fills_are_still_accounted_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let full = Arc::new(AtomicBool::new(false));
+        let log = open(
+            tmp.path(),
+            AuditOptions {
+                fail_alloc: Some(full.clone()),
+                group_commit: Duration::from_millis(1),
+                ..Default::default()
+            },
+        );
+        assert!(
+            log.space().reserve_bytes.is_some(),
+            "this test needs a file system that can preallocate"
+        );
+        // The token's first use, recorded exactly while there is space.
+        log.submit_call(call_by("t1"), 0);
+        // Then the disk fills: ordinary records are refused.
+        full.store(true, Ordering::Relaxed);
+        let mut n = 0;
+        while log
+            .append(
+                sized("capsule:b", "token.request", Decision::Allowed, 4000),
+                Durability::Group,
+            )
+            .is_ok()
+        {
+            n += 1;
+            assert!(n < 10_000, "never refused");
+        }
+        // Calls allowed just before are summed up now: their summary is still written.
+        for i in 1..=40u64 {
+            log.submit_call(call_by("t1"), i);
+        }
+        log.close().unwrap();
+        verify(tmp.path(), &vk(), None).unwrap();
+        assert_eq!(calls_in(tmp.path()).1, 41, "every call accounted for");
     }
 
     #[test]
