@@ -249,7 +249,24 @@ fn exit_code(ws: WaitStatus) -> Option<i32> {
     }
 }
 
+/// Ends the process at the first panic, after saying where: capsule-host never unwinds.
+/// Unwinding would run destructors past its descriptor handling (it closes inherited descriptors
+/// by number, and a WASM host runs in the same process as the frames that held them), closing
+/// numbers that by then belong to something else. Cargo sets `panic` per profile, not per
+/// package, and the supervisor's actors need unwinding, so it is a hook.
+fn end_at_first_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("capsule-host: internal error, stopping at once: {info}");
+        // SAFETY: _exit ends the process without running anything of this one's.
+        unsafe { nix::libc::_exit(EXIT_PANIC) }
+    }));
+}
+
+/// capsule-host's exit status after a panic of its own (never the guest's).
+const EXIT_PANIC: i32 = 125;
+
 fn main() {
+    end_at_first_panic();
     match std::env::args().nth(1).as_deref() {
         Some("compile") => compile_main(),
         // Once per supervisor start, before any capsule: see `cgroup`'s module doc.
@@ -815,18 +832,9 @@ fn run_wasm(
         std::process::exit(125);
     }
     drop(report);
-    // A panic in the host (not the guest) must not unwind into the frames this process
-    // inherited from capsule-host's main, which would close their descriptors a second time.
-    let outcome =
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wasm::run(prepared))) {
-            Ok(o) => o,
-            Err(_) => {
-                eprintln!(
-                    "capsule-host: the WASM host failed (see the panic above); the capsule stopped"
-                );
-                std::process::exit(125);
-            }
-        };
+    // A panic in the host (not the guest) ends the process at once (`end_at_first_panic`): it
+    // never unwinds into the frames inherited from capsule-host's main.
+    let outcome = wasm::run(prepared);
     if let Some(msg) = outcome.message() {
         eprintln!("capsule-host: {msg}");
     }
@@ -1156,5 +1164,49 @@ fn kill_descendants() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Run by `a_panic_ends_capsule_host_at_once_without_unwinding` in a process of its own.
+    #[test]
+    #[ignore = "a helper process of a_panic_ends_capsule_host_at_once_without_unwinding"]
+    fn panicking_child() {
+        struct Unwound;
+        impl Drop for Unwound {
+            fn drop(&mut self) {
+                println!("unwound");
+            }
+        }
+        super::end_at_first_panic();
+        let _guard = Unwound;
+        panic!("on purpose");
+    }
+
+    #[test]
+    fn a_panic_ends_capsule_host_at_once_without_unwinding() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "tests::panicking_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(super::EXIT_PANIC),
+            "{stdout}\n{stderr}"
+        );
+        assert!(!stdout.contains("unwound"), "{stdout}");
+        assert!(
+            stderr.contains("internal error, stopping at once") && stderr.contains("on purpose"),
+            "{stderr}"
+        );
     }
 }

@@ -26,6 +26,12 @@ pub enum HomeError {
     /// A secret file or the home directory is readable by others.
     #[error("{path} has mode {mode:03o}, which lets other users read it; fix it with `chmod {want:o} {path}` and check that no one copied it")]
     LoosePermissions { path: PathBuf, mode: u32, want: u32 },
+    /// A secret file or the home directory belongs to another user.
+    #[error("{path} belongs to uid {owner}, not to this user (uid {me}): a file someone else owns may have been put there; check it, then give it back with `chown {me} {path}`")]
+    NotOwned { path: PathBuf, owner: u32, me: u32 },
+    /// A secret file is a symbolic link.
+    #[error("{path} is a symbolic link: a secret is read only from a plain file of its own; replace the link with the file it points to, after checking it")]
+    Symlink { path: PathBuf },
     /// The state lock is held by a running supervisor or another command.
     #[error(
         "another elastos process holds {path} (a running supervisor, or a command in progress)"
@@ -80,7 +86,9 @@ impl Home {
             fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
                 .map_err(io_err(&self.root))?;
         }
-        check_private(&self.root, 0o700)
+        // The home may be a link (to another disk, say): what it leads to is checked.
+        let real = fs::canonicalize(&self.root).map_err(io_err(&self.root))?;
+        check_private(&real, 0o700)
     }
 
     /// Creates a sub-directory (0700) of the home, creating the home first.
@@ -159,11 +167,23 @@ pub struct StateLock {
 
 /// Refuses a file or directory that group or others can access.
 pub fn check_private(path: &Path, want: u32) -> Result<(), HomeError> {
-    let mode = fs::metadata(path)
-        .map_err(io_err(path))?
-        .permissions()
-        .mode()
-        & 0o777;
+    use std::os::unix::fs::MetadataExt;
+    // Not followed: a link could point anywhere, and its target's mode is not the link's.
+    let meta = fs::symlink_metadata(path).map_err(io_err(path))?;
+    if meta.file_type().is_symlink() {
+        return Err(HomeError::Symlink {
+            path: path.to_path_buf(),
+        });
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(HomeError::NotOwned {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(HomeError::LoosePermissions {
             path: path.to_path_buf(),
@@ -196,6 +216,31 @@ mod tests {
         fs::set_permissions(home.root(), fs::Permissions::from_mode(0o755)).unwrap();
         let err = home.ensure().unwrap_err().to_string();
         assert!(err.contains("chmod 700"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_must_be_a_plain_file_of_this_user() {
+        let tmp = tempfile::tempdir().unwrap();
+        let secret = tmp.path().join("node.key");
+        fs::write(&secret, "x").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        check_private(&secret, 0o600).unwrap();
+        // A link to a private file is still refused.
+        let link = tmp.path().join("link.key");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert!(matches!(
+            check_private(&link, 0o600),
+            Err(HomeError::Symlink { .. })
+        ));
+        // Another user's file, private as it is: only root can make one here.
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root, as CI has: it gives a file to another uid"
+        );
+        nix::unistd::chown(&secret, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+        let e = check_private(&secret, 0o600).unwrap_err();
+        assert!(matches!(e, HomeError::NotOwned { owner: 4242, .. }), "{e}");
+        assert!(e.to_string().contains("chown"), "{e}");
     }
 
     #[test]

@@ -104,7 +104,8 @@ impl NodeKey {
     /// The node's key if it has one. Never writes.
     pub fn load(home: &Home) -> Result<Option<NodeKey>, IdentityError> {
         let path = home.key_file();
-        if !path.exists() {
+        // A dangling link is not "no key": it is refused below, like any link.
+        if fs::symlink_metadata(&path).is_err() {
             return Ok(None);
         }
         check_private(&path, 0o600)?;

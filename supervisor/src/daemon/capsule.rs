@@ -876,7 +876,7 @@ fn fresh_tmp(shared: &Shared, name: &str, uid: Option<u32>) -> std::io::Result<s
     }
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     if let Some(uid) = uid {
-        chown_tree(&dir, uid)?;
+        elastos::fsutil::chown_tree(&dir, uid)?;
     }
     Ok(dir)
 }
@@ -910,7 +910,8 @@ fn state_dir(
     // Capsule uids are handed out per supervisor run: what an earlier run's uid left is
     // given to this one's (the mounted file system's root included).
     if let Some(uid) = uid {
-        chown_tree(&dir, uid).map_err(|e| format!("giving {} to uid {uid}: {e}", dir.display()))?;
+        elastos::fsutil::chown_tree(&dir, uid)
+            .map_err(|e| format!("giving {} to uid {uid}: {e}", dir.display()))?;
     }
     Ok((dir, quota))
 }
@@ -927,26 +928,4 @@ fn make_state_dir(shared: &Shared, name: &str) -> std::io::Result<std::path::Pat
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     }
     Ok(dir)
-}
-
-/// Gives a tree to `uid` without following links.
-fn chown_tree(path: &std::path::Path, uid: u32) -> std::io::Result<()> {
-    let id = (
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(uid)),
-    );
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        id.0,
-        id.1,
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(std::io::Error::from)?;
-    if std::fs::symlink_metadata(path)?.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid)?;
-        }
-    }
-    Ok(())
 }

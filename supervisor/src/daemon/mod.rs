@@ -302,7 +302,9 @@ impl Shared {
 /// shown as publisher `dev` and never trusted.
 pub fn dev_key(home: &Home) -> anyhow::Result<NodeKey> {
     let path = home.root().join("dev.key");
-    if path.exists() {
+    if std::fs::symlink_metadata(&path).is_ok() {
+        // As private as the node's key: what it signs runs, as `dev`, on this node.
+        elastos::home::check_private(&path, 0o600)?;
         return NodeKey::from_hex_file(&path)
             .with_context(|| format!("reading the development key {}", path.display()));
     }
@@ -620,6 +622,24 @@ async fn shutdown(shared: &Arc<Shared>, root: &ActorRef<RootMsg>, timeout: Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_development_key_is_as_private_as_the_nodes() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().join("h"));
+        home.ensure().unwrap();
+        let key = dev_key(&home).unwrap();
+        assert_eq!(dev_key(&home).unwrap().did(), key.did(), "kept");
+        let path = home.root().join("dev.key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = format!("{:#}", dev_key(&home).err().expect("refused"));
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), &path).unwrap();
+        let e = format!("{:#}", dev_key(&home).err().expect("refused"));
+        assert!(e.contains("symbolic link"), "{e}");
+    }
 
     #[test]
     fn only_dead_supervisors_run_directories_of_this_user_are_stale() {
