@@ -277,7 +277,7 @@ impl Manifest {
                 ),
             );
         }
-        if let Err(e) = validate_name(raw.name.get_ref()) {
+        if let Err(e) = validate_capsule_name(raw.name.get_ref()) {
             return lines.err(raw.name.span(), "name", e);
         }
         let version = raw.version.get_ref();
@@ -438,6 +438,23 @@ impl Manifest {
     }
 }
 
+/// Names no capsule may take: they are the node's own (the supervisor's actor and log file,
+/// `logs/supervisor.log`, the program's name), and a capsule named so would pass for it.
+pub const RESERVED_NAMES: &[&str] = &["supervisor", "elastos"];
+
+/// A name a capsule may take: a valid name ([`validate_name`]) that is not one of the node's
+/// own ([`RESERVED_NAMES`]).
+pub fn validate_capsule_name(name: &str) -> Result<(), String> {
+    validate_name(name)?;
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "`{name}` is the node's own name (reserved: {}); pick another",
+            RESERVED_NAMES.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// Capsule names: `[a-z0-9][a-z0-9-]{0,62}`.
 pub fn validate_name(name: &str) -> Result<(), String> {
     let b = name.as_bytes();
@@ -586,6 +603,11 @@ processes = 16
     fn invalid_values_name_field_and_line() {
         let e = err(&GOOD.replace("name = \"notes\"", "name = \"Bad_Name\""));
         assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("name")), "{e}");
+        for reserved in RESERVED_NAMES {
+            let e = err(&GOOD.replace("name = \"notes\"", &format!("name = \"{reserved}\"")));
+            assert_eq!(e.field.as_deref(), Some("name"), "{e}");
+            assert!(e.to_string().contains("reserved"), "{e}");
+        }
         let e = err(&GOOD.replace("substrate = \"native\"", "substrate = \"jvm\""));
         assert_eq!(
             (e.line, e.field.as_deref()),

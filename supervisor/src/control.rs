@@ -92,6 +92,9 @@ pub struct RunRequest {
     /// default.
     #[serde(default)]
     pub substrate: Option<String>,
+    /// Store it even if it is older than the version stored from the same publisher.
+    #[serde(default)]
+    pub allow_downgrade: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -127,28 +127,14 @@ pub fn pack(dir: &Path, key: &NodeKey) -> Result<Packed, PackageError> {
     let mut total = 0u64;
     for (rel, executable) in &found {
         let path = dir.join(rel);
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
-        let size = bytes.len() as u64;
-        if size > MAX_FILE_BYTES {
-            return Err(PackageError::Pack {
-                path,
-                why: format!("{size} bytes; a file is at most {MAX_FILE_BYTES}"),
-            });
-        }
+        let (size, sha256) = append_file(&path, &mut data, total)?;
         total += size;
-        if total > MAX_TOTAL_BYTES {
-            return Err(PackageError::Pack {
-                path: dir.to_path_buf(),
-                why: format!("more than {MAX_TOTAL_BYTES} bytes in all"),
-            });
-        }
         files.push(PackedFile {
             path: rel.clone(),
             executable: *executable,
             size,
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            sha256,
         });
-        data.extend_from_slice(&bytes);
     }
     let publisher = key.did();
     let body = encode_index(&publisher, &files)?;
@@ -165,6 +151,45 @@ pub fn pack(dir: &Path, key: &NodeKey) -> Result<Packed, PackageError> {
         manifest,
         file_count: files.len(),
     })
+}
+
+/// Appends the file at `path` to `data`, `total` bytes being packed before it: its size is
+/// checked against the limits before anything is read (a sparse file of terabytes costs a
+/// `stat`), the file is opened without following a link, and its hash is computed over what
+/// was read. A file that grows while it is read is refused rather than read without end.
+fn append_file(path: &Path, data: &mut Vec<u8>, total: u64) -> Result<(u64, String), PackageError> {
+    use std::io::Read;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err(path))?;
+    let size = file.metadata().map_err(io_err(path))?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(PackageError::Pack {
+            path: path.to_path_buf(),
+            why: format!("{size} bytes; a file is at most {MAX_FILE_BYTES}"),
+        });
+    }
+    if total + size > MAX_TOTAL_BYTES {
+        return Err(PackageError::Pack {
+            path: path.to_path_buf(),
+            why: format!("more than {MAX_TOTAL_BYTES} bytes in all"),
+        });
+    }
+    let start = data.len();
+    file.take(size + 1)
+        .read_to_end(data)
+        .map_err(io_err(path))?;
+    let read = (data.len() - start) as u64;
+    if read != size {
+        data.truncate(start);
+        return Err(PackageError::Pack {
+            path: path.to_path_buf(),
+            why: format!("changed while it was packed ({size} bytes, then {read})"),
+        });
+    }
+    Ok((size, hex::encode(Sha256::digest(&data[start..]))))
 }
 
 /// Walks `dir` without following links; anything but a directory or a regular file is refused.
@@ -405,6 +430,22 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedPackage, PackageError> {
             sha256: hex::encode(digest),
         });
     }
+    // A file may not stand where another's directory is (`bin` and `bin/echo`): no tree
+    // holds both, so such a package could never be extracted.
+    let paths: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    for f in &files {
+        for (i, _) in f.path.match_indices('/') {
+            if paths.contains(&f.path[..i]) {
+                return Err(PackageError::File {
+                    path: sanitize(&f.path),
+                    why: format!(
+                        "lies under {}, which the package lists as a file",
+                        sanitize(&f.path[..i])
+                    ),
+                });
+            }
+        }
+    }
     if encode_index(&publisher, &files)? != body {
         return Err(PackageError::Index(
             "the index body is not canonical".into(),
@@ -597,6 +638,106 @@ mod tests {
         for d in [&dest, &dest.join("bin")] {
             fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
         }
+    }
+
+    /// A package signed by `key` listing exactly `files` (path, content) in this order, as a
+    /// hostile publisher would craft it: no check of `pack`'s is applied.
+    fn crafted(key: &NodeKey, files: &[(&str, &[u8])]) -> Vec<u8> {
+        let listed: Vec<PackedFile> = files
+            .iter()
+            .map(|(path, content)| PackedFile {
+                path: path.to_string(),
+                executable: false,
+                size: content.len() as u64,
+                sha256: hex::encode(Sha256::digest(content)),
+            })
+            .collect();
+        let body = encode_index(&key.did(), &listed).unwrap();
+        let sig = key.sign(domains::PACKAGE, &body);
+        let signed = encode_signed(&body, &sig.to_bytes(), &key.public_bytes()).unwrap();
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&(signed.len() as u32).to_le_bytes());
+        out.extend_from_slice(&signed);
+        for (_, content) in files {
+            out.extend_from_slice(content);
+        }
+        out
+    }
+
+    #[test]
+    fn a_validly_signed_package_with_a_hostile_index_is_refused() {
+        let manifest: &[u8] = b"format = 1\nname = \"evil\"\nversion = \"0.1.0\"\ndescription = \"x\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin\"\n";
+        // Well formed, it verifies: the cases below differ from it in one way each.
+        verify(&crafted(
+            &key(),
+            &[("bin", b"x"), ("capsule.toml", manifest)],
+        ))
+        .unwrap();
+        for (what, files) in [
+            (
+                "a file where a directory is",
+                vec![
+                    ("bin", &b"x"[..]),
+                    ("bin/echo", b"y"),
+                    ("capsule.toml", manifest),
+                ],
+            ),
+            (
+                "the same, not adjacent once sorted",
+                vec![
+                    ("bin", &b"x"[..]),
+                    ("bin-x", b"z"),
+                    ("bin/echo", b"y"),
+                    ("capsule.toml", manifest),
+                ],
+            ),
+            (
+                "unsorted",
+                vec![("capsule.toml", manifest), ("bin", &b"x"[..])],
+            ),
+            (
+                "twice",
+                vec![
+                    ("bin", &b"x"[..]),
+                    ("bin", b"x"),
+                    ("capsule.toml", manifest),
+                ],
+            ),
+            (
+                "traversal",
+                vec![("../bin", &b"x"[..]), ("capsule.toml", manifest)],
+            ),
+            (
+                "absolute",
+                vec![("/bin", &b"x"[..]), ("capsule.toml", manifest)],
+            ),
+            ("no manifest", vec![("bin", &b"x"[..])]),
+        ] {
+            let bytes = crafted(&key(), &files);
+            assert!(verify(&bytes).is_err(), "{what}: accepted");
+        }
+        let e = verify(&crafted(
+            &key(),
+            &[
+                ("bin", b"x"),
+                ("bin/echo", b"y"),
+                ("capsule.toml", manifest),
+            ],
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("lists as a file"), "{e}");
+    }
+
+    #[test]
+    fn packing_checks_a_files_size_before_reading_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("c");
+        capsule(&dir);
+        // Sparse: 4 GiB long, nothing on disk. Read whole first, it would take 4 GiB of memory.
+        let big = fs::File::create(dir.join("big")).unwrap();
+        big.set_len(4 << 30).unwrap();
+        let e = pack(&dir, &key()).unwrap_err();
+        assert!(e.to_string().contains("a file is at most"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub enum StoreError {
         path: PathBuf,
         why: String,
     },
+    #[error("`{name}` {offered} is older than the {have} stored from the same publisher ({publisher}); run it with --allow-downgrade to replace the newer one (recorded in the audit log)")]
+    Downgrade {
+        name: String,
+        publisher: String,
+        have: String,
+        offered: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -86,22 +93,81 @@ impl Store {
         }
     }
 
-    /// Verifies `bytes` and stores them; a package already stored is not written again.
-    pub fn add(&self, bytes: &[u8]) -> Result<Stored, StoreError> {
+    /// Verifies `bytes` and stores them; a package already stored is not written again. An
+    /// older version of a capsule stored from the same publisher is refused unless
+    /// `allow_downgrade`.
+    pub fn add(&self, bytes: &[u8], allow_downgrade: bool) -> Result<Stored, StoreError> {
+        let checked = self.check(bytes)?;
+        self.add_checked(checked, bytes, allow_downgrade)
+    }
+
+    /// Verifies `bytes` and says whether storing them would replace a newer version of the
+    /// same (publisher, name), without storing anything: a caller records a downgrade before it
+    /// takes effect.
+    pub fn check(&self, bytes: &[u8]) -> Result<Checked, StoreError> {
         let pkg = package::verify(bytes)?;
+        let downgrade_from = self
+            .names()?
+            .get(&pkg.manifest.name)
+            .filter(|cid| **cid != pkg.cid.to_string())
+            .and_then(|cid| self.by_cid(cid).ok())
+            .filter(|have| have.publisher == pkg.publisher)
+            .and_then(|have| {
+                let older = older(&pkg.manifest.version, &have.manifest.version);
+                older.then_some(have.manifest.version)
+            });
+        Ok(Checked {
+            pkg,
+            downgrade_from,
+        })
+    }
+
+    /// Stores what [`Store::check`] verified (`bytes` are the same bytes). On any failure
+    /// nothing of it is left: no package file, no partial tree.
+    pub fn add_checked(
+        &self,
+        checked: Checked,
+        bytes: &[u8],
+        allow_downgrade: bool,
+    ) -> Result<Stored, StoreError> {
+        let Checked {
+            pkg,
+            downgrade_from,
+        } = checked;
+        if let (Some(have), false) = (&downgrade_from, allow_downgrade) {
+            return Err(StoreError::Downgrade {
+                name: pkg.manifest.name.clone(),
+                publisher: pkg.publisher.clone(),
+                have: have.clone(),
+                offered: pkg.manifest.version.clone(),
+            });
+        }
         let cid = pkg.cid.to_string();
         let file = self.dir.join(format!("{cid}.capsule"));
         let root = self.dir.join(&cid);
-        if !file.exists() {
+        let wrote_file = !file.exists();
+        if wrote_file {
             write_atomic(&file, bytes, 0o444).map_err(io_err(&file))?;
         }
-        if !root.exists() {
-            let tmp = self.dir.join(format!(".{cid}.tmp{}", std::process::id()));
-            if tmp.exists() {
-                remove_tree(&tmp)?;
+        let undo = |e: StoreError| {
+            if wrote_file {
+                let _ = fs::remove_file(&file);
             }
-            pkg.extract(bytes, &tmp)?;
-            fs::rename(&tmp, &root).map_err(io_err(&root))?;
+            e
+        };
+        if !root.exists() {
+            let mut rnd = [0u8; 8];
+            getrandom::fill(&mut rnd)
+                .map_err(|e| undo(io_err(&root)(std::io::Error::other(e.to_string()))))?;
+            let tmp = self.dir.join(format!(".{cid}.tmp.{}", hex::encode(rnd)));
+            let extracted = pkg
+                .extract(bytes, &tmp)
+                .map_err(StoreError::from)
+                .and_then(|()| fs::rename(&tmp, &root).map_err(io_err(&root)));
+            if let Err(e) = extracted {
+                let _ = remove_tree(&tmp);
+                return Err(undo(e));
+            }
         }
         let mut names = self.names()?;
         if names.get(&pkg.manifest.name) != Some(&cid) {
@@ -149,7 +215,8 @@ impl Store {
         }
         let root = self.dir.join(cid);
         if !root.exists() {
-            return self.add(&bytes);
+            // Its own name already points here: re-extracting it replaces nothing.
+            return self.add(&bytes, true);
         }
         Ok(Stored {
             cid: cid.to_string(),
@@ -158,6 +225,31 @@ impl Store {
             root,
             files: hashes(&pkg),
         })
+    }
+}
+
+/// A package verified by [`Store::check`], not stored yet.
+pub struct Checked {
+    pkg: package::VerifiedPackage,
+    /// The newer version it would replace, when it would.
+    pub downgrade_from: Option<String>,
+}
+
+impl Checked {
+    pub fn manifest(&self) -> &Manifest {
+        &self.pkg.manifest
+    }
+    pub fn publisher(&self) -> &str {
+        &self.pkg.publisher
+    }
+}
+
+/// Whether version `a` is older than `b`, both read as semantic versions; versions that are not
+/// (a manifest's version is free text) have no order, and are never a downgrade.
+fn older(a: &str, b: &str) -> bool {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(a), Ok(b)) => a < b,
+        _ => false,
     }
 }
 
@@ -191,4 +283,49 @@ fn walk_dirs(path: &Path) -> Vec<PathBuf> {
         i += 1;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeKey;
+
+    fn package(version: &str, key: &NodeKey) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("capsule.toml"),
+            format!("format = 1\nname = \"app\"\nversion = \"{version}\"\ndescription = \"x\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"run\"\n"),
+        )
+        .unwrap();
+        fs::write(dir.path().join("run"), version).unwrap();
+        package::pack(dir.path(), key).unwrap().bytes
+    }
+
+    #[test]
+    fn an_older_version_of_the_same_publishers_capsule_needs_allow_downgrade() {
+        let home_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Home::at(home_dir.path().join("h"))).unwrap();
+        let (key, other) = (NodeKey::from_seed(&[1; 32]), NodeKey::from_seed(&[2; 32]));
+        let newer = store.add(&package("0.2.0", &key), false).unwrap();
+        let old = package("0.1.0", &key);
+        match store.add(&old, false) {
+            Err(StoreError::Downgrade { have, offered, .. }) => {
+                assert_eq!((have.as_str(), offered.as_str()), ("0.2.0", "0.1.0"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Refused, nothing of it was kept, and the name still means the newer one.
+        assert_eq!(store.by_name("app").unwrap().cid, newer.cid);
+        let kept = fs::read_dir(&store.dir).unwrap().count();
+        assert_eq!(kept, 3, "names.json, the newer package and its tree only");
+        assert!(store.check(&old).unwrap().downgrade_from.is_some());
+        let downgraded = store.add(&old, true).unwrap();
+        assert_eq!(store.by_name("app").unwrap().cid, downgraded.cid);
+        // Newer again, and another publisher's older one: no downgrade of this one's.
+        store.add(&package("0.3.0", &key), false).unwrap();
+        store.add(&package("0.0.1", &other), false).unwrap();
+        // Versions that are not semantic versions have no order.
+        assert!(!older("dev", "0.1.0") && !older("0.1.0", "nightly"));
+        assert!(older("0.1.0-rc.1", "0.1.0"));
+    }
 }

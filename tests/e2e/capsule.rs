@@ -174,3 +174,67 @@ fn a_manifest_of_an_unknown_format_is_refused() {
     out.code(1);
     assert!(out.stderr.contains("format"), "{out:#?}");
 }
+
+/// A script capsule `name` at `version`, in a directory of its own.
+fn versioned(node: &Node, name: &str, version: &str) -> std::path::PathBuf {
+    let dir = node.scratch().join(format!("{name}-{version}"));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::write(
+        dir.join("capsule.toml"),
+        format!("format = 1\nname = \"{name}\"\nversion = \"{version}\"\ndescription = \"test\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/run\"\n[[requests]]\nresource = \"host://libs\"\nactions = [\"read\"]\nreason = \"runs /bin/sh\"\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("bin/run"), format!("#!/bin/sh\necho {version}\n")).unwrap();
+    set_mode(&dir.join("bin/run"), 0o755);
+    dir
+}
+
+#[test]
+fn an_older_version_replaces_a_newer_one_only_with_allow_downgrade_and_is_audited() {
+    let up = crate::supervisor::Up::new();
+    let node = &up.node;
+    let run = |dir: &Path, extra: &[&str]| {
+        let mut args = vec!["run", dir.to_str().unwrap(), "--restart", "never"];
+        args.extend_from_slice(extra);
+        node.run(&args)
+    };
+    let out = run(&versioned(node, "app", "0.2.0"), &[]);
+    assert!(out.ok().contains("0.2.0"), "{out:#?}");
+    let old = versioned(node, "app", "0.1.0");
+    let out = run(&old, &[]);
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr.contains("older than the 0.2.0") && out.stderr.contains("--allow-downgrade"),
+        "{out:#?}"
+    );
+    let audit = node.run(&["audit", "--json"]).ok().to_string();
+    assert!(audit.contains("package.refused"), "{audit}");
+    assert!(!audit.contains("package.downgrade"), "{audit}");
+    let out = run(&old, &["--allow-downgrade"]);
+    assert!(out.ok().contains("0.1.0"), "{out:#?}");
+    let audit = node.run(&["audit", "--json"]).ok().to_string();
+    assert!(
+        audit.contains("package.downgrade") && audit.contains("replaces 0.2.0"),
+        "{audit}"
+    );
+    // Each `run DIR` packed a temporary package for the supervisor; none is left.
+    let tmp = node.home().join("tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_capsule_cannot_take_the_nodes_own_names() {
+    let up = crate::supervisor::Up::new();
+    for name in ["supervisor", "elastos"] {
+        let dir = versioned(&up.node, name, "0.1.0");
+        let out = up.node.run(&["run", dir.to_str().unwrap()]);
+        assert_ne!(out.code, 0, "{out:#?}");
+        assert!(out.stderr.contains("reserved"), "{out:#?}");
+        // Nor under --name.
+        let dir = versioned(&up.node, "plain", "0.1.0");
+        let out = up.node.run(&["run", dir.to_str().unwrap(), "--name", name]);
+        assert_ne!(out.code, 0, "{out:#?}");
+        assert!(out.stderr.contains("reserved"), "{out:#?}");
+    }
+}

@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// native or wasm: which of the manifest's entrypoints to run (default: its `substrate`).
     #[arg(long)]
     substrate: Option<String>,
+    /// Run it even if it is older than the version of it stored from the same publisher
+    /// (recorded in the audit log as `package.downgrade`).
+    #[arg(long)]
+    allow_downgrade: bool,
     /// Arguments for the capsule, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -96,18 +100,34 @@ fn check(r: Response) -> anyhow::Result<Response> {
     }
 }
 
+/// A file removed when this goes out of scope.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let home = Home::from_env()?;
     let path = PathBuf::from(&a.what);
+    // A directory's package is written for the supervisor to read, and removed once it has
+    // answered (it stored its own copy), whatever the answer.
+    let mut packed_file = None;
     let source = if path.is_dir() {
         // The development loop: pack and sign with the development key, never the node's.
         let key = crate::daemon::dev_key(&home)?;
         let packed = elastos::package::pack(&path, &key)
             .with_context(|| format!("packing {}", path.display()))?;
         let tmp = home.ensure_dir("tmp")?;
-        let out = tmp.join(format!("{}.capsule", packed.cid));
-        std::fs::write(&out, &packed.bytes)
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+        let out = tmp.join(format!("{}.{}.capsule", packed.cid, hex::encode(rnd)));
+        let file = TempFile(out.clone());
+        elastos::fsutil::write_atomic(&out, &packed.bytes, 0o600)
             .with_context(|| format!("writing {}", out.display()))?;
+        packed_file = Some(file);
         RunSource::Package(out)
     } else if path.is_file() {
         RunSource::Package(path.canonicalize()?)
@@ -126,7 +146,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         interactive: a.interactive,
         restart: a.restart,
         substrate: a.substrate,
+        allow_downgrade: a.allow_downgrade,
     }))?)?;
+    drop(packed_file);
     let name = r.data["name"].as_str().unwrap_or("?").to_string();
     if !attach {
         println!("{name} {}", r.data["cid"].as_str().unwrap_or("?"));

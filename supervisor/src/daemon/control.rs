@@ -547,13 +547,43 @@ async fn delegate(shared: &Arc<Shared>, p: elastos::control::DelegateParams) -> 
     }
 }
 
-/// Verifies and stores the package named by a run request or a config entry.
-fn resolve(shared: &Shared, source: &RunSource) -> Result<Stored, String> {
+/// Verifies and stores the package named by a run request or a config entry. A downgrade (an
+/// older version of a capsule stored from the same publisher) needs `allow_downgrade`, and
+/// takes effect only once its record is durable.
+async fn resolve(
+    shared: &Shared,
+    source: &RunSource,
+    allow_downgrade: bool,
+) -> Result<Stored, String> {
     match source {
         RunSource::Package(path) => {
             let bytes =
                 std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            shared.store.add(&bytes).map_err(|e| e.to_string())
+            let checked = shared.store.check(&bytes).map_err(|e| e.to_string())?;
+            if let (Some(have), true) = (&checked.downgrade_from, allow_downgrade) {
+                let m = checked.manifest();
+                let audited = shared
+                    .audit_sync(
+                        "supervisor",
+                        "package.downgrade",
+                        &m.name,
+                        Decision::Allowed,
+                        &format!(
+                            "{} of {} replaces {have} (--allow-downgrade)",
+                            m.version,
+                            checked.publisher()
+                        ),
+                        None,
+                    )
+                    .await;
+                if !audited {
+                    return Err("audit unavailable: the downgrade could not be recorded, so it was not made; retry when the audit log is writable".into());
+                }
+            }
+            shared
+                .store
+                .add_checked(checked, &bytes, allow_downgrade)
+                .map_err(|e| e.to_string())
         }
         RunSource::Stored(name) => shared.store.by_name(name).map_err(|e| e.to_string()),
     }
@@ -582,7 +612,7 @@ pub async fn start_default(
     } else {
         RunSource::Stored(source.to_string())
     };
-    let stored = match resolve(shared, &src) {
+    let stored = match resolve(shared, &src, false).await {
         Ok(s) => s,
         Err(e) => {
             refused(shared, source, &e).await;
@@ -617,7 +647,7 @@ async fn run_request(
         RunSource::Package(p) => p.display().to_string(),
         RunSource::Stored(n) => n.clone(),
     };
-    let mut stored = match resolve(&shared, &run.source) {
+    let mut stored = match resolve(&shared, &run.source, run.allow_downgrade).await {
         Ok(s) => s,
         Err(e) => {
             refused(&shared, &what, &e).await;

@@ -198,7 +198,7 @@ impl Root {
             .name
             .clone()
             .unwrap_or_else(|| spec.stored.manifest.name.clone());
-        elastos_schema::manifest::validate_name(&name)?;
+        elastos_schema::manifest::validate_capsule_name(&name)?;
         if let Some(old) = st.children.get(&name) {
             let live = match old.call(capsule::Msg::Info, Some(INFO_TIMEOUT)).await {
                 Ok(ractor::rpc::CallResult::Success(info)) => info.state.is_live(),
