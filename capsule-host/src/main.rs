@@ -262,6 +262,22 @@ fn end_at_first_panic() {
     }));
 }
 
+/// The interpreter a script at `prog` names on its `#!` line, when the script itself exists.
+fn missing_interpreter(prog: &std::ffi::CStr) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(prog.to_bytes()));
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|b| *b == b'\n').next()?;
+    let interp = String::from_utf8_lossy(line)
+        .split_whitespace()
+        .next()?
+        .to_string();
+    Some(interp)
+}
+
 /// capsule-host's exit status after a panic of its own (never the guest's).
 const EXIT_PANIC: i32 = 125;
 
@@ -637,7 +653,14 @@ fn main() {
             nix::errno::Errno::EACCES | nix::errno::Errno::ENOEXEC => 126,
             _ => 125,
         };
-        eprintln!("capsule-host: cannot run {}: {err}", entry.display());
+        match (err, missing_interpreter(&prog)) {
+            // The script is there; what is missing is the program on its `#!` line.
+            (nix::errno::Errno::ENOENT, Some(interp)) => eprintln!(
+                "capsule-host: cannot run {}: its interpreter {interp} (on its #! line) is not in the capsule's root; a script needs the host's programs and libraries: add [[requests]] resource = \"host://libs\", actions = [\"read\"], reason = \"...\" to its capsule.toml",
+                entry.display()
+            ),
+            _ => eprintln!("capsule-host: cannot run {}: {err}", entry.display()),
+        }
         std::process::exit(code);
     };
     if isolation == "pid-namespace" {

@@ -203,8 +203,21 @@ fn a_capsule_that_crashes_at_once_is_stopped_by_the_restart_intensity() {
     let up = Up::new();
     let good = script_capsule(&up.node, "steady", "while true; do sleep 1; done");
     let bad = script_capsule(&up.node, "crasher", "echo dying >&2; exit 3");
-    up.node.run(&["run", "-d", path(&good)]).ok();
-    up.node.run(&["run", "-d", path(&bad)]).ok();
+    // A script never says hello on its socket: after the wait, `run -d` says so, and succeeds.
+    let out = up.node.run(&["run", "-d", path(&good)]);
+    out.ok();
+    assert!(out.stderr.contains("has not said hello"), "{out:#?}");
+    // `run -d` waits for its hello or its end: an exit before the hello is a failed start.
+    let out = up.node.run(&["run", "-d", path(&bad)]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr.contains("did not start")
+            && out
+                .stderr
+                .contains("exited with code 3 before it said hello")
+            && out.stderr.contains("elastos logs crasher"),
+        "{out:#?}"
+    );
     wait_until("crasher failed", Duration::from_secs(30), || {
         up.capsule("crasher")["state"] == "failed"
     });
@@ -534,4 +547,35 @@ fn a_capsule_flooding_the_audit_log_is_answered_busy_past_its_budget() {
     // The supervisor and the log are fine.
     up.node.run(&["status"]).ok();
     up.node.run(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn a_script_without_its_interpreter_is_told_how_to_ask_for_it() {
+    let up = Up::new();
+    let dir = script_capsule(&up.node, "nolibs", "echo never");
+    // The same script, without its request for the host's programs and libraries.
+    let manifest = dir.join("capsule.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let cut = text.find("[[requests]]").unwrap();
+    std::fs::write(&manifest, &text[..cut]).unwrap();
+    let out = up.node.run(&["run", path(&dir), "--restart", "never"]);
+    assert_eq!(out.code, 127, "{out:#?}");
+    let said = format!("{}{}", out.stderr, up.node.run(&["logs", "nolibs"]).stdout);
+    assert!(
+        said.contains("its interpreter /bin/sh") && said.contains("host://libs"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_bad_since_is_a_usage_error_in_every_command() {
+    let up = Up::new();
+    for cmd in [
+        &["logs", "x", "--since", "yesterday-ish"][..],
+        &["audit", "--since", "soon"],
+    ] {
+        let out = up.node.run(cmd);
+        assert_eq!(out.code, 2, "{cmd:?}: {out:#?}");
+        assert!(out.stderr.contains("RFC 3339"), "{out:#?}");
+    }
 }

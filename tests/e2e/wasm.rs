@@ -145,9 +145,10 @@ fn a_memory_hog_and_a_spinning_guest_are_stopped_by_their_limits_while_echo_serv
     let hog = wat_capsule(&up.node, "hog", "hog.wat", "memory = 16777216");
     let spin = wat_capsule(&up.node, "spin", "spin.wat", "call_budget_ms = 200");
     for (dir, name) in [(&hog, "hog"), (&spin, "spin")] {
-        up.node
-            .run(&["run", "-d", path(dir), "--restart", "never"])
-            .ok();
+        // Stopped before any hello: `run -d` says it did not start.
+        let out = up.node.run(&["run", "-d", path(dir), "--restart", "never"]);
+        assert_eq!(out.code, 1, "{out:#?}");
+        assert!(out.stderr.contains("did not start"), "{out:#?}");
         wait_until(&format!("{name} stopped"), Duration::from_secs(60), || {
             up.capsule(name)["state"] == "exited"
         });

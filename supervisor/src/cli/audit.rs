@@ -26,7 +26,7 @@ pub struct AuditArgs {
     #[arg(long, value_name = "NAME")]
     capsule: Option<String>,
     /// Only records at or after this time: RFC 3339, or an age such as 10m or 2h.
-    #[arg(long, value_name = "T", value_parser = parse_since)]
+    #[arg(long, value_name = "T", value_parser = super::parse_since)]
     since: Option<SystemTime>,
     #[command(subcommand)]
     command: Option<AuditCommand>,
@@ -56,17 +56,6 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn parse_since(s: &str) -> Result<SystemTime, String> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t);
-    }
-    let age = humantime::parse_duration(s)
-        .map_err(|_| format!("`{s}` is neither an RFC 3339 time nor an age like 10m"))?;
-    SystemTime::now()
-        .checked_sub(age)
-        .ok_or_else(|| format!("`{s}` reaches before the epoch"))
 }
 
 /// The actor name of the person at the command line.

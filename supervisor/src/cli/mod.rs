@@ -208,6 +208,19 @@ fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `--since T`, in every command that takes it: an RFC 3339 time, or an age such as `10m`. A
+/// clap value parser, so a bad one is a usage error (exit 2) everywhere.
+pub fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let age = humantime::parse_duration(s)
+        .map_err(|_| format!("`{s}` is neither an RFC 3339 time nor an age like 10m"))?;
+    std::time::SystemTime::now()
+        .checked_sub(age)
+        .ok_or_else(|| format!("`{s}` reaches before the epoch"))
+}
+
 fn print_version() -> anyhow::Result<ExitCode> {
     println!("elastos {}", env!("CARGO_PKG_VERSION"));
     // Read-only: --version never creates a key or the home directory.

@@ -21,7 +21,9 @@ pub struct RunArgs {
     /// A capsule directory (packed and signed with the development key), a package file, or the
     /// name of a capsule already in the store.
     what: String,
-    /// Detach: start it and return; without -d, stream its output and exit with its code.
+    /// Detach: start it and return once it has said hello on its socket (exit 0), failed
+    /// before that (exit 1, with the reason), or had 5 s for either (exit 0, saying it has not
+    /// said hello yet); without -d, stream its output and exit with its code.
     #[arg(short = 'd', long)]
     detach: bool,
     /// Forward this terminal's stdin to the capsule.
@@ -83,8 +85,8 @@ pub struct LogsArgs {
     #[arg(short = 'n', long)]
     lines: Option<usize>,
     /// Only lines at or after this time: RFC 3339, or an age such as 10m.
-    #[arg(long)]
-    since: Option<String>,
+    #[arg(long, value_name = "T", value_parser = super::parse_since)]
+    since: Option<SystemTime>,
 }
 
 /// A failed answer becomes the CLI's error, with the exit code the supervisor chose.
@@ -152,6 +154,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let name = r.data["name"].as_str().unwrap_or("?").to_string();
     if !attach {
         println!("{name} {}", r.data["cid"].as_str().unwrap_or("?"));
+        if r.data["ready"] == false {
+            eprintln!(
+                "{name} has not said hello on its socket after {} s: it is still starting, or never speaks on it (see `elastos logs {name}`)",
+                crate::daemon::control::START_WAIT.as_secs()
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     // Ctrl-C and SIGTERM go to the capsule, not to this process: block them here and wait for
@@ -321,16 +329,6 @@ pub fn simple(op: &str, a: NameArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_since(s: &str) -> anyhow::Result<SystemTime> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t);
-    }
-    let age = humantime::parse_duration(s).map_err(|_| {
-        anyhow::anyhow!("--since {s}: neither an RFC 3339 time nor an age like 10m")
-    })?;
-    Ok(SystemTime::now() - age)
-}
-
 pub fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
     let home = Home::from_env()?;
     elastos_schema::manifest::validate_name(&a.name)
@@ -344,7 +342,7 @@ pub fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    let since = a.since.as_deref().map(parse_since).transpose()?;
+    let since = a.since;
     let keep = |line: &str| match since {
         None => true,
         Some(t) => line

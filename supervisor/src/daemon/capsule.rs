@@ -89,6 +89,32 @@ pub struct Info {
     pub stopped_by: Option<String>,
 }
 
+/// How a capsule's first run went, for a detached `elastos run` waiting to say so.
+#[derive(Debug)]
+pub enum StartOutcome {
+    /// Its hello arrived.
+    Hello,
+    /// It could not start, or its process ended before its hello: why.
+    Failed(String),
+}
+
+/// Told once, by whichever comes first: the hello (on its connection) or the end of the run.
+#[derive(Clone, Default)]
+pub struct StartWatch(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<StartOutcome>>>>);
+
+impl StartWatch {
+    pub fn new() -> (StartWatch, tokio::sync::oneshot::Receiver<StartOutcome>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (StartWatch(Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    pub fn tell(&self, outcome: StartOutcome) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
 pub struct Spec {
     pub name: String,
     pub stored: Stored,
@@ -101,6 +127,8 @@ pub struct Spec {
     /// `elastos run -i`: the operator's input; taken by the first start (a foreground run
     /// never restarts).
     pub stdin: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    /// A detached `elastos run` waiting for its first run's hello or end.
+    pub watch: StartWatch,
 }
 
 pub enum Msg {
@@ -526,6 +554,7 @@ impl CapsuleActor {
                         let ready = conn::Ready {
                             since: spawn_began,
                             log: log.clone(),
+                            watch: st.spec.watch.clone(),
                         };
                         tokio::spawn(async move {
                             let why = conn::serve(shared, peer, stream, ready).await;
@@ -626,6 +655,7 @@ impl CapsuleActor {
     async fn fail(&self, st: &mut CapsuleState, why: &str) {
         st.state = State::Failed;
         st.log.event(why);
+        st.spec.watch.tell(StartOutcome::Failed(why.to_string()));
         if let Some(tx) = &st.spec.attach {
             let _ = tx.send(Event::Stderr {
                 data: format!("elastos: {why}"),
@@ -646,6 +676,10 @@ impl CapsuleActor {
 
     async fn exited(&self, myself: &ActorRef<Msg>, st: &mut CapsuleState, code: i32) {
         st.log.event(&format!("exited with code {code}"));
+        // Before its hello, an exit is a failed start, whatever its restart policy does next.
+        st.spec.watch.tell(StartOutcome::Failed(format!(
+            "it exited with code {code} before it said hello on its socket"
+        )));
         self.shared.set_live(&st.spec.name, None);
         // Its run directory goes with it (a restart makes a fresh one).
         if let Err(e) = remove_tmp(&self.shared, &st.spec.name) {

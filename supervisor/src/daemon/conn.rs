@@ -236,6 +236,8 @@ pub struct Route {
 pub struct Ready {
     pub since: Instant,
     pub log: Arc<super::logs::CapsuleLog>,
+    /// A detached `elastos run` waiting for the hello.
+    pub watch: super::capsule::StartWatch,
 }
 
 /// Serves one capsule socket until it closes. Returns the reason it ended.
@@ -406,6 +408,7 @@ async fn read_loop(
                         "ready on its socket {:.2} ms after spawn",
                         ready.since.elapsed().as_secs_f64() * 1000.0
                     ));
+                    ready.watch.tell(super::capsule::StartOutcome::Hello);
                 }
                 Parsed::Hello(v) => {
                     let why = format!(

@@ -626,6 +626,7 @@ pub async fn start_default(
         restart: RestartPolicy::Always,
         attach: None,
         stdin: None,
+        watch: Default::default(),
     };
     match root
         .call(|p| RootMsg::Run(Box::new(spec), p), Some(CALL_TIMEOUT))
@@ -635,6 +636,9 @@ pub async fn start_default(
         _ => Err("the supervisor did not answer".into()),
     }
 }
+
+/// How long a detached `elastos run` waits for the capsule's hello or failure.
+pub const START_WAIT: Duration = Duration::from_secs(5);
 
 async fn run_request(
     run: RunRequest,
@@ -687,6 +691,7 @@ async fn run_request(
         None => RestartPolicy::OnFailure,
     };
     let (tx, mut events) = mpsc::unbounded_channel();
+    let (watch, started) = super::capsule::StartWatch::new();
     let cid = stored.cid.clone();
     let (mut stdin_tx, stdin_rx) = if run.attach && run.interactive {
         let (t, r) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -701,6 +706,7 @@ async fn run_request(
         restart,
         attach: run.attach.then_some(tx),
         stdin: stdin_rx,
+        watch,
     };
     let name = match root
         .call(|p| RootMsg::Run(Box::new(spec), p), Some(CALL_TIMEOUT))
@@ -712,10 +718,21 @@ async fn run_request(
         }
         _ => return write_line(&mut wr, &Response::err("the supervisor did not answer")).await,
     };
-    write_line(&mut wr, &Response::ok(json!({"name": name, "cid": cid}))).await?;
     if !run.attach {
-        return Ok(());
+        // Detached: answered once it has said hello, failed, or had `START_WAIT` for either.
+        let answer = match tokio::time::timeout(START_WAIT, started).await {
+            Ok(Ok(super::capsule::StartOutcome::Hello)) => {
+                Response::ok(json!({"name": name, "cid": cid, "ready": true}))
+            }
+            Ok(Ok(super::capsule::StartOutcome::Failed(why))) => Response::err(format!(
+                "`{name}` did not start: {why}; see `elastos logs {name}`"
+            )),
+            // Still starting (or a capsule that never speaks on its socket).
+            Ok(Err(_)) | Err(_) => Response::ok(json!({"name": name, "cid": cid, "ready": false})),
+        };
+        return write_line(&mut wr, &answer).await;
     }
+    write_line(&mut wr, &Response::ok(json!({"name": name, "cid": cid}))).await?;
     // Attached: stream events; signals from the operator's terminal come back on this socket.
     let mut line = String::new();
     loop {

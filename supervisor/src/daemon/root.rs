@@ -27,6 +27,8 @@ pub struct RunSpec {
     pub attach: Option<mpsc::UnboundedSender<Event>>,
     /// `elastos run -i`: what the operator types, for the capsule's stdin; closed at EOF.
     pub stdin: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    /// Told of its first run's hello or end (`elastos run -d` waits for it).
+    pub watch: super::capsule::StartWatch,
 }
 
 type Reply<T> = RpcReplyPort<Result<T, String>>;
@@ -228,6 +230,7 @@ impl Root {
             restart: spec.restart,
             attach: spec.attach,
             stdin: spec.stdin,
+            watch: spec.watch,
         };
         let actor = CapsuleActor {
             shared: self.shared.clone(),
