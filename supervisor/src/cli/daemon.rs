@@ -60,9 +60,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Ok(mut c) = Client::connect(&home) {
-        let r = c.request(&Request::Status)?;
-        println!("already running (pid {})", r.data["pid"]);
-        return Ok(ExitCode::SUCCESS);
+        // A socket that takes the connection but drops it is a supervisor still on its way
+        // out (killed: its last threads hold the socket a moment longer than its main thread
+        // shows alive). Then a new one is started; the home's lock keeps out a second live one.
+        if let Ok(r) = c.request(&Request::Status) {
+            println!("already running (pid {})", r.data["pid"]);
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     home.ensure()?;
     let logs = home.ensure_dir("logs")?;
