@@ -121,6 +121,8 @@ impl FsRules {
 
 /// What to apply, prepared before the fork (preparing allocates; applying does not).
 pub struct Plan {
+    /// The Landlock ABI this kernel offers (`None`: none, and applying Landlock fails).
+    pub landlock_abi: Option<i32>,
     pub rlimits: Vec<(Resource, u64)>,
     /// `None` keeps the invoking user's uid (never root's: a root supervisor always gives each
     /// capsule one of its own).
@@ -228,6 +230,7 @@ impl Plan {
         }
         let seccomp = crate::seccomp::compile(policy, allowed).map_err(|e| e.to_string())?;
         Ok(Plan {
+            landlock_abi: landlock_abi(),
             rlimits,
             identity,
             fs,
@@ -262,7 +265,7 @@ impl Plan {
             out.push(format!("uid({})", id.host_uid));
         }
         out.push("no-new-privs".into());
-        out.push("landlock".into());
+        out.push(landlock_label(self.landlock_abi));
         if self.host_libs {
             out.push("host-libs".into());
         }
@@ -414,6 +417,37 @@ impl Kernel {
             landlock_fd: lowest.filter(|&fd| is_landlock_ruleset(fd)),
             setgroups_denied: false,
         })
+    }
+}
+
+/// The Landlock ABI version the kernel offers, if any.
+pub fn landlock_abi() -> Option<i32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: nix::libc::c_uint = 1;
+    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag only
+    // returns the ABI version (or an error); it reads no memory and creates no descriptor.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    i32::try_from(r).ok().filter(|v| *v > 0)
+}
+
+/// The Landlock layer as `ps` shows it: the ABI, and each right asked for that it lacks.
+pub fn landlock_label(abi: Option<i32>) -> String {
+    match abi {
+        None => "landlock".into(),
+        Some(a) => {
+            let missing = elastos_schema::landlock::missing_rights(a);
+            if missing.is_empty() {
+                format!("landlock(abi={a})")
+            } else {
+                format!("landlock(abi={a},missing={})", missing.join("+"))
+            }
+        }
     }
 }
 
@@ -757,6 +791,18 @@ mod tests {
     }
 
     #[test]
+    fn the_landlock_layer_names_its_abi_and_what_it_lacks() {
+        assert_eq!(landlock_label(Some(6)), "landlock(abi=6)");
+        assert_eq!(landlock_label(Some(7)), "landlock(abi=7)");
+        assert_eq!(
+            landlock_label(Some(4)),
+            "landlock(abi=4,missing=ioctl-dev+scope-signal+scope-abstract-unix)"
+        );
+        // This project's machines offer Landlock (see `elastos doctor`).
+        assert!(landlock_abi().is_some_and(|a| a >= 1));
+    }
+
+    #[test]
     fn layers_name_only_what_the_plan_enforces() {
         let p = Plan::native(
             &Limits::default(),
@@ -771,7 +817,7 @@ mod tests {
             [
                 "rlimits(core,fsize,memlock,msgqueue,nice,nofile,rtprio,rttime)",
                 "no-new-privs",
-                "landlock",
+                &landlock_label(landlock_abi()),
                 "seccomp"
             ]
         );

@@ -262,6 +262,15 @@ fn end_at_first_panic() {
     }));
 }
 
+/// Whether the capsule needs Landlock's scoping (of signals and abstract Unix sockets) and this
+/// kernel (`abi`) lacks it. Its own network and PID namespaces otherwise keep it from the
+/// host's abstract sockets (they belong to a network namespace) and processes; with the host's
+/// network, or without a PID namespace, only the scoping does.
+fn scope_needed(abi: Option<i32>, host_net: bool, pid_namespace: bool) -> bool {
+    let scoped = abi.is_some_and(elastos_schema::landlock::scopes);
+    !scoped && (host_net || !pid_namespace)
+}
+
 /// The interpreter a script at `prog` names on its `#!` line, when the script itself exists.
 fn missing_interpreter(prog: &std::ffi::CStr) -> Option<String> {
     use std::io::Read;
@@ -557,6 +566,11 @@ fn main() {
             "cgroups",
             cgroups.is_none(),
             "no cgroup memory and pids controllers for this user: only rlimits cap it",
+        ),
+        (
+            "landlock-scope",
+            scope_needed(plan.landlock_abi, host_net, isolation == "pid-namespace"),
+            "this kernel's Landlock cannot scope signals and abstract Unix sockets to the capsule (ABI 6 can): with the host's network, or without a PID namespace, it could reach the host's abstract sockets (D-Bus, X11, ...) or signal its processes",
         ),
     ]
     .into_iter()
@@ -1192,6 +1206,18 @@ fn kill_descendants() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn landlocks_scoping_is_needed_only_where_namespaces_do_not_stand_in() {
+        use super::scope_needed;
+        // A kernel that scopes: never.
+        assert!(!scope_needed(Some(6), true, false));
+        // One that does not: with the host's network, or without a PID namespace.
+        assert!(scope_needed(Some(5), true, true));
+        assert!(scope_needed(Some(4), false, false));
+        assert!(!scope_needed(Some(5), false, true));
+        assert!(scope_needed(None, true, true));
+    }
+
     /// Run by `a_panic_ends_capsule_host_at_once_without_unwinding` in a process of its own.
     #[test]
     #[ignore = "a helper process of a_panic_ends_capsule_host_at_once_without_unwinding"]

@@ -181,6 +181,51 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const AT_RECURSIVE: nix::libc::c_uint = 0x8000;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets `attrs` on the mount at `at` and every mount below it (mount_setattr with
+/// AT_RECURSIVE, Linux 5.12).
+fn set_recursively(at: &Path, attrs: u64) -> Result<(), nix::errno::Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let path =
+        std::ffi::CString::new(at.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes of `attr` and the NUL-ended
+    // `path`, both alive for the call; it writes no memory of this process.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_mount_setattr,
+            nix::libc::AT_FDCWD,
+            path.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
 /// Builds the root in `new_root` (an empty directory), pivots into it, detaches the old one and
 /// changes to `/capsule`. In a private mount namespace, as root (inside it).
 pub fn apply(new_root: &Path, ops: &[Op]) -> Result<(), String> {
@@ -251,6 +296,17 @@ pub fn apply(new_root: &Path, ops: &[Op]) -> Result<(), String> {
                 }
                 mount(none, &at, none, flags, none)
                     .map_err(|e| err(&format!("remounting {target}"), e))?;
+                // A remount changes the bind's top mount only: a mount below it in the source
+                // tree would stay writable. Read-only (and the rest) for every one of them.
+                if *read_only {
+                    let mut attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+                    if !exec {
+                        attrs |= MOUNT_ATTR_NOEXEC;
+                    }
+                    set_recursively(&at, attrs).map_err(|e| {
+                        err(&format!("making every mount under /{target} read-only"), e)
+                    })?;
+                }
             }
         }
     }

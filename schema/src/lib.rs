@@ -28,6 +28,7 @@ pub mod wire_capnp {
     include!(concat!(env!("OUT_DIR"), "/wire_capnp.rs"));
 }
 
+pub mod landlock;
 pub mod manifest;
 pub mod wasm_abi;
 pub mod wire;

@@ -26,7 +26,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ConfinementConfig {
     /// Layers capsules may run without when the machine cannot provide them:
-    /// `user-namespace`, `namespaces`, `private-root`, `uid`, `cgroups`, `storage-quota`.
+    /// `user-namespace`, `namespaces`, `uid`, `cgroups`, `storage-quota`, `landlock-scope`.
+    /// Never `private-root`: see [`NEVER_WITHOUT`].
     #[serde(default)]
     pub allow_without: Vec<String>,
 }
@@ -35,10 +36,20 @@ pub struct ConfinementConfig {
 pub const OPTIONAL_LAYERS: [&str; 6] = [
     "user-namespace",
     "namespaces",
-    "private-root",
     "uid",
     "cgroups",
     "storage-quota",
+    "landlock-scope",
+];
+
+/// Layers no configuration may waive, each with why.
+pub const NEVER_WITHOUT: [(&str, &str); 3] = [
+    (
+        "private-root",
+        "without a private root a capsule of a supervisor run by a normal user keeps the operator's uid and sees the host's tree, the session bus's socket among it; run where user namespaces are allowed, or as root",
+    ),
+    ("landlock", "it is the file system's and the network's only fence inside the capsule"),
+    ("seccomp", "it keeps the kernel's riskiest calls out of reach"),
 ];
 
 /// How the supervisor runs capsules.
@@ -182,6 +193,16 @@ impl Config {
                 known: elastos_schema::versions::STATE,
             });
         }
+        for named in &cfg.confinement.allow_without {
+            if let Some((layer, why)) = NEVER_WITHOUT.iter().find(|(l, _)| l == named) {
+                return Err(ConfigError::Invalid {
+                    path,
+                    why: format!(
+                        "[confinement] allow_without: `{layer}` can never be left out: {why}"
+                    ),
+                });
+            }
+        }
         if let Some(bad) = cfg
             .confinement
             .allow_without
@@ -238,10 +259,10 @@ mod tests {
         let all = [
             "user-namespace",
             "namespaces",
-            "private-root",
             "uid",
             "cgroups",
             "storage-quota",
+            "landlock-scope",
         ];
         std::fs::write(
             home.config_file(),
@@ -252,16 +273,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(Config::load(&home).unwrap().confinement.allow_without, all);
-        // Landlock and seccomp can never be left out.
+        // The private root, Landlock and seccomp can never be left out, each refused with why.
+        for (layer, why) in [
+            ("seccomp", "riskiest calls"),
+            ("landlock", "only fence"),
+            ("private-root", "keeps the operator's uid"),
+        ] {
+            std::fs::write(
+                home.config_file(),
+                format!("format = 1\n[confinement]\nallow_without = [\"{layer}\"]\n"),
+            )
+            .unwrap();
+            let err = Config::load(&home).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("`{layer}` can never be left out")) && err.contains(why),
+                "{err}"
+            );
+        }
         std::fs::write(
             home.config_file(),
-            "format = 1\n[confinement]\nallow_without = [\"seccomp\"]\n",
+            "format = 1\n[confinement]\nallow_without = [\"firewall\"]\n",
         )
         .unwrap();
         let err = Config::load(&home).unwrap_err().to_string();
-        assert!(
-            err.contains("`seccomp` is not a layer that may be left out"),
-            "{err}"
-        );
+        assert!(err.contains("`firewall` is not a layer"), "{err}");
     }
 }

@@ -127,7 +127,17 @@ fn landlock_verdict(abi: Result<i64, i32>) -> Feature {
                 v if v >= 4 => "file system and TCP bind/connect (no signal or socket scoping)",
                 _ => "file system only (no network rules)",
             };
-            feature("landlock", true, true, format!("ABI {v}: {scope}"), "")
+            let missing =
+                elastos_schema::landlock::missing_rights(i32::try_from(v).unwrap_or(i32::MAX));
+            let detail = if missing.is_empty() {
+                format!("ABI {v}: {scope}")
+            } else {
+                format!(
+                    "ABI {v}: {scope}; lacks {} (a capsule granted host://net, or without a PID namespace, then needs allow_without = [\"landlock-scope\"])",
+                    missing.join(", ")
+                )
+            };
+            feature("landlock", true, true, detail, "")
         }
         Err(e) => feature(
             "landlock",
@@ -692,8 +702,15 @@ mod tests {
     fn landlock_abi_levels_name_what_they_cover() {
         let f = landlock_verdict(Ok(7));
         assert!(f.ok && f.required && f.detail.contains("scoping"), "{f:?}");
+        assert!(!f.detail.contains("lacks"), "{f:?}");
         let f = landlock_verdict(Ok(3));
         assert!(f.ok && f.detail.contains("file system only"), "{f:?}");
+        assert!(
+            f.detail
+                .contains("lacks tcp, ioctl-dev, scope-signal, scope-abstract-unix")
+                && f.detail.contains("landlock-scope"),
+            "{f:?}"
+        );
         let f = landlock_verdict(Err(nix::libc::ENOSYS));
         assert!(!f.ok && f.required && !f.fix.is_empty(), "{f:?}");
     }

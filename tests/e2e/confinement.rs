@@ -525,9 +525,16 @@ fn ps_shows_the_layers_in_force() {
             "{layers:?}"
         );
     }
-    for want in ["no-new-privs", "landlock", "host-libs", "seccomp"] {
+    for want in ["no-new-privs", "host-libs", "seccomp"] {
         assert!(layers.contains(&want), "{want} missing: {layers:?}");
     }
+    // Landlock names its ABI; this machine's lacks nothing confinement asks for.
+    assert!(
+        layers
+            .iter()
+            .any(|l| l.starts_with("landlock(abi=") && !l.contains("missing")),
+        "{layers:?}"
+    );
     assert!(
         layers
             .iter()
@@ -910,7 +917,6 @@ fn a_supervisor_run_by_a_normal_user_confines_capsules_in_a_user_namespace() {
     for want in [
         "namespaces(user,pid,net,ipc,uts,mnt,cgroup)",
         "private-root",
-        "landlock",
         "seccomp",
         "WITHOUT-uid",
         "WITHOUT-cgroups",
@@ -999,4 +1005,67 @@ fn a_capsules_child_killed_by_seccomp_or_for_memory_is_audited_and_the_capsule_g
     // The capsule itself was neither: it still runs.
     assert_eq!(up.capsule("parent")["state"], "running");
     up.node.run(&["audit", "verify"]).ok();
+}
+
+/// The mount options of the mount at `point` as process `pid` sees its mounts.
+fn mount_options(pid: &str, point: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(point))
+        .and_then(|l| l.split(' ').nth(5).map(str::to_string))
+}
+
+/// The package is bound read-only into the capsule's root with everything mounted below it;
+/// each of those mounts is read-only too, not only the top one (the mount layer on its own:
+/// Landlock would refuse the write as well).
+#[test]
+fn a_mount_inside_a_read_only_tree_is_read_only_in_the_capsule() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root, as CI has: it mounts a file system inside the store"
+    );
+    let up = Up::new();
+    let dir = script_capsule(&up.node, "layered", "while true; do sleep 1; done");
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/keep"), b"").unwrap();
+    let out = up.node.run(&["run", "-d", path(&dir)]);
+    let cid = out.ok().split_whitespace().nth(1).unwrap().to_string();
+    up.node.run(&["stop", "layered"]).ok();
+    // A mount below the package's tree, writable on the host.
+    let sub = up.node.home().join("store").join(&cid).join("sub");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(sub.clone());
+    up.node.run(&["start", "layered"]).ok();
+    wait_until("layered running", Duration::from_secs(10), || {
+        up.capsule("layered")["state"] == "running"
+    });
+    let host = up.capsule("layered")["pid"].as_u64().unwrap().to_string();
+    let capsule = child_of(&child_of(&host));
+    let top = mount_options(&capsule, "/capsule").expect("/capsule in its mounts");
+    assert!(top.starts_with("ro,"), "{top}");
+    let below = mount_options(&capsule, "/capsule/sub").expect("/capsule/sub in its mounts");
+    assert!(
+        below.starts_with("ro,"),
+        "the mount below the package is writable: {below}"
+    );
+    assert!(
+        below.contains("nosuid") && below.contains("nodev"),
+        "{below}"
+    );
+    up.node.run(&["stop", "layered"]).ok();
 }
