@@ -175,8 +175,28 @@ impl Plan {
         )
     }
 
-    /// A WASM capsule's host (or the compile process): the same steps, the WASM host's seccomp
-    /// list (no exec, no new processes; see `seccomp::WASM`).
+    /// The compile process: the WASM host's steps and policy, and no signals to anyone
+    /// (`seccomp::COMPILE_REFUSED`).
+    pub fn compiler(
+        limits: &Limits,
+        identity: Option<Identity>,
+        data_limit: Option<u64>,
+    ) -> Result<Plan, String> {
+        let policy = crate::seccomp::wasm();
+        let allowed = crate::seccomp::compile_allowed();
+        Plan::with_policy(
+            limits,
+            identity,
+            data_limit,
+            FsRules::none(),
+            false,
+            &policy,
+            &allowed,
+        )
+    }
+
+    /// A WASM capsule's host: the same steps, the WASM host's seccomp list (no exec, no new
+    /// processes; see `seccomp::WASM`).
     pub fn wasm(
         limits: &Limits,
         identity: Option<Identity>,

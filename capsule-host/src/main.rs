@@ -930,40 +930,76 @@ fn report_limit(wasm: bool, code: i32) {
 
 /// `capsule-host compile IN OUT`: see the module doc.
 fn compile_main() -> ! {
-    let args: Vec<String> = std::env::args().skip(2).collect();
-    let [input, output] = args.as_slice() else {
-        eprintln!("usage: capsule-host compile IN OUT");
+    if std::env::args().len() != 2 {
+        eprintln!("usage: capsule-host compile < MODULE > ENGINE-HASH-LINE+ARTIFACT");
         std::process::exit(2);
-    };
+    }
     let die = |what: &str, e: &dyn std::fmt::Display| -> ! {
         eprintln!("capsule-host compile: {what}: {e}");
         std::process::exit(1);
     };
-    let mut src = std::fs::File::open(input).unwrap_or_else(|e| die(input, &e));
-    let mut dst = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(output)
-        .unwrap_or_else(|e| die(output, &e));
-    if let Err(e) = confine_compiler() {
+    // Root's compiler gets a cgroup of its own (memory and processes); elsewhere its rlimits.
+    // This process only waits, then removes the cgroup (the compiler, confined, could not).
+    let cgroup = cgroup::enter("compile", COMPILE_MEMORY, 16, None).ok();
+    if let Some(cg) = &cgroup {
+        // SAFETY: nothing has started a thread yet: the child may run any code.
+        match unsafe { nix::unistd::fork() } {
+            Err(e) => die("fork", &e),
+            Ok(ForkResult::Parent { child }) => {
+                let code = match nix::sys::wait::waitpid(child, None) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+                    _ => 1,
+                };
+                cg.leave_and_remove();
+                std::process::exit(code);
+            }
+            Ok(ForkResult::Child) => {
+                // Killed with the waiting parent (the supervisor's timeout kills that one).
+                let parent = nix::unistd::getppid();
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+                if nix::unistd::getppid() != parent {
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    // Confined before it reads a byte: the module comes on stdin, the artifact goes to stdout.
+    if let Err(e) = confine_compiler(cgroup.is_none()) {
         die("confining the compiler", &e);
     }
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut src, &mut bytes).unwrap_or_else(|e| die(input, &e));
+    let mut stdin = std::io::stdin().lock();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&mut stdin, MAX_COMPILE_INPUT + 1),
+        &mut bytes,
+    )
+    .unwrap_or_else(|e| die("reading the module", &e));
+    if bytes.len() as u64 > MAX_COMPILE_INPUT {
+        die(
+            "reading the module",
+            &format!("larger than {MAX_COMPILE_INPUT} bytes"),
+        );
+    }
     let engine = wasm::engine().unwrap_or_else(|e| die("engine", &e));
-    let artifact = wasm::precompile(&engine, &bytes).unwrap_or_else(|e| die(input, &e));
-    dst.write_all(&artifact)
-        .and_then(|()| dst.sync_all())
-        .unwrap_or_else(|e| die(output, &e));
-    println!("{}", wasm::compatibility_hash(&engine));
+    let artifact = wasm::precompile(&engine, &bytes).unwrap_or_else(|e| die("the module", &e));
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", wasm::compatibility_hash(&engine))
+        .and_then(|()| out.write_all(&artifact))
+        .and_then(|()| out.flush())
+        .unwrap_or_else(|e| die("writing the artifact", &e));
     std::process::exit(0);
 }
 
-/// The compile process parses untrusted bytes: it keeps the two files it opened and nothing
-/// else (no path at all under Landlock, no exec, no new processes, no network, bounded CPU,
-/// memory and output size), and started by root it gives up root for `nobody`'s uid.
-fn confine_compiler() -> Result<(), String> {
+/// The compile process's memory, in its own cgroup (or as `RLIMIT_DATA` without one).
+const COMPILE_MEMORY: u64 = 2 << 30;
+/// The largest module it reads: a package file's largest.
+const MAX_COMPILE_INPUT: u64 = 64 << 20;
+
+/// The compile process parses untrusted bytes: it keeps its three standard descriptors and
+/// nothing else (no path at all under Landlock, no exec, no new processes, no signals to
+/// anyone, no network, bounded CPU, memory and output size), and started by root it gives up
+/// root for `nobody`'s uid.
+fn confine_compiler(data_limit: bool) -> Result<(), String> {
     const NOBODY: u32 = 65534;
     let limits = elastos_schema::Limits {
         cpu_seconds: Some(120),
@@ -977,7 +1013,7 @@ fn confine_compiler() -> Result<(), String> {
             host_uid: NOBODY,
             own: false,
         });
-    let plan = confine::Plan::wasm(&limits, identity, Some(4 << 30), confine::FsRules::none())?;
+    let plan = confine::Plan::compiler(&limits, identity, data_limit.then_some(COMPILE_MEMORY))?;
     let mut kernel = confine::Kernel::prepare(&plan.fs, false).map_err(|f| f.why)?;
     confine::apply(&mut kernel, &plan).map_err(|f| format!("{}: {}", f.step, f.why))
 }

@@ -335,6 +335,24 @@ pub fn wasm_allowed() -> Vec<(&'static str, i64)> {
         .collect()
 }
 
+/// Signalling calls the compile process has no use for: it runs no guest and starts no
+/// process, and as `nobody` it could otherwise signal other processes of that uid.
+pub const COMPILE_REFUSED: &[i64] = &[
+    libc::SYS_kill,
+    libc::SYS_tkill,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigqueueinfo,
+    libc::SYS_rt_tgsigqueueinfo,
+];
+
+/// The compile process's allow-list: the WASM host's, without [`COMPILE_REFUSED`].
+pub fn compile_allowed() -> Vec<(&'static str, i64)> {
+    wasm_allowed()
+        .into_iter()
+        .filter(|(_, nr)| !COMPILE_REFUSED.contains(nr))
+        .collect()
+}
+
 /// Calls a native capsule may make at all; any other (an obscure or future one) fails with
 /// ENOSYS. The kill list and the argument rules above still apply to the calls named here.
 pub const ALLOWED: &[(&str, i64)] = &[
@@ -1244,6 +1262,21 @@ mod tests {
                 "{nr}: {st:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_compiler_cannot_signal_anyone() {
+        let programs = compile(&wasm(), &compile_allowed()).unwrap();
+        for nr in COMPILE_REFUSED {
+            // Signal 0 to this test's own process: reachable unconfined, ENOSYS here.
+            let me = u64::from(std::process::id());
+            let st = under_policy(&programs, *nr, [me, 0, 0, 0, 0, 0]);
+            assert!(
+                matches!(st, WaitStatus::Exited(_, libc::ENOSYS)),
+                "{nr}: {st:?}"
+            );
+        }
+        assert!(wasm_allowed().iter().any(|(n, _)| *n == "kill"));
     }
 
     #[test]

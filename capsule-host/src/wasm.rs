@@ -19,7 +19,9 @@
 //! Exit codes ([`Outcome::code`]): the guest's own (`proc_exit`, 0 when `_start` returns);
 //! [`EXIT_TRAP`] a WebAssembly trap (a bug in the capsule); [`EXIT_CALL_BUDGET`] over its CPU
 //! budget; [`EXIT_MEMORY`] over its memory limit; [`EXIT_TABLES`] over its table or instance
-//! limit; 126 a module that does not link (an import elastos does not provide, no `_start`).
+//! limit (a module defining more tables than allowed included); 126 a module that does not link
+//! (an import elastos does not provide, no `_start`); [`EXIT_HOST`] the host could not give it
+//! its CPU budget (it did not run).
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -52,6 +54,8 @@ pub const EXIT_CALL_BUDGET: i32 = 121;
 pub const EXIT_MEMORY: i32 = 122;
 /// The guest asked for more or larger tables, or more instances, than the WASM host allows.
 pub const EXIT_TABLES: i32 = 123;
+/// The WASM host could not set up what the guest must run with; the guest did not run.
+pub const EXIT_HOST: i32 = 125;
 /// What the WASM host's process may hold besides the guest's linear memory (wasmtime, WASI's
 /// runtime and threads, the mapped artifact): added to `[limits] memory` for its cgroup.
 pub const HOST_MEMORY: u64 = 128 << 20;
@@ -419,10 +423,12 @@ pub fn prepare(
             .map_err(WasmError::State)?;
     }
     let reader = socket.try_clone().map_err(WasmError::Socket)?;
+    // The manifest's bounds, again here: the host never trusts a budget it cannot keep.
     let budget_ms = guest
         .limits
         .call_budget_ms
-        .unwrap_or(abi::DEFAULT_CALL_BUDGET_MS);
+        .unwrap_or(abi::DEFAULT_CALL_BUDGET_MS)
+        .clamp(Limits::MIN_CALL_BUDGET_MS, Limits::MAX_CALL_BUDGET_MS);
     let memory = guest
         .limits
         .memory
@@ -472,6 +478,9 @@ pub enum Outcome {
     Limit(i32, String),
     Trap(String),
     Link(String),
+    /// The host could not give the guest what it must run with (its CPU budget's ticker): it
+    /// was not run.
+    Host(String),
 }
 
 impl Outcome {
@@ -485,6 +494,7 @@ impl Outcome {
             Outcome::Limit(code, _) => *code,
             Outcome::Trap(_) => EXIT_TRAP,
             Outcome::Link(_) => 126,
+            Outcome::Host(_) => EXIT_HOST,
         }
     }
 
@@ -501,6 +511,7 @@ impl Outcome {
             Outcome::Limit(_, why) => Some(format!("stopped: over its limit of {why}")),
             Outcome::Trap(why) => Some(format!("the WebAssembly guest trapped: {why}")),
             Outcome::Link(why) => Some(why.clone()),
+            Outcome::Host(why) => Some(why.clone()),
         }
     }
 }
@@ -518,21 +529,51 @@ pub fn limit_of(code: i32) -> Option<&'static str> {
 /// Runs the guest's `_start` to its end. Guest code runs only from here on: call it after
 /// confinement. Starts the epoch ticker thread.
 pub fn run(p: Prepared) -> Outcome {
+    run_with(p, |f| {
+        std::thread::Builder::new()
+            .name("elastos-epoch".into())
+            .spawn(f)
+            .map(|h| h.thread().clone())
+    })
+}
+
+/// [`run`], starting the ticker with `spawn`. Fails closed: without its ticker the guest would
+/// run with no CPU budget at all, so it does not run.
+fn run_with(
+    p: Prepared,
+    spawn: impl FnOnce(Box<dyn FnOnce() + Send>) -> io::Result<std::thread::Thread>,
+) -> Outcome {
     let Prepared {
         engine,
         pre,
         mut store,
         budget_ms,
     } = p;
+    // Counts the limiter is never asked about: wasmtime refuses them at instantiation with an
+    // error of its own, which would read as a trap.
+    let need = pre.module().resources_required();
+    if need.num_tables as usize > MAX_TABLES {
+        return Outcome::Limit(
+            EXIT_TABLES,
+            format!(
+                "tables: the module defines {} tables, above the limit of {MAX_TABLES}",
+                need.num_tables
+            ),
+        );
+    }
     let weak = engine.weak();
     let ticker = store.data().ticker.clone();
     let shared = ticker.clone();
-    if let Ok(handle) = std::thread::Builder::new()
-        .name("elastos-epoch".into())
-        // Ends with the engine.
-        .spawn(move || shared.run(weak))
-    {
-        let _ = ticker.thread.set(handle.thread().clone());
+    // Ends with the engine.
+    match spawn(Box::new(move || shared.run(weak))) {
+        Ok(thread) => {
+            let _ = ticker.thread.set(thread);
+        }
+        Err(e) => {
+            return Outcome::Host(format!(
+                "the CPU budget's ticker thread could not start ({e}): the guest is not run without its call_budget_ms"
+            ))
+        }
     }
     let ticks = store.data().budget_ticks;
     store.set_epoch_deadline(ticks);

@@ -39,22 +39,63 @@ const ECHO: &str = r#"(module
       (drop (call $send (i32.const 0) (i32.add (local.get $n) (i32.const 4))))
       (br $next))))"#;
 
-/// `capsule-host compile` on `wat`: the artifact and the hash it printed.
+/// `capsule-host compile` on `wat` (on its stdin): the artifact and the engine hash it printed
+/// before it (its first line).
 fn compile(wat: &str) -> (Vec<u8>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let (src, out) = (dir.path().join("m.wat"), dir.path().join("m.cwasm"));
-    std::fs::write(&src, wat).unwrap();
-    let o = Command::new(HOST)
+    let mut child = Command::new(HOST)
         .arg("compile")
-        .arg(&src)
-        .arg(&out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(wat.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let nl = o.stdout.iter().position(|b| *b == b'\n').unwrap();
+    (
+        o.stdout[nl + 1..].to_vec(),
+        String::from_utf8(o.stdout[..nl].to_vec()).unwrap(),
+    )
+}
+
+/// The compiler reads nothing but its stdin: a path argument is a usage error, and a module
+/// larger than any package's is refused.
+#[test]
+fn the_compiler_takes_its_module_on_stdin_only() {
+    let o = Command::new(HOST)
+        .args(["compile", "/etc/passwd", "/tmp/out"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    (
-        std::fs::read(&out).unwrap(),
-        String::from_utf8(o.stdout).unwrap().trim().to_string(),
-    )
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let mut child = Command::new(HOST)
+        .arg("compile")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..65 {
+            if stdin.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("larger than"),
+        "{o:?}"
+    );
 }
 
 fn memfd(bytes: &[u8], seal: bool) -> OwnedFd {
@@ -196,16 +237,23 @@ fn compile_prints_the_hash_the_runner_checks_against() {
 
 #[test]
 fn compile_refuses_bytes_that_are_no_module() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("m.wasm");
-    std::fs::write(&src, b"\0asm\x01\0\0\0garbage").unwrap();
-    let o = Command::new(HOST)
+    let mut child = Command::new(HOST)
         .arg("compile")
-        .arg(&src)
-        .arg(dir.path().join("o"))
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"\0asm\x01\0\0\0garbage")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1));
+    // Nothing on stdout: no engine hash, no artifact, for what does not compile.
+    assert!(o.stdout.is_empty(), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not compile"));
 }
 

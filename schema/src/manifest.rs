@@ -405,6 +405,19 @@ impl Manifest {
             }
         }
         if let Some(l) = &raw.limits {
+            if let Some(ms) = l.get_ref().call_budget_ms {
+                if !(Limits::MIN_CALL_BUDGET_MS..=Limits::MAX_CALL_BUDGET_MS).contains(&ms) {
+                    return lines.err(
+                        l.span(),
+                        "limits.call_budget_ms",
+                        format!(
+                            "milliseconds a WASM guest may run per frame, from {} to {}",
+                            Limits::MIN_CALL_BUDGET_MS,
+                            Limits::MAX_CALL_BUDGET_MS
+                        ),
+                    );
+                }
+            }
             if let Some(tmp) = l.get_ref().tmp {
                 if !(Limits::MIN_TMP..=Limits::MAX_TMP).contains(&tmp) {
                     return lines.err(
@@ -620,6 +633,17 @@ processes = 16
         assert_eq!(e.field.as_deref(), Some("provides.uri"), "{e}");
         let e = err(&GOOD.replace("bin/notes", "../bin/notes"));
         assert_eq!(e.field.as_deref(), Some("entrypoint.native"), "{e}");
+        for ms in ["0", "9", "600001", "18446744073709551615"] {
+            let e = err(&GOOD.replace(
+                "processes = 16",
+                &format!("processes = 16\ncall_budget_ms = {ms}"),
+            ));
+            assert_eq!(
+                e.field.as_deref(),
+                Some("limits.call_budget_ms"),
+                "{ms}: {e}"
+            );
+        }
         // A tmpfs of size 0 has no limit at all: refused, as is one larger than a disk.
         for tmp in ["0", "1024", "17179869185"] {
             let e = err(&GOOD.replace("processes = 16", &format!("processes = 16\ntmp = {tmp}")));

@@ -230,6 +230,10 @@ impl Limits {
     /// A private `/tmp` of 64 MiB unless the manifest says otherwise: room for a build's
     /// scratch files, not for a copy of the disk.
     pub const DEFAULT_TMP: u64 = 64 << 20;
+    /// Bounds of `call_budget_ms`: a budget below the ticker's resolution could not be kept,
+    /// and one of hours is no budget.
+    pub const MIN_CALL_BUDGET_MS: u64 = 10;
+    pub const MAX_CALL_BUDGET_MS: u64 = 600_000;
     /// Bounds of `tmp`: a tmpfs of size 0 would have none at all.
     pub const MIN_TMP: u64 = 64 << 10;
     pub const MAX_TMP: u64 = 16 << 30;

@@ -10,6 +10,12 @@
 //! artifact`, so an entry can be neither altered nor moved to another module or engine. An entry
 //! whose tag does not verify is rejected (the caller audits it) and compiled again.
 //!
+//! Compiling is bounded: the module's checked bytes go to `capsule-host compile` on its stdin and
+//! the artifact comes back on its stdout (no path to swap), at most [`MAX_COMPILES`] at once,
+//! each stopped after [`COMPILE_TIMEOUT`] and read up to [`MAX_ARTIFACT`]; a module that failed
+//! is not compiled again until the supervisor restarts. The cache directory must be this user's
+//! and private, and entries are read without following links.
+//!
 //! The artifact reaches capsule-host in a memfd sealed against writes, growth, shrinking and
 //! further seals, at descriptor [`MODULE_FD`]: what was authenticated is what runs.
 //!
@@ -18,14 +24,14 @@
 //! same module reopens it read-only instead of reading and authenticating the entry again. An
 //! entry altered on disk meanwhile is found, and rejected, the next time the supervisor reads it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
@@ -145,7 +151,22 @@ pub struct WasmCache {
     /// capsule-host's compatibility hash, asked once.
     compat: Mutex<Option<String>>,
     loaded: Mutex<Loaded>,
+    /// Modules whose compile failed, with why: not compiled again until the supervisor
+    /// restarts (a module that fails to compile fails the same way every time). Bounded.
+    failed: Mutex<HashMap<String, String>>,
+    /// Compiles running now, against [`MAX_COMPILES`].
+    compiles: (Mutex<usize>, Condvar),
 }
+
+/// At most this many compiles at once: each may take a core and gigabytes.
+pub const MAX_COMPILES: usize = 2;
+/// A compile's wall-clock limit (its CPU time is limited by its rlimit as well).
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest artifact read back from the compiler, and the most of its stderr kept.
+pub const MAX_ARTIFACT: u64 = 512 << 20;
+const MAX_COMPILER_STDERR: u64 = 16 << 10;
+/// Failed modules remembered at most.
+const MAX_FAILED: usize = 256;
 
 impl WasmCache {
     pub fn new(home_root: &Path, key: &NodeKey, host_bin: PathBuf) -> WasmCache {
@@ -155,6 +176,8 @@ impl WasmCache {
             host_bin,
             compat: Mutex::new(None),
             loaded: Mutex::new(Loaded::default()),
+            failed: Mutex::new(HashMap::new()),
+            compiles: (Mutex::new(0), Condvar::new()),
         }
     }
 
@@ -271,9 +294,21 @@ impl WasmCache {
         sha256: &str,
     ) -> Result<Compiled, WasmCacheError> {
         let compat = self.compat_hash()?;
+        let failed_key = format!("{module_cid}.{compat}");
+        if let Some(why) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&failed_key)
+        {
+            return Err(WasmCacheError::Compile(format!(
+                "{why} (it failed to compile before; restart the supervisor to try again)"
+            )));
+        }
+        self.check_dir()?;
         let entry = self.entry_path(module_cid, &compat);
         let mut rejected = None;
-        match std::fs::read(&entry) {
+        match read_no_follow(&entry) {
             Ok(bytes) => match self.check(module_cid, &compat, bytes) {
                 Ok(artifact) => {
                     return Ok(Compiled {
@@ -294,11 +329,20 @@ impl WasmCache {
                 path: module.display().to_string(),
             });
         }
-        let artifact = self.compile(module, &compat)?;
+        let artifact = match self.compile(&bytes, &compat) {
+            Ok(a) => a,
+            Err(e) => {
+                let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                if failed.len() >= MAX_FAILED {
+                    failed.clear();
+                }
+                failed.insert(failed_key, e.to_string());
+                return Err(e);
+            }
+        };
         let mut stored = Vec::with_capacity(TAG + artifact.len());
         stored.extend_from_slice(&self.tag(module_cid, &compat, &artifact));
         stored.extend_from_slice(&artifact);
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         write_atomic(&entry, &stored, 0o600).map_err(io(&entry))?;
         Ok(Compiled {
             artifact,
@@ -322,37 +366,152 @@ impl WasmCache {
         Ok(artifact)
     }
 
-    /// Runs `capsule-host compile` into a temporary file of the cache directory.
-    fn compile(&self, module: &Path, compat: &str) -> Result<Vec<u8>, WasmCacheError> {
-        static SERIAL: AtomicU64 = AtomicU64::new(0);
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let tmp = self.dir.join(format!(
-            ".compile.{}.{}",
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::Relaxed)
-        ));
-        let out = Command::new(&self.host_bin)
-            .arg("compile")
-            .arg(module)
-            .arg(&tmp)
-            .env_clear()
-            .output();
-        let artifact = std::fs::read(&tmp);
-        let _ = std::fs::remove_file(&tmp);
-        let out = out.map_err(|e| WasmCacheError::Compile(format!("running capsule-host: {e}")))?;
-        if !out.status.success() {
-            return Err(WasmCacheError::Compile(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
+    /// The cache directory, created if needed: this user's, or refused (another user's
+    /// directory could hold entries made to be loaded here); made private (0700) if it is not.
+    fn check_dir(&self) -> Result<(), WasmCacheError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        if std::fs::symlink_metadata(&self.dir).is_err() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .map_err(io(&self.dir))?;
         }
-        let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if printed != compat {
+        let meta = std::fs::symlink_metadata(&self.dir).map_err(io(&self.dir))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() || meta.uid() != me {
             return Err(WasmCacheError::Compile(format!(
+                "{} must be a directory of this user's (uid {me}); it is {}, of uid {}: check it, then remove it and it is made again",
+                self.dir.display(),
+                if meta.is_dir() { "a directory" } else { "not a directory" },
+                meta.uid(),
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(&self.dir))?;
+        }
+        Ok(())
+    }
+
+    /// Compiles `bytes` (the module, its hash checked) in `capsule-host compile`: the bytes go
+    /// in on its stdin, the engine's hash and the artifact come back on its stdout; no path is
+    /// involved, so nothing can be swapped under it. At most [`MAX_COMPILES`] at once, each
+    /// killed after [`COMPILE_TIMEOUT`], its output read up to [`MAX_ARTIFACT`].
+    fn compile(&self, bytes: &[u8], compat: &str) -> Result<Vec<u8>, WasmCacheError> {
+        let _slot = self.compile_slot();
+        let fail = |why: String| WasmCacheError::Compile(why);
+        let mut child = Command::new(&self.host_bin)
+            .arg("compile")
+            .env_clear()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("running capsule-host: {e}")))?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        // Until it is waited for, its pid is its own: the watchdog cannot hit another process.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if done_rx.recv_timeout(COMPILE_TIMEOUT)
+                == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                return true;
+            }
+            false
+        });
+        let input = bytes.to_vec();
+        let mut stdin = child.stdin.take();
+        let writer = std::thread::spawn(move || {
+            if let Some(s) = stdin.as_mut() {
+                let _ = s.write_all(&input);
+            }
+        });
+        let mut stderr = child.stderr.take();
+        let errors = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(e) = stderr.as_mut() {
+                let _ = e.by_ref().take(MAX_COMPILER_STDERR).read_to_end(&mut text);
+                // Drained past the cap, so the compiler never blocks on a full pipe.
+                let _ = std::io::copy(e, &mut std::io::sink());
+            }
+            String::from_utf8_lossy(&text).trim().to_string()
+        });
+        let mut out = Vec::new();
+        let read = child
+            .stdout
+            .take()
+            .map(|o| o.take(MAX_ARTIFACT + 1).read_to_end(&mut out));
+        if out.len() as u64 > MAX_ARTIFACT {
+            let _ = child.kill();
+        }
+        let status = child.wait();
+        let _ = done_tx.send(());
+        let timed_out = watchdog.join().unwrap_or(false);
+        let _ = writer.join();
+        let errors = errors.join().unwrap_or_default();
+        if timed_out {
+            return Err(fail(format!(
+                "it took longer than {} s to compile and was stopped",
+                COMPILE_TIMEOUT.as_secs()
+            )));
+        }
+        if out.len() as u64 > MAX_ARTIFACT {
+            return Err(fail(format!(
+                "its compiled code is larger than {} MiB",
+                MAX_ARTIFACT >> 20
+            )));
+        }
+        let status = status.map_err(|e| fail(format!("waiting for capsule-host: {e}")))?;
+        if !status.success() || !matches!(read, Some(Ok(_))) {
+            return Err(fail(errors));
+        }
+        // The engine's hash, a newline, then the artifact.
+        let Some(nl) = out.iter().position(|b| *b == b'\n') else {
+            return Err(fail("capsule-host compile printed no engine hash".into()));
+        };
+        let printed = String::from_utf8_lossy(&out[..nl]).to_string();
+        if printed != compat {
+            return Err(fail(format!(
                 "capsule-host compiled for engine {printed}, not {compat} (was it replaced while running?)"
             )));
         }
-        artifact.map_err(io(&tmp))
+        Ok(out.split_off(nl + 1))
     }
+
+    /// Waits for one of the [`MAX_COMPILES`] compile slots; given back when dropped.
+    fn compile_slot(&self) -> CompileSlot<'_> {
+        let (count, freed) = &self.compiles;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MAX_COMPILES {
+            n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        CompileSlot(&self.compiles)
+    }
+}
+
+struct CompileSlot<'a>(&'a (Mutex<usize>, Condvar));
+
+impl Drop for CompileSlot<'_> {
+    fn drop(&mut self) {
+        let (count, freed) = self.0;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
+    }
+}
+
+/// A cache entry's bytes, never through a link.
+fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn is_hash(s: &str) -> bool {
@@ -443,6 +602,79 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(e, WasmCacheError::ModuleChanged { .. }), "{e}");
+    }
+
+    /// A cache with the real capsule-host (built with the workspace) as its compiler.
+    fn real_cache(dir: &Path) -> WasmCache {
+        let host =
+            crate::host::find_host_binary().expect("capsule-host is built with the workspace");
+        WasmCache::new(dir, &NodeKey::from_seed(&[7; 32]), host)
+    }
+
+    fn module_file(dir: &Path, bytes: &[u8]) -> (PathBuf, String) {
+        let m = dir.join("m.wasm");
+        std::fs::write(&m, bytes).unwrap();
+        (m, hex::encode(Sha256::digest(bytes)))
+    }
+
+    #[test]
+    fn a_module_that_failed_to_compile_is_not_compiled_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = real_cache(dir.path());
+        let (m, sha) = module_file(dir.path(), b"\0asm\x01\0\0\0\x01\xffjunk");
+        let first = c
+            .compiled("bafkreibad", &m, &sha)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(!first.contains("before"), "{first}");
+        let again = c
+            .compiled("bafkreibad", &m, &sha)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            again.contains("failed to compile before") && again.contains("restart the supervisor"),
+            "{again}"
+        );
+    }
+
+    #[test]
+    fn a_module_compiles_through_pipes_into_a_private_cache_read_without_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("h");
+        let c = real_cache(&home);
+        let wat = br#"(module (func (export "_start")))"#;
+        let (m, sha) = module_file(dir.path(), wat);
+        let compiled = c.compiled("bafkreigood", &m, &sha).unwrap();
+        assert!(!compiled.hit && !compiled.artifact.is_empty());
+        let mode = std::fs::metadata(c.dir()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(c.compiled("bafkreigood", &m, &sha).unwrap().hit);
+        // An entry replaced by a link is not followed: rejected, and compiled again.
+        let entry = c.entry_path("bafkreigood", &c.compat_hash().unwrap());
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::rename(&entry, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &entry).unwrap();
+        let again = c.compiled("bafkreigood", &m, &sha).unwrap();
+        assert!(
+            !again.hit && again.rejected.is_some(),
+            "{:?}",
+            again.rejected
+        );
+        // A cache directory someone else owns is refused.
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root, as CI has: it gives the cache directory to another uid"
+        );
+        nix::unistd::chown(c.dir(), Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+        let e = c
+            .compiled("bafkreigood", &m, &sha)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("uid 4242"), "{e}");
     }
 
     fn memfd(bytes: &[u8]) -> OwnedFd {

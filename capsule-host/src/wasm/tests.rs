@@ -86,6 +86,31 @@ fn a_guest_that_grows_past_its_memory_limit_is_stopped_naming_the_limit() {
 }
 
 #[test]
+fn a_module_defining_more_tables_than_allowed_stops_with_the_tables_code() {
+    let tables: String = (0..=MAX_TABLES).map(|_| "(table 1 funcref)").collect();
+    let wat = format!(r#"(module {tables} (memory (export "memory") 1) (func (export "_start")))"#);
+    let (_s, guest) = start(&wat, Limits::default());
+    let out = guest.join().unwrap();
+    assert_eq!(out.code(), EXIT_TABLES, "{out:?}");
+    assert_eq!(limit_of(out.code()), Some("tables"));
+    assert!(out.message().unwrap().contains("tables"), "{out:?}");
+}
+
+#[test]
+fn a_guest_whose_budget_ticker_cannot_start_is_not_run() {
+    // It would spin for ever: without its ticker nothing could stop it.
+    let spin = r#"(module (memory (export "memory") 1)
+      (func (export "_start") (loop $l (br $l))))"#;
+    let engine = engine().unwrap();
+    let m = module(&engine, spin);
+    let (_ours, theirs) = UnixStream::pair().unwrap();
+    let p = prepare(&engine, &m, &guest(Limits::default()), theirs).unwrap();
+    let out = run_with(p, |_| Err(io::Error::from_raw_os_error(libc::EAGAIN)));
+    assert_eq!(out.code(), EXIT_HOST, "{out:?}");
+    assert!(out.message().unwrap().contains("ticker"), "{out:?}");
+}
+
+#[test]
 fn a_module_whose_initial_memory_exceeds_the_limit_does_not_start() {
     let big = r#"(module (memory (export "memory") 256) (func (export "_start")))"#;
     let (_s, guest) = start(
