@@ -835,12 +835,9 @@ fn run_wasm(
     // SAFETY: fd 3 is the capsule's socket, handed to this process; only the guest's
     // connection owns it from here.
     let socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(SOCKET_FD) };
-    let prepared = wasm::runner()
-        .and_then(|engine| {
-            let m = wasm::load(&engine, module)?;
-            wasm::prepare(&engine, &m, guest, socket)
-        })
-        .unwrap_or_else(|e| report_failure(&step(e.to_string())));
+    // Confined first (one thread: it holds for every thread started after), then the artifact
+    // is mapped and the guest pre-instantiated: whatever wasmtime's loader meets in it, it
+    // meets confined. Then no memory may become executable any more.
     if !confine::single_threaded() {
         report_failure(&step(
             "more than one thread before confinement; it must hold for all".into(),
@@ -848,6 +845,18 @@ fn run_wasm(
     }
     if let Err(f) = confine::apply(kernel, plan) {
         report_failure(&f);
+    }
+    let prepared = wasm::runner()
+        .and_then(|engine| {
+            let m = wasm::load(&engine, module)?;
+            wasm::prepare(&engine, &m, guest, socket)
+        })
+        .unwrap_or_else(|e| report_failure(&step(e.to_string())));
+    if let Err(e) = seccomp::no_new_exec().and_then(|p| seccomp::install(&p)) {
+        report_failure(&confine::Failure {
+            step: "seccomp",
+            why: format!("no new executable memory after loading: {e}"),
+        });
     }
     // SAFETY: fd 4 is the report pipe this process owns; nothing else uses it.
     let report = unsafe { OwnedFd::from_raw_fd(STATUS_FD) };

@@ -292,7 +292,8 @@ pub const WASM_REFUSED: &[i64] = &[
     libc::SYS_landlock_create_ruleset,
     libc::SYS_landlock_add_rule,
     libc::SYS_landlock_restrict_self,
-    libc::SYS_seccomp,
+    // (`seccomp` stays: the host adds `NO_NEW_EXEC` once its module is loaded, and a filter
+    // can only narrow what is allowed.)
     // WASI has no owners, device nodes or watches.
     libc::SYS_chown,
     libc::SYS_fchown,
@@ -673,7 +674,57 @@ pub enum SeccompError {
 
 /// The policy as BPF programs, one per verdict (the kernel applies the strictest verdict of all
 /// installed filters). Built before any fork: building allocates, installing does not.
+/// What the WASM host may no longer do once its module is loaded: map memory executable, or
+/// make a mapping executable. A runner has no compiler, and the module's code is mapped by then,
+/// so new executable memory could only be code that no compiler of ours made.
+pub const NO_NEW_EXEC: &[Entry] = &[
+    Entry {
+        name: "mmap (PROT_EXEC)",
+        nr: libc::SYS_mmap,
+        verdict: Verdict::Errno(libc::EPERM),
+        when: When::AnyBit {
+            arg: 2,
+            bits: &[libc::PROT_EXEC as u64],
+        },
+    },
+    Entry {
+        name: "mprotect (PROT_EXEC)",
+        nr: libc::SYS_mprotect,
+        verdict: Verdict::Errno(libc::EPERM),
+        when: When::AnyBit {
+            arg: 2,
+            bits: &[libc::PROT_EXEC as u64],
+        },
+    },
+    Entry {
+        name: "pkey_mprotect (PROT_EXEC)",
+        nr: libc::SYS_pkey_mprotect,
+        verdict: Verdict::Errno(libc::EPERM),
+        when: When::AnyBit {
+            arg: 2,
+            bits: &[libc::PROT_EXEC as u64],
+        },
+    },
+];
+
+/// [`NO_NEW_EXEC`] as a filter of its own, added on top of the WASM host's (it allows every
+/// other call: the first filter's allow-list still applies).
+pub fn no_new_exec() -> Result<Vec<BpfProgram>, SeccompError> {
+    compile_rules(NO_NEW_EXEC)
+}
+
 pub fn compile(policy: &[Entry], allowed: &[(&str, i64)]) -> Result<Vec<BpfProgram>, SeccompError> {
+    let mut out = compile_rules(policy)?;
+    // The allow-list: listed calls pass this filter (the others may still refuse them), any
+    // other fails with ENOSYS, which libc treats as "not on this kernel". Installed last: a
+    // list without `seccomp` itself would refuse the installs after it.
+    let nrs: Vec<i64> = allowed.iter().map(|(_, nr)| *nr).collect();
+    out.push(allow_list(&nrs)?);
+    Ok(out)
+}
+
+/// The programs for `policy`'s entries, one per verdict.
+fn compile_rules(policy: &[Entry]) -> Result<Vec<BpfProgram>, SeccompError> {
     let mut by_verdict: BTreeMap<(u8, i32), BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
     let bad = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
     for e in policy {
@@ -777,11 +828,6 @@ pub fn compile(policy: &[Entry], allowed: &[(&str, i64)]) -> Result<Vec<BpfProgr
         let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch).map_err(bad)?;
         out.push(filter.try_into().map_err(bad)?);
     }
-    // The allow-list: listed calls pass this filter (the others may still refuse them), any
-    // other fails with ENOSYS, which libc treats as "not on this kernel". Installed last: a
-    // list without `seccomp` itself (the WASM host's) would refuse the installs after it.
-    let nrs: Vec<i64> = allowed.iter().map(|(_, nr)| *nr).collect();
-    out.push(allow_list(&nrs)?);
     Ok(out)
 }
 
@@ -1262,6 +1308,31 @@ mod tests {
                 "{nr}: {st:?}"
             );
         }
+    }
+
+    #[test]
+    fn after_loading_no_memory_can_be_made_executable() {
+        let mut programs = compile(&wasm(), &wasm_allowed()).unwrap();
+        programs.extend(no_new_exec().unwrap());
+        let (rw, rx) = (
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::PROT_READ | libc::PROT_EXEC) as u64,
+        );
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        // A writable anonymous mapping: allowed (its address, in the exit code's low byte).
+        let st = under_policy(&programs, libc::SYS_mmap, [0, 4096, rw, anon, u64::MAX, 0]);
+        assert!(!matches!(st, WaitStatus::Exited(_, libc::EPERM)), "{st:?}");
+        let st = under_policy(&programs, libc::SYS_mmap, [0, 4096, rx, anon, u64::MAX, 0]);
+        assert_eq!(st, WaitStatus::Exited(st.pid().unwrap(), libc::EPERM));
+        // mprotect of anything to executable: refused before the kernel looks at the address.
+        let st = under_policy(&programs, libc::SYS_mprotect, [4096, 4096, rx, 0, 0, 0]);
+        assert_eq!(st, WaitStatus::Exited(st.pid().unwrap(), libc::EPERM));
+        let st = under_policy(
+            &programs,
+            libc::SYS_pkey_mprotect,
+            [4096, 4096, rx, 0, 0, 0],
+        );
+        assert_eq!(st, WaitStatus::Exited(st.pid().unwrap(), libc::EPERM));
     }
 
     #[test]
