@@ -235,6 +235,23 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, bool)>) -> Result<(),
     Ok(())
 }
 
+/// A package whose index body is `body` exactly (any bytes), validly signed by `key`, then
+/// `data`: what a hostile publisher can make. For the fuzz target, so that its input passes the
+/// signature and reaches the index checks behind it.
+#[doc(hidden)]
+pub fn signed_with_body(body: &[u8], data: &[u8], key: &NodeKey) -> Vec<u8> {
+    let sig = key.sign(domains::PACKAGE, body);
+    let Ok(signed) = encode_signed(body, &sig.to_bytes(), &key.public_bytes()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(12 + signed.len() + data.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(signed.len() as u32).to_le_bytes());
+    out.extend_from_slice(&signed);
+    out.extend_from_slice(data);
+    out
+}
+
 fn encode_index(publisher: &str, files: &[PackedFile]) -> Result<Vec<u8>, PackageError> {
     let mut m = Builder::new_default();
     {
