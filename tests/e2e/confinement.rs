@@ -1069,3 +1069,58 @@ fn a_mount_inside_a_read_only_tree_is_read_only_in_the_capsule() {
     );
     up.node.run(&["stop", "layered"]).ok();
 }
+
+/// The pids cgroup on its own: lowered far below what the capsule's RLIMIT_NPROC allows, it alone
+/// stops a fork bomb (the rlimit would let 256 processes through).
+#[test]
+fn the_pids_cgroup_alone_stops_a_fork_bomb() {
+    use std::io::{BufRead, Write};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root, as CI has: capsules get cgroups and uids of their own"
+    );
+    let up = Up::new();
+    let dir = probe_capsule(&up.node);
+    let mut run = up.node.command();
+    run.args([
+        "run",
+        path(&dir),
+        "--name",
+        "bomber",
+        "-i",
+        "--",
+        "fork_bomb_on_cue",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped());
+    let mut child = run.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("waiting for the cue"), "{line}");
+    let c = up.capsule("bomber");
+    let layers = c["layers"].to_string();
+    assert!(
+        layers.contains("nproc") && layers.contains("pids="),
+        "both limits are in force: {layers}"
+    );
+    let host = c["pid"].as_u64().unwrap();
+    let group = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|root| Path::new(root).join(format!("elastos/bomber.{host}/pids.max")))
+        .find(|p| p.exists())
+        .expect("the capsule's pids cgroup");
+    std::fs::write(&group, "10").unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let forked: u32 = line
+        .strip_prefix("blocked: fork failed after ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the bomb was not stopped: {line}"));
+    // capsule-host, init and the probe count too.
+    assert!(forked <= 7, "{forked} processes under pids.max = 10");
+    drop(child.stdin.take());
+    let _ = child.wait();
+}

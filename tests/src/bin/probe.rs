@@ -418,7 +418,14 @@ fn main() -> ExitCode {
             // At most 256 children (the bound; a capsule's cap, 256 processes of its uid,
             // counts its init and itself too), each waiting on a pipe and gone when it closes: a
             // bounded bomb that harms nothing in the control run either.
-            "fork_bomb" => {
+            "fork_bomb" | "fork_bomb_on_cue" => {
+                // On cue: once a byte arrives on stdin (the test changes a limit meanwhile).
+                if attempt == "fork_bomb_on_cue" {
+                    println!("waiting for the cue");
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    let mut b = [0u8; 1];
+                    libc::read(0, b.as_mut_ptr().cast(), 1);
+                }
                 const BOMB: i32 = 256;
                 let mut fds = [0i32; 2];
                 libc::pipe(fds.as_mut_ptr());
