@@ -42,6 +42,18 @@ const ECHO: &str = r#"(module
 /// `capsule-host compile` on `wat` (on its stdin): the artifact and the engine hash it printed
 /// before it (its first line).
 fn compile(wat: &str) -> (Vec<u8>, String) {
+    let o = compile_output(wat.as_bytes());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let nl = o.stdout.iter().position(|b| *b == b'\n').unwrap();
+    (
+        o.stdout[nl + 1..].to_vec(),
+        String::from_utf8(o.stdout[..nl].to_vec()).unwrap(),
+    )
+}
+
+/// `capsule-host compile` with `module` written to its stdin (from a thread of its own: the
+/// compiler may stop reading), all it said.
+fn compile_output(module: &[u8]) -> std::process::Output {
     let mut child = Command::new(HOST)
         .arg("compile")
         .stdin(Stdio::piped())
@@ -49,19 +61,14 @@ fn compile(wat: &str) -> (Vec<u8>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(wat.as_bytes())
-        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let module = module.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&module);
+    });
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let nl = o.stdout.iter().position(|b| *b == b'\n').unwrap();
-    (
-        o.stdout[nl + 1..].to_vec(),
-        String::from_utf8(o.stdout[..nl].to_vec()).unwrap(),
-    )
+    writer.join().unwrap();
+    o
 }
 
 /// The compiler reads nothing but its stdin: a path argument is a usage error, and a module
@@ -73,24 +80,7 @@ fn the_compiler_takes_its_module_on_stdin_only() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{o:?}");
-    let mut child = Command::new(HOST)
-        .arg("compile")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        let chunk = vec![0u8; 1 << 20];
-        for _ in 0..65 {
-            if stdin.write_all(&chunk).is_err() {
-                break;
-            }
-        }
-    });
-    let o = child.wait_with_output().unwrap();
-    writer.join().unwrap();
+    let o = compile_output(&vec![0u8; 65 << 20]);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("larger than"),
@@ -237,20 +227,7 @@ fn compile_prints_the_hash_the_runner_checks_against() {
 
 #[test]
 fn compile_refuses_bytes_that_are_no_module() {
-    let mut child = Command::new(HOST)
-        .arg("compile")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"\0asm\x01\0\0\0garbage")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = compile_output(b"\0asm\x01\0\0\0garbage");
     assert_eq!(o.status.code(), Some(1));
     // Nothing on stdout: no engine hash, no artifact, for what does not compile.
     assert!(o.stdout.is_empty(), "{o:?}");
