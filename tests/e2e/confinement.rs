@@ -629,23 +629,32 @@ fn a_cpu_share_caps_a_busy_capsule() {
     }
     let up = Up::new();
     let dir = probe_capsule(&up.node);
+    let burn = |name: &str| -> f64 {
+        let out = up
+            .node
+            .run(&["run", path(&dir), "--name", name, "--", "cpu_burn"]);
+        out.ok()
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{out:#?}"))
+    };
+    // The control: the same probe, no cap.
+    let free = burn("free-burner");
     // The same probe with a cap of a tenth of a core.
     let manifest = dir.join("capsule.toml");
     let text = std::fs::read_to_string(&manifest)
         .unwrap()
         .replace("[limits]\n", "[limits]\ncpu = 10\n");
     std::fs::write(&manifest, text).unwrap();
-    let out = up
-        .node
-        .run(&["run", path(&dir), "--name", "burner", "--", "cpu_burn"]);
-    let share: f64 = out
-        .ok()
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{out:#?}"));
-    // A tenth of a core over half a second, with a period's slack.
+    let share = burn("burner");
+    // A tenth of a core over half a second, with a period's slack; and well below what the
+    // same probe took without the cap on this machine just before (whatever else it ran).
     assert!(share <= 0.35, "a 10% cap let it use {share:.2} of a core");
+    assert!(
+        free > 2.0 * share,
+        "without a cap it used {free:.2} of a core, with one {share:.2}: the cap made no difference"
+    );
 }
 
 #[test]
