@@ -302,6 +302,21 @@ fn main() {
             }
             std::process::exit(0);
         }
+        // How many seccomp programs a WASM host runs under once its module is loaded (its
+        // policy's, and `NO_NEW_EXEC`): a test compares a running host's count with it.
+        Some("wasm-filters") => {
+            let base = seccomp::compile(&seccomp::wasm(), &seccomp::wasm_allowed());
+            match (base, seccomp::no_new_exec()) {
+                (Ok(b), Ok(n)) => {
+                    println!("{}", b.len() + n.len());
+                    std::process::exit(0);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("capsule-host wasm-filters: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Some("compat-hash") => match wasm::engine() {
             Ok(e) => {
                 println!("{}", wasm::compatibility_hash(&e));

@@ -473,3 +473,31 @@ fn a_tampered_cache_entry_is_rejected_audited_and_compiled_again() {
     let pinger = up.node.pack_first_party("ping");
     ping(&up, &pinger, "ping", "native");
 }
+
+/// A running WASM host is under its policy's filters and one more, `NO_NEW_EXEC`, which it adds
+/// once its module is loaded (no memory may become executable after that).
+#[test]
+fn a_running_wasm_host_has_added_its_no_new_exec_filter() {
+    let up = Up::new();
+    let echo = up.node.pack_first_party("echo");
+    start_echo(&up, &echo, "echo", "wasm");
+    let host = up.capsule("echo")["pid"].as_u64().unwrap().to_string();
+    // The WASM host is PID 1 of the capsule's namespaces: capsule-host's child.
+    let wasm_host = crate::confinement::child_of(&host);
+    let filters = std::fs::read_to_string(format!("/proc/{wasm_host}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Seccomp_filters:")
+                .map(|v| v.trim().to_string())
+        })
+        .expect("Seccomp_filters in /proc/PID/status");
+    let capsule_host = elastos_e2e::elastos_bin().with_file_name("capsule-host");
+    let out = std::process::Command::new(capsule_host)
+        .arg("wasm-filters")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let want = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(filters, want, "the WASM host's filters");
+}
