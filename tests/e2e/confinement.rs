@@ -1133,3 +1133,69 @@ fn the_pids_cgroup_alone_stops_a_fork_bomb() {
     drop(child.stdin.take());
     let _ = child.wait();
 }
+
+/// The control socket's peer check on its own: with the socket's file made reachable and
+/// writable by anyone (a hard link outside the 0700 home, mode 0666), a process of another uid
+/// connects, and is closed on without an answer, audited `control.refused`; the operator, on
+/// the same link, is answered.
+#[test]
+fn the_control_socket_refuses_another_uid_even_when_its_file_lets_it_connect() {
+    use std::io::{BufRead, Write};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root, as CI has: it connects as another uid"
+    );
+    let up = Up::new();
+    chmod(up.node.dir.path(), 0o711);
+    let scratch = up.node.scratch();
+    chmod(&scratch, 0o711);
+    let link = scratch.join("ctl-link");
+    std::fs::hard_link(up.node.home().join("control.sock"), &link).unwrap();
+    chmod(&link, 0o666);
+    // The operator, through the link: answered.
+    let mut s = std::os::unix::net::UnixStream::connect(&link).unwrap();
+    s.write_all(b"{\"op\":\"status\"}\n").unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&s).read_line(&mut answer).unwrap();
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    // Another uid: connected by the kernel, then closed on by the supervisor, unanswered.
+    let target = std::ffi::CString::new(link.to_str().unwrap()).unwrap();
+    // SAFETY: the child makes raw system calls only and `_exit`s: no allocation, no lock.
+    let child = match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => unsafe {
+            use nix::libc;
+            if libc::setgid(4242) != 0 || libc::setuid(4242) != 0 {
+                libc::_exit(3);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (i, b) in target.as_bytes().iter().enumerate() {
+                addr.sun_path[i] = *b as libc::c_char;
+            }
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                libc::_exit(2);
+            }
+            let req = b"{\"op\":\"status\"}\n";
+            libc::write(fd, req.as_ptr().cast(), req.len());
+            let mut buf = [0u8; 64];
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            // Closed without an answer: end of stream, or a reset (its request was unread).
+            libc::_exit(if n > 0 { 1 } else { 0 });
+        },
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    let status = nix::sys::wait::waitpid(child, None).unwrap();
+    assert_eq!(
+        status,
+        nix::sys::wait::WaitStatus::Exited(child, 0),
+        "2: could not connect (the file was not reachable), 1: answered"
+    );
+    std::fs::remove_file(&link).unwrap();
+    // Recorded with the next group commit.
+    wait_until("the refusal recorded", Duration::from_secs(10), || {
+        let audit = up.node.run(&["audit", "--json"]).ok().to_string();
+        audit.contains("control.refused") && audit.contains("peer uid 4242")
+    });
+}
