@@ -134,19 +134,10 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     let r = c.request(&Request::Down { timeout_ms })?;
     let pid = r.data["pid"].as_u64().unwrap_or(0);
     let until = Instant::now() + args.timeout + Duration::from_secs(20);
-    while pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    // A zombie counts as gone: its parent (often the shell that ran `up`) will reap it.
+    while pid != 0 && crate::daemon::pid_alive(u32::try_from(pid).unwrap_or(0)) {
         if Instant::now() > until {
             anyhow::bail!("the supervisor (pid {pid}) did not stop; kill it with `kill {pid}`");
-        }
-        // A zombie counts as gone: its parent (often the shell that ran `up`) will reap it.
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-            {
-                break;
-            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }

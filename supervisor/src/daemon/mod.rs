@@ -569,7 +569,7 @@ pub fn stale_run_dirs(temp: &Path, alive: impl Fn(u32) -> bool) -> Vec<PathBuf> 
 
 /// Whether process `pid` is running: a zombie has ended, whether or not anyone reaps it (a
 /// container's init may never).
-fn pid_alive(pid: u32) -> bool {
+pub fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         // The state follows the command name's closing parenthesis.
         !s.rsplit_once(')')
