@@ -3374,15 +3374,21 @@ mod tests {
                 }
             })
         };
-        // A stream that never pauses must not postpone the group commit.
-        std::thread::sleep(Duration::from_millis(300));
-        let text = fs::read_to_string(seg1(tmp.path())).unwrap();
+        // A stream that never pauses must not postpone the group commit: the record is on disk
+        // while the stream still runs (the deadline is many group intervals, not a timing).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fs::read_to_string(seg1(tmp.path()))
+            .unwrap()
+            .contains("capsule:early")
+        {
+            assert!(
+                Instant::now() < deadline && !producer.is_finished(),
+                "not durable while the stream went on"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         stop.store(true, Ordering::Relaxed);
         producer.join().unwrap();
-        assert!(
-            text.contains("capsule:early"),
-            "not durable while the stream went on"
-        );
         // A Group record, then a Sync one from the same thread: chained in that order.
         log.submit(
             ev("capsule:first", Decision::Allowed),
@@ -3637,11 +3643,23 @@ mod tests {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(100));
+        // Each phase lasts until the writers have been seen in it, not for a time.
+        let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !done() {
+                assert!(Instant::now() < deadline, "never saw {what}");
+                std::thread::yield_now();
+            }
+        };
+        let tried = || attempts.load(Ordering::Relaxed);
+        wait_for("appends before the failure", &|| tried() >= 50);
         fail.store(true, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(100));
+        wait_for("a refused append", &|| {
+            failures.load(Ordering::Relaxed) >= 8
+        });
         fail.store(false, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(100));
+        let resumed = tried();
+        wait_for("appends after the failure", &|| tried() >= resumed + 50);
         stop.store(true, Ordering::Relaxed);
         for t in threads {
             t.join().unwrap();

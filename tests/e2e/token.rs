@@ -114,11 +114,33 @@ fn a_token_bound_to_a_cid_is_only_for_that_package() {
 fn time_bounds_are_enforced() {
     let node = Node::new();
     let later = notes_token(&node, &["--not-before", "2999-01-01T00:00:00Z"]);
-    assert_denied(
-        &node.check(&later, "notes", "localhost://storage/notes/a", "read"),
-        "not_before",
-    );
-    let short = node.issue(&[
+    let read = |token: &str, at: Option<&str>| {
+        let mut args = vec![
+            "token",
+            "check",
+            token,
+            "--as",
+            "notes",
+            "--resource",
+            "localhost://storage/notes/a",
+            "--action",
+            "read",
+        ];
+        if let Some(at) = at {
+            args.extend_from_slice(&["--at", at]);
+        }
+        node.run(&args)
+    };
+    // Now: not yet.
+    assert_denied(&read(&later, None), "not_before");
+    // Its hour, checked at given times (`--at` is the clock): the bounds are exact, with the
+    // 30 s grace for an issuer's clock ahead of ours on `not_before` and none on expiry.
+    assert_denied(&read(&later, Some("2998-12-31T23:59:29Z")), "not_before");
+    assert_allowed(&read(&later, Some("2998-12-31T23:59:30Z")));
+    assert_allowed(&read(&later, Some("2999-01-01T00:59:59Z")));
+    assert_denied(&read(&later, Some("2999-01-01T01:00:00Z")), "expired");
+    // A token whose second of validity ended long ago is expired now, without waiting for it.
+    let past = node.issue(&[
         "--capsule",
         "notes",
         "--resource",
@@ -127,12 +149,13 @@ fn time_bounds_are_enforced() {
         "read",
         "--ttl",
         "1s",
+        "--not-before",
+        "2001-01-01T00:00:00Z",
     ]);
-    std::thread::sleep(std::time::Duration::from_millis(2100));
-    assert_denied(
-        &node.check(&short, "notes", "localhost://storage/notes/a", "read"),
-        "expired",
-    );
+    assert_denied(&read(&past, None), "expired");
+    assert_allowed(&read(&past, Some("2001-01-01T00:00:00Z")));
+    // A time that is not one is a usage error.
+    assert_eq!(read(&later, Some("tomorrow")).code, 2);
 }
 
 #[test]

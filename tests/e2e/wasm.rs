@@ -285,14 +285,10 @@ fn a_wasm_host_is_pid_1_of_its_namespace_and_stops_on_sigterm() {
         Some("1"),
         "the guest's process in its PID namespace"
     );
-    let began = std::time::Instant::now();
     up.node.run(&["stop", "echo"]).ok();
-    let took = began.elapsed();
+    // The deadline's kill says so in the log; the SIGTERM ended it before.
     let log = up.node.run(&["logs", "echo"]).ok().to_string();
-    assert!(
-        took < Duration::from_secs(5) && !log.contains("did not stop in time"),
-        "stop took {took:?}: {log}"
-    );
+    assert!(!log.contains("did not stop in time"), "{log}");
     assert!(!std::path::Path::new(&format!("/proc/{guest}")).exists());
 }
 
@@ -315,7 +311,6 @@ fn a_wasm_host_dies_with_its_capsule_host() {
     });
     let host = up.capsule("sleeper")["pid"].as_u64().unwrap().to_string();
     let guest: u32 = child_of(&host).parse().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     assert!(alive(guest), "the sleeper's WASM host is running");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(up.supervisor_pid() as i32),

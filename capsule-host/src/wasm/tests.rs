@@ -140,17 +140,38 @@ fn a_waiting_guest_is_woken_by_its_next_frame_only() {
         assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) }, 0);
         u.ru_nvcsw
     };
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let guest = std::thread::spawn(move || {
+        // SAFETY: gettid(2) has no arguments and cannot fail.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
         let before = switches();
         let out = run(p);
         (out, switches() - before)
     });
+    let tid = tid_rx.recv().unwrap();
+    // Each step happens while the guest is asleep (state S), as it would be waiting on a
+    // supervisor that is slower than it: seen in /proc, not waited for by a guessed time.
+    let asleep = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+            // The state follows the command name, which is in parentheses.
+            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.as_bytes()[0]);
+            if state == Some(b'S') {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the guest never slept: {stat}"
+            );
+            std::thread::yield_now();
+        }
+    };
     for i in 0..ROUNDS {
+        asleep();
         s.write_all(&frame(&[i as u8; 8])).unwrap();
-        // Each step waits long enough for the guest to be asleep when it happens.
-        std::thread::sleep(Duration::from_millis(2));
+        asleep();
         assert_eq!(read_frame(&mut s), [i as u8; 8]);
-        std::thread::sleep(Duration::from_millis(2));
     }
     drop(s);
     let (out, woken) = guest.join().unwrap();
@@ -177,7 +198,7 @@ fn a_guest_that_spins_after_taking_a_frame_is_stopped_but_waiting_costs_nothing(
             ..Default::default()
         },
     );
-    // Several budgets' worth of waiting in recv_len: not counted.
+    // Several budgets' worth of waiting in recv_len (time passing is the test): not counted.
     std::thread::sleep(Duration::from_millis(300));
     assert!(!guest.is_finished(), "stopped while it waited");
     s.write_all(&frame(b"go")).unwrap();
@@ -200,9 +221,18 @@ fn the_epoch_ticker_rests_while_the_guest_waits_and_ticks_while_it_runs() {
     let ticker = p.store.data().ticker.clone();
     let guest = std::thread::spawn(move || run(p));
     let ticks = || ticker.ticks.load(Ordering::Relaxed);
-    // Waiting in recv_len: after the tick or two of its start, twenty ticks' time brings none.
-    std::thread::sleep(TICK * 5);
+    // Waiting in recv_len (seen by the flag the ticker reads): twenty ticks' time then brings
+    // at most the one that was under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ticker.waiting.load(Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest never waited"
+        );
+        std::thread::yield_now();
+    }
     let before = ticks();
+    // Time passing is what is tested here, not a wait for something to happen.
     std::thread::sleep(TICK * 20);
     let idle = ticks() - before;
     assert!(idle <= 1, "{idle} ticks while the guest waited");

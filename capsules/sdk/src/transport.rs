@@ -201,7 +201,11 @@ mod unix {
         fn a_waiting_capsule_is_woken_by_its_answer_only() {
             const ROUNDS: i64 = 40;
             let (ours, mut theirs) = UnixStream::pair().unwrap();
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
             let capsule = std::thread::spawn(move || {
+                // SAFETY: gettid(2) has no arguments and cannot fail.
+                #[allow(unsafe_code)]
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
                 let mut t = UnixTransport::new(ours);
                 let mut buf = wire::FrameBuf::new();
                 let before = switches();
@@ -212,13 +216,28 @@ mod unix {
                 }
                 switches() - before
             });
+            let tid = tid_rx.recv().unwrap();
+            // Each step happens while the capsule is asleep (state S), as it is when its
+            // supervisor is slower than it: seen in /proc, not waited for by a guessed time.
+            let asleep = || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+                    // The state follows the command name, which is in parentheses.
+                    if stat.rsplit_once(") ").map(|(_, r)| r.as_bytes()[0]) == Some(b'S') {
+                        return;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "never slept: {stat}");
+                    std::thread::yield_now();
+                }
+            };
             let mut call = [0u8; 12];
             for i in 0..ROUNDS {
-                // Each step waits long enough for the capsule to be asleep when it happens.
-                std::thread::sleep(Duration::from_millis(2));
+                asleep();
                 theirs.read_exact(&mut call).unwrap();
                 assert_eq!(call[4..], [i as u8; 8]);
-                std::thread::sleep(Duration::from_millis(2));
+                asleep();
                 theirs.write_all(&frame(i as u8)).unwrap();
             }
             let woken = capsule.join().unwrap();

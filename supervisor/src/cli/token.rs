@@ -107,6 +107,10 @@ pub struct CheckArgs {
     /// The resource's classification (normally from its provider's manifest).
     #[arg(long, default_value = "internal")]
     classification: Classification,
+    /// Check as of this time (RFC 3339) instead of now: whether the token will still hold then,
+    /// or already held. Revocations are those known now.
+    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    at: Option<i64>,
 }
 
 #[derive(Args)]
@@ -367,7 +371,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 action: a.action,
                 classification: a.classification,
             };
-            match authority.check(&a.token, &req, now(), false) {
+            match authority.check(&a.token, &req, a.at.unwrap_or_else(now), false) {
                 Ok(_) => println!("allowed"),
                 Err(denial) => {
                     println!("denied: {denial}");

@@ -58,8 +58,12 @@ impl CapsuleLog {
 
     /// One line of the capsule's output (`stream` is stdout or stderr), rate limited.
     pub fn output(&self, stream: &str, line: &str) {
+        self.output_at(stream, line, Instant::now());
+    }
+
+    /// [`Self::output`] at a given instant: the rate limit's clock, injectable for its tests.
+    fn output_at(&self, stream: &str, line: &str, now: Instant) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         let refill = now.duration_since(g.last).as_secs_f64() * RATE_PER_SEC;
         g.tokens = (g.tokens + refill).min(BURST);
         g.last = now;
@@ -123,14 +127,28 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let log = CapsuleLog::open(tmp.path(), "noisy");
         log.event("started");
+        let t0 = Instant::now();
         for i in 0..10_000 {
-            log.output("stdout", &format!("line {i}\x1b[31m"));
+            log.output_at("stdout", &format!("line {i}\x1b[31m"), t0);
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        log.output("stdout", "after");
+        // 20 ms later, ten lines' worth of budget has come back.
+        log.output_at("stdout", "after", t0 + std::time::Duration::from_millis(20));
         let text = fs::read_to_string(log_path(tmp.path(), "noisy")).unwrap();
-        let lines = text.lines().count();
-        assert!(lines < 3000, "{lines} lines kept");
+        let lines: Vec<&str> = text.lines().collect();
+        // The event, the burst, the note of the drop, and the line after it.
+        assert_eq!(
+            lines.len(),
+            1 + BURST as usize + 2,
+            "{} lines kept",
+            lines.len()
+        );
+        assert!(lines[BURST as usize].contains(" stdout line 1999"));
+        assert!(
+            lines[BURST as usize + 1].contains("8000 lines dropped"),
+            "{}",
+            lines[BURST as usize + 1]
+        );
+        assert!(lines[BURST as usize + 2].ends_with("after"));
         assert!(text.contains("lines dropped"), "no note of the drop");
         assert!(!text.contains('\x1b'), "escape reached the log");
     }
