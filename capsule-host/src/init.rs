@@ -42,7 +42,7 @@ pub fn run(sys: &mut impl InitSys, plan: InitPlan) -> Result<(), Failure> {
     let step = |step: &'static str| move |why: String| Failure { step, why };
     if plan.user_namespace {
         if plan.private_root {
-            sys.pin_sources().map_err(step("root"))?;
+            sys.pin_sources().map_err(step("private root"))?;
         }
         sys.enter_user_namespace().map_err(step("user namespace"))?;
         sys.rearm_parent_death().map_err(step("parent check"))?;
@@ -56,10 +56,10 @@ pub fn run(sys: &mut impl InitSys, plan: InitPlan) -> Result<(), Failure> {
     }
     if plan.private_root {
         if !plan.user_namespace {
-            sys.own_mount_namespace().map_err(step("root"))?;
-            sys.pin_sources().map_err(step("root"))?;
+            sys.own_mount_namespace().map_err(step("private root"))?;
+            sys.pin_sources().map_err(step("private root"))?;
         }
-        sys.build_root().map_err(step("root"))?;
+        sys.build_root().map_err(step("private root"))?;
     }
     Ok(())
 }
@@ -142,12 +142,12 @@ mod tests {
     #[test]
     fn a_failing_step_stops_everything_after_it_and_names_itself() {
         for (fail_at, step, ran) in [
-            ("pin", "root", 1),
+            ("pin", "private root", 1),
             ("enter", "user namespace", 2),
             ("rearm", "parent check", 3),
             ("private", "mount namespace", 4),
             ("loopback", "network", 5),
-            ("root", "root", 6),
+            ("root", "private root", 6),
         ] {
             let mut r = Recorder {
                 fail_at: Some(fail_at),

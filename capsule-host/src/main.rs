@@ -105,7 +105,14 @@ fn fail(stage: &str, why: impl std::fmt::Display) -> ! {
         escape(stage),
         escape(&why.to_string())
     ));
-    eprintln!("capsule-host: {stage}: {why}; run `elastos doctor`");
+    let why = why.to_string();
+    // Most reasons already say where to look; the rest get the pointer.
+    let next = if why.contains("elastos doctor") {
+        ""
+    } else {
+        "; run `elastos doctor`"
+    };
+    eprintln!("capsule-host: {stage}: {why}{next}");
     std::process::exit(125);
 }
 
@@ -465,6 +472,12 @@ fn main() {
     if let Ok(cg) = &cgroups {
         layers.insert(0, cg.layer());
     }
+    let no_cgroups = match &cgroups {
+        Ok(_) => String::new(),
+        Err(e) => format!(
+            "no cgroup memory and pids controllers for this capsule ({e}): only rlimits cap it"
+        ),
+    };
     let cgroups = cgroups.ok();
     let mut kernel =
         confine::Kernel::prepare(&plan.fs, a.wasm).unwrap_or_else(|f| fail(f.step, f.why));
@@ -580,7 +593,7 @@ fn main() {
         (
             "cgroups",
             cgroups.is_none(),
-            "no cgroup memory and pids controllers for this user: only rlimits cap it",
+            no_cgroups.as_str(),
         ),
         (
             "landlock-scope",

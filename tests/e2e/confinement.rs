@@ -1199,3 +1199,143 @@ fn the_control_socket_refuses_another_uid_even_when_its_file_lets_it_connect() {
         audit.contains("control.refused") && audit.contains("peer uid 4242")
     });
 }
+
+/// Each layer, refused by the kernel the way a container runtime's seccomp profile or an older
+/// kernel refuses it (capsule-host run under a filter that fails that layer's system calls):
+/// the capsule does not run, the log names the step, the failure is audited, and a capsule that
+/// was already running goes on serving. The control: through the same wrapper with nothing
+/// refused, the same capsule runs.
+#[test]
+fn each_layer_the_kernel_refuses_keeps_the_capsule_from_running() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root, as CI has: without it the cgroups layer is missing for every case"
+    );
+    let node = Node::new();
+    let deny_bin = elastos_bin().with_file_name("deny-syscalls");
+    assert!(deny_bin.exists(), "{} is not built", deny_bin.display());
+    let host = elastos_bin().with_file_name("capsule-host");
+    // What the wrapper refuses at the next start: `ERRNO SPEC...`, or nothing.
+    let deny = node.scratch().join("deny");
+    std::fs::write(&deny, "").unwrap();
+    let wrapper = node.scratch().join("capsule-host-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nspec=$(cat {deny})\n[ -z \"$spec\" ] && exec {host} \"$@\"\nexec {bin} $spec -- {host} \"$@\"\n",
+            deny = deny.display(),
+            host = host.display(),
+            bin = deny_bin.display(),
+        ),
+    )
+    .unwrap();
+    set_mode(&wrapper, 0o755);
+    let out: elastos_e2e::Run = node
+        .command()
+        .env("ELASTOS_CAPSULE_HOST", &wrapper)
+        .arg("up")
+        .output()
+        .unwrap()
+        .into();
+    assert!(out.ok().contains("elastos is up"), "{out:#?}");
+    let up = Up { node };
+    let steady = script_capsule(
+        &up.node,
+        "steady",
+        "echo steady-up\nwhile true; do sleep 1; done",
+    );
+    up.node.run(&["run", "-d", path(&steady)]).ok();
+    wait_until("steady runs", Duration::from_secs(20), || {
+        up.node.run(&["logs", "steady"]).ok().contains("steady-up")
+    });
+    let steady_pid = up.capsule("steady")["pid"].as_u64().unwrap();
+
+    // (layer, errno, the calls refused, what the log must name).
+    const CLONE_NEWUSER: &str = "0x10000000";
+    let layers: Vec<(&str, &str, Vec<String>, &str)> = vec![
+        (
+            "cgroups",
+            "EACCES",
+            vec!["mkdir".into(), "mkdirat".into()],
+            "cgroups",
+        ),
+        (
+            "user-namespace",
+            "EPERM",
+            vec![
+                format!("clone@0&{CLONE_NEWUSER}"),
+                format!("unshare@0&{CLONE_NEWUSER}"),
+            ],
+            "user namespace",
+        ),
+        (
+            "private-root",
+            "EPERM",
+            vec!["pivot_root".into()],
+            "private root",
+        ),
+        (
+            "limits",
+            "EPERM",
+            vec!["prlimit64".into(), "setrlimit".into()],
+            "limits",
+        ),
+        ("identity", "EPERM", vec!["prctl@0=28".into()], "identity"),
+        (
+            "no-new-privs",
+            "EINVAL",
+            vec!["prctl@0=38".into()],
+            "no_new_privs",
+        ),
+        (
+            "landlock",
+            "ENOSYS",
+            vec![
+                "landlock_create_ruleset".into(),
+                "landlock_add_rule".into(),
+                "landlock_restrict_self".into(),
+            ],
+            "landlock",
+        ),
+        (
+            "seccomp",
+            "EINVAL",
+            vec!["seccomp".into(), "prctl@0=22".into()],
+            "seccomp",
+        ),
+    ];
+    for (layer, errno, calls, step) in &layers {
+        std::fs::write(&deny, format!("{errno} {}", calls.join(" "))).unwrap();
+        let name = format!("no-{layer}");
+        let dir = script_capsule(&up.node, &name, "echo it-ran");
+        let run = up.node.run(&["run", path(&dir), "--restart", "never"]);
+        assert_eq!(run.code, 125, "{layer}: {run:#?}");
+        let log = up.node.run(&["logs", &name]).ok().to_string();
+        assert!(
+            log.contains(&format!("capsule-host failed at {step}")),
+            "{layer}: {log}"
+        );
+        assert!(!log.contains("it-ran"), "{layer}: the capsule ran: {log}");
+        let refused = up
+            .node
+            .run(&["audit", "--json"])
+            .ok()
+            .lines()
+            .filter(|l| {
+                l.contains("\"action\":\"capsule.refused\"")
+                    && l.contains(&format!("capsule:{name}"))
+                    && l.contains(&format!("failed at {step}"))
+            })
+            .count();
+        assert_eq!(refused, 1, "{layer}: the refusal is audited once");
+    }
+    // The wrapper alone changes nothing: with nothing refused, the same capsule runs.
+    std::fs::write(&deny, "").unwrap();
+    let dir = script_capsule(&up.node, "control", "echo it-ran");
+    up.node.run(&["run", path(&dir), "--restart", "never"]).ok();
+    assert!(up.node.run(&["logs", "control"]).ok().contains("it-ran"));
+    // And the capsule that was running before went on, the same process.
+    assert_eq!(up.capsule("steady")["pid"].as_u64(), Some(steady_pid));
+    assert_eq!(up.capsule("steady")["state"], "running");
+    up.node.run(&["audit", "verify"]).ok();
+}

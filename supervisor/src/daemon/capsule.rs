@@ -599,6 +599,18 @@ impl CapsuleActor {
             HostStatus::Failed { stage, message } => {
                 st.log
                     .event(&format!("capsule-host failed at {stage}: {message}"));
+                // A step of its start failed (a layer this machine could not give, say): the
+                // capsule was refused rather than run with less, and the record says why.
+                self.shared
+                    .audit_sync(
+                        "supervisor",
+                        "capsule.refused",
+                        st.peer.actor(),
+                        Decision::Denied,
+                        &format!("capsule-host failed at {stage}: {message}"),
+                        None,
+                    )
+                    .await;
             }
         }
     }
