@@ -639,6 +639,9 @@ impl Sys for Kernel {
 }
 
 #[cfg(test)]
+mod landlock_alone;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
