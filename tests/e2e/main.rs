@@ -8,6 +8,7 @@ mod cli;
 mod confinement;
 mod fulldisk;
 mod identity;
+mod install;
 mod livepath;
 mod supervisor;
 mod throwaway;
