@@ -660,6 +660,25 @@ mod tests {
     /// A package signed by `key` listing exactly `files` (path, content) in this order, as a
     /// hostile publisher would craft it: no check of `pack`'s is applied.
     fn crafted(key: &NodeKey, files: &[(&str, &[u8])]) -> Vec<u8> {
+        crafted_with(key, files, |_| {}, |_| {})
+    }
+
+    /// One zero word more in a framed single-segment message: it reads the same, but is no
+    /// longer the canonical encoding.
+    fn padded(message: &mut Vec<u8>) {
+        let words = u32::from_le_bytes(message[4..8].try_into().unwrap());
+        message[4..8].copy_from_slice(&(words + 1).to_le_bytes());
+        message.extend_from_slice(&[0; 8]);
+    }
+
+    /// A package signed by `key` whose index body and signed index are changed by the two
+    /// functions before they are signed and framed: each stays validly signed.
+    fn crafted_with(
+        key: &NodeKey,
+        files: &[(&str, &[u8])],
+        body_tweak: impl Fn(&mut Vec<u8>),
+        signed_tweak: impl Fn(&mut Vec<u8>),
+    ) -> Vec<u8> {
         let listed: Vec<PackedFile> = files
             .iter()
             .map(|(path, content)| PackedFile {
@@ -669,9 +688,11 @@ mod tests {
                 sha256: hex::encode(Sha256::digest(content)),
             })
             .collect();
-        let body = encode_index(&key.did(), &listed).unwrap();
+        let mut body = encode_index(&key.did(), &listed).unwrap();
+        body_tweak(&mut body);
         let sig = key.sign(domains::PACKAGE, &body);
-        let signed = encode_signed(&body, &sig.to_bytes(), &key.public_bytes()).unwrap();
+        let mut signed = encode_signed(&body, &sig.to_bytes(), &key.public_bytes()).unwrap();
+        signed_tweak(&mut signed);
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&(signed.len() as u32).to_le_bytes());
         out.extend_from_slice(&signed);
@@ -743,6 +764,25 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("lists as a file"), "{e}");
+    }
+
+    #[test]
+    fn a_validly_signed_index_that_is_not_canonical_is_refused() {
+        let manifest: &[u8] = b"format = 1\nname = \"evil\"\nversion = \"0.1.0\"\ndescription = \"x\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin\"\n";
+        let files: &[(&str, &[u8])] = &[("bin", b"x"), ("capsule.toml", manifest)];
+        // Two encodings of one index would be two CIDs of one package, and bytes no check reads.
+        let e = verify(&crafted_with(&key(), files, padded, |_| {})).unwrap_err();
+        assert!(
+            e.to_string().contains("the index body is not canonical"),
+            "{e}"
+        );
+        let e = verify(&crafted_with(&key(), files, |_| {}, padded)).unwrap_err();
+        assert!(
+            e.to_string().contains("the signed index is not canonical"),
+            "{e}"
+        );
+        // Untouched, the same package verifies.
+        verify(&crafted_with(&key(), files, |_| {}, |_| {})).unwrap();
     }
 
     #[test]
