@@ -30,6 +30,8 @@ pub mod wire_capnp {
 
 pub mod landlock;
 pub mod manifest;
+pub mod policy;
+pub mod resource;
 pub mod wasm_abi;
 pub mod wire;
 

@@ -92,3 +92,39 @@ fn doctor_fails_when_the_home_is_open_to_others() {
     text.code(1);
     assert!(text.stdout.contains("MISSING  elastos_home"), "{text:#?}");
 }
+
+/// `policy check`: the shipped default is valid; a mistake is named by file, line and column
+/// (exit 1), in text and in JSON.
+#[test]
+fn policy_check_accepts_the_shipped_default_and_points_at_a_mistake() {
+    let node = Node::new();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default.toml");
+    let ok = node.run(&["policy", "check", shipped.to_str().unwrap()]);
+    assert!(ok.ok().contains(": ok, 6 rule(s)"), "{ok:#?}");
+
+    let bad = node.scratch().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "format = 1\n\n[[rule]]\nresource = \"*\"\ndecision = \"allow\"\nttl = \"3h\"\n",
+    )
+    .unwrap();
+    let out = node.run(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr.starts_with(&format!(
+            "{}:6:7: ttl: more than zero and at most 1h",
+            bad.display()
+        )),
+        "{out:#?}"
+    );
+    let json = node
+        .run(&["policy", "check", "--json", bad.to_str().unwrap()])
+        .json();
+    assert_eq!(json["ok"], false);
+    assert_eq!(
+        (json["line"].as_u64(), json["column"].as_u64()),
+        (Some(6), Some(7))
+    );
+    // Checking needs no node: nothing was created.
+    assert!(!node.home().exists());
+}

@@ -6,6 +6,7 @@ mod capsule;
 mod daemon;
 mod identity;
 mod ops;
+mod policy;
 mod token;
 
 pub use audit::operator;
@@ -62,6 +63,9 @@ enum Command {
     Trust(token::TrustCommand),
     /// Read and verify the audit log.
     Audit(audit::AuditArgs),
+    /// Check the node's policy files.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Start the supervisor (in the background unless --foreground) with the default capsules.
     Up(daemon::UpArgs),
     /// Stop every capsule and the supervisor.
@@ -158,6 +162,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Revoke(a) => token::revoke(a),
         Command::Trust(c) => token::trust(c),
         Command::Audit(a) => audit::run(a),
+        Command::Policy(c) => policy::run(c),
         Command::Up(a) => daemon::up(a),
         Command::Down(a) => daemon::down(a),
         Command::Status(a) => daemon::status(a),

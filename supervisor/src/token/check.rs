@@ -244,7 +244,7 @@ pub(crate) fn check_resource_pattern(t: &Token, pattern: &str) -> Result<(), Str
             sanitize(pattern)
         ));
     }
-    match super::resource::resource_within(&t.resource, pattern) {
+    match elastos_schema::resource::resource_within(&t.resource, pattern) {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!(
             "`{}` is not within the token's resource `{}`",

@@ -16,7 +16,6 @@
 
 mod check;
 mod codec;
-mod resource;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +36,7 @@ pub use check::{
     MAX_CLOCK_SKEW_SECS,
 };
 pub(crate) use codec::MAX_SUBJECT_LEN;
-pub use resource::{
+pub use elastos_schema::resource::{
     resource_matches, resource_within, validate_pattern, validate_request, MAX_RESOURCE_LEN,
 };
 

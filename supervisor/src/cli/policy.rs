@@ -1,0 +1,71 @@
+//! `elastos policy check FILE`: reads a policy file as the shell capsule reads it, and says
+//! where the first mistake is (`FILE:LINE:COLUMN: …`), so a policy is checked before it is
+//! installed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use elastos_schema::policy::Policy;
+
+/// A policy file is far smaller: the cap keeps a wrong path (a disk image, say) from being read
+/// into memory.
+const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file: exit 0 and a summary, or exit 1 and `FILE:LINE:COLUMN: what is
+    /// wrong`.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check { file, json } => {
+            let meta =
+                std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?;
+            if meta.len() > MAX_POLICY_BYTES {
+                anyhow::bail!(
+                    "{}: {} bytes; a policy file is at most {MAX_POLICY_BYTES}",
+                    file.display(),
+                    meta.len()
+                );
+            }
+            let text = std::fs::read_to_string(&file).with_context(|| {
+                format!("reading {} (a policy file is UTF-8 TOML)", file.display())
+            })?;
+            match Policy::parse(&text) {
+                Ok(p) => {
+                    if json {
+                        super::print_json(&serde_json::json!({
+                            "file": file.display().to_string(),
+                            "ok": true,
+                            "rules": p.rules.len(),
+                        }))?;
+                    } else {
+                        println!("{}: ok, {} rule(s)", file.display(), p.rules.len());
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    if json {
+                        super::print_json(&serde_json::json!({
+                            "file": file.display().to_string(),
+                            "ok": false,
+                            "line": e.line,
+                            "column": e.column,
+                            "error": e.message,
+                        }))?;
+                    }
+                    eprintln!("{}:{e}", file.display());
+                    Ok(ExitCode::from(super::EXIT_FAILED))
+                }
+            }
+        }
+    }
+}
