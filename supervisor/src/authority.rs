@@ -172,6 +172,10 @@ struct State {
     delegations: BTreeMap<TokenId, Delegation>,
     uses: BTreeMap<TokenId, u64>,
     trusted: BTreeSet<String>,
+    /// Publishers whose packages this node runs as known, or as its own (first party); apart
+    /// from `trusted`, since running someone's app must not make their key a token issuer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    publishers: BTreeMap<String, PublisherKind>,
     /// The node's earlier keys (DIDs), retired by `identity import --force`: packages they
     /// signed stay first party; tokens they issued ended with the epoch raised at the change.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -191,6 +195,27 @@ struct State {
 /// keys; not use counts).
 pub type StateStamp = (u64, [u8; 32]);
 
+/// How this node regards a publisher it was told about (`elastos trust add --publisher` or
+/// `--first-party`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PublisherKind {
+    /// Its packages may run, under the node's policy; nothing more.
+    Known,
+    /// Its packages are treated as this node's own: the provide capability, the policy's
+    /// `first-party` rules.
+    FirstParty,
+}
+
+impl PublisherKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublisherKind::Known => "publisher",
+            PublisherKind::FirstParty => "first-party",
+        }
+    }
+}
+
 /// Where the authority publishes its stamp after each commit, for the audit log's next head.
 pub type StampCell = Arc<std::sync::Mutex<Option<StateStamp>>>;
 
@@ -199,13 +224,18 @@ impl State {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         h.update(b"elastos/state-digest/v1\0");
-        let part = serde_json::json!({
+        let mut part = serde_json::json!({
             "epoch": self.epoch,
             "revoked": self.revoked,
             "delegations": self.delegations,
             "trusted": self.trusted,
             "former_keys": self.former_keys,
         });
+        // Only when there are any: the digest of a state from before publishers existed stays
+        // what its audit head recorded.
+        if !self.publishers.is_empty() {
+            part["publishers"] = serde_json::json!(self.publishers);
+        }
         h.update(part.to_string().as_bytes());
         (self.version, h.finalize().into())
     }
@@ -234,6 +264,7 @@ impl State {
             delegations: BTreeMap::new(),
             uses: BTreeMap::new(),
             trusted: BTreeSet::new(),
+            publishers: BTreeMap::new(),
             former_keys: BTreeSet::new(),
             version: 0,
             mac: None,
@@ -1401,6 +1432,87 @@ impl Authority {
     pub fn trust_ls(&self) -> Vec<String> {
         self.state.trusted.iter().cloned().collect()
     }
+
+    /// Runs `did`'s packages as `kind`. Returns false if it was already so. First party is the
+    /// wider: marking a first-party publisher known narrows it, and goes through as a narrowing.
+    pub fn publisher_add(
+        &mut self,
+        did: &str,
+        kind: PublisherKind,
+    ) -> Result<bool, AuthorityError> {
+        public_from_did(did)?;
+        let before = self.state.publishers.get(did).copied();
+        if before == Some(kind) {
+            return Ok(false);
+        }
+        let mut next = self.state.clone();
+        next.publishers.insert(did.to_string(), kind);
+        if before == Some(PublisherKind::FirstParty) {
+            self.commit_narrowing(next)?;
+        } else {
+            self.commit(next)?;
+        }
+        Ok(true)
+    }
+
+    /// Forgets `did` as a publisher. Returns false if it was not one.
+    pub fn publisher_rm(&mut self, did: &str) -> Result<bool, AuthorityError> {
+        if !self.state.publishers.contains_key(did) {
+            return Ok(false);
+        }
+        let mut next = self.state.clone();
+        next.publishers.remove(did);
+        self.commit_narrowing(next)?;
+        Ok(true)
+    }
+
+    /// Forgets `did` as an issuer and as a publisher, in one change. Returns false if it was
+    /// neither.
+    pub fn forget(&mut self, did: &str) -> Result<bool, AuthorityError> {
+        if !self.state.trusted.contains(did) && !self.state.publishers.contains_key(did) {
+            return Ok(false);
+        }
+        let mut next = self.state.clone();
+        next.trusted.remove(did);
+        next.publishers.remove(did);
+        self.commit_narrowing(next)?;
+        self.trusted.retain(|_, d| d != did);
+        self.refresh_known_keys();
+        Ok(true)
+    }
+
+    /// Everything this node was told to trust, by DID: `issuer`, `publisher` (known) or
+    /// `first-party`; a DID that is an issuer and a publisher is listed once for each.
+    pub fn trust_entries(&self) -> Vec<(String, &'static str)> {
+        let mut all: Vec<(String, &'static str)> = self
+            .state
+            .trusted
+            .iter()
+            .map(|d| (d.clone(), "issuer"))
+            .chain(
+                self.state
+                    .publishers
+                    .iter()
+                    .map(|(d, k)| (d.clone(), k.as_str())),
+            )
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// How this node regards `did` as a publisher, if it was told.
+    pub fn publisher_kind(&self, did: &str) -> Option<PublisherKind> {
+        self.state.publishers.get(did).copied()
+    }
+
+    /// The publishers this node was told about, sorted by DID.
+    pub fn publishers(&self) -> Vec<(String, PublisherKind)> {
+        self.state
+            .publishers
+            .iter()
+            .map(|(d, k)| (d.clone(), *k))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -1761,6 +1873,79 @@ mod tests {
         let mut f = fixture();
         assert!(f.auth.trust_add("did:web:example.com").is_err());
         assert!(f.auth.trust_ls().is_empty());
+    }
+
+    #[test]
+    fn a_publisher_is_not_an_issuer_and_an_issuer_is_not_a_publisher() {
+        let mut f = fixture();
+        let other = NodeKey::from_seed(&[9u8; 32]);
+        let did = other.did();
+        assert!(f
+            .auth
+            .publisher_add(&did, PublisherKind::FirstParty)
+            .unwrap());
+        assert!(!f
+            .auth
+            .publisher_add(&did, PublisherKind::FirstParty)
+            .unwrap());
+        // Running its packages as first party does not make its tokens acceptable.
+        let mut foreign = Authority::open(
+            &Home::at(f._dir.path().join("other")),
+            Some(Arc::new(NodeKey::from_seed(&[9u8; 32]))),
+        )
+        .unwrap();
+        let (_, text) = foreign.issue_at(req(), NOW).unwrap();
+        assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Issuer);
+        assert!(f.auth.trust_ls().is_empty());
+        // Both kinds, each listed; kept across a reopen (the state is MAC'd like the rest).
+        f.auth.trust_add(&did).unwrap();
+        f.reopen();
+        assert_eq!(
+            f.auth.trust_entries(),
+            [(did.clone(), "first-party"), (did.clone(), "issuer")]
+        );
+        assert_eq!(f.auth.publisher_kind(&did), Some(PublisherKind::FirstParty));
+        f.auth.check(&text, &call(), NOW, false).unwrap();
+        // Known narrows first party; forgetting takes both kinds at once.
+        f.auth.publisher_add(&did, PublisherKind::Known).unwrap();
+        assert_eq!(f.auth.publisher_kind(&did), Some(PublisherKind::Known));
+        assert!(f.auth.forget(&did).unwrap());
+        f.reopen();
+        assert!(f.auth.trust_entries().is_empty());
+        assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Issuer);
+        assert!(!f.auth.forget(&did).unwrap());
+        assert!(f
+            .auth
+            .publisher_add("did:web:example.com", PublisherKind::Known)
+            .is_err());
+    }
+
+    #[test]
+    fn the_state_digest_of_a_node_without_publishers_is_what_it_was() {
+        // What the audit log's heads recorded before publishers existed must still match.
+        let mut st = State::new();
+        st.trusted.insert("did:key:zA".into());
+        let old = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(b"elastos/state-digest/v1\0");
+            h.update(
+                serde_json::json!({
+                    "epoch": st.epoch,
+                    "revoked": st.revoked,
+                    "delegations": st.delegations,
+                    "trusted": st.trusted,
+                    "former_keys": st.former_keys,
+                })
+                .to_string()
+                .as_bytes(),
+            );
+            <[u8; 32]>::from(h.finalize())
+        };
+        assert_eq!(st.stamp().1, old);
+        st.publishers
+            .insert("did:key:zB".into(), PublisherKind::Known);
+        assert_ne!(st.stamp().1, old, "a publisher is part of the digest");
     }
 
     #[test]

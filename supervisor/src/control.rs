@@ -60,6 +60,9 @@ pub enum Request {
     RevokeAll,
     TrustAdd {
         did: String,
+        /// What the DID is trusted as (an issuer when left out).
+        #[serde(default)]
+        kind: TrustKind,
     },
     TrustRm {
         did: String,
@@ -69,6 +72,55 @@ pub enum Request {
     AuditPrune {
         before: u64,
     },
+}
+
+/// What `elastos trust add` makes of a DID.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrustKind {
+    /// Its tokens are accepted here.
+    #[default]
+    Issuer,
+    /// A known publisher: its packages may run, under the node's policy.
+    Publisher,
+    /// A first-party publisher: its packages are treated as this node's own.
+    FirstParty,
+}
+
+impl TrustKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustKind::Issuer => "issuer",
+            TrustKind::Publisher => "publisher",
+            TrustKind::FirstParty => "first-party",
+        }
+    }
+
+    /// Makes `did` this kind in `authority` (the caller has recorded it first). Returns false
+    /// if it already was.
+    pub fn apply(
+        self,
+        authority: &mut crate::authority::Authority,
+        did: &str,
+    ) -> Result<bool, crate::authority::AuthorityError> {
+        use crate::authority::PublisherKind;
+        match self {
+            TrustKind::Issuer => authority.trust_add(did),
+            TrustKind::Publisher => authority.publisher_add(did, PublisherKind::Known),
+            TrustKind::FirstParty => authority.publisher_add(did, PublisherKind::FirstParty),
+        }
+    }
+
+    /// The words of its `trust.add` audit record.
+    pub fn audit_reason(self) -> &'static str {
+        match self {
+            TrustKind::Issuer => "issuer trusted",
+            TrustKind::Publisher => "publisher known: its packages may run, under policy",
+            TrustKind::FirstParty => {
+                "publisher first party: its packages are treated as this node's own"
+            }
+        }
+    }
 }
 
 /// What `elastos run` asks for.

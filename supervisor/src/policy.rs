@@ -7,7 +7,7 @@
 //!   actions; the token names the requested pattern (so one grant covers the namespace), carries
 //!   only the asked actions, lives at most an hour, and is bound to the capsule's name and CID;
 //! - the "provide" capability (`admin` on exactly a namespace pattern) goes only to a first-party
-//!   capsule — one published by this node's key or an issuer it trusts — for a pattern its
+//!   capsule — one published by this node's key or a publisher marked first party — for a pattern its
 //!   manifest `provides`. Development packages (publisher `dev`) never provide.
 //!
 //! Everything else is denied, with a reason that says what to add to the manifest.
@@ -77,7 +77,7 @@ pub fn decide(
             }
             if !first_party {
                 return Grant::Deny(format!(
-                    "only first-party capsules may provide `{resource}` under the development policy; sign the package with this node's key or a trusted issuer's"
+                    "only first-party capsules may provide `{resource}` under the development policy; sign the package with this node's key, or mark its publisher first party (`elastos trust add DID --first-party`)"
                 ));
             }
             return Grant::Allow {

@@ -262,3 +262,69 @@ fn up_starts_the_default_capsules_named_in_the_configuration() {
     // Default capsules restart always, even after a clean exit.
     assert_eq!(up.capsule("echo")["restart"], "always");
 }
+
+/// Trusting a DID as a token issuer does not make its packages first party; `--first-party`
+/// does, and `trust rm` takes it back for the next start.
+#[test]
+fn only_a_first_party_publisher_s_package_may_provide() {
+    let up = Up::new();
+    let other = elastos_e2e::Node::new();
+    let theirs = other.pack_first_party("echo");
+    let start = |name: &str| {
+        up.node.run(&[
+            "run",
+            "-d",
+            path(&theirs),
+            "--name",
+            name,
+            "--restart",
+            "never",
+        ])
+    };
+    let refused = |name: &str| {
+        wait_until(&format!("{name} refused"), Duration::from_secs(20), || {
+            up.node
+                .run(&["logs", name])
+                .ok()
+                .contains("only first-party capsules may provide")
+        })
+    };
+    // An issuer only: its echo is not first party here.
+    up.node.run(&["trust", "add", &other.did()]).ok();
+    start("echo-issuer");
+    refused("echo-issuer");
+    // A known publisher: it runs, and still may not provide.
+    up.node
+        .run(&["trust", "add", &other.did(), "--publisher"])
+        .ok();
+    start("echo-known");
+    refused("echo-known");
+    // First party: it serves.
+    up.node
+        .run(&["trust", "add", &other.did(), "--first-party"])
+        .ok();
+    start("echo").ok();
+    wait_until("their echo serving", Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "echo"])
+            .ok()
+            .contains("serving localhost://echo/*")
+    });
+    let audit = up.node.run(&["audit", "--json"]).ok().to_string();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"action\":\"trust.add\"") && l.contains("publisher first party")),
+        "{audit}"
+    );
+    // Forgotten: the next start of its package is not first party again.
+    up.node.run(&["trust", "rm", &other.did()]).ok();
+    assert!(up
+        .node
+        .run(&["trust", "ls"])
+        .ok()
+        .contains("nothing trusted"));
+    up.node.run(&["stop", "echo"]).ok();
+    start("echo-again");
+    refused("echo-again");
+}

@@ -311,10 +311,24 @@ fn tokens_from_another_node_need_trust() {
     ours.run(&["trust", "add", &their_did]).ok();
     assert_allowed(&ours.check(&t, "notes", res, "read"));
     let listed = ours.run(&["trust", "ls", "--json"]).json();
-    assert_eq!(listed, serde_json::json!([their_did]));
+    assert_eq!(
+        listed,
+        serde_json::json!([{"did": their_did, "kind": "issuer"}])
+    );
     ours.run(&["trust", "rm", &their_did]).ok();
     assert_denied(&ours.check(&t, "notes", res, "read"), "issuer");
     ours.run(&["trust", "add", "did:web:example.com"]).code(1);
+    // A publisher, of either kind, is not an issuer: its tokens stay refused.
+    ours.run(&["trust", "add", &their_did, "--first-party"])
+        .ok();
+    ours.run(&["trust", "add", &their_did, "--publisher"]).ok();
+    assert_denied(&ours.check(&t, "notes", res, "read"), "issuer");
+    assert_eq!(
+        ours.run(&["trust", "ls", "--json"]).json(),
+        serde_json::json!([{"did": their_did, "kind": "publisher"}])
+    );
+    ours.run(&["trust", "add", &their_did, "--publisher", "--first-party"])
+        .code(2);
 }
 
 #[test]

@@ -125,11 +125,22 @@ pub struct RevokeArgs {
 
 #[derive(Subcommand)]
 pub enum TrustCommand {
-    /// Accept tokens issued by this DID.
-    Add { did: String },
-    /// Stop accepting tokens issued by this DID.
+    /// Accept tokens issued by this DID; with --publisher or --first-party, run its packages
+    /// instead (accepting its tokens is a separate `trust add`).
+    Add {
+        did: String,
+        /// A known publisher: its packages may run, under the node's policy; nothing more.
+        #[arg(long, conflicts_with = "first_party")]
+        publisher: bool,
+        /// A first-party publisher: its packages are treated as this node's own (they may
+        /// provide services, and the policy's `first-party` rules apply).
+        #[arg(long)]
+        first_party: bool,
+    },
+    /// Stop trusting this DID, as an issuer and as a publisher.
     Rm { did: String },
-    /// List the trusted issuers besides this node.
+    /// List the DIDs trusted besides this node, each with its kind (issuer, publisher,
+    /// first-party).
     Ls {
         #[arg(long)]
         json: bool,
@@ -463,23 +474,37 @@ fn record_undone(
 }
 
 pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
+    use elastos::control::TrustKind;
     let home = Home::from_env()?;
     match cmd {
-        TrustCommand::Add { did } => {
-            let remote = elastos::control::Request::TrustAdd { did: did.clone() };
+        TrustCommand::Add {
+            did,
+            publisher,
+            first_party,
+        } => {
+            let kind = match (publisher, first_party) {
+                (true, _) => TrustKind::Publisher,
+                (_, true) => TrustKind::FirstParty,
+                _ => TrustKind::Issuer,
+            };
+            let said = format!("trusted {did} as {}", kind.as_str());
+            let remote = elastos::control::Request::TrustAdd {
+                did: did.clone(),
+                kind,
+            };
             if via_supervisor(&home, &remote)?.is_some() {
-                println!("trusted {did}");
+                println!("{said}");
                 return Ok(ExitCode::SUCCESS);
             }
             elastos::identity::public_from_did(&did)?;
             let (_lock, key, mut authority) = writable_authority(&home)?;
-            record_operator(&home, &key, "trust.add", &did, "issuer trusted", None)
-                .context("the issuer was not trusted")?;
-            if let Err(e) = authority.trust_add(&did) {
+            record_operator(&home, &key, "trust.add", &did, kind.audit_reason(), None)
+                .context("the DID was not trusted")?;
+            if let Err(e) = kind.apply(&mut authority, &did) {
                 let _ = record_undone(&home, &key, "trust.add", &did, &e);
                 return Err(e.into());
             }
-            println!("trusted {did}");
+            println!("{said}");
         }
         TrustCommand::Rm { did } => {
             let remote = elastos::control::Request::TrustRm { did: did.clone() };
@@ -488,27 +513,32 @@ pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let (_lock, key, mut authority) = writable_authority(&home)?;
-            authority.trust_rm(&did)?;
+            authority.forget(&did)?;
             warn_unrecorded(record_operator(
                 &home,
                 &key,
                 "trust.rm",
                 &did,
-                "issuer no longer trusted",
+                "no longer trusted, as an issuer or a publisher",
                 None,
             ));
             println!("no longer trusted: {did}");
         }
         TrustCommand::Ls { json } => {
             let authority = Authority::open(&home, None)?;
-            let list = authority.trust_ls();
+            let list = authority.trust_entries();
             if json {
-                super::print_json(&list)?;
+                super::print_json(
+                    &list
+                        .iter()
+                        .map(|(did, kind)| serde_json::json!({"did": did, "kind": kind}))
+                        .collect::<Vec<_>>(),
+                )?;
             } else if list.is_empty() {
-                println!("(no issuers trusted besides this node)");
+                println!("(nothing trusted besides this node)");
             } else {
-                for d in list {
-                    println!("{d}");
+                for (did, kind) in list {
+                    println!("{kind:<12} {did}");
                 }
             }
         }

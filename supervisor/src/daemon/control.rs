@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use elastos::audit::Decision;
 use elastos::authority::IssueRequest;
-use elastos::control::{Event, Request, Response, RunRequest, RunSource};
+use elastos::control::{Event, Request, Response, RunRequest, RunSource, TrustKind};
 use elastos::store::Stored;
 use elastos::token::TokenId;
 use elastos_schema::{ActionSet, Classification};
@@ -291,17 +291,23 @@ async fn handle(
                 Err(e) => Response::err(e.to_string()),
             }
         }
-        Request::TrustAdd { did } => trust_add(&shared, did).await,
+        Request::TrustAdd { did, kind } => trust_add(&shared, did, kind).await,
         Request::TrustRm { did } => {
             let r = shared
                 .authority
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .trust_rm(&did);
+                .forget(&did);
             match r {
                 Ok(removed) => {
-                    let audited =
-                        operator(&shared, "trust.rm", &did, "issuer no longer trusted", None).await;
+                    let audited = operator(
+                        &shared,
+                        "trust.rm",
+                        &did,
+                        "no longer trusted, as an issuer or a publisher",
+                        None,
+                    )
+                    .await;
                     narrowed(json!({"removed": removed}), audited)
                 }
                 Err(e) => Response::err(e.to_string()),
@@ -312,8 +318,11 @@ async fn handle(
                 .authority
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .trust_ls();
-            Response::ok(json!(list))
+                .trust_entries();
+            Response::ok(json!(list
+                .into_iter()
+                .map(|(did, kind)| json!({"did": did, "kind": kind}))
+                .collect::<Vec<_>>()))
         }
         Request::AuditPrune { before } => {
             let shared = shared.clone();
@@ -421,19 +430,18 @@ async fn undone(shared: &Shared, action: &'static str, resource: &str, why: &str
         .await;
 }
 
-async fn trust_add(shared: &Arc<Shared>, did: String) -> Response {
+async fn trust_add(shared: &Arc<Shared>, did: String, kind: TrustKind) -> Response {
     if let Err(e) = elastos::identity::public_from_did(&did) {
         return usage(e.to_string());
     }
     // Widening: the record first, then the change.
-    if !operator(shared, "trust.add", &did, "issuer trusted", None).await {
-        return not_recorded("trusting the issuer");
+    if !operator(shared, "trust.add", &did, kind.audit_reason(), None).await {
+        return not_recorded("trusting the DID");
     }
-    let r = shared
-        .authority
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .trust_add(&did);
+    let r = kind.apply(
+        &mut shared.authority.lock().unwrap_or_else(|e| e.into_inner()),
+        &did,
+    );
     match r {
         Ok(added) => Response::ok(json!({"added": added})),
         Err(e) => {

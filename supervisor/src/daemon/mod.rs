@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use elastos::audit::{AuditLog, AuditOptions, Decision, Durability, Event};
-use elastos::authority::Authority;
+use elastos::authority::{Authority, PublisherKind};
 use elastos::config::Config;
 use elastos::home::Home;
 use elastos::host::Spawner;
 use elastos::identity::NodeKey;
 use elastos::store::Store;
+use elastos_schema::policy::Standing;
 use ractor::{Actor, ActorRef};
 
 use conn::{Conn, Route};
@@ -286,15 +287,31 @@ impl Shared {
 
     /// Published by this node's key, one of its former keys, or an issuer it trusts; never the
     /// development key.
-    pub fn is_first_party(&self, publisher: &str) -> bool {
+    /// How this node regards a package's publisher. A token issuer (`trust add DID`) is not
+    /// thereby a publisher: running someone's packages and accepting their tokens are apart.
+    pub fn standing(&self, publisher: &str) -> Standing {
         if publisher == self.dev_did {
-            return false;
+            return Standing::Dev;
         }
         if publisher == self.did {
-            return true;
+            return Standing::ThisNode;
         }
         let authority = self.authority.lock().unwrap_or_else(|e| e.into_inner());
-        authority.is_former_key(publisher) || authority.trust_ls().iter().any(|d| d == publisher)
+        if authority.is_former_key(publisher) {
+            return Standing::ThisNode;
+        }
+        match authority.publisher_kind(publisher) {
+            Some(PublisherKind::FirstParty) => Standing::FirstParty,
+            Some(PublisherKind::Known) => Standing::Known,
+            None => Standing::Unknown,
+        }
+    }
+
+    pub fn is_first_party(&self, publisher: &str) -> bool {
+        matches!(
+            self.standing(publisher),
+            Standing::ThisNode | Standing::FirstParty
+        )
     }
 }
 
