@@ -21,6 +21,10 @@ struct Frame {
     incoming @8 :Incoming;       # supervisor → provider: a verified call to serve
     reply @9 :Reply;             # provider → supervisor: the provider's answer to an incoming
     chunk @10 :Chunk;            # either way: part of a large payload
+    policyRequest @11 :PolicyRequest;  # supervisor → shell: decide one request
+    policyAnswer @12 :PolicyAnswer;    # shell → supervisor: its answer to one policyRequest
+    policyLoad @13 :PolicyLoad;        # supervisor → shell: the node's policy, whole
+    policyLoaded @14 :PolicyLoaded;    # shell → supervisor: whether it took that policy
   }
 }
 
@@ -124,4 +128,60 @@ struct Chunk {
   seq @1 :UInt32;
   data @2 :Data;
   last @3 :Bool;
+}
+
+# The decision protocol between the supervisor (mechanism: it mints, checks and audits) and the
+# shell capsule (policy: it decides). Only the connection of the capsule the node configures as
+# its shell may receive or send these; every field of a request was verified by the supervisor.
+
+enum Standing {
+  thisNode @0;                   # signed by this node's key (or one of its former keys)
+  firstParty @1;                 # a publisher marked first party (`trust add --first-party`)
+  known @2;                      # a known publisher (`trust add --publisher`)
+  dev @3;                        # the development key
+  unknown @4;
+}
+
+struct PolicyRequest {
+  version @0 :UInt16;            # the decision protocol's version; a shell refuses one it does not know
+  id @1 :Data;                   # 16 random bytes, fresh for each request; the answer echoes it
+  name @2 :Text;                 # the requesting capsule
+  cid @3 :Text;
+  publisher @4 :Text;            # a DID, or "dev"
+  standing @5 :Standing;
+  resource @6 :Text;             # what it asked for: a resource or a pattern P/*
+  actions @7 :List(Token.Action);
+  ttlSeconds @8 :UInt32;         # what it asked for; 0 = the longest allowed
+  covering @9 :Text;             # the requests entry of its manifest that covers the ask
+  coveringActions @10 :List(Token.Action);
+  reason @11 :Text;              # that entry's reason, as its manifest says it
+}
+
+struct PolicyAnswer {
+  version @0 :UInt16;
+  id @1 :Data;
+  union {
+    allow @2 :PolicyGrant;
+    deny @3 :Text;               # why, for the requester and the audit log
+    prompt @4 :Void;             # ask the person: the supervisor draws the prompt from its own record
+  }
+}
+
+struct PolicyGrant {
+  resource @0 :Text;             # the asked resource, or a pattern around it no wider than `covering`
+  actions @1 :List(Token.Action);
+  ttlSeconds @2 :UInt32;         # at most the node's maximum (3600)
+}
+
+struct PolicyLoad {
+  version @0 :UInt16;
+  text @1 :Text;                 # a policy file (schema::policy), whole
+}
+
+struct PolicyLoaded {
+  version @0 :UInt16;
+  ok @1 :Bool;
+  line @2 :UInt32;               # where the first mistake is, when not ok
+  column @3 :UInt32;
+  message @4 :Text;
 }

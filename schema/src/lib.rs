@@ -52,6 +52,9 @@ pub mod versions {
     pub const STATE: u32 = 1;
     /// `Hello.version`: the capsule wire protocol.
     pub const WIRE: u16 = 1;
+    /// `PolicyRequest.version` and the rest of the decision protocol between the supervisor
+    /// and the shell (`schema/wire.capnp`).
+    pub const POLICY: u16 = 1;
 }
 
 /// Domain-separation prefixes: every use of a signing key signs `prefix ‖ message`, so a signature

@@ -218,6 +218,34 @@ impl Policy {
         }
     }
 
+    /// Whether the rule that decides `r` decides every resource within `pattern` too, for the
+    /// same capsule and actions: then a grant may name the whole pattern (one answer covers a
+    /// namespace). Not when an earlier rule singles out a part of it (`deny` on
+    /// `notes/secret/*` before `allow` on `notes/*`).
+    pub fn decides_whole(&self, r: &Request<'_>, pattern: &str) -> bool {
+        let whole = Request {
+            resource: pattern,
+            ..*r
+        };
+        let (Some(part), Some(all)) = (self.decide(r).rule, self.decide(&whole).rule) else {
+            return false;
+        };
+        if !std::ptr::eq(part, all) {
+            return false;
+        }
+        self.rules
+            .iter()
+            .take_while(|rule| !std::ptr::eq(*rule, all))
+            .all(|earlier| match &earlier.resource {
+                // Any and a scheme would have matched the whole pattern, and decided it.
+                ResourceMatch::Any | ResourceMatch::Scheme(_) => true,
+                ResourceMatch::Within(p) => {
+                    !(resource_within(pattern, p).unwrap_or(true)
+                        && earlier.matches(&Request { resource: p, ..*r }))
+                }
+            })
+    }
+
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         let at = Positions(text);
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {

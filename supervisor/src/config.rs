@@ -17,6 +17,68 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     #[serde(default)]
     pub confinement: ConfinementConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// Who decides token requests: the built-in development policy, or the node's shell capsule
+/// (the policy out of the trusted base, `policies/default.toml` or
+/// `$ELASTOS_HOME/policies/default.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `development` or `shell`.
+    #[serde(default = "decider_default")]
+    pub decider: Decider,
+    /// The shell capsule's name; it must be signed by this node's key or a first-party
+    /// publisher, and may not hold `host://net`.
+    #[serde(default = "shell_default")]
+    pub shell: String,
+    /// How long a request waits for a shell that is not running (starting, restarting) before it
+    /// is denied `policy unavailable`.
+    #[serde(default = "shell_wait_default", with = "humantime_serde_secs")]
+    pub shell_wait: std::time::Duration,
+    /// What a `prompt` answer becomes. Only `deny` for now: a headless node's choice, and the
+    /// one this node makes until prompts can be answered.
+    #[serde(default = "prompt_fallback_default")]
+    pub prompt_fallback: PromptFallback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decider {
+    Development,
+    Shell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptFallback {
+    Deny,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            decider: decider_default(),
+            shell: shell_default(),
+            shell_wait: shell_wait_default(),
+            prompt_fallback: prompt_fallback_default(),
+        }
+    }
+}
+
+fn decider_default() -> Decider {
+    Decider::Development
+}
+fn shell_default() -> String {
+    "shell".into()
+}
+fn shell_wait_default() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+fn prompt_fallback_default() -> PromptFallback {
+    PromptFallback::Deny
 }
 
 /// Confinement fails closed: a capsule whose layer this machine cannot apply does not start.

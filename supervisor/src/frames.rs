@@ -42,7 +42,27 @@ pub enum Parsed<'a> {
         pattern: String,
         token: Vec<u8>,
     },
+    /// The shell's answer to a policy request (only the shell's connection may send one).
+    PolicyAnswer {
+        id: Vec<u8>,
+        answer: Result<ShellAnswer, String>,
+    },
+    /// Whether the shell took the policy it was handed.
+    PolicyLoaded(Result<(), (u32, u32, String)>),
     Malformed(String),
+}
+
+/// What the shell answered, read defensively: whatever it says is then held within the
+/// supervisor's ceilings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellAnswer {
+    Allow {
+        resource: String,
+        actions: ActionSet,
+        ttl: Duration,
+    },
+    Deny(String),
+    Prompt,
 }
 
 pub fn parse<'a>(msg: &'a Result<wire::Message<'_>, FrameError>) -> Parsed<'a> {
@@ -86,8 +106,50 @@ pub fn parse<'a>(msg: &'a Result<wire::Message<'_>, FrameError>) -> Parsed<'a> {
             pattern: text(s.get_pattern()),
             token: s.get_token().map(|t| t.to_vec()).unwrap_or_default(),
         },
+        Ok(frame::Which::PolicyAnswer(Ok(a))) => {
+            let id = a.get_id().map(<[u8]>::to_vec).unwrap_or_default();
+            let answer = (|| {
+                if a.get_version() != elastos_schema::versions::POLICY {
+                    return Err(format!(
+                        "decision protocol version {} is unknown (this supervisor speaks {})",
+                        a.get_version(),
+                        elastos_schema::versions::POLICY
+                    ));
+                }
+                use elastos_schema::wire_capnp::policy_answer::Which;
+                match a
+                    .which()
+                    .map_err(|e| format!("unknown answer kind {}", e.0))?
+                {
+                    Which::Allow(g) => {
+                        let g = g.map_err(|e| e.to_string())?;
+                        let mut actions = ActionSet::EMPTY;
+                        for a in g.get_actions().map_err(|e| e.to_string())?.iter() {
+                            actions.insert(Action::from(
+                                a.map_err(|e| format!("unknown action {}", e.0))?,
+                            ));
+                        }
+                        Ok(ShellAnswer::Allow {
+                            resource: text(g.get_resource()),
+                            actions,
+                            ttl: Duration::from_secs(u64::from(g.get_ttl_seconds())),
+                        })
+                    }
+                    Which::Deny(why) => Ok(ShellAnswer::Deny(text(why))),
+                    Which::Prompt(()) => Ok(ShellAnswer::Prompt),
+                }
+            })();
+            Parsed::PolicyAnswer { id, answer }
+        }
+        Ok(frame::Which::PolicyLoaded(Ok(l))) => Parsed::PolicyLoaded(if l.get_ok() {
+            Ok(())
+        } else {
+            Err((l.get_line(), l.get_column(), text(l.get_message())))
+        }),
         Ok(
             frame::Which::Hello(Err(e))
+            | frame::Which::PolicyAnswer(Err(e))
+            | frame::Which::PolicyLoaded(Err(e))
             | frame::Which::Call(Err(e))
             | frame::Which::Reply(Err(e))
             | frame::Which::RequestToken(Err(e))

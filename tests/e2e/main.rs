@@ -10,6 +10,7 @@ mod fulldisk;
 mod identity;
 mod install;
 mod livepath;
+mod shell;
 mod supervisor;
 mod throwaway;
 mod token;

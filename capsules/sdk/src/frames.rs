@@ -11,7 +11,7 @@ use crate::{CallError, Caller, ErrorKind, Grant, Incoming, SdkError};
 
 /// Builds one frame sized for `variable` bytes of fields (see [`wire::builder_for`]) and
 /// encodes it into `out`, the capsule's reused send buffer, in place of what it held.
-fn build(
+pub(crate) fn build(
     out: &mut Vec<u8>,
     variable: usize,
     fill: impl FnOnce(frame::Builder<'_>) -> capnp::Result<()>,
@@ -144,6 +144,13 @@ pub(crate) enum Event {
     /// Part of a stream. Streams are not supported yet, and whatever they belonged to has
     /// already failed, so chunks are dropped.
     Chunk,
+    /// To the node's shell: something to decide, or the policy to decide with.
+    Shell(crate::ShellEvent),
+    /// A request to decide that this SDK cannot read: denied at once, with why.
+    ShellUnreadable {
+        id: Option<[u8; crate::shell::ID_LEN]>,
+        why: String,
+    },
 }
 
 fn protocol(what: &str, e: impl std::fmt::Display) -> SdkError {
@@ -323,10 +330,32 @@ pub(crate) fn parse(body: &[u8], last_caller: &mut Option<Arc<Caller>>) -> Resul
             })
         }
         frame::Which::Chunk(_) => Ok(Event::Chunk),
+        frame::Which::PolicyRequest(r) => {
+            let r = r.map_err(|e| protocol("policyRequest", e))?;
+            Ok(match crate::shell::read_request(r) {
+                Ok(req) => Event::Shell(crate::ShellEvent::Decide(Box::new(req))),
+                Err((id, why)) => Event::ShellUnreadable { id, why },
+            })
+        }
+        frame::Which::PolicyLoad(l) => {
+            let l = l.map_err(|e| protocol("policyLoad", e))?;
+            if l.get_version() != elastos_schema::versions::POLICY {
+                return Err(protocol(
+                    "policyLoad",
+                    format!("decision protocol version {} is unknown", l.get_version()),
+                ));
+            }
+            Ok(Event::Shell(crate::ShellEvent::Load(text(
+                "policyLoad text",
+                l.get_text(),
+            )?)))
+        }
         frame::Which::Hello(_)
         | frame::Which::Call(_)
         | frame::Which::RequestToken(_)
         | frame::Which::Serve(_)
+        | frame::Which::PolicyAnswer(_)
+        | frame::Which::PolicyLoaded(_)
         | frame::Which::Reply(_) => Err(SdkError::Protocol(
             "the supervisor sent a frame only capsules send".into(),
         )),

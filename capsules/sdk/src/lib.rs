@@ -24,6 +24,7 @@
 
 mod error;
 mod frames;
+mod shell;
 mod transport;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -35,9 +36,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use elastos_schema::versions;
 use elastos_schema::wire_capnp::Status;
 
+pub use elastos_schema::policy::Standing;
 pub use elastos_schema::wire::{FrameBuf, FrameError};
 pub use elastos_schema::Action;
 pub use error::{CallError, ErrorKind, SdkError};
+pub use shell::{PolicyAnswer, PolicyRequest, ShellEvent};
 pub use transport::Transport;
 #[cfg(target_os = "wasi")]
 pub use transport::WasmTransport;
@@ -204,6 +207,8 @@ pub struct Capsule<T: Transport> {
     tokens: HashMap<u64, Option<Result<Grant, SdkError>>>,
     serves: HashMap<u64, Option<Result<(), SdkError>>>,
     incoming: VecDeque<Incoming>,
+    /// What the supervisor asked of this capsule as the node's shell.
+    shell: VecDeque<ShellEvent>,
     grants: Vec<Cached>,
     next_serial: u64,
     dead: Option<Dead>,
@@ -251,6 +256,7 @@ impl<T: Transport> Capsule<T> {
             tokens: HashMap::new(),
             serves: HashMap::new(),
             incoming: VecDeque::new(),
+            shell: VecDeque::new(),
             grants: Vec::new(),
             next_serial: 1,
             dead: None,
@@ -710,6 +716,16 @@ impl<T: Transport> Capsule<T> {
                 self.send_tx()
             }
             Event::Chunk => Ok(()),
+            Event::Shell(e) => {
+                self.shell.push_back(e);
+                Ok(())
+            }
+            // Unreadable, it is denied; without an id, there is nothing to answer.
+            Event::ShellUnreadable { id: Some(id), why } => self.answer_policy(
+                &id,
+                &PolicyAnswer::Deny(format!("the shell could not read the request: {why}")),
+            ),
+            Event::ShellUnreadable { id: None, .. } => Ok(()),
             Event::Welcome { .. } => Err(SdkError::Protocol("a second welcome".into())),
         }
     }
@@ -735,6 +751,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::ServeReply { .. } => "a serve reply",
         Event::Incoming(_) | Event::Unservable { .. } => "an incoming call",
         Event::Chunk => "a chunk",
+        Event::Shell(_) | Event::ShellUnreadable { .. } => "a request to the shell",
     }
 }
 

@@ -131,6 +131,41 @@ fn the_first_matching_rule_decides_and_nothing_matching_is_a_deny() {
 }
 
 #[test]
+fn a_grant_may_name_the_whole_namespace_only_when_one_rule_decides_all_of_it() {
+    let p = Policy::parse(
+        "format = 1\n\
+         [[rule]]\nname = \"notes\"\nresource = \"localhost://storage/notes/secret/*\"\ndecision = \"deny\"\n\
+         [[rule]]\nresource = \"localhost://storage/*\"\ndecision = \"allow\"\n",
+    )
+    .unwrap();
+    let asked = req(Standing::Known, "localhost://storage/notes/a", "read");
+    assert!(
+        !p.decides_whole(&asked, "localhost://storage/notes/*"),
+        "the secret part is denied"
+    );
+    assert!(p.decides_whole(&asked, "localhost://storage/notes/a"));
+    let mut mail = asked;
+    mail.name = "mail";
+    assert!(
+        p.decides_whole(&mail, "localhost://storage/notes/*"),
+        "the deny is notes' alone"
+    );
+    let other = req(Standing::Known, "localhost://storage/mail/a", "read");
+    assert!(
+        !p.decides_whole(&other, "localhost://storage/notes/*"),
+        "a part of it is denied to notes"
+    );
+    let p = Policy::parse(
+        "format = 1\n[[rule]]\nresource = \"localhost://storage/notes/a\"\ndecision = \"allow\"\n",
+    )
+    .unwrap();
+    assert!(
+        !p.decides_whole(&asked, "localhost://storage/notes/*"),
+        "an exact rule covers one resource"
+    );
+}
+
+#[test]
 fn each_key_narrows_a_rule() {
     let rule = |key: &str| {
         Policy::parse(&format!(

@@ -174,7 +174,14 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("running: pid {}, up {}s", d["pid"], d["uptime_s"]);
         println!("did: {}", d["did"].as_str().unwrap_or("?"));
         println!("socket: {}", d["socket"].as_str().unwrap_or("?"));
-        println!("policy: {}", d["policy"].as_str().unwrap_or("?"));
+        match d["shell_running"].as_bool() {
+            Some(false) => println!(
+                "policy: shell, NOT RUNNING: the node has no policy, and every token request is denied after [policy] shell_wait; see `elastos ps` and `elastos logs {}`",
+                d["shell"].as_str().unwrap_or("shell")
+            ),
+            Some(true) => println!("policy: shell (running)"),
+            None => println!("policy: {}", d["policy"].as_str().unwrap_or("?")),
+        }
         let a = &d["audit"];
         let reserve = match a["reserve_bytes"].as_u64() {
             Some(b) => format!("{:.1} MiB allocated ahead", b as f64 / (1u64 << 20) as f64),

@@ -119,7 +119,7 @@ pub struct Spec {
     pub name: String,
     pub stored: Stored,
     pub publisher_label: String,
-    pub first_party: bool,
+    pub standing: elastos_schema::policy::Standing,
     pub args: Vec<String>,
     pub restart: RestartPolicy,
     /// An attached `elastos run`: output and the exit code go here too.
@@ -196,7 +196,7 @@ impl Actor for CapsuleActor {
             spec.name.clone(),
             spec.stored.cid.clone(),
             spec.publisher_label.clone(),
-            spec.first_party,
+            spec.standing,
             Arc::new(spec.stored.manifest.clone()),
         ));
         let log = Arc::new(CapsuleLog::open(&self.shared.logs_dir, &spec.name));

@@ -21,8 +21,12 @@ use std::time::{Duration, Instant};
 use capnp::message::Builder;
 use elastos::audit::{Decision, Durability, Event};
 use elastos::authority::{CallRequest, IssueRequest};
+use elastos::config::Decider;
+use elastos::frames::ShellAnswer;
 use elastos::policy::{self, Grant};
+use elastos::token::validate_pattern;
 use elastos_schema::manifest::Manifest;
+use elastos_schema::policy::Standing;
 use elastos_schema::wire::{self, FrameError};
 use elastos_schema::wire_capnp::{frame, Status};
 use elastos_schema::{token_capnp, versions, Action, ActionSet, Classification};
@@ -31,7 +35,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 
 use super::outbox::{Outbox, SendError};
-use super::Shared;
+use super::{shell, Shared};
 use elastos::frames::{parse, CallView, Parsed};
 
 /// Who is on the other end of a capsule socket, as the supervisor started it.
@@ -41,6 +45,8 @@ pub struct Peer {
     pub cid: String,
     /// A DID, or `dev` for development packages.
     pub publisher: String,
+    /// How this node regards its publisher (verified at start).
+    pub standing: Standing,
     pub first_party: bool,
     pub manifest: Arc<Manifest>,
     /// Its name in audit records, made once and shared: every call is audited under it.
@@ -52,7 +58,7 @@ impl Peer {
         name: String,
         cid: String,
         publisher: String,
-        first_party: bool,
+        standing: Standing,
         manifest: Arc<Manifest>,
     ) -> Peer {
         let actor = format!("capsule:{name}@{cid}").into();
@@ -60,7 +66,8 @@ impl Peer {
             name,
             cid,
             publisher,
-            first_party,
+            standing,
+            first_party: matches!(standing, Standing::ThisNode | Standing::FirstParty),
             manifest,
             actor,
         }
@@ -212,7 +219,7 @@ impl Conn {
     /// Sends a frame this capsule caused itself (a reply to its own request), waiting for room:
     /// a capsule that floods without reading slows only its own reader. One that has not read
     /// for the outbox's stall time is stalled: its connection is closed.
-    async fn push_wait(&self, frame: Vec<u8>) {
+    pub(super) async fn push_wait(&self, frame: Vec<u8>) {
         if self.out.send_wait(frame).await == Err(SendError::Full) {
             self.stalled.notify_one();
         }
@@ -302,6 +309,8 @@ pub async fn serve(
         p.caller.call_done();
     }
     shared.conns.remove(&peer.name, &conn);
+    // A shell that goes: what waited on it is denied `policy unavailable`.
+    shared.shell.detach(&conn);
     writer.abort();
     why
 }
@@ -380,6 +389,7 @@ async fn read_loop(
                 resource, reason, ..
             } => Some(record_cost(&[resource, reason])),
             Parsed::Serve { pattern, .. } => Some(record_cost(&[pattern])),
+            Parsed::PolicyAnswer { .. } | Parsed::PolicyLoaded(_) => Some(record_cost(&[])),
             Parsed::Malformed(why) => Some(record_cost(&[why])),
             Parsed::Call(_, Err(e)) => Some(record_cost(&[e])),
             _ => None,
@@ -409,6 +419,11 @@ async fn read_loop(
                         ready.since.elapsed().as_secs_f64() * 1000.0
                     ));
                     ready.watch.tell(super::capsule::StartOutcome::Hello);
+                    if shared.config.policy.decider == Decider::Shell
+                        && conn.peer.name == shared.config.policy.shell
+                    {
+                        become_shell(shared, conn).await;
+                    }
                 }
                 Parsed::Hello(v) => {
                     let why = format!(
@@ -486,10 +501,114 @@ async fn read_loop(
             Parsed::Serve { id, pattern, token } => {
                 serve_namespace(shared, conn, id, &pattern, &token).await
             }
+            Parsed::PolicyAnswer { id, answer } => {
+                let accepted = answer.and_then(|a| shared.shell.answered(conn, &id, a));
+                if let Err(why) = accepted {
+                    shell_fault(shared, conn, &why).await;
+                }
+            }
+            Parsed::PolicyLoaded(result) => {
+                if !shared.shell.is_shell(conn) {
+                    shell_fault(
+                        shared,
+                        conn,
+                        "a policyLoaded from a capsule that is not the node's shell",
+                    )
+                    .await;
+                    continue;
+                }
+                let (decision, why) = match result {
+                    Ok(()) => (Decision::Info, "the shell took the node's policy".to_string()),
+                    Err((line, column, message)) => (
+                        Decision::Denied,
+                        format!("the shell refused the node's policy at {line}:{column}: {message}; the policy it had stays"),
+                    ),
+                };
+                shared
+                    .audit_sync(conn.peer.actor(), "policy.load", "", decision, &why, None)
+                    .await;
+            }
             Parsed::Hello(_) => malformed(shared, conn, "hello sent twice").await,
             Parsed::Malformed(why) => malformed(shared, conn, &why).await,
         }
     }
+}
+
+/// The capsule the node names as its shell said hello: it becomes the shell if it may, and is
+/// handed the node's policy.
+async fn become_shell(shared: &Arc<Shared>, conn: &Arc<Conn>) {
+    let peer = &conn.peer;
+    let refusal = if !peer.first_party {
+        Some(format!(
+            "`{}` is named as the node's shell but its publisher {} is neither this node nor a first-party publisher; it is not asked to decide anything",
+            peer.name, peer.publisher
+        ))
+    } else if peer.manifest.requested_net() == Some("host") {
+        Some(format!(
+            "`{}` is named as the node's shell but asks for host://net, which a shell may not hold; it is not asked to decide anything",
+            peer.name
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        shared
+            .audit_sync(
+                peer.actor(),
+                "shell.refused",
+                "",
+                Decision::Denied,
+                &why,
+                None,
+            )
+            .await;
+        return;
+    }
+    match shell::policy_text(&shared.home).and_then(|(text, source)| {
+        shell::load_frame(&text)
+            .map(|f| (f, source))
+            .map_err(|e| format!("encoding the policy: {e}"))
+    }) {
+        Ok((frame, source)) => {
+            shared.shell.attach(conn.clone());
+            shared
+                .audit_sync(
+                    peer.actor(),
+                    "shell.attach",
+                    "",
+                    Decision::Info,
+                    &format!("deciding for the node, with {source}"),
+                    None,
+                )
+                .await;
+            conn.push_wait(frame).await;
+        }
+        Err(why) => {
+            shared
+                .audit_sync(
+                    peer.actor(),
+                    "shell.refused",
+                    "",
+                    Decision::Denied,
+                    &format!("the node's policy could not be handed to the shell: {why}"),
+                    None,
+                )
+                .await;
+        }
+    }
+}
+
+async fn shell_fault(shared: &Shared, conn: &Conn, why: &str) {
+    shared
+        .audit_sync(
+            conn.peer.actor(),
+            "shell.fault",
+            "",
+            Decision::Denied,
+            why,
+            None,
+        )
+        .await;
 }
 
 /// Sends a reply to the capsule's own request (see [`Conn::push_wait`]).
@@ -1033,13 +1152,25 @@ async fn request_token(
     ttl: Duration,
 ) {
     let actor = conn.peer.actor();
-    let decision = policy::decide(
-        &conn.peer.manifest,
-        conn.peer.first_party,
-        resource,
-        actions,
-        ttl,
-    );
+    let (decision, decider) = match shared.config.policy.decider {
+        // The provide capability stays a supervisor rule (first party, listed in `provides`),
+        // and so does everything the development policy decides.
+        Decider::Development => (
+            policy::decide(&conn.peer.manifest, conn.peer.first_party, resource, actions, ttl),
+            policy::NAME,
+        ),
+        Decider::Shell if actions.contains(Action::Admin) => (
+            match policy::decide(&conn.peer.manifest, conn.peer.first_party, resource, actions, ttl)
+            {
+                g @ Grant::Allow { .. } => g,
+                Grant::Deny(why) => Grant::Deny(format!(
+                    "{why} (`admin` is never granted through the shell: only the provide capability, to a first-party capsule)"
+                )),
+            },
+            policy::NAME,
+        ),
+        Decider::Shell => (ask_shell(shared, conn, resource, actions, ttl).await, "shell"),
+    };
     let outcome = match decision {
         Grant::Allow {
             resource: granted,
@@ -1064,7 +1195,7 @@ async fn request_token(
                 });
             match issued {
                 Ok((token, text)) => {
-                    let why = format!("policy={}: {reason}", policy::NAME);
+                    let why = format!("policy={decider}: {reason}");
                     let audited = shared
                         .audit_sync(
                             actor,
@@ -1095,7 +1226,7 @@ async fn request_token(
             }
         }
         Grant::Deny(why) => {
-            let why = format!("policy={}: {why}", policy::NAME);
+            let why = format!("policy={decider}: {why}");
             shared
                 .audit_sync(
                     actor,
@@ -1138,6 +1269,67 @@ async fn request_token(
         wire::encode(&m)
     };
     send_back(conn, frame).await;
+}
+
+/// The shell's decision on a token request, held within the supervisor's ceilings. Only what
+/// the manifest declares is put to the shell; a prompt is answered by `prompt_fallback` until
+/// prompts can be answered; an answer outside the ceilings is a shell fault, audited and denied.
+async fn ask_shell(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    resource: &str,
+    actions: ActionSet,
+    ttl: Duration,
+) -> Grant {
+    if actions.is_empty() {
+        return Grant::Deny("no actions asked for".into());
+    }
+    if validate_pattern(resource).is_err() {
+        return Grant::Deny(format!("`{resource}` is not a resource or pattern"));
+    }
+    let Some(covering) = shell::covering_entry(&conn.peer.manifest, resource, actions) else {
+        return Grant::Deny(format!(
+            "capsule.toml of `{}` does not request `{resource}` for {actions}, so it is not asked; add a [[requests]] entry with that resource and actions",
+            conn.peer.name
+        ));
+    };
+    let ask = shell::Ask {
+        name: conn.peer.name.clone(),
+        cid: conn.peer.cid.clone(),
+        publisher: conn.peer.publisher.clone(),
+        standing: conn.peer.standing,
+        resource: resource.to_string(),
+        actions,
+        ttl,
+        covering: covering.clone(),
+    };
+    match shared.shell.ask(&ask, shared.config.policy.shell_wait).await {
+        Err(unavailable) => Grant::Deny(unavailable),
+        Ok(ShellAnswer::Deny(why)) => Grant::Deny(why),
+        Ok(ShellAnswer::Prompt) => Grant::Deny(
+            "a person must decide this (the policy says prompt), and this node answers prompts with deny ([policy] prompt_fallback)".into(),
+        ),
+        Ok(ShellAnswer::Allow {
+            resource: granted,
+            actions: granted_actions,
+            ttl: granted_ttl,
+        }) => match shell::within_ceilings(resource, covering, &granted, granted_actions, granted_ttl)
+        {
+            Ok(()) => Grant::Allow {
+                resource: granted,
+                actions: granted_actions,
+                ttl: granted_ttl,
+                classification: Classification::Internal,
+            },
+            Err(why) => {
+                let why = format!("the shell's answer was refused: {why}");
+                shared
+                    .audit_sync("supervisor", "shell.fault", resource, Decision::Denied, &why, None)
+                    .await;
+                Grant::Deny(why)
+            }
+        },
+    }
 }
 
 async fn serve_namespace(

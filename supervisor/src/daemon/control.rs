@@ -201,7 +201,14 @@ async fn handle(
             "did": shared.did,
             "socket": elastos::control::socket_path(&shared.home).ok(),
             "home": shared.home.root(),
-            "policy": elastos::policy::NAME,
+            "policy": match shared.config.policy.decider {
+                elastos::config::Decider::Development => elastos::policy::NAME,
+                elastos::config::Decider::Shell => "shell",
+            },
+            // With the shell deciding: whether it runs (else every request is denied).
+            "shell_running": (shared.config.policy.decider == elastos::config::Decider::Shell)
+                .then(|| shared.shell.is_running()),
+            "shell": &shared.config.policy.shell,
             "rss_bytes": self_rss(),
             "run_dir": shared.run_dir.display().to_string(),
             "audit": {

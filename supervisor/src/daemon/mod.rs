@@ -13,6 +13,7 @@ pub mod logs;
 pub mod outbox;
 pub mod root;
 pub mod routes;
+pub mod shell;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -124,6 +125,8 @@ pub struct Shared {
     live: Mutex<std::collections::BTreeMap<String, LiveCapsule>>,
     /// The kernel log is followed ([`kmsg`]).
     pub kmsg_active: std::sync::atomic::AtomicBool,
+    /// The node's shell, when `[policy] decider = "shell"`.
+    pub shell: shell::ShellLink,
     /// Each capsule name's audit actor as last started, kept after it exits: the kernel's
     /// report of its end may come after.
     actors: Mutex<HashMap<String, String>>,
@@ -306,13 +309,6 @@ impl Shared {
             None => Standing::Unknown,
         }
     }
-
-    pub fn is_first_party(&self, publisher: &str) -> bool {
-        matches!(
-            self.standing(publisher),
-            Standing::ThisNode | Standing::FirstParty
-        )
-    }
 }
 
 /// The development key (`$ELASTOS_HOME/dev.key`): signs what `elastos run <dir>` packs, and is
@@ -436,6 +432,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         capsule_uids: Mutex::new(HashMap::new()),
         live: Mutex::new(std::collections::BTreeMap::new()),
         kmsg_active: std::sync::atomic::AtomicBool::new(false),
+        shell: shell::ShellLink::default(),
         actors: Mutex::new(HashMap::new()),
     });
     // A pid file left behind: the supervisor before stopped without `down` (this one holds the

@@ -215,7 +215,7 @@ impl Root {
             st.children.remove(&name);
         }
         self.shared.conns.forget(&name);
-        let first_party = self.shared.is_first_party(&spec.stored.publisher);
+        let standing = self.shared.standing(&spec.stored.publisher);
         let publisher_label = if spec.stored.publisher == self.shared.dev_did {
             "dev".to_string()
         } else {
@@ -225,7 +225,7 @@ impl Root {
             name: name.clone(),
             stored: spec.stored,
             publisher_label,
-            first_party,
+            standing,
             args: spec.args,
             restart: spec.restart,
             attach: spec.attach,

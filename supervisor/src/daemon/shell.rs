@@ -1,0 +1,396 @@
+//! The supervisor's side of the decision protocol (`schema/wire.capnp`): with `[policy] decider =
+//! "shell"`, a token request is decided by the node's shell capsule. The supervisor stays the
+//! mechanism: it asks only about what the requester's manifest declares, with fields it verified;
+//! it accepts one answer per request, from the connection it asked; and it holds every answer
+//! within ceilings the shell cannot move (never wider than the manifest's entry, never `admin`,
+//! at most an hour). Anything else from the shell is audited as a shell fault and denied.
+//!
+//! While no shell runs (not started yet, restarting) a request waits `shell_wait`, then is
+//! denied `policy unavailable`; a shell that goes away with requests pending has them denied
+//! the same way. Nothing is granted by default.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capnp::message::Builder;
+use elastos_schema::manifest::{Manifest, Request as ManifestRequest};
+use elastos_schema::policy::Standing;
+use elastos_schema::wire::{self};
+use elastos_schema::wire_capnp::{frame, Standing as WireStanding};
+use elastos_schema::{token_capnp, versions, Action, ActionSet};
+use tokio::sync::{oneshot, Notify};
+
+use super::conn::Conn;
+use elastos::frames::ShellAnswer;
+use elastos::token::{resource_matches, resource_within, validate_pattern};
+
+/// The node's longest grant, whatever the shell says.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+/// The shell answers at once (a prompt is answered `prompt`, not waited for): this bounds a
+/// shell that hangs.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// What the supervisor asks the shell, every field verified by it.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub name: String,
+    pub cid: String,
+    pub publisher: String,
+    pub standing: Standing,
+    pub resource: String,
+    pub actions: ActionSet,
+    pub ttl: Duration,
+    pub covering: ManifestRequest,
+}
+
+struct Waiting {
+    /// The connection asked, by address (compared, never followed): an answer from any other
+    /// is a fault.
+    conn: usize,
+    reply: oneshot::Sender<ShellAnswer>,
+}
+
+fn address(conn: &Arc<Conn>) -> usize {
+    Arc::as_ptr(conn) as usize
+}
+
+/// The link to the shell's current connection, and the requests waiting on it.
+#[derive(Default)]
+pub struct ShellLink {
+    conn: Mutex<Option<Arc<Conn>>>,
+    attached: Notify,
+    waiting: Mutex<HashMap<[u8; 16], Waiting>>,
+}
+
+impl ShellLink {
+    pub fn attach(&self, conn: Arc<Conn>) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        self.attached.notify_waiters();
+    }
+
+    /// The shell's connection closed: what waited on it is denied (its senders dropped).
+    pub fn detach(&self, conn: &Arc<Conn>) {
+        let mut current = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *current = None;
+            self.waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, w| w.conn != address(conn));
+        }
+    }
+
+    pub fn is_shell(&self, conn: &Arc<Conn>) -> bool {
+        self.conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, conn))
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// An answer arrived on `conn`: accepted once, for a request pending on that connection.
+    pub fn answered(&self, conn: &Arc<Conn>, id: &[u8], answer: ShellAnswer) -> Result<(), String> {
+        if !self.is_shell(conn) {
+            return Err("a policy answer from a capsule that is not the node's shell".into());
+        }
+        let id: [u8; 16] = id
+            .try_into()
+            .map_err(|_| format!("a policy answer with an id of {} bytes, not 16", id.len()))?;
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        match waiting.get(&id) {
+            Some(w) if w.conn == address(conn) => {
+                if let Some(w) = waiting.remove(&id) {
+                    let _ = w.reply.send(answer);
+                }
+                Ok(())
+            }
+            _ => Err(format!(
+                "an answer to request {}, which is not pending (answered twice, timed out, or never asked)",
+                hex::encode(id)
+            )),
+        }
+    }
+
+    /// Asks the shell to decide; `Err` is why the policy is unavailable.
+    pub async fn ask(&self, ask: &Ask, wait_for_shell: Duration) -> Result<ShellAnswer, String> {
+        let conn = self.wait_for_shell(wait_for_shell).await?;
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| format!("randomness: {e}"))?;
+        let frame = request_frame(&id, ask).map_err(|e| format!("encoding the request: {e}"))?;
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id,
+                Waiting {
+                    conn: address(&conn),
+                    reply: tx,
+                },
+            );
+        conn.push_wait(frame).await;
+        let answer = tokio::time::timeout(ANSWER_WITHIN, rx).await;
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match answer {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(_)) => Err("policy unavailable: the shell went away before it answered".into()),
+            Err(_) => Err(format!(
+                "policy unavailable: the shell did not answer within {} s",
+                ANSWER_WITHIN.as_secs()
+            )),
+        }
+    }
+
+    async fn wait_for_shell(&self, patience: Duration) -> Result<Arc<Conn>, String> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let attached = self.attached.notified();
+            tokio::pin!(attached);
+            attached.as_mut().enable();
+            if let Some(c) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                return Ok(c);
+            }
+            if tokio::time::timeout_at(deadline, attached).await.is_err() {
+                return Err(format!(
+                    "policy unavailable: no shell has been running for {} s; see `elastos ps` and `elastos logs shell`",
+                    patience.as_secs()
+                ));
+            }
+        }
+    }
+}
+
+fn wire_standing(s: Standing) -> WireStanding {
+    match s {
+        Standing::ThisNode => WireStanding::ThisNode,
+        Standing::FirstParty => WireStanding::FirstParty,
+        Standing::Known => WireStanding::Known,
+        Standing::Dev => WireStanding::Dev,
+        Standing::Unknown => WireStanding::Unknown,
+    }
+}
+
+fn set_actions(mut list: capnp::enum_list::Builder<'_, token_capnp::Action>, actions: ActionSet) {
+    for (i, a) in actions.iter().enumerate() {
+        list.set(i as u32, token_capnp::Action::from(a));
+    }
+}
+
+fn request_frame(id: &[u8; 16], ask: &Ask) -> Result<Vec<u8>, wire::FrameError> {
+    let mut m = Builder::new_default();
+    {
+        let mut r = m.init_root::<frame::Builder>().init_policy_request();
+        r.set_version(versions::POLICY);
+        r.set_id(id);
+        r.set_name(&ask.name);
+        r.set_cid(&ask.cid);
+        r.set_publisher(&ask.publisher);
+        r.set_standing(wire_standing(ask.standing));
+        r.set_resource(&ask.resource);
+        set_actions(
+            r.reborrow().init_actions(ask.actions.iter().count() as u32),
+            ask.actions,
+        );
+        r.set_ttl_seconds(u32::try_from(ask.ttl.as_secs()).unwrap_or(u32::MAX));
+        r.set_covering(&ask.covering.resource);
+        set_actions(
+            r.reborrow()
+                .init_covering_actions(ask.covering.actions.iter().count() as u32),
+            ask.covering.actions,
+        );
+        r.set_reason(&ask.covering.reason);
+    }
+    wire::encode(&m)
+}
+
+/// The policy load frame: the node's policy text, whole.
+pub fn load_frame(text: &str) -> Result<Vec<u8>, wire::FrameError> {
+    let mut m = Builder::new_default();
+    {
+        let mut l = m.init_root::<frame::Builder>().init_policy_load();
+        l.set_version(versions::POLICY);
+        l.set_text(text);
+    }
+    wire::encode(&m)
+}
+
+/// The requester's manifest entry that covers the ask (the resource within its pattern, the
+/// actions among its), if any: nothing undeclared is ever put to the shell.
+pub fn covering_entry<'m>(
+    manifest: &'m Manifest,
+    resource: &str,
+    actions: ActionSet,
+) -> Option<&'m ManifestRequest> {
+    manifest.requests.iter().find(|r| {
+        (resource_within(&r.resource, resource).unwrap_or(false)
+            || resource_matches(&r.resource, resource).unwrap_or(false))
+            && actions.is_subset_of(r.actions)
+    })
+}
+
+/// Holds an `allow` within the ceilings: a pattern no wider than the covering entry and around
+/// the asked resource, actions among the entry's and never `admin`, a lifetime of 1 s to an hour.
+pub fn within_ceilings(
+    asked: &str,
+    covering: &ManifestRequest,
+    resource: &str,
+    actions: ActionSet,
+    ttl: Duration,
+) -> Result<(), String> {
+    validate_pattern(resource).map_err(|e| format!("its resource: {e}"))?;
+    if !resource_within(&covering.resource, resource).unwrap_or(false) {
+        return Err(format!(
+            "it grants `{resource}`, wider than the manifest's `{}`",
+            covering.resource
+        ));
+    }
+    if !resource_within(resource, asked).unwrap_or(false) {
+        return Err(format!(
+            "it grants `{resource}`, which does not hold the asked `{asked}`"
+        ));
+    }
+    if actions.is_empty() {
+        return Err("it grants no action".into());
+    }
+    if actions.contains(Action::Admin) {
+        return Err("it grants `admin`, which the shell never may".into());
+    }
+    if !actions.is_subset_of(covering.actions) {
+        return Err(format!(
+            "it grants {actions}, beyond the manifest's {}",
+            covering.actions
+        ));
+    }
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(format!(
+            "it grants {} s; a grant lasts 1 s to {} s",
+            ttl.as_secs(),
+            MAX_TTL.as_secs()
+        ));
+    }
+    Ok(())
+}
+
+/// What `[policy] decider = "shell"` installs as the node's policy: the operator's own file when
+/// there is one, else the shipped default; and where it came from, for the audit record.
+pub fn policy_text(home: &elastos::home::Home) -> Result<(String, String), String> {
+    const MAX: u64 = 1 << 20;
+    let own = home.root().join("policies").join("default.toml");
+    match std::fs::metadata(&own) {
+        Ok(m) if m.len() > MAX => Err(format!(
+            "{}: {} bytes; a policy file is at most {MAX}",
+            own.display(),
+            m.len()
+        )),
+        Ok(_) => std::fs::read_to_string(&own)
+            .map(|t| (t, own.display().to_string()))
+            .map_err(|e| format!("{}: {e}", own.display())),
+        Err(_) => Ok((
+            include_str!("../../../policies/default.toml").to_string(),
+            "the shipped policies/default.toml".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(resource: &str, actions: &str) -> ManifestRequest {
+        ManifestRequest {
+            resource: resource.into(),
+            actions: ActionSet::parse_list(actions).unwrap(),
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn an_answer_is_held_within_the_manifest_and_the_nodes_ceilings() {
+        let notes = entry("localhost://storage/notes/*", "read,write");
+        let asked = "localhost://storage/notes/a";
+        let rw = ActionSet::parse_list("read,write").unwrap();
+        let hour = Duration::from_secs(3600);
+        // The asked resource, or the whole entry: fine.
+        within_ceilings(asked, &notes, asked, rw, hour).unwrap();
+        within_ceilings(asked, &notes, "localhost://storage/notes/*", rw, hour).unwrap();
+        for (resource, actions, ttl, says) in [
+            (
+                "localhost://storage/*",
+                "read",
+                hour,
+                "wider than the manifest",
+            ),
+            (
+                "localhost://storage/notes/b",
+                "read",
+                hour,
+                "does not hold the asked",
+            ),
+            ("localhost://storage/notes/*", "read,admin", hour, "admin"),
+            (
+                "localhost://storage/notes/*",
+                "read,delete",
+                hour,
+                "beyond the manifest",
+            ),
+            (
+                "localhost://storage/notes/*",
+                "read",
+                Duration::from_secs(3601),
+                "1 s to 3600 s",
+            ),
+            (
+                "localhost://storage/notes/*",
+                "read",
+                Duration::ZERO,
+                "1 s to 3600 s",
+            ),
+            (
+                "localhost://storage/notes/../x",
+                "read",
+                hour,
+                "its resource",
+            ),
+        ] {
+            let e = within_ceilings(
+                asked,
+                &notes,
+                resource,
+                ActionSet::parse_list(actions).unwrap(),
+                ttl,
+            )
+            .unwrap_err();
+            assert!(e.contains(says), "{resource} {actions}: {e}");
+        }
+        assert!(within_ceilings(asked, &notes, asked, ActionSet::EMPTY, hour).is_err());
+    }
+
+    #[test]
+    fn only_a_declared_request_is_put_to_the_shell() {
+        let m = Manifest::parse(
+            "format = 1\nname = \"notes\"\nversion = \"1\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/x\"\n[[requests]]\nresource = \"localhost://storage/notes/*\"\nactions = [\"read\"]\nreason = \"reads notes\"\n",
+        )
+        .unwrap();
+        let read = ActionSet::parse_list("read").unwrap();
+        assert!(covering_entry(&m, "localhost://storage/notes/a", read).is_some());
+        assert!(covering_entry(&m, "localhost://storage/notes/*", read).is_some());
+        assert!(covering_entry(&m, "localhost://storage/mail/a", read).is_none());
+        assert!(covering_entry(
+            &m,
+            "localhost://storage/notes/a",
+            ActionSet::parse_list("read,write").unwrap()
+        )
+        .is_none());
+    }
+}
