@@ -13,14 +13,14 @@ use crate::supervisor::{path, wait_until, Up};
 /// request waiting at most `shell_wait` for it. `policy`: the node's own policy file, if any.
 fn shell_node(policy: Option<&str>, with_shell: bool) -> Up {
     let node = Node::new();
-    let shell = node.pack_first_party("shell");
+    let shell = with_shell.then(|| node.pack_first_party("shell"));
+    node_with_shell(node, shell.as_deref(), policy)
+}
+
+fn node_with_shell(node: Node, shell: Option<&Path>, policy: Option<&str>) -> Up {
     std::fs::create_dir_all(node.home()).unwrap();
     elastos_e2e::set_mode(&node.home(), 0o700);
-    let defaults = if with_shell {
-        format!("\"{}\"", shell.display())
-    } else {
-        String::new()
-    };
+    let defaults = shell.map_or(String::new(), |s| format!("\"{}\"", s.display()));
     std::fs::write(
         node.home().join("config.toml"),
         format!(
@@ -33,12 +33,32 @@ fn shell_node(policy: Option<&str>, with_shell: bool) -> Up {
         std::fs::write(node.home().join("policies/default.toml"), text).unwrap();
     }
     let up = Up::with_node(node);
-    if with_shell {
+    if shell.is_some() {
         wait_until("the shell took the policy", Duration::from_secs(20), || {
             audit_has(&up.node, "policy.load", "the shell took the node's policy")
         });
     }
     up
+}
+
+/// A node whose shell is `test-shell MODE` (`tests/src/bin/test-shell.rs`), packed by the node
+/// under the name the configuration gives the shell.
+fn test_shell_node(mode: &str) -> Up {
+    let node = Node::new();
+    let dir = node.scratch().join("cap-test-shell");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::write(
+        dir.join("capsule.toml"),
+        format!("format = 1\nname = \"shell\"\nversion = \"0.1.0\"\ndescription = \"a test shell\"\nsubstrate = \"native\"\nargs = [\"{mode}\"]\n[entrypoint]\nnative = \"bin/test-shell\"\n[[requests]]\nresource = \"host://libs\"\nactions = [\"read\"]\nreason = \"dynamically linked\"\n"),
+    )
+    .unwrap();
+    let bin = elastos_e2e::elastos_bin().with_file_name("test-shell");
+    std::fs::copy(&bin, dir.join("bin/test-shell")).unwrap();
+    elastos_e2e::set_mode(&dir.join("bin/test-shell"), 0o755);
+    let pkg = node.scratch().join("test-shell.capsule");
+    node.run(&["capsule", "pack", path(&dir), "-o", path(&pkg)])
+        .ok();
+    node_with_shell(node, Some(&pkg), None)
 }
 
 fn audit_has(node: &Node, action: &str, text: &str) -> bool {
@@ -144,4 +164,48 @@ fn without_a_shell_nothing_is_granted() {
     let log = up.node.run(&["logs", "ping"]).ok().to_string();
     assert!(log.contains("policy unavailable"), "{log}");
     assert!(audit_has(&up.node, "token.request", "policy unavailable"));
+}
+
+/// Replaceable: another shell, named by the configuration, decides instead, and the supervisor
+/// is the same binary.
+#[test]
+fn a_second_shell_swapped_in_by_the_configuration_decides_instead() {
+    let up = test_shell_node("deny-all");
+    start_echo(&up);
+    let run = ping(&up, &up.node.pack_first_party("ping"), "ping");
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(up
+        .node
+        .run(&["logs", "ping"])
+        .ok()
+        .contains("the test shell denies everything"));
+    assert!(audit_has(
+        &up.node,
+        "token.request",
+        "policy=shell: the test shell denies everything"
+    ));
+}
+
+/// A shell that answers wider than the manifest, grants `admin`, answers twice or answers what
+/// it was not asked: each refused and audited as a shell fault; what stayed within the ceilings
+/// is granted.
+#[test]
+fn a_shell_answering_outside_its_ceilings_is_refused_and_audited() {
+    for (mode, granted, fault) in [
+        ("wider", false, "wider than the manifest"),
+        ("admin", false, "`admin`, which the shell never may"),
+        ("twice", true, "which is not pending"),
+        ("unasked", true, "which is not pending"),
+    ] {
+        let up = test_shell_node(mode);
+        start_echo(&up);
+        let run = ping(&up, &up.node.pack_first_party("ping"), "ping");
+        assert_eq!(run.code == 0, granted, "{mode}: {run:#?}");
+        wait_until(
+            &format!("{mode}: the fault audited"),
+            Duration::from_secs(10),
+            || audit_has(&up.node, "shell.fault", fault),
+        );
+        up.node.run(&["audit", "verify"]).ok();
+    }
 }
