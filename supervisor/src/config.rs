@@ -38,8 +38,8 @@ pub struct PolicyConfig {
     /// is denied `policy unavailable`.
     #[serde(default = "shell_wait_default", with = "humantime_serde_secs")]
     pub shell_wait: std::time::Duration,
-    /// What a `prompt` answer becomes. Only `deny` for now: a headless node's choice, and the
-    /// one this node makes until prompts can be answered.
+    /// What a `prompt` answer becomes: `prompt`, the person is asked (`elastos prompts`,
+    /// `elastos allow ID`, `elastos deny ID`); `deny`, for a headless node.
     #[serde(default = "prompt_fallback_default")]
     pub prompt_fallback: PromptFallback,
 }
@@ -54,6 +54,7 @@ pub enum Decider {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PromptFallback {
+    Prompt,
     Deny,
 }
 
@@ -78,7 +79,7 @@ fn shell_wait_default() -> std::time::Duration {
     std::time::Duration::from_secs(10)
 }
 fn prompt_fallback_default() -> PromptFallback {
-    PromptFallback::Deny
+    PromptFallback::Prompt
 }
 
 /// Confinement fails closed: a capsule whose layer this machine cannot apply does not start.

@@ -68,10 +68,26 @@ pub enum Request {
         did: String,
     },
     TrustLs,
+    /// `elastos prompts`: the prompts waiting for the person.
+    Prompts,
+    /// `elastos allow ID` / `elastos deny ID`: the person's answer to one prompt.
+    PromptAnswer {
+        id: String,
+        answer: PromptDecision,
+    },
     /// `elastos audit prune --before SEQ`.
     AuditPrune {
         before: u64,
     },
+}
+
+/// The person's answer to a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptDecision {
+    /// Allowed for the capsule instance that asked: its tokens end when it does.
+    AllowOnce,
+    Deny,
 }
 
 /// What `elastos trust add` makes of a DID.

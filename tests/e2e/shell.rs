@@ -12,19 +12,24 @@ use crate::supervisor::{path, wait_until, Up};
 /// A node whose shell decides, the shell (signed by the node) among its default capsules, each
 /// request waiting at most `shell_wait` for it. `policy`: the node's own policy file, if any.
 fn shell_node(policy: Option<&str>, with_shell: bool) -> Up {
-    let node = Node::new();
-    let shell = with_shell.then(|| node.pack_first_party("shell"));
-    node_with_shell(node, shell.as_deref(), policy)
+    shell_node_with(policy, with_shell, "")
 }
 
-fn node_with_shell(node: Node, shell: Option<&Path>, policy: Option<&str>) -> Up {
+/// [`shell_node`] with more `[policy]` settings.
+fn shell_node_with(policy: Option<&str>, with_shell: bool, settings: &str) -> Up {
+    let node = Node::new();
+    let shell = with_shell.then(|| node.pack_first_party("shell"));
+    node_with_shell(node, shell.as_deref(), policy, settings)
+}
+
+fn node_with_shell(node: Node, shell: Option<&Path>, policy: Option<&str>, settings: &str) -> Up {
     std::fs::create_dir_all(node.home()).unwrap();
     elastos_e2e::set_mode(&node.home(), 0o700);
     let defaults = shell.map_or(String::new(), |s| format!("\"{}\"", s.display()));
     std::fs::write(
         node.home().join("config.toml"),
         format!(
-            "format = 1\n[supervisor]\ndefault_capsules = [{defaults}]\n[policy]\ndecider = \"shell\"\nshell_wait = \"2s\"\n"
+            "format = 1\n[supervisor]\ndefault_capsules = [{defaults}]\n[policy]\ndecider = \"shell\"\nshell_wait = \"2s\"\n{settings}"
         ),
     )
     .unwrap();
@@ -58,7 +63,7 @@ fn test_shell_node(mode: &str) -> Up {
     let pkg = node.scratch().join("test-shell.capsule");
     node.run(&["capsule", "pack", path(&dir), "-o", path(&pkg)])
         .ok();
-    node_with_shell(node, Some(&pkg), None)
+    node_with_shell(node, Some(&pkg), None, "")
 }
 
 fn audit_has(node: &Node, action: &str, text: &str) -> bool {
@@ -95,7 +100,7 @@ fn ping(up: &Up, pkg: &Path, name: &str) -> Run {
 
 #[test]
 fn the_shell_decides_with_the_shipped_policy() {
-    let up = shell_node(None, true);
+    let up = shell_node_with(None, true, "prompt_fallback = \"deny\"\n");
     assert!(up
         .node
         .run(&["status"])
@@ -208,4 +213,114 @@ fn a_shell_answering_outside_its_ceilings_is_refused_and_audited() {
         );
         up.node.run(&["audit", "verify"]).ok();
     }
+}
+
+/// The prompts waiting, as `elastos prompts --json` lists them.
+fn prompts(up: &Up) -> Vec<serde_json::Value> {
+    up.node
+        .run(&["prompts", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// A prompt of `capsule`'s, once it waits.
+fn prompt_of(up: &Up, capsule: &str) -> serde_json::Value {
+    let mut found = None;
+    wait_until(
+        &format!("a prompt of {capsule}"),
+        Duration::from_secs(20),
+        || {
+            found = prompts(up).into_iter().find(|p| p["capsule"] == capsule);
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+/// The person in the loop: a development ping's request waits at a prompt the supervisor draws
+/// from its own record; allowed once, it works, and its token ends with that instance; the next
+/// instance is asked again, and denied, is told so.
+#[test]
+fn a_prompt_waits_for_the_person_and_allow_once_lasts_one_instance() {
+    let up = shell_node(None, true);
+    start_echo(&up);
+    let dev = first_party_capsule("ping");
+    let start = || {
+        up.node.run(&[
+            "run",
+            "-d",
+            path(&dev),
+            "--name",
+            "ping-dev",
+            "--restart",
+            "never",
+            "--",
+            "--count",
+            "20",
+        ])
+    };
+    start().ok();
+    let p = prompt_of(&up, "ping-dev");
+    for key in [
+        "id",
+        "capsule",
+        "cid",
+        "publisher",
+        "resource",
+        "actions",
+        "reason",
+        "requested_at",
+        "expires_at",
+    ] {
+        assert!(!p[key].is_null(), "prompts --json lacks {key}: {p}");
+    }
+    assert_eq!(p["publisher"], "dev, unverified");
+    assert_eq!(p["reason"], "measure round trips to echo");
+    assert_eq!(p["actions"], serde_json::json!(["read"]));
+    // The text listing says who asks and what, with the manifest's reason on its own line.
+    let listing = up.node.run(&["prompts"]).ok().to_string();
+    assert!(
+        listing.contains("reason (from its manifest): measure round trips to echo"),
+        "{listing}"
+    );
+    let id = p["id"].as_str().unwrap().to_string();
+    up.node.run(&["allow", &id, "--once"]).ok();
+    wait_until("ping-dev done", Duration::from_secs(30), || {
+        up.node
+            .run(&["logs", "ping-dev"])
+            .ok()
+            .contains(", 0 errors")
+    });
+    assert!(audit_has(&up.node, "prompt.open", "waiting for the person"));
+    assert!(audit_has(
+        &up.node,
+        "prompt.answer",
+        &format!("prompt {id} of `ping-dev`: allowed once")
+    ));
+    // Its instance ended: the token allowed once is revoked.
+    wait_until("the once token revoked", Duration::from_secs(20), || {
+        audit_has(
+            &up.node,
+            "token.revoke",
+            "allowed once: ends with its capsule instance",
+        )
+    });
+    // An answered prompt cannot be answered again.
+    assert_eq!(up.node.run(&["allow", &id]).code, 1);
+
+    // The next instance is asked again; denied, it is told so.
+    start().ok();
+    let again = prompt_of(&up, "ping-dev");
+    assert_ne!(again["id"], p["id"]);
+    up.node.run(&["deny", again["id"].as_str().unwrap()]).ok();
+    wait_until("ping-dev denied", Duration::from_secs(30), || {
+        up.node
+            .run(&["logs", "ping-dev"])
+            .ok()
+            .contains("the person denied it at the prompt")
+    });
+    assert!(prompts(&up).is_empty());
+    up.node.run(&["audit", "verify"]).ok();
 }

@@ -66,6 +66,24 @@ enum Command {
     /// Check the node's policy files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// List the prompts waiting for the person (the shell asked: `[policy] decider = "shell"`).
+    Prompts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow what a prompt asks, for the capsule instance that asked (its tokens end with it).
+    Allow {
+        /// The prompt's id (`elastos prompts`).
+        id: String,
+        /// For this instance only (the one meaning there is yet).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Deny what a prompt asks.
+    Deny {
+        /// The prompt's id (`elastos prompts`).
+        id: String,
+    },
     /// Start the supervisor (in the background unless --foreground) with the default capsules.
     Up(daemon::UpArgs),
     /// Stop every capsule and the supervisor.
@@ -163,6 +181,9 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Trust(c) => token::trust(c),
         Command::Audit(a) => audit::run(a),
         Command::Policy(c) => policy::run(c),
+        Command::Prompts { json } => policy::prompts(json),
+        Command::Allow { id, once: _ } => policy::answer(id, true),
+        Command::Deny { id } => policy::answer(id, false),
         Command::Up(a) => daemon::up(a),
         Command::Down(a) => daemon::down(a),
         Command::Status(a) => daemon::status(a),

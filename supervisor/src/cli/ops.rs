@@ -90,7 +90,7 @@ pub struct LogsArgs {
 }
 
 /// A failed answer becomes the CLI's error, with the exit code the supervisor chose.
-fn check(r: Response) -> anyhow::Result<Response> {
+pub(super) fn check(r: Response) -> anyhow::Result<Response> {
     if r.ok {
         Ok(r)
     } else {

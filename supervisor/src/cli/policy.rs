@@ -69,3 +69,66 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// `elastos prompts [--json]`: the prompts waiting for the person.
+pub fn prompts(json: bool) -> anyhow::Result<ExitCode> {
+    use elastos::text::sanitize;
+    let home = elastos::home::Home::from_env()?;
+    let r = super::ops::check(
+        super::daemon::connect(&home)?.request(&elastos::control::Request::Prompts)?,
+    )?;
+    if json {
+        super::print_json(&r.data)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = r.data.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("(no prompt waits)");
+    }
+    // Every field is the supervisor's own record; the manifest's reason is shown on its own
+    // line, escaped and cut, never as part of the question.
+    for p in list {
+        let field = |k: &str| sanitize(p[k].as_str().unwrap_or("?"));
+        let actions: Vec<String> = p["actions"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str()).map(sanitize).collect())
+            .unwrap_or_default();
+        println!(
+            "{}  {} ({}, {}) wants {} on {}, until {}",
+            field("id"),
+            field("capsule"),
+            field("publisher"),
+            field("cid").chars().take(16).collect::<String>(),
+            actions.join(","),
+            field("resource"),
+            field("expires_at"),
+        );
+        let reason: String = field("reason").chars().take(200).collect();
+        println!("    reason (from its manifest): {reason}");
+        println!(
+            "    answer: elastos allow {} | elastos deny {}",
+            field("id"),
+            field("id")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `elastos allow ID [--once]` and `elastos deny ID`.
+pub fn answer(id: String, allow: bool) -> anyhow::Result<ExitCode> {
+    use elastos::control::{PromptDecision, Request};
+    let home = elastos::home::Home::from_env()?;
+    let answer = if allow {
+        PromptDecision::AllowOnce
+    } else {
+        PromptDecision::Deny
+    };
+    super::ops::check(
+        super::daemon::connect(&home)?.request(&Request::PromptAnswer {
+            id: id.clone(),
+            answer,
+        })?,
+    )?;
+    println!("{} {id}", if allow { "allowed once:" } else { "denied:" });
+    Ok(ExitCode::SUCCESS)
+}

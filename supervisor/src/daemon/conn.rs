@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use capnp::message::Builder;
 use elastos::audit::{Decision, Durability, Event};
 use elastos::authority::{CallRequest, IssueRequest};
-use elastos::config::Decider;
+use elastos::config::{Decider, PromptFallback};
 use elastos::frames::ShellAnswer;
 use elastos::policy::{self, Grant};
 use elastos::token::validate_pattern;
@@ -35,7 +35,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 
 use super::outbox::{Outbox, SendError};
-use super::{shell, Shared};
+use super::{prompts, shell, Shared};
 use elastos::frames::{parse, CallView, Parsed};
 
 /// Who is on the other end of a capsule socket, as the supervisor started it.
@@ -98,6 +98,8 @@ pub struct Conn {
     stalled: Notify,
     /// What this capsule may still cost the audit log.
     budget: Mutex<AuditBudget>,
+    /// Its token requests waiting on the shell (or a person).
+    asking: AtomicUsize,
 }
 
 /// Records per second one capsule may cause, and how many it may cause at once.
@@ -264,6 +266,7 @@ pub async fn serve(
         calls: shared.conns.counter(&peer.name),
         stalled: Notify::new(),
         budget: Mutex::new(AuditBudget::new()),
+        asking: AtomicUsize::new(0),
     });
     let writer = tokio::spawn({
         let conn = conn.clone();
@@ -311,6 +314,39 @@ pub async fn serve(
     shared.conns.remove(&peer.name, &conn);
     // A shell that goes: what waited on it is denied `policy unavailable`.
     shared.shell.detach(&conn);
+    // Its prompts are withdrawn, and what it was allowed once ends with it.
+    let once = shared.prompts.gone(&conn);
+    if !once.is_empty() {
+        let revoked = {
+            let mut authority = shared.authority.lock().unwrap_or_else(|e| e.into_inner());
+            once.iter()
+                .map(|id| (id, authority.revoke(id)))
+                .map(|(id, r)| (id.to_string(), r.map_err(|e| e.to_string())))
+                .collect::<Vec<_>>()
+        };
+        for (id, r) in revoked {
+            let (decision, why) = match r {
+                Ok(_) => (
+                    Decision::Info,
+                    "allowed once: ends with its capsule instance".to_string(),
+                ),
+                Err(e) => (
+                    Decision::Denied,
+                    format!("allowed once, but could not be revoked: {e}"),
+                ),
+            };
+            shared
+                .audit_sync(
+                    "supervisor",
+                    "token.revoke",
+                    peer.actor(),
+                    decision,
+                    &why,
+                    Some(id),
+                )
+                .await;
+        }
+    }
     writer.abort();
     why
 }
@@ -497,6 +533,31 @@ async fn read_loop(
                 actions,
                 reason,
                 ttl,
+            } if shared.config.policy.decider == Decider::Shell => {
+                // The shell, and perhaps a person, decide: in a task of its own, so that this
+                // capsule's other frames are read meanwhile; a few at a time.
+                if conn.asking.fetch_add(1, Ordering::Relaxed) >= shell::MAX_ASKING {
+                    conn.asking.fetch_sub(1, Ordering::Relaxed);
+                    token_busy(
+                        conn,
+                        id,
+                        "too many token requests wait for a decision; retry later",
+                    )
+                    .await;
+                    continue;
+                }
+                let (shared, conn) = (shared.clone(), conn.clone());
+                tokio::spawn(async move {
+                    request_token(&shared, &conn, id, &resource, actions, &reason, ttl).await;
+                    conn.asking.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Parsed::RequestToken {
+                id,
+                resource,
+                actions,
+                reason,
+                ttl,
             } => request_token(shared, conn, id, &resource, actions, &reason, ttl).await,
             Parsed::Serve { id, pattern, token } => {
                 serve_namespace(shared, conn, id, &pattern, &token).await
@@ -609,6 +670,19 @@ async fn shell_fault(shared: &Shared, conn: &Conn, why: &str) {
             None,
         )
         .await;
+}
+
+/// Answers a token request `busy`, with why.
+async fn token_busy(conn: &Conn, id: u64, why: &str) {
+    let frame = {
+        let mut m = Builder::new_default();
+        let mut reply = m.init_root::<frame::Builder>().init_token_reply();
+        reply.set_id(id);
+        reply.set_status(Status::Busy);
+        reply.set_message(why);
+        wire::encode(&m)
+    };
+    send_back(conn, frame).await;
 }
 
 /// Sends a reply to the capsule's own request (see [`Conn::push_wait`]).
@@ -1152,6 +1226,7 @@ async fn request_token(
     ttl: Duration,
 ) {
     let actor = conn.peer.actor();
+    let mut once = false;
     let (decision, decider) = match shared.config.policy.decider {
         // The provide capability stays a supervisor rule (first party, listed in `provides`),
         // and so does everything the development policy decides.
@@ -1169,7 +1244,11 @@ async fn request_token(
             },
             policy::NAME,
         ),
-        Decider::Shell => (ask_shell(shared, conn, resource, actions, ttl).await, "shell"),
+        Decider::Shell => {
+            let (grant, lasts) = ask_shell(shared, conn, resource, actions, ttl).await;
+            once = lasts == Lasts::Instance;
+            (grant, "shell")
+        }
     };
     let outcome = match decision {
         Grant::Allow {
@@ -1195,6 +1274,9 @@ async fn request_token(
                 });
             match issued {
                 Ok((token, text)) => {
+                    if once {
+                        shared.prompts.track_once(conn, token.id);
+                    }
                     let why = format!("policy={decider}: {reason}");
                     let audited = shared
                         .audit_sync(
@@ -1274,21 +1356,31 @@ async fn request_token(
 /// The shell's decision on a token request, held within the supervisor's ceilings. Only what
 /// the manifest declares is put to the shell; a prompt is answered by `prompt_fallback` until
 /// prompts can be answered; an answer outside the ceilings is a shell fault, audited and denied.
+/// How long a grant lasts beyond its token's lifetime.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lasts {
+    /// Its TTL.
+    Ttl,
+    /// Its TTL, or until the capsule instance that asked ends (allowed once at a prompt).
+    Instance,
+}
+
 async fn ask_shell(
     shared: &Arc<Shared>,
     conn: &Arc<Conn>,
     resource: &str,
     actions: ActionSet,
     ttl: Duration,
-) -> Grant {
+) -> (Grant, Lasts) {
+    let deny = |why: String| (Grant::Deny(why), Lasts::Ttl);
     if actions.is_empty() {
-        return Grant::Deny("no actions asked for".into());
+        return deny("no actions asked for".into());
     }
     if validate_pattern(resource).is_err() {
-        return Grant::Deny(format!("`{resource}` is not a resource or pattern"));
+        return deny(format!("`{resource}` is not a resource or pattern"));
     }
     let Some(covering) = shell::covering_entry(&conn.peer.manifest, resource, actions) else {
-        return Grant::Deny(format!(
+        return deny(format!(
             "capsule.toml of `{}` does not request `{resource}` for {actions}, so it is not asked; add a [[requests]] entry with that resource and actions",
             conn.peer.name
         ));
@@ -1304,31 +1396,108 @@ async fn ask_shell(
         covering: covering.clone(),
     };
     match shared.shell.ask(&ask, shared.config.policy.shell_wait).await {
-        Err(unavailable) => Grant::Deny(unavailable),
-        Ok(ShellAnswer::Deny(why)) => Grant::Deny(why),
-        Ok(ShellAnswer::Prompt) => Grant::Deny(
-            "a person must decide this (the policy says prompt), and this node answers prompts with deny ([policy] prompt_fallback)".into(),
-        ),
+        Err(unavailable) => deny(unavailable),
+        Ok(ShellAnswer::Deny(why)) => deny(why),
+        Ok(ShellAnswer::Prompt) => match shared.config.policy.prompt_fallback {
+            PromptFallback::Deny => deny(
+                "a person must decide this (the policy says prompt), and this node answers prompts with deny ([policy] prompt_fallback)".into(),
+            ),
+            PromptFallback::Prompt => ask_person(shared, conn, &ask).await,
+        },
         Ok(ShellAnswer::Allow {
             resource: granted,
             actions: granted_actions,
             ttl: granted_ttl,
         }) => match shell::within_ceilings(resource, covering, &granted, granted_actions, granted_ttl)
         {
-            Ok(()) => Grant::Allow {
-                resource: granted,
-                actions: granted_actions,
-                ttl: granted_ttl,
-                classification: Classification::Internal,
-            },
+            Ok(()) => (
+                Grant::Allow {
+                    resource: granted,
+                    actions: granted_actions,
+                    ttl: granted_ttl,
+                    classification: Classification::Internal,
+                },
+                Lasts::Ttl,
+            ),
             Err(why) => {
                 let why = format!("the shell's answer was refused: {why}");
                 shared
                     .audit_sync("supervisor", "shell.fault", resource, Decision::Denied, &why, None)
                     .await;
-                Grant::Deny(why)
+                deny(why)
             }
         },
+    }
+}
+
+/// The shell said prompt: the person decides. The prompt is drawn from the supervisor's own
+/// record of the request; it is audited when it opens and when it is answered or runs out.
+async fn ask_person(shared: &Arc<Shared>, conn: &Arc<Conn>, ask: &shell::Ask) -> (Grant, Lasts) {
+    let now = now_unix();
+    let publisher = match ask.standing {
+        Standing::ThisNode => "this node".to_string(),
+        Standing::Dev => "dev, unverified".to_string(),
+        _ => ask.publisher.clone(),
+    };
+    let prompt = prompts::Prompt {
+        id: String::new(),
+        capsule: ask.name.clone(),
+        cid: ask.cid.clone(),
+        publisher,
+        resource: ask.resource.clone(),
+        actions: ask.actions,
+        reason: ask.covering.reason.clone(),
+        requested_at: now,
+        expires_at: now + prompts::PROMPT_TIMEOUT.as_secs() as i64,
+    };
+    let actor = conn.peer.actor();
+    let opened = shared
+        .audit_sync(
+            actor,
+            "prompt.open",
+            &ask.resource,
+            Decision::Info,
+            &format!(
+                "{}: waiting for the person (`elastos prompts`)",
+                ask.actions
+            ),
+            None,
+        )
+        .await;
+    if !opened {
+        return (Grant::Deny("audit unavailable".into()), Lasts::Ttl);
+    }
+    match shared.prompts.ask(conn, prompt).await {
+        Ok(prompts::Answer::AllowOnce) => (
+            Grant::Allow {
+                resource: ask.resource.clone(),
+                actions: ask.actions,
+                ttl: if ask.ttl.is_zero() {
+                    shell::MAX_TTL
+                } else {
+                    ask.ttl.min(shell::MAX_TTL)
+                },
+                classification: Classification::Internal,
+            },
+            Lasts::Instance,
+        ),
+        Ok(prompts::Answer::Deny) => (
+            Grant::Deny("the person denied it at the prompt".into()),
+            Lasts::Ttl,
+        ),
+        Err(why) => {
+            shared
+                .audit_sync(
+                    actor,
+                    "prompt.expired",
+                    &ask.resource,
+                    Decision::Denied,
+                    &why,
+                    None,
+                )
+                .await;
+            (Grant::Deny(why), Lasts::Ttl)
+        }
     }
 }
 

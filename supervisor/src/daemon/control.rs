@@ -9,7 +9,9 @@ use std::time::Duration;
 use base64::Engine;
 use elastos::audit::Decision;
 use elastos::authority::IssueRequest;
-use elastos::control::{Event, Request, Response, RunRequest, RunSource, TrustKind};
+use elastos::control::{
+    Event, PromptDecision, Request, Response, RunRequest, RunSource, TrustKind,
+};
 use elastos::store::Stored;
 use elastos::token::TokenId;
 use elastos_schema::{ActionSet, Classification};
@@ -299,6 +301,41 @@ async fn handle(
             }
         }
         Request::TrustAdd { did, kind } => trust_add(&shared, did, kind).await,
+        Request::Prompts => Response::ok(json!(shared
+            .prompts
+            .list()
+            .iter()
+            .map(super::prompts::Prompt::to_json)
+            .collect::<Vec<_>>())),
+        Request::PromptAnswer { id, answer } => {
+            let (answer, words) = match answer {
+                PromptDecision::AllowOnce => (super::prompts::Answer::AllowOnce, "allowed once"),
+                PromptDecision::Deny => (super::prompts::Answer::Deny, "denied"),
+            };
+            // Recorded before it takes effect: an allow widens.
+            match shared.prompts.list().into_iter().find(|p| p.id == id) {
+                None => Response::err(format!(
+                    "no prompt {id} waits for an answer (answered, expired, or its capsule went away); `elastos prompts` lists those that do"
+                )),
+                Some(p) => {
+                    let recorded = operator(
+                        &shared,
+                        "prompt.answer",
+                        &p.resource,
+                        &format!("prompt {id} of `{}`: {words}", p.capsule),
+                        None,
+                    )
+                    .await;
+                    if !recorded {
+                        not_recorded("answering the prompt")
+                    } else if shared.prompts.answer(&id, answer).is_some() {
+                        Response::ok(json!({"id": id, "answer": words}))
+                    } else {
+                        Response::err(format!("prompt {id} ran out while it was answered"))
+                    }
+                }
+            }
+        }
         Request::TrustRm { did } => {
             let r = shared
                 .authority

@@ -11,6 +11,7 @@ pub mod control;
 pub mod kmsg;
 pub mod logs;
 pub mod outbox;
+pub mod prompts;
 pub mod root;
 pub mod routes;
 pub mod shell;
@@ -127,6 +128,8 @@ pub struct Shared {
     pub kmsg_active: std::sync::atomic::AtomicBool,
     /// The node's shell, when `[policy] decider = "shell"`.
     pub shell: shell::ShellLink,
+    /// Prompts waiting for the person, and what was allowed once.
+    pub prompts: prompts::Prompts,
     /// Each capsule name's audit actor as last started, kept after it exits: the kernel's
     /// report of its end may come after.
     actors: Mutex<HashMap<String, String>>,
@@ -433,6 +436,7 @@ pub fn foreground(home: Home) -> anyhow::Result<()> {
         live: Mutex::new(std::collections::BTreeMap::new()),
         kmsg_active: std::sync::atomic::AtomicBool::new(false),
         shell: shell::ShellLink::default(),
+        prompts: prompts::Prompts::default(),
         actors: Mutex::new(HashMap::new()),
     });
     // A pid file left behind: the supervisor before stopped without `down` (this one holds the

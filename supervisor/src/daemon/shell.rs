@@ -30,6 +30,9 @@ pub const MAX_TTL: Duration = Duration::from_secs(3600);
 /// The shell answers at once (a prompt is answered `prompt`, not waited for): this bounds a
 /// shell that hangs.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// Token requests one capsule may have waiting on the shell (or a person) at once; more are
+/// answered `busy`.
+pub const MAX_ASKING: usize = 4;
 
 /// What the supervisor asks the shell, every field verified by it.
 #[derive(Debug, Clone)]

@@ -1,0 +1,175 @@
+//! Prompts: when the shell answers `prompt`, the person decides. The supervisor keeps the
+//! request (drawn from its own record, never from the shell's or the capsule's words), lists it
+//! to the operator (`elastos prompts`), and waits for an answer on the operator's control socket
+//! (`elastos allow ID`, `elastos deny ID`) or for the prompt's time to run out (a denial). At most
+//! [`MAX_PER_CAPSULE`] prompts wait per capsule. A grant allowed once lasts as long as the capsule
+//! instance that asked: its tokens are revoked when that connection ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use elastos::token::TokenId;
+use elastos_schema::ActionSet;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::conn::Conn;
+
+/// How long a prompt waits for the person.
+pub const PROMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Prompts one capsule may have waiting at once; more are denied at once.
+pub const MAX_PER_CAPSULE: usize = 4;
+
+/// What the person answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Allowed for this capsule instance: its tokens end when it does.
+    AllowOnce,
+    Deny,
+}
+
+/// One prompt, as the operator sees it: every field the supervisor's own.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub id: String,
+    pub capsule: String,
+    pub cid: String,
+    /// `this node`, a DID, or `dev, unverified`.
+    pub publisher: String,
+    pub resource: String,
+    pub actions: ActionSet,
+    /// The manifest's reason for the covering entry, as the manifest says it.
+    pub reason: String,
+    pub requested_at: i64,
+    pub expires_at: i64,
+}
+
+impl Prompt {
+    pub fn to_json(&self) -> serde_json::Value {
+        let time = |t: i64| {
+            humantime::format_rfc3339_seconds(elastos::token::unix_to_system(t)).to_string()
+        };
+        json!({
+            "id": self.id,
+            "capsule": self.capsule,
+            "cid": self.cid,
+            "publisher": self.publisher,
+            "resource": self.resource,
+            "actions": self.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+            "reason": self.reason,
+            "requested_at": time(self.requested_at),
+            "expires_at": time(self.expires_at),
+        })
+    }
+}
+
+struct Waiting {
+    prompt: Prompt,
+    conn: usize,
+    reply: oneshot::Sender<Answer>,
+}
+
+#[derive(Default)]
+pub struct Prompts {
+    waiting: Mutex<HashMap<String, Waiting>>,
+    /// Tokens allowed once, by the connection (capsule instance) they belong to.
+    once: Mutex<HashMap<usize, Vec<TokenId>>>,
+}
+
+fn address(conn: &Arc<Conn>) -> usize {
+    Arc::as_ptr(conn) as usize
+}
+
+impl Prompts {
+    /// Opens a prompt and waits for the person; `Err` is why nothing was allowed.
+    pub async fn ask(&self, conn: &Arc<Conn>, mut prompt: Prompt) -> Result<Answer, String> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = waiting.values().filter(|w| w.conn == address(conn)).count();
+            if mine >= MAX_PER_CAPSULE {
+                return Err(format!(
+                    "{MAX_PER_CAPSULE} prompts of this capsule already wait for an answer"
+                ));
+            }
+            prompt.id = loop {
+                let mut b = [0u8; 4];
+                getrandom::fill(&mut b).map_err(|e| format!("randomness: {e}"))?;
+                let id = hex::encode(b);
+                if !waiting.contains_key(&id) {
+                    break id;
+                }
+            };
+            waiting.insert(
+                prompt.id.clone(),
+                Waiting {
+                    prompt: prompt.clone(),
+                    conn: address(conn),
+                    reply: tx,
+                },
+            );
+        }
+        let answer = tokio::time::timeout(PROMPT_TIMEOUT, rx).await;
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&prompt.id);
+        match answer {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(_)) => Err("the prompt was withdrawn: the capsule went away".into()),
+            Err(_) => Err(format!(
+                "no one answered prompt {} within {} s",
+                prompt.id,
+                PROMPT_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// The prompts waiting, oldest first.
+    pub fn list(&self) -> Vec<Prompt> {
+        let mut all: Vec<Prompt> = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|w| w.prompt.clone())
+            .collect();
+        all.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
+        all
+    }
+
+    /// The person's answer to prompt `id`: the prompt, or `None` when none such waits.
+    pub fn answer(&self, id: &str, answer: Answer) -> Option<Prompt> {
+        let w = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)?;
+        let _ = w.reply.send(answer);
+        Some(w.prompt)
+    }
+
+    /// A token allowed once, to end with `conn`.
+    pub fn track_once(&self, conn: &Arc<Conn>, id: TokenId) {
+        self.once
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(address(conn))
+            .or_default()
+            .push(id);
+    }
+
+    /// `conn` ended: its prompts are withdrawn, and the tokens it was allowed once returned.
+    pub fn gone(&self, conn: &Arc<Conn>) -> Vec<TokenId> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, w| w.conn != address(conn));
+        self.once
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&address(conn))
+            .unwrap_or_default()
+    }
+}
