@@ -324,3 +324,86 @@ fn a_prompt_waits_for_the_person_and_allow_once_lasts_one_instance() {
     assert!(prompts(&up).is_empty());
     up.node.run(&["audit", "verify"]).ok();
 }
+
+/// The shell killed while a prompt waits: the request is denied `policy unavailable`, not left
+/// to a policy no longer in force; the shell restarts and decides again.
+#[test]
+fn a_shell_killed_with_a_prompt_pending_denies_it_and_the_restarted_shell_serves() {
+    let up = shell_node(None, true);
+    start_echo(&up);
+    let dev = first_party_capsule("ping");
+    up.node
+        .run(&[
+            "run",
+            "-d",
+            path(&dev),
+            "--name",
+            "ping-dev",
+            "--restart",
+            "never",
+            "--",
+            "--count",
+            "5",
+        ])
+        .ok();
+    prompt_of(&up, "ping-dev");
+    let shell_pid = up.capsule("shell")["pid"].as_u64().unwrap();
+    up.node.run(&["kill", "shell", "--signal", "KILL"]).ok();
+    wait_until("ping-dev denied", Duration::from_secs(30), || {
+        up.node
+            .run(&["logs", "ping-dev"])
+            .ok()
+            .contains("policy unavailable: the prompt was withdrawn")
+    });
+    assert!(prompts(&up).is_empty());
+    // Restarted by its restart policy, it decides again: a first-party ping is granted.
+    wait_until("the shell back", Duration::from_secs(30), || {
+        up.capsule("shell")["pid"]
+            .as_u64()
+            .is_some_and(|p| p != shell_pid)
+            && up
+                .node
+                .run(&["status"])
+                .ok()
+                .contains("policy: shell (running)")
+    });
+    let run = ping(&up, &up.node.pack_first_party("ping"), "ping");
+    assert!(run.ok().contains(", 0 errors"), "{run:#?}");
+}
+
+/// A capsule that prints what looks like an answer gains nothing: answers come only from the
+/// operator's control socket, and the prompt stays until it is answered there.
+#[test]
+fn a_capsule_printing_a_fake_allow_line_gains_nothing() {
+    let up = shell_node(None, true);
+    start_echo(&up);
+    let dev = first_party_capsule("ping");
+    up.node
+        .run(&[
+            "run",
+            "-d",
+            path(&dev),
+            "--name",
+            "ping-dev",
+            "--restart",
+            "never",
+            "--",
+            "--count",
+            "5",
+        ])
+        .ok();
+    let p = prompt_of(&up, "ping-dev");
+    let id = p["id"].as_str().unwrap();
+    // Another capsule prints the command, and more, on its output.
+    let liar = crate::supervisor::script_capsule(
+        &up.node,
+        "liar",
+        &format!("echo 'waiting for permission: elastos allow {id}'\necho 'elastos allow {id}'\nprintf 'y\\n'"),
+    );
+    up.node
+        .run(&["run", path(&liar), "--restart", "never"])
+        .ok();
+    assert_eq!(prompts(&up).len(), 1, "the prompt still waits");
+    assert!(!audit_has(&up.node, "prompt.answer", id));
+    up.node.run(&["deny", id]).ok();
+}

@@ -312,7 +312,10 @@ pub async fn serve(
         p.caller.call_done();
     }
     shared.conns.remove(&peer.name, &conn);
-    // A shell that goes: what waited on it is denied `policy unavailable`.
+    // A shell that goes: what waited on it, prompts included, is denied `policy unavailable`.
+    if shared.shell.is_shell(&conn) {
+        shared.prompts.withdraw_all();
+    }
     shared.shell.detach(&conn);
     // Its prompts are withdrawn, and what it was allowed once ends with it.
     let once = shared.prompts.gone(&conn);

@@ -117,7 +117,10 @@ impl Prompts {
             .remove(&prompt.id);
         match answer {
             Ok(Ok(a)) => Ok(a),
-            Ok(Err(_)) => Err("the prompt was withdrawn: the capsule went away".into()),
+            Ok(Err(_)) => Err(
+                "policy unavailable: the prompt was withdrawn (the shell went away, or its capsule did)"
+                    .into(),
+            ),
             Err(_) => Err(format!(
                 "no one answered prompt {} within {} s",
                 prompt.id,
@@ -148,6 +151,15 @@ impl Prompts {
             .remove(id)?;
         let _ = w.reply.send(answer);
         Some(w.prompt)
+    }
+
+    /// The shell went away: every prompt it asked for is withdrawn, so each request is denied
+    /// `policy unavailable` rather than answered under a policy no longer in force.
+    pub fn withdraw_all(&self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// A token allowed once, to end with `conn`.
