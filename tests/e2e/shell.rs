@@ -375,7 +375,15 @@ fn a_shell_killed_with_a_prompt_pending_denies_it_and_the_restarted_shell_serves
 /// operator's control socket, and the prompt stays until it is answered there.
 #[test]
 fn a_capsule_printing_a_fake_allow_line_gains_nothing() {
-    let up = shell_node(None, true);
+    // The liar, a development shell script, is given its host://libs; everything else prompts.
+    let up = shell_node(
+        Some(
+            "format = 1\n\
+             [[rule]]\npublisher = \"dev\"\nname = \"liar\"\nresource = \"host://libs\"\ndecision = \"allow\"\n\
+             [[rule]]\nresource = \"*\"\ndecision = \"prompt\"\n",
+        ),
+        true,
+    );
     start_echo(&up);
     let dev = first_party_capsule("ping");
     up.node
@@ -406,4 +414,90 @@ fn a_capsule_printing_a_fake_allow_line_gains_nothing() {
     assert_eq!(prompts(&up).len(), 1, "the prompt still waits");
     assert!(!audit_has(&up.node, "prompt.answer", id));
     up.node.run(&["deny", id]).ok();
+}
+
+/// Running a package of a publisher this node does not know is `execute` on its
+/// `elastos://<CID>`, put to the shell before it starts; the shipped policy asks the person.
+#[test]
+fn running_an_unknown_publishers_package_waits_for_the_person() {
+    let up = shell_node(None, true);
+    let other = Node::new();
+    let theirs = other.pack_first_party("echo");
+    let start = || {
+        up.node.run(&[
+            "run",
+            "-d",
+            path(&theirs),
+            "--name",
+            "their-echo",
+            "--restart",
+            "never",
+        ])
+    };
+    start();
+    let p = prompt_of(&up, "their-echo");
+    assert!(
+        p["resource"]
+            .as_str()
+            .unwrap()
+            .starts_with("elastos://bafk"),
+        "{p}"
+    );
+    assert_eq!(p["actions"], serde_json::json!(["execute"]));
+    assert_eq!(p["publisher"], other.did());
+    up.node.run(&["deny", p["id"].as_str().unwrap()]).ok();
+    wait_until("their-echo refused", Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "their-echo"])
+            .ok()
+            .contains("not started: policy=shell: execute elastos://")
+    });
+    assert!(audit_has(
+        &up.node,
+        "package.run",
+        "the person denied it at the prompt"
+    ));
+    // Asked again, and allowed: it runs (and, not first party here, may not provide).
+    start();
+    let p = prompt_of(&up, "their-echo");
+    up.node.run(&["allow", p["id"].as_str().unwrap()]).ok();
+    wait_until("their-echo ran", Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "their-echo"])
+            .ok()
+            .contains("only first-party capsules may provide")
+    });
+    assert!(audit_has(&up.node, "package.run", "policy=shell: execute"));
+}
+
+/// The host grants a manifest asks for at start go through the same decision: a development
+/// script's `host://libs` is put to the person, and without it the capsule does not start.
+#[test]
+fn host_grants_at_start_go_through_the_shell() {
+    let up = shell_node(None, true);
+    let dir = crate::supervisor::script_capsule(&up.node, "script", "echo script-ran");
+    let start = || {
+        up.node
+            .run(&["run", "-d", path(&dir), "--restart", "never"])
+    };
+    start();
+    let p = prompt_of(&up, "script");
+    assert_eq!(p["resource"], "host://libs");
+    assert_eq!(p["reason"], "runs /bin/sh");
+    up.node.run(&["deny", p["id"].as_str().unwrap()]).ok();
+    wait_until("script refused", Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "script"])
+            .ok()
+            .contains("not started: policy=shell: read host://libs: the person denied it")
+    });
+    assert!(!up.node.run(&["logs", "script"]).ok().contains("script-ran"));
+    assert!(audit_has(&up.node, "host.request", "host://libs"));
+    start();
+    let p = prompt_of(&up, "script");
+    up.node.run(&["allow", p["id"].as_str().unwrap()]).ok();
+    wait_until("script ran", Duration::from_secs(20), || {
+        up.node.run(&["logs", "script"]).ok().contains("script-ran")
+    });
+    assert!(audit_has(&up.node, "host.grant", "policy=shell: read"));
 }

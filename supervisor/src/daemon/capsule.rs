@@ -398,6 +398,26 @@ impl CapsuleActor {
             }
         };
         st.stopped_by = None;
+        // With the shell deciding, running an unknown publisher's package and each host://
+        // grant go through it first (the shell itself excepted: it is checked as the shell).
+        if self.shared.config.policy.decider == elastos::config::Decider::Shell
+            && st.spec.name != self.shared.config.policy.shell
+        {
+            let decided = super::decide::decide_start(
+                &self.shared,
+                &st.spec.name,
+                &st.spec.stored.cid,
+                &st.spec.publisher_label,
+                st.spec.standing,
+                &st.spec.stored.manifest,
+                st.peer.actor(),
+            )
+            .await;
+            if let Err(why) = decided {
+                self.fail(st, &why).await;
+                return;
+            }
+        }
         let manifest = &st.spec.stored.manifest;
         let mut args = manifest.args.clone();
         args.extend(st.spec.args.iter().cloned());

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use capnp::message::Builder;
 use elastos::audit::{Decision, Durability, Event};
 use elastos::authority::{CallRequest, IssueRequest};
-use elastos::config::{Decider, PromptFallback};
-use elastos::frames::ShellAnswer;
+use elastos::config::Decider;
 use elastos::policy::{self, Grant};
 use elastos::token::validate_pattern;
 use elastos_schema::manifest::Manifest;
@@ -34,6 +33,7 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 
+use super::decide::{self, Lasts};
 use super::outbox::{Outbox, SendError};
 use super::{prompts, shell, Shared};
 use elastos::frames::{parse, CallView, Parsed};
@@ -1359,15 +1359,6 @@ async fn request_token(
 /// The shell's decision on a token request, held within the supervisor's ceilings. Only what
 /// the manifest declares is put to the shell; a prompt is answered by `prompt_fallback` until
 /// prompts can be answered; an answer outside the ceilings is a shell fault, audited and denied.
-/// How long a grant lasts beyond its token's lifetime.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Lasts {
-    /// Its TTL.
-    Ttl,
-    /// Its TTL, or until the capsule instance that asked ends (allowed once at a prompt).
-    Instance,
-}
-
 async fn ask_shell(
     shared: &Arc<Shared>,
     conn: &Arc<Conn>,
@@ -1398,110 +1389,7 @@ async fn ask_shell(
         ttl,
         covering: covering.clone(),
     };
-    match shared.shell.ask(&ask, shared.config.policy.shell_wait).await {
-        Err(unavailable) => deny(unavailable),
-        Ok(ShellAnswer::Deny(why)) => deny(why),
-        Ok(ShellAnswer::Prompt) => match shared.config.policy.prompt_fallback {
-            PromptFallback::Deny => deny(
-                "a person must decide this (the policy says prompt), and this node answers prompts with deny ([policy] prompt_fallback)".into(),
-            ),
-            PromptFallback::Prompt => ask_person(shared, conn, &ask).await,
-        },
-        Ok(ShellAnswer::Allow {
-            resource: granted,
-            actions: granted_actions,
-            ttl: granted_ttl,
-        }) => match shell::within_ceilings(resource, covering, &granted, granted_actions, granted_ttl)
-        {
-            Ok(()) => (
-                Grant::Allow {
-                    resource: granted,
-                    actions: granted_actions,
-                    ttl: granted_ttl,
-                    classification: Classification::Internal,
-                },
-                Lasts::Ttl,
-            ),
-            Err(why) => {
-                let why = format!("the shell's answer was refused: {why}");
-                shared
-                    .audit_sync("supervisor", "shell.fault", resource, Decision::Denied, &why, None)
-                    .await;
-                deny(why)
-            }
-        },
-    }
-}
-
-/// The shell said prompt: the person decides. The prompt is drawn from the supervisor's own
-/// record of the request; it is audited when it opens and when it is answered or runs out.
-async fn ask_person(shared: &Arc<Shared>, conn: &Arc<Conn>, ask: &shell::Ask) -> (Grant, Lasts) {
-    let now = now_unix();
-    let publisher = match ask.standing {
-        Standing::ThisNode => "this node".to_string(),
-        Standing::Dev => "dev, unverified".to_string(),
-        _ => ask.publisher.clone(),
-    };
-    let prompt = prompts::Prompt {
-        id: String::new(),
-        capsule: ask.name.clone(),
-        cid: ask.cid.clone(),
-        publisher,
-        resource: ask.resource.clone(),
-        actions: ask.actions,
-        reason: ask.covering.reason.clone(),
-        requested_at: now,
-        expires_at: now + prompts::PROMPT_TIMEOUT.as_secs() as i64,
-    };
-    let actor = conn.peer.actor();
-    let opened = shared
-        .audit_sync(
-            actor,
-            "prompt.open",
-            &ask.resource,
-            Decision::Info,
-            &format!(
-                "{}: waiting for the person (`elastos prompts`)",
-                ask.actions
-            ),
-            None,
-        )
-        .await;
-    if !opened {
-        return (Grant::Deny("audit unavailable".into()), Lasts::Ttl);
-    }
-    match shared.prompts.ask(conn, prompt).await {
-        Ok(prompts::Answer::AllowOnce) => (
-            Grant::Allow {
-                resource: ask.resource.clone(),
-                actions: ask.actions,
-                ttl: if ask.ttl.is_zero() {
-                    shell::MAX_TTL
-                } else {
-                    ask.ttl.min(shell::MAX_TTL)
-                },
-                classification: Classification::Internal,
-            },
-            Lasts::Instance,
-        ),
-        Ok(prompts::Answer::Deny) => (
-            Grant::Deny("the person denied it at the prompt".into()),
-            Lasts::Ttl,
-        ),
-        Err(why) => {
-            shared
-                .audit_sync(
-                    actor,
-                    "prompt.expired",
-                    &ask.resource,
-                    Decision::Denied,
-                    &why,
-                    None,
-                )
-                .await;
-            (Grant::Deny(why), Lasts::Ttl)
-        }
-    }
+    decide::decide(shared, prompts::owner_of(conn), conn.peer.actor(), &ask).await
 }
 
 async fn serve_namespace(

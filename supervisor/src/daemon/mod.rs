@@ -8,6 +8,7 @@
 pub mod capsule;
 pub mod conn;
 pub mod control;
+pub mod decide;
 pub mod kmsg;
 pub mod logs;
 pub mod outbox;

@@ -81,13 +81,26 @@ fn address(conn: &Arc<Conn>) -> usize {
     Arc::as_ptr(conn) as usize
 }
 
+/// Whom a connection's prompts belong to.
+pub fn owner_of(conn: &Arc<Conn>) -> usize {
+    address(conn)
+}
+
+/// Whom the prompts of one start of a capsule belong to (before it has a connection): numbers
+/// far below any address a connection has.
+pub fn start_owner() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 + 1
+}
+
 impl Prompts {
-    /// Opens a prompt and waits for the person; `Err` is why nothing was allowed.
-    pub async fn ask(&self, conn: &Arc<Conn>, mut prompt: Prompt) -> Result<Answer, String> {
+    /// Opens a prompt for `owner` (a connection's [`owner_of`], or a start's [`start_owner`])
+    /// and waits for the person; `Err` is why nothing was allowed.
+    pub async fn ask(&self, owner: usize, mut prompt: Prompt) -> Result<Answer, String> {
         let (tx, rx) = oneshot::channel();
         {
             let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            let mine = waiting.values().filter(|w| w.conn == address(conn)).count();
+            let mine = waiting.values().filter(|w| w.conn == owner).count();
             if mine >= MAX_PER_CAPSULE {
                 return Err(format!(
                     "{MAX_PER_CAPSULE} prompts of this capsule already wait for an answer"
@@ -105,7 +118,7 @@ impl Prompts {
                 prompt.id.clone(),
                 Waiting {
                     prompt: prompt.clone(),
-                    conn: address(conn),
+                    conn: owner,
                     reply: tx,
                 },
             );

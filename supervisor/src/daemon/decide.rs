@@ -1,0 +1,237 @@
+//! One decision with the shell deciding: the shell's answer held within the ceilings, a prompt
+//! put to the person. Used for a capsule's `requestToken` (`conn.rs`) and, before a capsule
+//! starts, for running a package of an unknown publisher and for each `host://` grant its
+//! manifest asks for (`decide_start`).
+
+use std::sync::Arc;
+
+use elastos::audit::Decision;
+use elastos::config::PromptFallback;
+use elastos::frames::ShellAnswer;
+use elastos::policy::Grant;
+use elastos_schema::manifest::{
+    Request as ManifestRequest, HOST_LIBS, NET_HOST, NET_LOOPBACK, STATE,
+};
+use elastos_schema::policy::Standing;
+use elastos_schema::{Action, ActionSet, Classification};
+
+use super::{prompts, shell, Shared};
+
+/// How long a grant lasts beyond its token's lifetime.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lasts {
+    /// Its TTL.
+    Ttl,
+    /// Its TTL, or until the capsule instance that asked ends (allowed once at a prompt).
+    Instance,
+}
+
+/// Asks the shell, and the person if it says so, about `ask`, for `owner`'s prompts, recorded
+/// under `actor`.
+pub async fn decide(
+    shared: &Arc<Shared>,
+    owner: usize,
+    actor: &str,
+    ask: &shell::Ask,
+) -> (Grant, Lasts) {
+    let deny = |why: String| (Grant::Deny(why), Lasts::Ttl);
+    match shared.shell.ask(ask, shared.config.policy.shell_wait).await {
+        Err(unavailable) => deny(unavailable),
+        Ok(ShellAnswer::Deny(why)) => deny(why),
+        Ok(ShellAnswer::Prompt) => match shared.config.policy.prompt_fallback {
+            PromptFallback::Deny => deny(
+                "a person must decide this (the policy says prompt), and this node answers prompts with deny ([policy] prompt_fallback)".into(),
+            ),
+            PromptFallback::Prompt => ask_person(shared, owner, actor, ask).await,
+        },
+        Ok(ShellAnswer::Allow {
+            resource: granted,
+            actions,
+            ttl,
+        }) => match shell::within_ceilings(&ask.resource, &ask.covering, &granted, actions, ttl) {
+            Ok(()) => (
+                Grant::Allow {
+                    resource: granted,
+                    actions,
+                    ttl,
+                    classification: Classification::Internal,
+                },
+                Lasts::Ttl,
+            ),
+            Err(why) => {
+                let why = format!("the shell's answer was refused: {why}");
+                shared
+                    .audit_sync("supervisor", "shell.fault", &ask.resource, Decision::Denied, &why, None)
+                    .await;
+                deny(why)
+            }
+        },
+    }
+}
+
+/// The shell said prompt: the person decides. The prompt is drawn from the supervisor's own
+/// record of the request; it is audited when it opens and when it is answered or runs out.
+async fn ask_person(
+    shared: &Arc<Shared>,
+    owner: usize,
+    actor: &str,
+    ask: &shell::Ask,
+) -> (Grant, Lasts) {
+    let now = super::conn::now_unix();
+    let publisher = match ask.standing {
+        Standing::ThisNode => "this node".to_string(),
+        Standing::Dev => "dev, unverified".to_string(),
+        _ => ask.publisher.clone(),
+    };
+    let prompt = prompts::Prompt {
+        id: String::new(),
+        capsule: ask.name.clone(),
+        cid: ask.cid.clone(),
+        publisher,
+        resource: ask.resource.clone(),
+        actions: ask.actions,
+        reason: ask.covering.reason.clone(),
+        requested_at: now,
+        expires_at: now + prompts::PROMPT_TIMEOUT.as_secs() as i64,
+    };
+    let opened = shared
+        .audit_sync(
+            actor,
+            "prompt.open",
+            &ask.resource,
+            Decision::Info,
+            &format!(
+                "{}: waiting for the person (`elastos prompts`)",
+                ask.actions
+            ),
+            None,
+        )
+        .await;
+    if !opened {
+        return (Grant::Deny("audit unavailable".into()), Lasts::Ttl);
+    }
+    match shared.prompts.ask(owner, prompt).await {
+        Ok(prompts::Answer::AllowOnce) => (
+            Grant::Allow {
+                resource: ask.resource.clone(),
+                actions: ask.actions,
+                ttl: if ask.ttl.is_zero() {
+                    shell::MAX_TTL
+                } else {
+                    ask.ttl.min(shell::MAX_TTL)
+                },
+                classification: Classification::Internal,
+            },
+            Lasts::Instance,
+        ),
+        Ok(prompts::Answer::Deny) => (
+            Grant::Deny("the person denied it at the prompt".into()),
+            Lasts::Ttl,
+        ),
+        Err(why) => {
+            shared
+                .audit_sync(
+                    actor,
+                    "prompt.expired",
+                    &ask.resource,
+                    Decision::Denied,
+                    &why,
+                    None,
+                )
+                .await;
+            (Grant::Deny(why), Lasts::Ttl)
+        }
+    }
+}
+
+/// Before a capsule starts, with the shell deciding: running a package of an unknown publisher
+/// (`execute` on `elastos://<CID>`), then each `host://` grant its manifest asks for. Every
+/// answer is recorded; `Err` is why the capsule may not start. (Nothing is granted by asking:
+/// each grant is its manifest's, or none.)
+pub async fn decide_start(
+    shared: &Arc<Shared>,
+    name: &str,
+    cid: &str,
+    publisher: &str,
+    standing: Standing,
+    manifest: &elastos_schema::manifest::Manifest,
+    actor: &str,
+) -> Result<(), String> {
+    let owner = prompts::start_owner();
+    let mut asks: Vec<ManifestRequest> = Vec::new();
+    if standing == Standing::Unknown {
+        asks.push(ManifestRequest {
+            resource: format!("elastos://{cid}"),
+            actions: single(Action::Execute),
+            reason: format!("run `{name}`, a package of a publisher this node does not know"),
+        });
+    }
+    asks.extend(
+        manifest
+            .requests
+            .iter()
+            .filter(|r| [HOST_LIBS, NET_HOST, NET_LOOPBACK, STATE].contains(&r.resource.as_str()))
+            .cloned(),
+    );
+    for covering in asks {
+        let ask = shell::Ask {
+            name: name.to_string(),
+            cid: cid.to_string(),
+            publisher: publisher.to_string(),
+            standing,
+            resource: covering.resource.clone(),
+            actions: covering.actions,
+            ttl: shell::MAX_TTL,
+            covering: covering.clone(),
+        };
+        let (grant, _) = decide(shared, owner, actor, &ask).await;
+        let run = covering.resource.starts_with("elastos://");
+        match grant {
+            // For a start the grant is all or nothing: the manifest's entry, whole.
+            Grant::Allow {
+                resource, actions, ..
+            } if resource == covering.resource && covering.actions.is_subset_of(actions) => {
+                shared
+                    .audit_sync(
+                        actor,
+                        if run { "package.run" } else { "host.grant" },
+                        &covering.resource,
+                        Decision::Allowed,
+                        &format!("policy=shell: {}", covering.actions),
+                        None,
+                    )
+                    .await;
+            }
+            other => {
+                let why = match other {
+                    Grant::Deny(why) => why,
+                    Grant::Allow { resource, .. } => format!(
+                        "the policy allowed only part of it (`{resource}`), and a start takes the manifest's entry whole"
+                    ),
+                };
+                let why = format!(
+                    "policy=shell: {} {}: {why}",
+                    covering.actions, covering.resource
+                );
+                shared
+                    .audit_sync(
+                        actor,
+                        if run { "package.run" } else { "host.request" },
+                        &covering.resource,
+                        Decision::Denied,
+                        &why,
+                        None,
+                    )
+                    .await;
+                return Err(format!("not started: {why}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn single(a: Action) -> ActionSet {
+    let mut s = ActionSet::EMPTY;
+    s.insert(a);
+    s
+}
