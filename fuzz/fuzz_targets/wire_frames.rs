@@ -47,6 +47,24 @@ fuzz_target!(|data: &[u8]| {
                 let _ = elastos::token::validate_pattern(&pattern);
                 let _ = elastos::token::audit_ref(&token);
             }
+            Parsed::PolicyAnswer { id, answer } => {
+                let _ = id.len();
+                match answer {
+                    Ok(elastos::frames::ShellAnswer::Allow { resource, .. }) => {
+                        assert!(resource.len() <= elastos::frames::MAX_TEXT * 6 + 3);
+                        let _ = elastos::token::validate_pattern(&resource);
+                    }
+                    Ok(elastos::frames::ShellAnswer::Deny(why)) => {
+                        assert!(why.len() <= elastos::frames::MAX_TEXT * 6 + 3);
+                    }
+                    Ok(elastos::frames::ShellAnswer::Prompt) | Err(_) => {}
+                }
+            }
+            Parsed::PolicyLoaded(r) => {
+                if let Err((_, _, message)) = r {
+                    assert!(message.len() <= elastos::frames::MAX_TEXT * 6 + 3);
+                }
+            }
             Parsed::Hello(_) | Parsed::Call(_, Err(_)) | Parsed::Malformed(_) => {}
         }
     }
