@@ -155,6 +155,7 @@ struct PolicyRequest {
   covering @9 :Text;             # the requests entry of its manifest that covers the ask
   coveringActions @10 :List(Token.Action);
   reason @11 :Text;              # that entry's reason, as its manifest says it
+  dryRun @12 :Bool;              # `elastos policy explain`: decide and explain, nothing is granted
 }
 
 struct PolicyAnswer {
@@ -165,6 +166,7 @@ struct PolicyAnswer {
     deny @3 :Text;               # why, for the requester and the audit log
     prompt @4 :Void;             # ask the person: the supervisor draws the prompt from its own record
   }
+  explanation @5 :Text;          # which rule decided, and why (shown by `elastos policy explain`)
 }
 
 struct PolicyGrant {

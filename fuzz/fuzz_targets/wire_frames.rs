@@ -47,8 +47,13 @@ fuzz_target!(|data: &[u8]| {
                 let _ = elastos::token::validate_pattern(&pattern);
                 let _ = elastos::token::audit_ref(&token);
             }
-            Parsed::PolicyAnswer { id, answer } => {
+            Parsed::PolicyAnswer {
+                id,
+                answer,
+                explanation,
+            } => {
                 let _ = id.len();
+                assert!(explanation.len() <= elastos::frames::MAX_TEXT * 6 + 3);
                 match answer {
                     Ok(elastos::frames::ShellAnswer::Allow { resource, .. }) => {
                         assert!(resource.len() <= elastos::frames::MAX_TEXT * 6 + 3);

@@ -68,6 +68,16 @@ pub enum Request {
         did: String,
     },
     TrustLs,
+    /// `elastos policy reload`: hand the running shell the node's policy file again.
+    PolicyReload,
+    /// `elastos policy explain`: what the shell would decide for this request, and why.
+    PolicyExplain {
+        name: String,
+        #[serde(default)]
+        cid: Option<String>,
+        resource: String,
+        actions: String,
+    },
     /// `elastos prompts`: the prompts waiting for the person.
     Prompts,
     /// `elastos allow ID` / `elastos deny ID`: the person's answer to one prompt.

@@ -46,6 +46,8 @@ pub enum Parsed<'a> {
     PolicyAnswer {
         id: Vec<u8>,
         answer: Result<ShellAnswer, String>,
+        /// Which rule decided, and why, in the shell's words (shown, never interpreted).
+        explanation: String,
     },
     /// Whether the shell took the policy it was handed.
     PolicyLoaded(Result<(), (u32, u32, String)>),
@@ -139,7 +141,11 @@ pub fn parse<'a>(msg: &'a Result<wire::Message<'_>, FrameError>) -> Parsed<'a> {
                     Which::Prompt(()) => Ok(ShellAnswer::Prompt),
                 }
             })();
-            Parsed::PolicyAnswer { id, answer }
+            Parsed::PolicyAnswer {
+                id,
+                answer,
+                explanation: text(a.get_explanation()),
+            }
         }
         Ok(frame::Which::PolicyLoaded(Ok(l))) => Parsed::PolicyLoaded(if l.get_ok() {
             Ok(())

@@ -501,3 +501,132 @@ fn host_grants_at_start_go_through_the_shell() {
     });
     assert!(audit_has(&up.node, "host.grant", "policy=shell: read"));
 }
+
+/// `policy reload`: the node's file again, all at once and recorded; one with a mistake is
+/// refused with its line and column, and the policy in force stays.
+#[test]
+fn policy_reload_takes_a_new_policy_and_refuses_a_broken_one() {
+    let allow = "format = 1\n[[rule]]\npublisher = \"first-party\"\nresource = \"*\"\ndecision = \"allow\"\n";
+    let up = shell_node(Some(allow), true);
+    start_echo(&up);
+    let ours = up.node.pack_first_party("ping");
+    ping(&up, &ours, "ping").ok();
+    let file = up.node.home().join("policies/default.toml");
+    std::fs::write(
+        &file,
+        "format = 1\n[[rule]]\nresource = \"*\"\ndecision = \"sometimes\"\n",
+    )
+    .unwrap();
+    let broken = up.node.run(&["policy", "reload"]);
+    assert_eq!(broken.code, 1, "{broken:#?}");
+    assert!(
+        broken
+            .stderr
+            .contains("policies/default.toml:4:12: decision: allow, deny or prompt")
+            && broken.stderr.contains("the policy in force stays"),
+        "{broken:#?}"
+    );
+    assert!(audit_has(&up.node, "policy.reload", "refused"));
+    ping(&up, &ours, "ping").ok();
+    std::fs::write(
+        &file,
+        "format = 1\n[[rule]]\nresource = \"*\"\ndecision = \"deny\"\nreason = \"closed for the night\"\n",
+    )
+    .unwrap();
+    let reloaded = up.node.run(&["policy", "reload"]);
+    assert!(
+        reloaded.ok().contains("reloaded 1 rule(s)"),
+        "{reloaded:#?}"
+    );
+    assert!(audit_has(&up.node, "policy.reload", "1 rule(s)"));
+    let denied = ping(&up, &ours, "ping");
+    assert_ne!(denied.code, 0);
+    assert!(up
+        .node
+        .run(&["logs", "ping"])
+        .ok()
+        .contains("closed for the night"));
+}
+
+/// `policy explain` says what the shell would decide, which rule decides and why, and the
+/// decision made for the same request agrees; nothing is granted by asking.
+#[test]
+fn policy_explain_agrees_with_the_decision_made() {
+    let policy = "format = 1\n\
+                  [[rule]]\nname = \"ping\"\nresource = \"localhost://echo/secret/*\"\ndecision = \"deny\"\nreason = \"not the secret\"\n\
+                  [[rule]]\nname = \"ping\"\npublisher = \"first-party\"\nresource = \"localhost://echo/*\"\ndecision = \"allow\"\nttl = \"10m\"\nreason = \"our own ping\"\n";
+    let up = shell_node(Some(policy), true);
+    start_echo(&up);
+    let ours = up.node.pack_first_party("ping");
+    let explain = |resource: &str, action: &str| {
+        up.node
+            .run(&[
+                "policy",
+                "explain",
+                "--as",
+                "ping",
+                "--resource",
+                resource,
+                "--action",
+                action,
+                "--json",
+            ])
+            .json()
+    };
+    let ping_at = |target: &str| {
+        up.node.run(&[
+            "run",
+            path(&ours),
+            "--name",
+            "ping",
+            "--restart",
+            "never",
+            "--",
+            "--count",
+            "3",
+            "--target",
+            target,
+        ])
+    };
+    // Stored by its first run: allowed, as explained.
+    ping_at("localhost://echo/a").ok();
+    let allowed = explain("localhost://echo/a", "read");
+    assert_eq!(allowed["verdict"], "allow", "{allowed}");
+    assert_eq!(allowed["ttl_s"], 600);
+    assert!(
+        allowed["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("rule at line 7: our own ping"),
+        "{allowed}"
+    );
+    // The secret part: explained as denied by the first rule, and denied so.
+    let denied = explain("localhost://echo/secret/x", "read");
+    assert_eq!(denied["verdict"], "deny", "{denied}");
+    assert!(denied["explanation"]
+        .as_str()
+        .unwrap()
+        .contains("rule at line 2: not the secret"));
+    assert_ne!(ping_at("localhost://echo/secret/x").code, 0);
+    assert!(up
+        .node
+        .run(&["logs", "ping"])
+        .ok()
+        .contains("rule at line 2: not the secret"));
+    // Undeclared: denied without asking.
+    let undeclared = explain("localhost://echo/a", "write");
+    assert_eq!(undeclared["verdict"], "deny");
+    assert!(undeclared["explanation"]
+        .as_str()
+        .unwrap()
+        .contains("does not request"));
+    // Each explanation is recorded; none granted anything.
+    let explained = up
+        .node
+        .run(&["audit", "--json"])
+        .ok()
+        .lines()
+        .filter(|l| l.contains("\"action\":\"policy.explain\""))
+        .count();
+    assert_eq!(explained, 3);
+}

@@ -33,6 +33,8 @@ pub struct PolicyRequest {
     pub covering: String,
     pub covering_actions: Vec<Action>,
     pub reason: String,
+    /// Only to be explained (`elastos policy explain`): nothing is granted either way.
+    pub dry_run: bool,
 }
 
 /// The shell's answer.
@@ -118,6 +120,7 @@ pub(crate) fn read_request(
         covering: text("covering", r.get_covering()).map_err(fail)?,
         covering_actions: actions("coveringActions", r.get_covering_actions()).map_err(fail)?,
         reason: text("reason", r.get_reason()).map_err(fail)?,
+        dry_run: r.get_dry_run(),
     })
 }
 
@@ -132,16 +135,18 @@ pub(crate) fn answer(
     out: &mut Vec<u8>,
     id: &[u8; ID_LEN],
     answer: &PolicyAnswer,
+    explanation: &str,
 ) -> Result<(), SdkError> {
     let variable = match answer {
         PolicyAnswer::Allow { resource, .. } => resource.len() + 16,
         PolicyAnswer::Deny(why) => why.len(),
         PolicyAnswer::Prompt => 0,
     };
-    frames::build(out, variable + ID_LEN, |f| {
+    frames::build(out, variable + explanation.len() + ID_LEN, |f| {
         let mut a = f.init_policy_answer();
         a.set_version(versions::POLICY);
         a.set_id(id);
+        a.set_explanation(explanation);
         fill(&mut a, answer);
         Ok(())
     })
@@ -206,7 +211,18 @@ impl<T: Transport> Capsule<T> {
         id: &[u8; ID_LEN],
         answer: &PolicyAnswer,
     ) -> Result<(), SdkError> {
-        self::answer(&mut self.tx, id, answer)?;
+        self.answer_policy_explained(id, answer, "")
+    }
+
+    /// [`Capsule::answer_policy`], with which rule decided and why (what `elastos policy
+    /// explain` shows).
+    pub fn answer_policy_explained(
+        &mut self,
+        id: &[u8; ID_LEN],
+        answer: &PolicyAnswer,
+        explanation: &str,
+    ) -> Result<(), SdkError> {
+        self::answer(&mut self.tx, id, answer, explanation)?;
         self.send_tx()
     }
 

@@ -43,9 +43,9 @@ fn run() -> Result<(), String> {
                     .map_err(|e| e.to_string())?,
             },
             Ok(Some(ShellEvent::Decide(req))) => {
-                let answer = decide(policy.as_ref(), &req);
+                let (answer, explanation) = decide(policy.as_ref(), &req);
                 capsule
-                    .answer_policy(&req.id, &answer)
+                    .answer_policy_explained(&req.id, &answer, &explanation)
                     .map_err(|e| e.to_string())?;
             }
             // The supervisor closed the socket: it is stopping this capsule.
@@ -56,10 +56,11 @@ fn run() -> Result<(), String> {
     }
 }
 
-/// The answer to one request under `policy` (none loaded yet: deny).
-fn decide(policy: Option<&Policy>, req: &PolicyRequest) -> PolicyAnswer {
+/// The answer to one request under `policy` (none loaded yet: deny), and which rule decided.
+fn decide(policy: Option<&Policy>, req: &PolicyRequest) -> (PolicyAnswer, String) {
     let Some(policy) = policy else {
-        return PolicyAnswer::Deny("the shell has no policy loaded".into());
+        let why = "the shell has no policy loaded".to_string();
+        return (PolicyAnswer::Deny(why.clone()), why);
     };
     let actions = req.actions.iter().fold(ActionSet::EMPTY, |mut set, a| {
         set.insert(*a);
@@ -74,7 +75,7 @@ fn decide(policy: Option<&Policy>, req: &PolicyRequest) -> PolicyAnswer {
         actions,
     };
     let decision = policy.decide(&asked);
-    match decision.verdict {
+    let answer = match decision.verdict {
         Verdict::Allow { ttl } => {
             // The manifest's whole entry when one rule decides all of it: one answer covers the
             // namespace, and the capsule does not ask again for each name in it.
@@ -97,7 +98,8 @@ fn decide(policy: Option<&Policy>, req: &PolicyRequest) -> PolicyAnswer {
         }
         Verdict::Deny => PolicyAnswer::Deny(format!("policy: {}", decision.explain())),
         Verdict::Prompt => PolicyAnswer::Prompt,
-    }
+    };
+    (answer, decision.explain())
 }
 
 #[cfg(test)]
@@ -119,6 +121,7 @@ mod tests {
             covering: covering.into(),
             covering_actions: vec![Action::Read, Action::Write],
             reason: "keeps notes".into(),
+            dry_run: false,
         }
     }
 
@@ -136,7 +139,7 @@ mod tests {
         let ns = "localhost://echo/*";
         // First party: allowed, for the manifest's whole namespace, an hour at most.
         assert_eq!(
-            decide(Some(&p), &req(Standing::ThisNode, "localhost://echo/a", ns)),
+            decide(Some(&p), &req(Standing::ThisNode, "localhost://echo/a", ns)).0,
             PolicyAnswer::Allow {
                 resource: ns.into(),
                 actions: vec![Action::Read],
@@ -147,21 +150,22 @@ mod tests {
         let mut short = req(Standing::ThisNode, "localhost://echo/a", ns);
         short.ttl = Duration::from_secs(60);
         assert!(
-            matches!(decide(Some(&p), &short), PolicyAnswer::Allow { ttl, .. } if ttl == Duration::from_secs(60))
+            matches!(decide(Some(&p), &short).0, PolicyAnswer::Allow { ttl, .. } if ttl == Duration::from_secs(60))
         );
         assert_eq!(
-            decide(Some(&p), &req(Standing::Dev, "localhost://echo/a", ns)),
+            decide(Some(&p), &req(Standing::Dev, "localhost://echo/a", ns)).0,
             PolicyAnswer::Prompt
         );
-        let PolicyAnswer::Deny(why) =
+        let (PolicyAnswer::Deny(why), explained) =
             decide(Some(&p), &req(Standing::Unknown, "localhost://echo/a", ns))
         else {
             panic!("an unknown publisher's request is denied");
         };
         assert!(why.starts_with("policy: deny (rule at line"), "{why}");
+        assert_eq!(why, format!("policy: {explained}"));
         // Before any policy is loaded, nothing is granted.
         assert!(matches!(
-            decide(None, &req(Standing::ThisNode, "localhost://echo/a", ns)),
+            decide(None, &req(Standing::ThisNode, "localhost://echo/a", ns)).0,
             PolicyAnswer::Deny(_)
         ));
     }

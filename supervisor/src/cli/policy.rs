@@ -22,10 +22,79 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hand the running shell the node's policy file again ($ELASTOS_HOME/policies/default.toml,
+    /// else the shipped one): all at once, recorded; a file with a mistake is refused with its
+    /// line and the policy in force stays.
+    Reload,
+    /// What the running shell would decide for a capsule's request, which rule decides, and why
+    /// (a dry run: nothing is granted, no prompt opens; recorded).
+    Explain {
+        /// The capsule asking: its name (running or stored), optionally with its package CID.
+        #[arg(long = "as", value_name = "NAME[@CID]")]
+        caller: String,
+        #[arg(long)]
+        resource: String,
+        /// Comma-separated: read, write, execute, message, delete, admin.
+        #[arg(long)]
+        action: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        PolicyCommand::Explain {
+            caller,
+            resource,
+            action,
+            json,
+        } => {
+            let (name, cid) = match caller.split_once('@') {
+                Some((n, c)) => (n.to_string(), Some(c.to_string())),
+                None => (caller.clone(), None),
+            };
+            let home = elastos::home::Home::from_env()?;
+            let r = super::ops::check(super::daemon::connect(&home)?.request(
+                &elastos::control::Request::PolicyExplain {
+                    name,
+                    cid,
+                    resource,
+                    actions: action,
+                },
+            )?)?;
+            if json {
+                super::print_json(&r.data)?;
+            } else {
+                use elastos::text::sanitize;
+                let d = &r.data;
+                let field = |k: &str| sanitize(d[k].as_str().unwrap_or(""));
+                match d["verdict"].as_str() {
+                    Some("allow") => println!(
+                        "allow {} on {} for {} s",
+                        field("actions"),
+                        field("resource"),
+                        d["ttl_s"]
+                    ),
+                    Some(v) => println!("{v}"),
+                    None => println!("?"),
+                }
+                println!("because: {}", field("explanation"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Reload => {
+            let home = elastos::home::Home::from_env()?;
+            let r = super::ops::check(
+                super::daemon::connect(&home)?.request(&elastos::control::Request::PolicyReload)?,
+            )?;
+            println!(
+                "reloaded {} rule(s) from {}",
+                r.data["rules"],
+                elastos::text::sanitize(r.data["source"].as_str().unwrap_or("?"))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         PolicyCommand::Check { file, json } => {
             let meta =
                 std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -565,8 +565,13 @@ async fn read_loop(
             Parsed::Serve { id, pattern, token } => {
                 serve_namespace(shared, conn, id, &pattern, &token).await
             }
-            Parsed::PolicyAnswer { id, answer } => {
-                let accepted = answer.and_then(|a| shared.shell.answered(conn, &id, a));
+            Parsed::PolicyAnswer {
+                id,
+                answer,
+                explanation,
+            } => {
+                let accepted =
+                    answer.and_then(|a| shared.shell.answered(conn, &id, a, explanation));
                 if let Err(why) = accepted {
                     shell_fault(shared, conn, &why).await;
                 }
@@ -581,13 +586,14 @@ async fn read_loop(
                     .await;
                     continue;
                 }
-                let (decision, why) = match result {
+                let (decision, why) = match &result {
                     Ok(()) => (Decision::Info, "the shell took the node's policy".to_string()),
                     Err((line, column, message)) => (
                         Decision::Denied,
                         format!("the shell refused the node's policy at {line}:{column}: {message}; the policy it had stays"),
                     ),
                 };
+                shared.shell.loaded(result.map_err(|_| why.clone()));
                 shared
                     .audit_sync(conn.peer.actor(), "policy.load", "", decision, &why, None)
                     .await;
@@ -1388,6 +1394,7 @@ async fn ask_shell(
         actions,
         ttl,
         covering: covering.clone(),
+        dry_run: false,
     };
     decide::decide(shared, prompts::owner_of(conn), conn.peer.actor(), &ask).await
 }

@@ -301,6 +301,13 @@ async fn handle(
             }
         }
         Request::TrustAdd { did, kind } => trust_add(&shared, did, kind).await,
+        Request::PolicyReload => policy_reload(&shared).await,
+        Request::PolicyExplain {
+            name,
+            cid,
+            resource,
+            actions,
+        } => policy_explain(&shared, &name, cid, &resource, &actions).await,
         Request::Prompts => Response::ok(json!(shared
             .prompts
             .list()
@@ -440,6 +447,189 @@ async fn operator(
             token,
         )
         .await
+}
+
+/// `elastos policy reload`: the node's policy file, checked here first (a file with a mistake
+/// is refused with its line and column, and the shell keeps the policy it has), recorded, then
+/// handed to the running shell, which says whether it took it.
+async fn policy_reload(shared: &Arc<Shared>) -> Response {
+    if shared.config.policy.decider != elastos::config::Decider::Shell {
+        return Response::err(
+            "this node decides with the built-in development policy: there is no policy file to reload (set [policy] decider = \"shell\" in config.toml)".to_string(),
+        );
+    }
+    let (text, source) = match super::shell::policy_text(&shared.home) {
+        Ok(t) => t,
+        Err(e) => return Response::err(e),
+    };
+    let rules = match elastos_schema::policy::Policy::parse(&text) {
+        Ok(p) => p.rules.len(),
+        Err(e) => {
+            let why = format!("{source}:{e}");
+            shared
+                .audit_sync(
+                    &crate::cli::operator(),
+                    "policy.reload",
+                    "",
+                    Decision::Denied,
+                    &format!("refused: {why}"),
+                    None,
+                )
+                .await;
+            return Response::err(format!("{why}; the policy in force stays"));
+        }
+    };
+    if !shared.shell.is_running() {
+        return Response::err(
+            "no shell is running to take the policy; see `elastos ps` and `elastos logs shell`"
+                .to_string(),
+        );
+    }
+    if !operator(
+        shared,
+        "policy.reload",
+        "",
+        &format!("{source}: {rules} rule(s)"),
+        None,
+    )
+    .await
+    {
+        return not_recorded("reloading the policy");
+    }
+    match shared.shell.reload(&text).await {
+        Ok(()) => Response::ok(json!({"source": source, "rules": rules})),
+        Err(e) => Response::err(format!("{e}; the policy in force stays")),
+    }
+}
+
+/// `elastos policy explain`: a dry run put to the shell for the capsule `name` (running, or
+/// stored), held within the ceilings as a real answer would be, and recorded. Nothing is
+/// granted and no prompt opens.
+async fn policy_explain(
+    shared: &Arc<Shared>,
+    name: &str,
+    cid: Option<String>,
+    resource: &str,
+    actions: &str,
+) -> Response {
+    use super::shell;
+    if shared.config.policy.decider != elastos::config::Decider::Shell {
+        return Response::err(
+            "this node decides with the built-in development policy (set [policy] decider = \"shell\" to have the shell explain)".to_string(),
+        );
+    }
+    let actions = match ActionSet::parse_list(actions) {
+        Ok(a) if !a.is_empty() => a,
+        Ok(_) => return usage("name at least one action".into()),
+        Err(e) => return usage(e.to_string()),
+    };
+    if let Err(e) = elastos::token::validate_pattern(resource) {
+        return usage(format!("--resource: {e}"));
+    }
+    let live = shared
+        .conns
+        .live()
+        .into_iter()
+        .find(|c| c.peer.name == name && cid.as_ref().is_none_or(|x| *x == c.peer.cid));
+    let (cid, publisher, standing, manifest) = match live {
+        Some(c) => (
+            c.peer.cid.clone(),
+            c.peer.publisher.clone(),
+            c.peer.standing,
+            c.peer.manifest.clone(),
+        ),
+        None => {
+            let stored = match &cid {
+                Some(c) => shared.store.by_cid(c),
+                None => shared.store.by_name(name),
+            };
+            match stored {
+                Ok(s) => {
+                    let label = if s.publisher == shared.dev_did {
+                        "dev".to_string()
+                    } else {
+                        s.publisher.clone()
+                    };
+                    (s.cid, label, shared.standing(&s.publisher), Arc::new(s.manifest))
+                }
+                Err(e) => {
+                    return Response::err(format!(
+                        "no capsule `{name}` runs, and none is stored under that name or CID ({e}); see `elastos ps`"
+                    ))
+                }
+            }
+        }
+    };
+    let result = if actions.contains(elastos_schema::Action::Admin) {
+        json!({"verdict": "deny", "explanation": "`admin` is never put to the shell: the provide capability is the supervisor's rule (first party, listed in `provides`)"})
+    } else {
+        match shell::covering_entry(&manifest, resource, actions) {
+            None => {
+                json!({"verdict": "deny", "explanation": format!("its capsule.toml does not request `{resource}` for {actions}: denied without asking the shell")})
+            }
+            Some(covering) => {
+                let ask = shell::Ask {
+                    name: name.to_string(),
+                    cid: cid.clone(),
+                    publisher,
+                    standing,
+                    resource: resource.to_string(),
+                    actions,
+                    ttl: Duration::ZERO,
+                    covering: covering.clone(),
+                    dry_run: true,
+                };
+                match shared
+                    .shell
+                    .ask(&ask, shared.config.policy.shell_wait)
+                    .await
+                {
+                    Err(e) => json!({"verdict": "deny", "explanation": e}),
+                    Ok((answer, explanation)) => match answer {
+                        elastos::frames::ShellAnswer::Allow {
+                            resource: granted,
+                            actions: granted_actions,
+                            ttl,
+                        } => {
+                            match shell::within_ceilings(
+                                resource,
+                                covering,
+                                &granted,
+                                granted_actions,
+                                ttl,
+                            ) {
+                                Ok(()) => {
+                                    json!({"verdict": "allow", "resource": granted, "actions": granted_actions.to_string(), "ttl_s": ttl.as_secs(), "explanation": explanation})
+                                }
+                                Err(why) => {
+                                    json!({"verdict": "deny", "explanation": format!("the shell's answer would be refused: {why} ({explanation})")})
+                                }
+                            }
+                        }
+                        elastos::frames::ShellAnswer::Deny(why) => {
+                            json!({"verdict": "deny", "reason": why, "explanation": explanation})
+                        }
+                        elastos::frames::ShellAnswer::Prompt => {
+                            json!({"verdict": "prompt", "explanation": explanation})
+                        }
+                    },
+                }
+            }
+        }
+    };
+    let verdict = result["verdict"].as_str().unwrap_or("?").to_string();
+    if !operator(
+        shared,
+        "policy.explain",
+        resource,
+        &format!("as `{name}` ({cid}), {actions}: {verdict}"),
+        None,
+    )
+    .await
+    {
+        return not_recorded("explaining");
+    }
+    Response::ok(result)
 }
 
 /// What a widening action answers when its record could not be made durable: it did not happen.

@@ -35,7 +35,12 @@ pub async fn decide(
     ask: &shell::Ask,
 ) -> (Grant, Lasts) {
     let deny = |why: String| (Grant::Deny(why), Lasts::Ttl);
-    match shared.shell.ask(ask, shared.config.policy.shell_wait).await {
+    match shared
+        .shell
+        .ask(ask, shared.config.policy.shell_wait)
+        .await
+        .map(|(answer, _)| answer)
+    {
         Err(unavailable) => deny(unavailable),
         Ok(ShellAnswer::Deny(why)) => deny(why),
         Ok(ShellAnswer::Prompt) => match shared.config.policy.prompt_fallback {
@@ -183,6 +188,7 @@ pub async fn decide_start(
             actions: covering.actions,
             ttl: shell::MAX_TTL,
             covering: covering.clone(),
+            dry_run: false,
         };
         let (grant, _) = decide(shared, owner, actor, &ask).await;
         let run = covering.resource.starts_with("elastos://");

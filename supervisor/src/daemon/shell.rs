@@ -45,13 +45,15 @@ pub struct Ask {
     pub actions: ActionSet,
     pub ttl: Duration,
     pub covering: ManifestRequest,
+    /// Only to be explained (`elastos policy explain`): nothing is granted either way.
+    pub dry_run: bool,
 }
 
 struct Waiting {
     /// The connection asked, by address (compared, never followed): an answer from any other
     /// is a fault.
     conn: usize,
-    reply: oneshot::Sender<ShellAnswer>,
+    reply: oneshot::Sender<(ShellAnswer, String)>,
 }
 
 fn address(conn: &Arc<Conn>) -> usize {
@@ -64,6 +66,8 @@ pub struct ShellLink {
     conn: Mutex<Option<Arc<Conn>>>,
     attached: Notify,
     waiting: Mutex<HashMap<[u8; 16], Waiting>>,
+    /// A reload waiting for the shell to say whether it took the policy.
+    reloading: Mutex<Option<oneshot::Sender<Result<(), String>>>>,
 }
 
 impl ShellLink {
@@ -100,7 +104,13 @@ impl ShellLink {
     }
 
     /// An answer arrived on `conn`: accepted once, for a request pending on that connection.
-    pub fn answered(&self, conn: &Arc<Conn>, id: &[u8], answer: ShellAnswer) -> Result<(), String> {
+    pub fn answered(
+        &self,
+        conn: &Arc<Conn>,
+        id: &[u8],
+        answer: ShellAnswer,
+        explanation: String,
+    ) -> Result<(), String> {
         if !self.is_shell(conn) {
             return Err("a policy answer from a capsule that is not the node's shell".into());
         }
@@ -111,7 +121,7 @@ impl ShellLink {
         match waiting.get(&id) {
             Some(w) if w.conn == address(conn) => {
                 if let Some(w) = waiting.remove(&id) {
-                    let _ = w.reply.send(answer);
+                    let _ = w.reply.send((answer, explanation));
                 }
                 Ok(())
             }
@@ -122,8 +132,46 @@ impl ShellLink {
         }
     }
 
-    /// Asks the shell to decide; `Err` is why the policy is unavailable.
-    pub async fn ask(&self, ask: &Ask, wait_for_shell: Duration) -> Result<ShellAnswer, String> {
+    /// Hands the running shell a policy and waits for it to say whether it took it.
+    pub async fn reload(&self, text: &str) -> Result<(), String> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or("no shell is running; see `elastos ps` and `elastos logs shell`")?;
+        let frame = load_frame(text).map_err(|e| format!("encoding the policy: {e}"))?;
+        let (tx, rx) = oneshot::channel();
+        *self.reloading.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        conn.push_wait(frame).await;
+        match tokio::time::timeout(ANSWER_WITHIN, rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(format!(
+                "the shell did not say within {} s whether it took the policy",
+                ANSWER_WITHIN.as_secs()
+            )),
+        }
+    }
+
+    /// The shell said whether it took the policy it was handed last.
+    pub fn loaded(&self, result: Result<(), String>) {
+        if let Some(tx) = self
+            .reloading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Asks the shell to decide; its answer and its explanation, or why the policy is
+    /// unavailable.
+    pub async fn ask(
+        &self,
+        ask: &Ask,
+        wait_for_shell: Duration,
+    ) -> Result<(ShellAnswer, String), String> {
         let conn = self.wait_for_shell(wait_for_shell).await?;
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| format!("randomness: {e}"))?;
@@ -213,6 +261,7 @@ fn request_frame(id: &[u8; 16], ask: &Ask) -> Result<Vec<u8>, wire::FrameError> 
             ask.covering.actions,
         );
         r.set_reason(&ask.covering.reason);
+        r.set_dry_run(ask.dry_run);
     }
     wire::encode(&m)
 }
