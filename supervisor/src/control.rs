@@ -258,6 +258,13 @@ pub enum Event {
     Exit {
         code: i32,
     },
+    /// The supervisor (never the capsule) says a request of the capsule waits for the person.
+    Prompt {
+        id: String,
+        capsule: String,
+        actions: String,
+        resource: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -630,3 +630,50 @@ fn policy_explain_agrees_with_the_decision_made() {
         .count();
     assert_eq!(explained, 3);
 }
+
+/// An attached `elastos run` is told by the supervisor that its capsule waits for the person,
+/// with the commands that answer; the answer comes from the control socket.
+#[test]
+fn an_attached_run_hears_that_its_capsule_waits_for_permission() {
+    use std::io::{BufRead, BufReader};
+    let up = shell_node(None, true);
+    start_echo(&up);
+    let dev = first_party_capsule("ping");
+    let mut child = up
+        .node
+        .command()
+        .args([
+            "run",
+            path(&dev),
+            "--name",
+            "ping-att",
+            "--restart",
+            "never",
+            "--",
+            "--count",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let p = prompt_of(&up, "ping-att");
+    let id = p["id"].as_str().unwrap().to_string();
+    up.node.run(&["allow", &id]).ok();
+    let status = child.wait().unwrap();
+    let said = lines.join().unwrap().join("\n");
+    assert!(status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "elastos: ping-att waits for permission to read localhost://echo/ping: `elastos allow {id}` or `elastos deny {id}`"
+        )),
+        "{said}"
+    );
+}

@@ -221,6 +221,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             Some(Event::Exit { code }) => {
                 return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
             }
+            Some(Event::Prompt {
+                id,
+                capsule,
+                actions,
+                resource,
+            }) => {
+                let _ = writeln!(
+                    stderr.lock(),
+                    "elastos: {} waits for permission to {} {}: `elastos allow {}` or `elastos deny {}` (60 s)",
+                    sanitize_line(&capsule),
+                    sanitize_line(&actions),
+                    sanitize_line(&resource),
+                    sanitize_line(&id),
+                    sanitize_line(&id)
+                );
+            }
             None => anyhow::bail!("the supervisor closed the connection before {name} exited"),
         }
     }

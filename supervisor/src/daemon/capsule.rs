@@ -198,6 +198,7 @@ impl Actor for CapsuleActor {
             spec.publisher_label.clone(),
             spec.standing,
             Arc::new(spec.stored.manifest.clone()),
+            spec.attach.clone(),
         ));
         let log = Arc::new(CapsuleLog::open(&self.shared.logs_dir, &spec.name));
         myself.cast(Msg::Start)?;
@@ -403,16 +404,7 @@ impl CapsuleActor {
         if self.shared.config.policy.decider == elastos::config::Decider::Shell
             && st.spec.name != self.shared.config.policy.shell
         {
-            let decided = super::decide::decide_start(
-                &self.shared,
-                &st.spec.name,
-                &st.spec.stored.cid,
-                &st.spec.publisher_label,
-                st.spec.standing,
-                &st.spec.stored.manifest,
-                st.peer.actor(),
-            )
-            .await;
+            let decided = super::decide::decide_start(&self.shared, &st.peer).await;
             if let Err(why) = decided {
                 self.fail(st, &why).await;
                 return;

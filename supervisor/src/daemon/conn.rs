@@ -49,6 +49,9 @@ pub struct Peer {
     pub standing: Standing,
     pub first_party: bool,
     pub manifest: Arc<Manifest>,
+    /// An attached `elastos run`, which hears when a request of this capsule waits for the
+    /// person.
+    pub attached: Option<decide::Attached>,
     /// Its name in audit records, made once and shared: every call is audited under it.
     actor: Arc<str>,
 }
@@ -60,6 +63,7 @@ impl Peer {
         publisher: String,
         standing: Standing,
         manifest: Arc<Manifest>,
+        attached: Option<decide::Attached>,
     ) -> Peer {
         let actor = format!("capsule:{name}@{cid}").into();
         Peer {
@@ -69,6 +73,7 @@ impl Peer {
             standing,
             first_party: matches!(standing, Standing::ThisNode | Standing::FirstParty),
             manifest,
+            attached,
             actor,
         }
     }
@@ -1396,7 +1401,14 @@ async fn ask_shell(
         covering: covering.clone(),
         dry_run: false,
     };
-    decide::decide(shared, prompts::owner_of(conn), conn.peer.actor(), &ask).await
+    decide::decide(
+        shared,
+        prompts::owner_of(conn),
+        conn.peer.actor(),
+        &ask,
+        conn.peer.attached.as_ref(),
+    )
+    .await
 }
 
 async fn serve_namespace(

@@ -17,6 +17,9 @@ use elastos_schema::{Action, ActionSet, Classification};
 
 use super::{prompts, shell, Shared};
 
+/// Where an attached `elastos run` hears about its capsule.
+pub type Attached = tokio::sync::mpsc::UnboundedSender<elastos::control::Event>;
+
 /// How long a grant lasts beyond its token's lifetime.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Lasts {
@@ -33,6 +36,7 @@ pub async fn decide(
     owner: usize,
     actor: &str,
     ask: &shell::Ask,
+    attached: Option<&Attached>,
 ) -> (Grant, Lasts) {
     let deny = |why: String| (Grant::Deny(why), Lasts::Ttl);
     match shared
@@ -47,7 +51,7 @@ pub async fn decide(
             PromptFallback::Deny => deny(
                 "a person must decide this (the policy says prompt), and this node answers prompts with deny ([policy] prompt_fallback)".into(),
             ),
-            PromptFallback::Prompt => ask_person(shared, owner, actor, ask).await,
+            PromptFallback::Prompt => ask_person(shared, owner, actor, ask, attached).await,
         },
         Ok(ShellAnswer::Allow {
             resource: granted,
@@ -81,6 +85,7 @@ async fn ask_person(
     owner: usize,
     actor: &str,
     ask: &shell::Ask,
+    attached: Option<&Attached>,
 ) -> (Grant, Lasts) {
     let now = super::conn::now_unix();
     let publisher = match ask.standing {
@@ -115,7 +120,22 @@ async fn ask_person(
     if !opened {
         return (Grant::Deny("audit unavailable".into()), Lasts::Ttl);
     }
-    match shared.prompts.ask(owner, prompt).await {
+    let asked = match shared.prompts.open(owner, prompt) {
+        Ok((id, rx)) => {
+            // An attached `elastos run` hears it from the supervisor, never from the capsule.
+            if let Some(tx) = attached {
+                let _ = tx.send(elastos::control::Event::Prompt {
+                    id: id.clone(),
+                    capsule: ask.name.clone(),
+                    actions: ask.actions.to_string(),
+                    resource: ask.resource.clone(),
+                });
+            }
+            shared.prompts.wait(&id, rx).await
+        }
+        Err(e) => Err(e),
+    };
+    match asked {
         Ok(prompts::Answer::AllowOnce) => (
             Grant::Allow {
                 resource: ask.resource.clone(),
@@ -153,15 +173,9 @@ async fn ask_person(
 /// (`execute` on `elastos://<CID>`), then each `host://` grant its manifest asks for. Every
 /// answer is recorded; `Err` is why the capsule may not start. (Nothing is granted by asking:
 /// each grant is its manifest's, or none.)
-pub async fn decide_start(
-    shared: &Arc<Shared>,
-    name: &str,
-    cid: &str,
-    publisher: &str,
-    standing: Standing,
-    manifest: &elastos_schema::manifest::Manifest,
-    actor: &str,
-) -> Result<(), String> {
+pub async fn decide_start(shared: &Arc<Shared>, peer: &super::conn::Peer) -> Result<(), String> {
+    let (name, cid, publisher, standing) = (&peer.name, &peer.cid, &peer.publisher, peer.standing);
+    let (manifest, actor, attached) = (&peer.manifest, peer.actor(), peer.attached.as_ref());
     let owner = prompts::start_owner();
     let mut asks: Vec<ManifestRequest> = Vec::new();
     if standing == Standing::Unknown {
@@ -180,9 +194,9 @@ pub async fn decide_start(
     );
     for covering in asks {
         let ask = shell::Ask {
-            name: name.to_string(),
-            cid: cid.to_string(),
-            publisher: publisher.to_string(),
+            name: name.clone(),
+            cid: cid.clone(),
+            publisher: publisher.clone(),
             standing,
             resource: covering.resource.clone(),
             actions: covering.actions,
@@ -190,7 +204,7 @@ pub async fn decide_start(
             covering: covering.clone(),
             dry_run: false,
         };
-        let (grant, _) = decide(shared, owner, actor, &ask).await;
+        let (grant, _) = decide(shared, owner, actor, &ask, attached).await;
         let run = covering.resource.starts_with("elastos://");
         match grant {
             // For a start the grant is all or nothing: the manifest's entry, whole.

@@ -94,40 +94,48 @@ pub fn start_owner() -> usize {
 }
 
 impl Prompts {
-    /// Opens a prompt for `owner` (a connection's [`owner_of`], or a start's [`start_owner`])
-    /// and waits for the person; `Err` is why nothing was allowed.
-    pub async fn ask(&self, owner: usize, mut prompt: Prompt) -> Result<Answer, String> {
+    /// Opens a prompt for `owner` (a connection's [`owner_of`], or a start's [`start_owner`]):
+    /// its id, and where the person's answer will arrive; `Err` when `owner` has too many open.
+    pub fn open(
+        &self,
+        owner: usize,
+        mut prompt: Prompt,
+    ) -> Result<(String, oneshot::Receiver<Answer>), String> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            let mine = waiting.values().filter(|w| w.conn == owner).count();
-            if mine >= MAX_PER_CAPSULE {
-                return Err(format!(
-                    "{MAX_PER_CAPSULE} prompts of this capsule already wait for an answer"
-                ));
-            }
-            prompt.id = loop {
-                let mut b = [0u8; 4];
-                getrandom::fill(&mut b).map_err(|e| format!("randomness: {e}"))?;
-                let id = hex::encode(b);
-                if !waiting.contains_key(&id) {
-                    break id;
-                }
-            };
-            waiting.insert(
-                prompt.id.clone(),
-                Waiting {
-                    prompt: prompt.clone(),
-                    conn: owner,
-                    reply: tx,
-                },
-            );
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = waiting.values().filter(|w| w.conn == owner).count();
+        if mine >= MAX_PER_CAPSULE {
+            return Err(format!(
+                "{MAX_PER_CAPSULE} prompts of this capsule already wait for an answer"
+            ));
         }
+        prompt.id = loop {
+            let mut b = [0u8; 4];
+            getrandom::fill(&mut b).map_err(|e| format!("randomness: {e}"))?;
+            let id = hex::encode(b);
+            if !waiting.contains_key(&id) {
+                break id;
+            }
+        };
+        let id = prompt.id.clone();
+        waiting.insert(
+            id.clone(),
+            Waiting {
+                prompt,
+                conn: owner,
+                reply: tx,
+            },
+        );
+        Ok((id, rx))
+    }
+
+    /// Waits for the person's answer to prompt `id`, at most [`PROMPT_TIMEOUT`].
+    pub async fn wait(&self, id: &str, rx: oneshot::Receiver<Answer>) -> Result<Answer, String> {
         let answer = tokio::time::timeout(PROMPT_TIMEOUT, rx).await;
         self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&prompt.id);
+            .remove(id);
         match answer {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(_)) => Err(
@@ -135,8 +143,7 @@ impl Prompts {
                     .into(),
             ),
             Err(_) => Err(format!(
-                "no one answered prompt {} within {} s",
-                prompt.id,
+                "no one answered prompt {id} within {} s",
                 PROMPT_TIMEOUT.as_secs()
             )),
         }
