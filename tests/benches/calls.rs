@@ -129,6 +129,10 @@ fn main() {
         flood_p99(&node, &ping, calls.max(20_000), if quick { 1 } else { 5 }).print();
         return;
     }
+    if std::env::var("ELASTOS_BENCH_ONLY").as_deref() == Ok("tokens") {
+        token_requests(&base, if quick { 1 } else { 5 }).print();
+        return;
+    }
 
     // Each baseline and the mediated call it is compared with are measured side by side, in
     // rounds, so that the machine's drift between them does not pass for the supervisor's cost;
@@ -204,6 +208,7 @@ fn main() {
     let down = node.run(&["down", "--timeout", "5s"]);
     assert_eq!(down.code, 0, "elastos down: {down:#?}");
     let volume = audit_volume(calls, if quick { 1 } else { 5 });
+    let tokens = token_requests(&base, if quick { 1 } else { 5 });
 
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     println!(
@@ -280,6 +285,117 @@ fn main() {
     );
     volume.print(calls);
     flood.print();
+    tokens.print();
+}
+
+/// `requestToken` to a minted token with the shell deciding under an `allow` rule, against one
+/// mediated call on a strict node (each record durable before its answer), side by side in
+/// rounds: what the policy's decision costs next to a call. Goal: p50 ≤ 2×.
+struct Tokens {
+    /// Per round: (token request p50, mediated call p50), in ns.
+    rounds: Vec<(u64, u64)>,
+    count: u64,
+}
+
+impl Tokens {
+    fn print(&self) {
+        let ratios: Vec<f64> = self.rounds.iter().map(|(t, c)| ratio(*t, *c)).collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(0.0, f64::max);
+        println!(
+            "  token requests, shell deciding under an allow rule: p50 {:.0} us, against one mediated call on a strict node: p50 {:.0} us; {:.2}x (goal <= 2), median of {} round(s) of {} (spread {lo:.2}-{hi:.2})",
+            median(self.rounds.iter().map(|r| r.0 as f64)) / 1000.0,
+            median(self.rounds.iter().map(|r| r.1 as f64)) / 1000.0,
+            median(ratios.iter().copied()),
+            self.rounds.len(),
+            self.count,
+        );
+    }
+}
+
+/// Token requests per run: each grant is an audit record, and a capsule's audit budget takes a
+/// burst of 500; more would measure the budget's `busy`, not the decision.
+const TOKEN_REQUESTS: u64 = 400;
+
+fn token_requests(base: &Path, rounds: usize) -> Tokens {
+    let count = TOKEN_REQUESTS;
+    // The node whose shell decides, with the shipped policy (first party: allowed).
+    let shelled = Node::new_in(base);
+    let shell = shelled.pack_first_party("shell");
+    std::fs::create_dir_all(shelled.home()).expect("home");
+    elastos_e2e::set_mode(&shelled.home(), 0o700);
+    std::fs::write(
+        shelled.home().join("config.toml"),
+        format!(
+            "format = 1\n[supervisor]\ndefault_capsules = [\"{}\"]\n[policy]\ndecider = \"shell\"\n",
+            shell.display()
+        ),
+    )
+    .expect("config");
+    let up = shelled.run(&["up"]);
+    assert_eq!(up.code, 0, "elastos up: {up:#?}");
+    let shelled_ping = shelled.pack_first_party("ping");
+    // The strict node: every audit record durable before its call is answered.
+    let strict = Node::new_in(base);
+    std::fs::create_dir_all(strict.home()).expect("home");
+    elastos_e2e::set_mode(&strict.home(), 0o700);
+    std::fs::write(
+        strict.home().join("config.toml"),
+        "format = 1\n[audit]\nstrict = true\n",
+    )
+    .expect("config");
+    let up = strict.run(&["up"]);
+    assert_eq!(up.code, 0, "elastos up: {up:#?}");
+    let echo = strict.pack_first_party("echo");
+    let strict_ping = strict.pack_first_party("ping");
+    start_echos(&strict, &echo, 0..1);
+    let tokens = || {
+        let out = shelled.run(&[
+            "run",
+            shelled_ping.to_str().expect("utf-8 path"),
+            "--name",
+            "ping-tokens",
+            "--",
+            "--tokens",
+            "--count",
+            &count.to_string(),
+            "--target",
+            "localhost://echo/ping",
+            "--json",
+        ]);
+        assert_eq!(out.code, 0, "ping --tokens: {out:#?}");
+        let report: serde_json::Value = out
+            .stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("no JSON report from ping: {out:#?}"));
+        assert_eq!(report["errors"], 0, "{report}");
+        report["p50_ns"].as_u64().expect("p50_ns")
+    };
+    // Unmeasured: first touches.
+    tokens();
+    let mut measured = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = tokens();
+        let c = ping_run(
+            &strict,
+            &strict_ping,
+            "localhost://echo/0/ping",
+            1,
+            5 * count,
+        )
+        .p50;
+        measured.push((t, c));
+    }
+    for node in [&shelled, &strict] {
+        let down = node.run(&["down", "--timeout", "5s"]);
+        assert_eq!(down.code, 0, "elastos down: {down:#?}");
+    }
+    Tokens {
+        rounds: measured,
+        count,
+    }
 }
 
 /// Another capsule's call p99 with and without a flooder beside it.

@@ -677,3 +677,30 @@ fn an_attached_run_hears_that_its_capsule_waits_for_permission() {
         "{said}"
     );
 }
+
+/// The shell's answers answer what the supervisor asked: they are never throttled by the
+/// shell's audit budget (500 at once), whatever the number of decisions.
+#[test]
+fn the_shells_answers_are_not_held_back_by_its_audit_budget() {
+    let up = shell_node(None, true);
+    let ours = up.node.pack_first_party("ping");
+    // Two runs of 400 requests (each run within its own budget): 800 answers from one shell.
+    for round in 0..2 {
+        let run = up.node.run(&[
+            "run",
+            path(&ours),
+            "--name",
+            "ping-tokens",
+            "--restart",
+            "never",
+            "--",
+            "--tokens",
+            "--count",
+            "400",
+        ]);
+        assert!(
+            run.ok().contains("400 token requests") && run.ok().contains(" 0 errors"),
+            "round {round}: {run:#?}"
+        );
+    }
+}

@@ -13,7 +13,7 @@ use elastos_sdk::{Action, CallError, CallId, Capsule, ErrorKind, Grant, Transpor
 
 const USAGE: &str = "\
 usage: ping [--count N] [--size BYTES] [--concurrency C] [--target URI] [--json]
-            [--wait-for-provider SECS] [--token TOKEN]
+            [--wait-for-provider SECS] [--token TOKEN] [--tokens]
 
   --count N                calls to make (default 1000)
   --size BYTES             payload size (default 64)
@@ -22,7 +22,9 @@ usage: ping [--count N] [--size BYTES] [--concurrency C] [--target URI] [--json]
   --json                   print one JSON object instead of a line
   --wait-for-provider SECS retry while nobody serves the target yet (default 10)
   --token TOKEN            call with this token (as `elastos token issue` prints it)
-                           instead of asking the supervisor; `none`: with no token";
+                           instead of asking the supervisor; `none`: with no token
+  --tokens                 measure token requests for the target instead of calls:
+                           each of the count asks the supervisor for a fresh token";
 
 /// Only the first few failures are printed: a dead provider would otherwise flood stderr.
 const ERRORS_SHOWN: u64 = 5;
@@ -38,6 +40,8 @@ struct Options {
     wait_for_provider: Duration,
     /// The `SignedToken` bytes to call with (empty: none at all), instead of a granted one.
     token: Option<Vec<u8>>,
+    /// Measure `requestToken` round trips instead of calls.
+    tokens: bool,
 }
 
 enum Parsed {
@@ -54,6 +58,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         json: false,
         wait_for_provider: Duration::from_secs(10),
         token: None,
+        tokens: false,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -90,6 +95,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 });
             }
             "--json" if inline.is_none() => o.json = true,
+            "--tokens" if inline.is_none() => o.tokens = true,
             "-h" | "--help" => return Ok(Parsed::Help),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -127,7 +133,12 @@ fn main() -> ExitCode {
             expiry: i64::MAX,
         });
     }
-    match run(&mut capsule, &options) {
+    let result = if options.tokens {
+        request_tokens(&mut capsule, &options)
+    } else {
+        run(&mut capsule, &options)
+    };
+    match result {
         Ok(report) => {
             println!(
                 "{}",
@@ -252,6 +263,8 @@ impl Histogram {
 }
 
 struct Report {
+    /// `calls`, or `token requests` (`--tokens`).
+    what: &'static str,
     count: u64,
     size: usize,
     concurrency: usize,
@@ -283,8 +296,9 @@ impl Report {
 
     fn line(&self) -> String {
         format!(
-            "ping: {} calls of {} bytes at concurrency {}: p50 {} us, p99 {} us, max {} us, {:.0} calls/s, {} errors",
+            "ping: {} {} of {} bytes at concurrency {}: p50 {} us, p99 {} us, max {} us, {:.0} calls/s, {} errors",
             self.count,
+            self.what,
             self.size,
             self.concurrency,
             self.percentile_us(50),
@@ -352,6 +366,41 @@ fn wait_for_provider<T: Transport>(
     }
 }
 
+/// `--tokens`: each of `count` rounds asks the supervisor for a token for the target, one at a
+/// time (what a capsule's first call to a namespace costs it, the decision included).
+fn request_tokens<T: Transport>(capsule: &mut Capsule<T>, o: &Options) -> Result<Report, String> {
+    let mut errors = Errors { count: 0 };
+    let mut latencies = Histogram::new();
+    let start = Instant::now();
+    for seq in 0..o.count {
+        let began = Instant::now();
+        match capsule.request_token(
+            &o.target,
+            &[Action::Read],
+            "ping --tokens",
+            Duration::from_secs(600),
+        ) {
+            Ok(_) => latencies.record(began.elapsed().as_nanos() as u64),
+            Err(e) => {
+                errors.record(seq, &e);
+                if !capsule.is_connected() {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Report {
+        what: "token requests",
+        count: o.count,
+        size: 0,
+        concurrency: 1,
+        latencies,
+        elapsed: start.elapsed(),
+        completed: o.count,
+        errors: errors.count,
+    })
+}
+
 fn run<T: Transport>(capsule: &mut Capsule<T>, o: &Options) -> Result<Report, String> {
     let mut payloads = Payloads::new(o.size);
     wait_for_provider(capsule, o, &mut payloads)?;
@@ -412,6 +461,7 @@ fn run<T: Transport>(capsule: &mut Capsule<T>, o: &Options) -> Result<Report, St
         }
     }
     Ok(Report {
+        what: "calls",
         count: o.count,
         size: o.size,
         concurrency: o.concurrency,
@@ -431,6 +481,7 @@ fn abandon(
     errors: Errors,
 ) -> Report {
     Report {
+        what: "calls",
         count: o.count,
         size: o.size,
         concurrency: o.concurrency,
@@ -464,6 +515,7 @@ mod tests {
                 json: false,
                 wait_for_provider: Duration::from_secs(10),
                 token: None,
+                tokens: false,
             }
         );
         let Ok(Parsed::Run(o)) = parse(&[
@@ -476,9 +528,11 @@ mod tests {
             "--json",
             "--wait-for-provider",
             "0",
+            "--tokens",
         ]) else {
             panic!()
         };
+        assert!(o.tokens);
         assert_eq!(
             (o.count, o.size, o.concurrency, o.target.as_str(), o.json),
             (5, 0, 8, "localhost://echo/x", true)
@@ -524,6 +578,7 @@ mod tests {
     #[test]
     fn the_report_reads_as_specified() {
         let r = Report {
+            what: "calls",
             count: 4,
             size: 64,
             concurrency: 2,

@@ -404,7 +404,9 @@ async fn read_loop(
         // Over its audit budget: what would be recorded is answered `busy` instead.
         // (A capsule's first hello is free; a second is a malformed frame like any other.)
         let first_hello = !greeted && matches!(parsed, Parsed::Hello(_));
-        if !matches!(parsed, Parsed::Reply(..)) && !first_hello {
+        // Replies and the shell's answers answer what the supervisor itself asked: never
+        // throttled (a fault among them is charged when it is recorded, below).
+        if !matches!(parsed, Parsed::Reply(..) | Parsed::PolicyAnswer { .. }) && !first_hello {
             let exhausted = conn
                 .budget
                 .lock()
@@ -433,7 +435,7 @@ async fn read_loop(
                 resource, reason, ..
             } => Some(record_cost(&[resource, reason])),
             Parsed::Serve { pattern, .. } => Some(record_cost(&[pattern])),
-            Parsed::PolicyAnswer { .. } | Parsed::PolicyLoaded(_) => Some(record_cost(&[])),
+            Parsed::PolicyLoaded(_) => Some(record_cost(&[])),
             Parsed::Malformed(why) => Some(record_cost(&[why])),
             Parsed::Call(_, Err(e)) => Some(record_cost(&[e])),
             _ => None,
@@ -578,7 +580,16 @@ async fn read_loop(
                 let accepted =
                     answer.and_then(|a| shared.shell.answered(conn, &id, a, explanation));
                 if let Err(why) = accepted {
-                    shell_fault(shared, conn, &why).await;
+                    // Recorded within the shell's audit budget: a shell flooding made-up
+                    // answers costs the log no more than any capsule's flood.
+                    let over = {
+                        let mut budget = conn.budget.lock().unwrap_or_else(|e| e.into_inner());
+                        budget.charge(record_cost(&[&why]));
+                        budget.exhausted().is_some()
+                    };
+                    if !over {
+                        shell_fault(shared, conn, &why).await;
+                    }
                 }
             }
             Parsed::PolicyLoaded(result) => {
