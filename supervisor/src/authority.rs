@@ -176,6 +176,10 @@ struct State {
     /// from `trusted`, since running someone's app must not make their key a token issuer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     publishers: BTreeMap<String, PublisherKind>,
+    /// The person's standing answers to prompts (`elastos allow ID --always`, `deny ID
+    /// --always`), by grant id, with the tokens minted under each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    grants: BTreeMap<String, StandingGrant>,
     /// The node's earlier keys (DIDs), retired by `identity import --force`: packages they
     /// signed stay first party; tokens they issued ended with the epoch raised at the change.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -194,6 +198,26 @@ struct State {
 /// digest of what revocation rests on (epoch, revoked ids, delegations, trusted issuers, former
 /// keys; not use counts).
 pub type StateStamp = (u64, [u8; 32]);
+
+/// A person's standing answer to a prompt: it answers the same request of the same capsule
+/// again, across restarts, until `elastos revoke GRANT_ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandingGrant {
+    pub allow: bool,
+    /// The capsule's name.
+    pub capsule: String,
+    /// Its publisher's DID; for a development package its CID instead, since anyone can sign
+    /// as `dev`.
+    pub bound_to: String,
+    pub resource: String,
+    /// Comma-separated, as `ActionSet` prints them.
+    pub actions: String,
+    pub created: i64,
+    /// The tokens minted under it and their expiry, so that revoking it revokes them.
+    #[serde(default)]
+    pub tokens: Vec<(TokenId, i64)>,
+}
 
 /// How this node regards a publisher it was told about (`elastos trust add --publisher` or
 /// `--first-party`).
@@ -236,6 +260,9 @@ impl State {
         if !self.publishers.is_empty() {
             part["publishers"] = serde_json::json!(self.publishers);
         }
+        if !self.grants.is_empty() {
+            part["grants"] = serde_json::json!(self.grants);
+        }
         h.update(part.to_string().as_bytes());
         (self.version, h.finalize().into())
     }
@@ -265,6 +292,7 @@ impl State {
             uses: BTreeMap::new(),
             trusted: BTreeSet::new(),
             publishers: BTreeMap::new(),
+            grants: BTreeMap::new(),
             former_keys: BTreeSet::new(),
             version: 0,
             mac: None,
@@ -1466,6 +1494,97 @@ impl Authority {
         Ok(true)
     }
 
+    /// Records a standing grant; returns its id (`g-` and 8 hex digits).
+    pub fn grant_add(&mut self, grant: StandingGrant) -> Result<String, AuthorityError> {
+        let id = loop {
+            let mut b = [0u8; 4];
+            getrandom::fill(&mut b).map_err(|e| AuthorityError::Random(e.to_string()))?;
+            let id = format!("g-{}", hex::encode(b));
+            if !self.state.grants.contains_key(&id) {
+                break id;
+            }
+        };
+        let mut next = self.state.clone();
+        let deny = !grant.allow;
+        next.grants.insert(id.clone(), grant);
+        if deny {
+            self.commit_narrowing(next)?;
+        } else {
+            self.commit(next)?;
+        }
+        Ok(id)
+    }
+
+    /// The standing grant that answers this request, if any: a deny before an allow.
+    pub fn grant_find(
+        &self,
+        capsule: &str,
+        bound_to: &str,
+        resource: &str,
+        actions: ActionSet,
+    ) -> Option<(String, StandingGrant)> {
+        let mut found: Vec<(&String, &StandingGrant)> = self
+            .state
+            .grants
+            .iter()
+            .filter(|(_, g)| {
+                g.capsule == capsule
+                    && g.bound_to == bound_to
+                    && ActionSet::parse_list(&g.actions).is_ok_and(|a| actions.is_subset_of(a))
+                    && crate::token::resource_within(&g.resource, resource).unwrap_or(false)
+            })
+            .collect();
+        found.sort_by_key(|(_, g)| g.allow);
+        found.first().map(|(id, g)| ((*id).clone(), (*g).clone()))
+    }
+
+    /// A token was minted under grant `id`: revoking the grant will revoke it. Tokens that have
+    /// expired are dropped from the grant's list meanwhile.
+    pub fn grant_token(
+        &mut self,
+        id: &str,
+        token: TokenId,
+        expiry: i64,
+        now: i64,
+    ) -> Result<(), AuthorityError> {
+        let Some(g) = self.state.grants.get(id) else {
+            return Ok(());
+        };
+        let mut g = g.clone();
+        g.tokens.retain(|(_, e)| *e > now);
+        g.tokens.push((token, expiry));
+        let mut next = self.state.clone();
+        next.grants.insert(id.to_string(), g);
+        self.commit(next)
+    }
+
+    /// Revokes grant `id` and every unexpired token minted under it, in one change. Returns how
+    /// many tokens were revoked, or `None` when there is no such grant.
+    pub fn grant_revoke(&mut self, id: &str, now: i64) -> Result<Option<usize>, AuthorityError> {
+        let Some(g) = self.state.grants.get(id).cloned() else {
+            return Ok(None);
+        };
+        let mut next = self.state.clone();
+        next.grants.remove(id);
+        let mut n = 0;
+        for (t, expiry) in g.tokens {
+            if expiry > now && next.revoked.insert(t) {
+                n += 1;
+            }
+        }
+        self.commit_narrowing(next)?;
+        Ok(Some(n))
+    }
+
+    /// The standing grants, by id.
+    pub fn grants(&self) -> Vec<(String, StandingGrant)> {
+        self.state
+            .grants
+            .iter()
+            .map(|(id, g)| (id.clone(), g.clone()))
+            .collect()
+    }
+
     /// Forgets `did` as an issuer and as a publisher, in one change. Returns false if it was
     /// neither.
     pub fn forget(&mut self, did: &str) -> Result<bool, AuthorityError> {
@@ -1918,6 +2037,73 @@ mod tests {
             .auth
             .publisher_add("did:web:example.com", PublisherKind::Known)
             .is_err());
+    }
+
+    #[test]
+    fn a_standing_grant_answers_its_own_capsule_and_takes_its_tokens_when_revoked() {
+        let mut f = fixture();
+        let grant = |allow: bool, resource: &str| StandingGrant {
+            allow,
+            capsule: "notes".into(),
+            bound_to: "did:key:zA".into(),
+            resource: resource.into(),
+            actions: "read,write".into(),
+            created: NOW,
+            tokens: Vec::new(),
+        };
+        let read = ActionSet::parse_list("read").unwrap();
+        let allow = f.auth.grant_add(grant(true, RES)).unwrap();
+        assert!(allow.starts_with("g-"));
+        // Its capsule, bound publisher, resource within, actions among: found; nothing else.
+        assert_eq!(
+            f.auth
+                .grant_find("notes", "did:key:zA", REQ_RES, read)
+                .unwrap()
+                .0,
+            allow
+        );
+        assert!(f
+            .auth
+            .grant_find("mail", "did:key:zA", REQ_RES, read)
+            .is_none());
+        assert!(f
+            .auth
+            .grant_find("notes", "did:key:zB", REQ_RES, read)
+            .is_none());
+        assert!(f
+            .auth
+            .grant_find("notes", "did:key:zA", "localhost://storage/mail/a", read)
+            .is_none());
+        assert!(f
+            .auth
+            .grant_find(
+                "notes",
+                "did:key:zA",
+                REQ_RES,
+                ActionSet::parse_list("delete").unwrap()
+            )
+            .is_none());
+        // A deny for a part of it wins there.
+        let deny = f
+            .auth
+            .grant_add(grant(false, "localhost://storage/notes/today"))
+            .unwrap();
+        assert_eq!(
+            f.auth
+                .grant_find("notes", "did:key:zA", REQ_RES, read)
+                .unwrap()
+                .0,
+            deny
+        );
+        // Tokens minted under it are revoked with it, across a reopen; an expired one is dropped.
+        let (t, text) = issue(&mut f, req());
+        f.auth.grant_token(&allow, t.id, t.expiry, NOW).unwrap();
+        f.reopen();
+        assert_eq!(f.auth.grants().len(), 2);
+        assert_eq!(f.auth.grant_revoke(&allow, NOW).unwrap(), Some(1));
+        assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Revoked);
+        assert_eq!(f.auth.grant_revoke(&allow, NOW).unwrap(), None);
+        assert_eq!(f.auth.grants().len(), 1);
     }
 
     #[test]

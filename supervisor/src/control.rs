@@ -80,6 +80,12 @@ pub enum Request {
     },
     /// `elastos prompts`: the prompts waiting for the person.
     Prompts,
+    /// `elastos grants`: the standing grants.
+    Grants,
+    /// `elastos revoke GRANT_ID`: a standing grant and the tokens minted under it.
+    RevokeGrant {
+        id: String,
+    },
     /// `elastos allow ID` / `elastos deny ID`: the person's answer to one prompt.
     PromptAnswer {
         id: String,
@@ -97,7 +103,11 @@ pub enum Request {
 pub enum PromptDecision {
     /// Allowed for the capsule instance that asked: its tokens end when it does.
     AllowOnce,
+    /// Allowed now and whenever the same capsule asks the same again (a standing grant).
+    AllowAlways,
     Deny,
+    /// Denied now and whenever the same capsule asks the same again (a standing grant).
+    DenyAlways,
 }
 
 /// What `elastos trust add` makes of a DID.

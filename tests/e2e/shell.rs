@@ -704,3 +704,125 @@ fn the_shells_answers_are_not_held_back_by_its_audit_budget() {
         );
     }
 }
+
+/// Standing answers: allowed always, the same capsule's next instance and the next supervisor
+/// are not asked again; `elastos grants` lists it; revoked, the running capsule's next call is
+/// denied and the next instance is asked again; denied always, it is denied without asking.
+#[test]
+fn an_always_answer_stands_across_restarts_until_revoked() {
+    let up = shell_node(None, true);
+    start_echo(&up);
+    let dev = first_party_capsule("ping");
+    let start = |count: &str| {
+        up.node.run(&[
+            "run",
+            "-d",
+            path(&dev),
+            "--name",
+            "ping-dev",
+            "--restart",
+            "never",
+            "--",
+            "--count",
+            count,
+        ])
+    };
+    start("5").ok();
+    let p = prompt_of(&up, "ping-dev");
+    let answered = up
+        .node
+        .run(&["allow", p["id"].as_str().unwrap(), "--always"]);
+    let grant = answered
+        .ok()
+        .split("standing grant ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap()
+        .to_string();
+    wait_until("ping-dev done", Duration::from_secs(30), || {
+        up.node
+            .run(&["logs", "ping-dev"])
+            .ok()
+            .contains(", 0 errors")
+    });
+    let grants = up.node.run(&["grants", "--json"]).json();
+    assert_eq!(grants.as_array().unwrap().len(), 1, "{grants}");
+    let g = &grants[0];
+    for key in [
+        "id",
+        "kind",
+        "decision",
+        "capsule",
+        "publisher",
+        "resource",
+        "actions",
+        "expires_at",
+        "uses_left",
+    ] {
+        assert!(g.get(key).is_some(), "grants --json lacks {key}: {g}");
+    }
+    assert_eq!(
+        (
+            g["id"].as_str(),
+            g["decision"].as_str(),
+            g["capsule"].as_str()
+        ),
+        (Some(grant.as_str()), Some("allow"), Some("ping-dev"))
+    );
+    // The supervisor restarted: the same capsule runs without a prompt.
+    up.node.run(&["down"]).ok();
+    up.node.run(&["up"]).ok();
+    wait_until("the shell back", Duration::from_secs(20), || {
+        up.node
+            .run(&["status"])
+            .ok()
+            .contains("policy: shell (running)")
+    });
+    start_echo(&up);
+    let long = up.node.run(&[
+        "run",
+        "-d",
+        path(&dev),
+        "--name",
+        "ping-dev",
+        "--restart",
+        "never",
+        "--",
+        "--count",
+        "100000000",
+    ]);
+    long.ok();
+    wait_until("ping-dev calling", Duration::from_secs(20), || {
+        up.capsule("ping-dev")["calls"]
+            .as_u64()
+            .is_some_and(|c| c > 10)
+    });
+    assert!(prompts(&up).is_empty(), "asked again");
+    // Revoked: its token goes with it, and the running capsule's next call is denied.
+    up.node.run(&["revoke", &grant]).ok();
+    wait_until("ping-dev denied", Duration::from_secs(20), || {
+        up.node.run(&["logs", "ping-dev"]).ok().contains("denied")
+    });
+    assert!(audit_has(&up.node, "grant.revoke", &grant));
+    up.node.run(&["stop", "ping-dev"]).ok();
+    // Asked again; denied always, then denied without asking.
+    start("5").ok();
+    let p = prompt_of(&up, "ping-dev");
+    up.node
+        .run(&["deny", p["id"].as_str().unwrap(), "--always"])
+        .ok();
+    wait_until("denied", Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "ping-dev"])
+            .ok()
+            .contains("the person denied it")
+    });
+    start("5").ok();
+    wait_until("denied without asking", Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "ping-dev"])
+            .ok()
+            .contains("denied always at an earlier prompt")
+    });
+    assert!(prompts(&up).is_empty());
+}

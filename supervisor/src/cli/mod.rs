@@ -71,18 +71,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Allow what a prompt asks, for the capsule instance that asked (its tokens end with it).
+    /// Allow what a prompt asks: for the capsule instance that asked (its tokens end with it),
+    /// or with --always from now on (a standing grant, until `elastos revoke GRANT_ID`).
     Allow {
         /// The prompt's id (`elastos prompts`).
         id: String,
-        /// For this instance only (the one meaning there is yet).
-        #[arg(long)]
+        /// For this instance only (the default).
+        #[arg(long, conflicts_with = "always")]
         once: bool,
+        /// Whenever the same capsule asks the same again, across restarts.
+        #[arg(long)]
+        always: bool,
     },
-    /// Deny what a prompt asks.
+    /// Deny what a prompt asks; with --always, whenever the same capsule asks the same again.
     Deny {
         /// The prompt's id (`elastos prompts`).
         id: String,
+        #[arg(long)]
+        always: bool,
+    },
+    /// List the standing grants (`allow --always`, `deny --always`).
+    Grants {
+        #[arg(long)]
+        json: bool,
     },
     /// Start the supervisor (in the background unless --foreground) with the default capsules.
     Up(daemon::UpArgs),
@@ -182,8 +193,23 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => audit::run(a),
         Command::Policy(c) => policy::run(c),
         Command::Prompts { json } => policy::prompts(json),
-        Command::Allow { id, once: _ } => policy::answer(id, true),
-        Command::Deny { id } => policy::answer(id, false),
+        Command::Allow { id, always, .. } => policy::answer(
+            id,
+            if always {
+                elastos::control::PromptDecision::AllowAlways
+            } else {
+                elastos::control::PromptDecision::AllowOnce
+            },
+        ),
+        Command::Deny { id, always } => policy::answer(
+            id,
+            if always {
+                elastos::control::PromptDecision::DenyAlways
+            } else {
+                elastos::control::PromptDecision::Deny
+            },
+        ),
+        Command::Grants { json } => policy::grants(json),
         Command::Up(a) => daemon::up(a),
         Command::Down(a) => daemon::down(a),
         Command::Status(a) => daemon::status(a),

@@ -183,21 +183,50 @@ pub fn prompts(json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `elastos allow ID [--once]` and `elastos deny ID`.
-pub fn answer(id: String, allow: bool) -> anyhow::Result<ExitCode> {
-    use elastos::control::{PromptDecision, Request};
+/// `elastos allow ID [--once|--always]` and `elastos deny ID [--always]`.
+pub fn answer(id: String, decision: elastos::control::PromptDecision) -> anyhow::Result<ExitCode> {
+    use elastos::control::Request;
     let home = elastos::home::Home::from_env()?;
-    let answer = if allow {
-        PromptDecision::AllowOnce
-    } else {
-        PromptDecision::Deny
-    };
-    super::ops::check(
+    let r = super::ops::check(
         super::daemon::connect(&home)?.request(&Request::PromptAnswer {
             id: id.clone(),
-            answer,
+            answer: decision,
         })?,
     )?;
-    println!("{} {id}", if allow { "allowed once:" } else { "denied:" });
+    let words = r.data["answer"].as_str().unwrap_or("answered");
+    match r.data["grant"].as_str() {
+        Some(g) => println!("{words}: {id} (standing grant {g}; `elastos revoke {g}` ends it)"),
+        None => println!("{words}: {id}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `elastos grants [--json]`: the standing grants.
+pub fn grants(json: bool) -> anyhow::Result<ExitCode> {
+    use elastos::text::sanitize;
+    let home = elastos::home::Home::from_env()?;
+    let r = super::ops::check(
+        super::daemon::connect(&home)?.request(&elastos::control::Request::Grants)?,
+    )?;
+    if json {
+        super::print_json(&r.data)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = r.data.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("(no standing grants)");
+    }
+    for g in list {
+        let f = |k: &str| sanitize(g[k].as_str().unwrap_or("?"));
+        println!(
+            "{}  {} always: {} ({}) {} on {}",
+            f("id"),
+            f("decision"),
+            f("capsule"),
+            f("publisher"),
+            f("actions"),
+            f("resource")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

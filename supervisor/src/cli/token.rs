@@ -116,7 +116,8 @@ pub struct CheckArgs {
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["token_id", "all"])))]
 pub struct RevokeArgs {
-    /// The id of the token to revoke (32 hex characters; `token inspect` shows it).
+    /// The id of the token to revoke (32 hex characters; `token inspect` shows it), or of a
+    /// standing grant (`g-…`; `elastos grants` lists them), which revokes its tokens too.
     token_id: Option<String>,
     /// Raise the epoch: every token issued before becomes invalid at once.
     #[arg(long)]
@@ -396,6 +397,9 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
 
 pub fn revoke(a: RevokeArgs) -> anyhow::Result<ExitCode> {
     let home = Home::from_env()?;
+    if let Some(id) = a.token_id.as_deref().filter(|id| id.starts_with("g-")) {
+        return revoke_grant(&home, id);
+    }
     let remote = match (&a.token_id, a.all) {
         (_, true) => elastos::control::Request::RevokeAll,
         (Some(id), false) => elastos::control::Request::Revoke { id: id.clone() },
@@ -543,5 +547,36 @@ pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `elastos revoke GRANT_ID`: the standing grant and every token minted under it.
+fn revoke_grant(home: &Home, id: &str) -> anyhow::Result<ExitCode> {
+    let remote = elastos::control::Request::RevokeGrant { id: id.to_string() };
+    if let Some(data) = via_supervisor(home, &remote)? {
+        if let Some(w) = data.get("warning").and_then(|w| w.as_str()) {
+            eprintln!("elastos: warning: {w}");
+        }
+        println!(
+            "revoked {id} and {} token(s) minted under it",
+            data["revoked"]
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (_lock, key, mut authority) = writable_authority(home)?;
+    let Some(n) = authority.grant_revoke(id, now())? else {
+        anyhow::bail!(
+            "no standing grant {id}; `elastos grants` lists them (with the supervisor up)"
+        );
+    };
+    warn_unrecorded(record_operator(
+        home,
+        &key,
+        "grant.revoke",
+        id,
+        &format!("standing grant revoked, and {n} token(s) minted under it"),
+        None,
+    ));
+    println!("revoked {id} and {n} token(s) minted under it");
     Ok(ExitCode::SUCCESS)
 }

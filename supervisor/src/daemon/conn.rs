@@ -1251,7 +1251,7 @@ async fn request_token(
     ttl: Duration,
 ) {
     let actor = conn.peer.actor();
-    let mut once = false;
+    let mut lasts = Lasts::Ttl;
     let (decision, decider) = match shared.config.policy.decider {
         // The provide capability stays a supervisor rule (first party, listed in `provides`),
         // and so does everything the development policy decides.
@@ -1270,8 +1270,8 @@ async fn request_token(
             policy::NAME,
         ),
         Decider::Shell => {
-            let (grant, lasts) = ask_shell(shared, conn, resource, actions, ttl).await;
-            once = lasts == Lasts::Instance;
+            let (grant, how_long) = ask_shell(shared, conn, resource, actions, ttl).await;
+            lasts = how_long;
             (grant, "shell")
         }
     };
@@ -1299,9 +1299,21 @@ async fn request_token(
                 });
             match issued {
                 Ok((token, text)) => {
-                    if once {
-                        shared.prompts.track_once(conn, token.id);
-                    }
+                    // Revoking its grant revokes the token: that is recorded before it is handed
+                    // out, or it is not handed out.
+                    let tracked = match &lasts {
+                        Lasts::Ttl => true,
+                        Lasts::Instance => {
+                            shared.prompts.track_once(conn, token.id);
+                            true
+                        }
+                        Lasts::Grant(id) => shared
+                            .authority
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .grant_token(id, token.id, token.expiry, now_unix())
+                            .is_ok(),
+                    };
                     let why = format!("policy={decider}: {reason}");
                     let audited = shared
                         .audit_sync(
@@ -1314,6 +1326,10 @@ async fn request_token(
                         )
                         .await;
                     match elastos::token::text_to_bytes(&text) {
+                        Ok(_) if !tracked => TokenOutcome::Refused(
+                            Status::Unavailable,
+                            "the token could not be recorded under its standing grant (is the disk full?)".into(),
+                        ),
                         Ok(bytes) if audited => TokenOutcome::Granted {
                             bytes,
                             expiry: token.expiry,

@@ -314,33 +314,50 @@ async fn handle(
             .iter()
             .map(super::prompts::Prompt::to_json)
             .collect::<Vec<_>>())),
-        Request::PromptAnswer { id, answer } => {
-            let (answer, words) = match answer {
-                PromptDecision::AllowOnce => (super::prompts::Answer::AllowOnce, "allowed once"),
-                PromptDecision::Deny => (super::prompts::Answer::Deny, "denied"),
-            };
-            // Recorded before it takes effect: an allow widens.
-            match shared.prompts.list().into_iter().find(|p| p.id == id) {
-                None => Response::err(format!(
-                    "no prompt {id} waits for an answer (answered, expired, or its capsule went away); `elastos prompts` lists those that do"
-                )),
-                Some(p) => {
-                    let recorded = operator(
+        Request::PromptAnswer { id, answer } => prompt_answer(&shared, &id, answer).await,
+        Request::Grants => {
+            let list = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .grants();
+            Response::ok(json!(list
+                .into_iter()
+                .map(|(id, g)| json!({
+                    "id": id,
+                    "kind": "always",
+                    "decision": if g.allow { "allow" } else { "deny" },
+                    "capsule": g.capsule,
+                    "publisher": g.bound_to,
+                    "resource": g.resource,
+                    "actions": g.actions,
+                    "expires_at": null,
+                    "uses_left": null,
+                }))
+                .collect::<Vec<_>>()))
+        }
+        Request::RevokeGrant { id } => {
+            let r = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .grant_revoke(&id, super::conn::now_unix());
+            match r {
+                Ok(Some(n)) => {
+                    let audited = operator(
                         &shared,
-                        "prompt.answer",
-                        &p.resource,
-                        &format!("prompt {id} of `{}`: {words}", p.capsule),
+                        "grant.revoke",
+                        &id,
+                        &format!("standing grant revoked, and {n} token(s) minted under it"),
                         None,
                     )
                     .await;
-                    if !recorded {
-                        not_recorded("answering the prompt")
-                    } else if shared.prompts.answer(&id, answer).is_some() {
-                        Response::ok(json!({"id": id, "answer": words}))
-                    } else {
-                        Response::err(format!("prompt {id} ran out while it was answered"))
-                    }
+                    narrowed(json!({"grant": id, "revoked": n}), audited)
                 }
+                Ok(None) => Response::err(format!(
+                    "no standing grant {id}; `elastos grants` lists them"
+                )),
+                Err(e) => Response::err(e.to_string()),
             }
         }
         Request::TrustRm { did } => {
@@ -447,6 +464,82 @@ async fn operator(
             token,
         )
         .await
+}
+
+/// The person's answer to a prompt, recorded before it takes effect; an `--always` answer
+/// becomes a standing grant first.
+async fn prompt_answer(shared: &Arc<Shared>, id: &str, decision: PromptDecision) -> Response {
+    let words = match decision {
+        PromptDecision::AllowOnce => "allowed once",
+        PromptDecision::AllowAlways => "allowed always",
+        PromptDecision::Deny => "denied",
+        PromptDecision::DenyAlways => "denied always",
+    };
+    let Some(p) = shared.prompts.list().into_iter().find(|p| p.id == id) else {
+        return Response::err(format!(
+            "no prompt {id} waits for an answer (answered, expired, or its capsule went away); `elastos prompts` lists those that do"
+        ));
+    };
+    let recorded = operator(
+        shared,
+        "prompt.answer",
+        &p.resource,
+        &format!("prompt {id} of `{}`: {words}", p.capsule),
+        None,
+    )
+    .await;
+    if !recorded {
+        return not_recorded("answering the prompt");
+    }
+    let mut grant = None;
+    let answer = match decision {
+        PromptDecision::AllowOnce => super::prompts::Answer::AllowOnce,
+        PromptDecision::Deny => super::prompts::Answer::Deny,
+        PromptDecision::AllowAlways | PromptDecision::DenyAlways => {
+            let allow = decision == PromptDecision::AllowAlways;
+            let added = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .grant_add(elastos::authority::StandingGrant {
+                    allow,
+                    capsule: p.capsule.clone(),
+                    bound_to: p.bind.clone(),
+                    resource: p.resource.clone(),
+                    actions: p.actions.to_string(),
+                    created: super::conn::now_unix(),
+                    tokens: Vec::new(),
+                });
+            let gid = match added {
+                Ok(g) => g,
+                Err(e) => {
+                    return Response::err(format!("the standing grant was not recorded: {e}"))
+                }
+            };
+            operator(
+                shared,
+                "grant.add",
+                &p.resource,
+                &format!(
+                    "{gid}: {words} for `{}` ({}), {}",
+                    p.capsule, p.bind, p.actions
+                ),
+                None,
+            )
+            .await;
+            grant = Some(gid.clone());
+            if allow {
+                super::prompts::Answer::AllowAlways(gid)
+            } else {
+                super::prompts::Answer::Deny
+            }
+        }
+    };
+    if shared.prompts.answer(id, answer).is_some() {
+        Response::ok(json!({"id": id, "answer": words, "grant": grant}))
+    } else {
+        Response::err(format!("prompt {id} ran out while it was answered"))
+    }
 }
 
 /// `elastos policy reload`: the node's policy file, checked here first (a file with a mistake

@@ -21,12 +21,14 @@ use super::{prompts, shell, Shared};
 pub type Attached = tokio::sync::mpsc::UnboundedSender<elastos::control::Event>;
 
 /// How long a grant lasts beyond its token's lifetime.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Lasts {
     /// Its TTL.
     Ttl,
     /// Its TTL, or until the capsule instance that asked ends (allowed once at a prompt).
     Instance,
+    /// Its TTL, or until the standing grant of this id is revoked.
+    Grant(String),
 }
 
 /// Asks the shell, and the person if it says so, about `ask`, for `owner`'s prompts, recorded
@@ -88,6 +90,29 @@ async fn ask_person(
     attached: Option<&Attached>,
 ) -> (Grant, Lasts) {
     let now = super::conn::now_unix();
+    // Anyone can sign as `dev`: a standing answer for a development package binds its CID.
+    let bind = if ask.standing == Standing::Dev {
+        ask.cid.clone()
+    } else {
+        ask.publisher.clone()
+    };
+    let standing = shared
+        .authority
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .grant_find(&ask.name, &bind, &ask.resource, ask.actions);
+    if let Some((id, g)) = standing {
+        return if g.allow {
+            (allowed(ask), Lasts::Grant(id))
+        } else {
+            (
+                Grant::Deny(format!(
+                    "denied always at an earlier prompt (grant {id}); `elastos revoke {id}` to be asked again"
+                )),
+                Lasts::Ttl,
+            )
+        };
+    }
     let publisher = match ask.standing {
         Standing::ThisNode => "this node".to_string(),
         Standing::Dev => "dev, unverified".to_string(),
@@ -103,6 +128,7 @@ async fn ask_person(
         reason: ask.covering.reason.clone(),
         requested_at: now,
         expires_at: now + prompts::PROMPT_TIMEOUT.as_secs() as i64,
+        bind,
     };
     let opened = shared
         .audit_sync(
@@ -136,19 +162,8 @@ async fn ask_person(
         Err(e) => Err(e),
     };
     match asked {
-        Ok(prompts::Answer::AllowOnce) => (
-            Grant::Allow {
-                resource: ask.resource.clone(),
-                actions: ask.actions,
-                ttl: if ask.ttl.is_zero() {
-                    shell::MAX_TTL
-                } else {
-                    ask.ttl.min(shell::MAX_TTL)
-                },
-                classification: Classification::Internal,
-            },
-            Lasts::Instance,
-        ),
+        Ok(prompts::Answer::AllowOnce) => (allowed(ask), Lasts::Instance),
+        Ok(prompts::Answer::AllowAlways(id)) => (allowed(ask), Lasts::Grant(id)),
         Ok(prompts::Answer::Deny) => (
             Grant::Deny("the person denied it at the prompt".into()),
             Lasts::Ttl,
@@ -166,6 +181,20 @@ async fn ask_person(
                 .await;
             (Grant::Deny(why), Lasts::Ttl)
         }
+    }
+}
+
+/// What the person allows: what was asked, for at most the node's longest grant.
+fn allowed(ask: &shell::Ask) -> Grant {
+    Grant::Allow {
+        resource: ask.resource.clone(),
+        actions: ask.actions,
+        ttl: if ask.ttl.is_zero() {
+            shell::MAX_TTL
+        } else {
+            ask.ttl.min(shell::MAX_TTL)
+        },
+        classification: Classification::Internal,
     }
 }
 

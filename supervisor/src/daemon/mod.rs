@@ -495,7 +495,10 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
             reason: format!(
                 "pid {}, policy {}",
                 std::process::id(),
-                elastos::policy::NAME
+                match shared.config.policy.decider {
+                    elastos::config::Decider::Development => elastos::policy::NAME,
+                    elastos::config::Decider::Shell => "shell",
+                }
             ),
             token: None,
         },

@@ -22,10 +22,12 @@ pub const PROMPT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_PER_CAPSULE: usize = 4;
 
 /// What the person answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     /// Allowed for this capsule instance: its tokens end when it does.
     AllowOnce,
+    /// Allowed from now on, by the standing grant of this id.
+    AllowAlways(String),
     Deny,
 }
 
@@ -43,6 +45,9 @@ pub struct Prompt {
     pub reason: String,
     pub requested_at: i64,
     pub expires_at: i64,
+    /// What a standing answer binds to: the publisher's DID, or the CID of a development
+    /// package (not shown: the publisher and CID are).
+    pub bind: String,
 }
 
 impl Prompt {
