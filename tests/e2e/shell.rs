@@ -826,3 +826,28 @@ fn an_always_answer_stands_across_restarts_until_revoked() {
     });
     assert!(prompts(&up).is_empty());
 }
+
+/// Only a first-party package under the shell's name skips the start-time decisions (it cannot
+/// ask itself): another publisher's package given that name is decided like any capsule.
+#[test]
+fn a_foreign_package_named_like_the_shell_is_still_decided() {
+    let up = shell_node(None, false);
+    let other = Node::new();
+    let theirs = other.pack_first_party("echo");
+    up.node.run(&[
+        "run",
+        "-d",
+        path(&theirs),
+        "--name",
+        "shell",
+        "--restart",
+        "never",
+    ]);
+    wait_until("refused", Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "shell"])
+            .ok()
+            .contains("not started: policy=shell: execute elastos://")
+    });
+    assert!(audit_has(&up.node, "package.run", "policy unavailable"));
+}

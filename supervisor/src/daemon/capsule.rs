@@ -400,10 +400,20 @@ impl CapsuleActor {
         };
         st.stopped_by = None;
         // With the shell deciding, running an unknown publisher's package and each host://
-        // grant go through it first (the shell itself excepted: it is checked as the shell).
-        if self.shared.config.policy.decider == elastos::config::Decider::Shell
-            && st.spec.name != self.shared.config.policy.shell
-        {
+        // grant go through it first. The shell itself is excepted (it cannot ask itself), but
+        // only a first-party package under the shell's name, and never with the host's network:
+        // any other package named so is decided like every capsule.
+        let deciding = self.shared.config.policy.decider == elastos::config::Decider::Shell;
+        let is_shell = st.spec.name == self.shared.config.policy.shell && st.peer.first_party;
+        if deciding && is_shell && st.spec.stored.manifest.requested_net() == Some("host") {
+            self.fail(
+                st,
+                "not started: the node's shell may not hold host://net (its manifest asks for it)",
+            )
+            .await;
+            return;
+        }
+        if deciding && !is_shell {
             let decided = super::decide::decide_start(&self.shared, &st.peer).await;
             if let Err(why) = decided {
                 self.fail(st, &why).await;
