@@ -176,6 +176,9 @@ struct State {
     /// from `trusted`, since running someone's app must not make their key a token issuer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     publishers: BTreeMap<String, PublisherKind>,
+    /// The capsule that last decided for the node as its shell: a change is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shell: Option<ShellIdentity>,
     /// The person's standing answers to prompts (`elastos allow ID --always`, `deny ID
     /// --always`), by grant id, with the tokens minted under each.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -198,6 +201,21 @@ struct State {
 /// digest of what revocation rests on (epoch, revoked ids, delegations, trusted issuers, former
 /// keys; not use counts).
 pub type StateStamp = (u64, [u8; 32]);
+
+/// Who decides for the node: its shell's name, publisher and package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellIdentity {
+    pub name: String,
+    pub publisher: String,
+    pub cid: String,
+}
+
+impl std::fmt::Display for ShellIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` ({}, {})", self.name, self.publisher, self.cid)
+    }
+}
 
 /// A person's standing answer to a prompt: it answers the same request of the same capsule
 /// again, across restarts, until `elastos revoke GRANT_ID`.
@@ -292,6 +310,7 @@ impl State {
             uses: BTreeMap::new(),
             trusted: BTreeSet::new(),
             publishers: BTreeMap::new(),
+            shell: None,
             grants: BTreeMap::new(),
             former_keys: BTreeSet::new(),
             version: 0,
@@ -1492,6 +1511,23 @@ impl Authority {
         next.publishers.remove(did);
         self.commit_narrowing(next)?;
         Ok(true)
+    }
+
+    /// The shell now deciding is `id`: recorded when it differs from the last one. Returns the
+    /// last one when it changed (`Some(None)`: the first shell), `None` when it is the same.
+    #[allow(clippy::option_option)]
+    pub fn shell_seen(
+        &mut self,
+        id: ShellIdentity,
+    ) -> Result<Option<Option<ShellIdentity>>, AuthorityError> {
+        if self.state.shell.as_ref() == Some(&id) {
+            return Ok(None);
+        }
+        let before = self.state.shell.clone();
+        let mut next = self.state.clone();
+        next.shell = Some(id);
+        self.commit(next)?;
+        Ok(Some(before))
     }
 
     /// Records a standing grant; returns its id (`g-` and 8 hex digits).

@@ -50,6 +50,12 @@ fn node_with_shell(node: Node, shell: Option<&Path>, policy: Option<&str>, setti
 /// under the name the configuration gives the shell.
 fn test_shell_node(mode: &str) -> Up {
     let node = Node::new();
+    let pkg = test_shell_package(&node, mode);
+    node_with_shell(node, Some(&pkg), None, "")
+}
+
+/// `test-shell MODE` packed by `node` as its `shell`.
+fn test_shell_package(node: &Node, mode: &str) -> std::path::PathBuf {
     let dir = node.scratch().join("cap-test-shell");
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::write(
@@ -63,7 +69,7 @@ fn test_shell_node(mode: &str) -> Up {
     let pkg = node.scratch().join("test-shell.capsule");
     node.run(&["capsule", "pack", path(&dir), "-o", path(&pkg)])
         .ok();
-    node_with_shell(node, Some(&pkg), None, "")
+    pkg
 }
 
 fn audit_has(node: &Node, action: &str, text: &str) -> bool {
@@ -850,4 +856,54 @@ fn a_foreign_package_named_like_the_shell_is_still_decided() {
             .contains("not started: policy=shell: execute elastos://")
     });
     assert!(audit_has(&up.node, "package.run", "policy unavailable"));
+}
+
+/// Who decides for the node is recorded: the first shell, and a change of its package (here to
+/// the test shell, under the same name), each audited `shell.changed`.
+#[test]
+fn a_change_of_the_nodes_shell_is_audited() {
+    let up = shell_node(None, true);
+    assert!(audit_has(
+        &up.node,
+        "shell.changed",
+        "the node's first shell"
+    ));
+    let first = up.capsule("shell")["cid"].as_str().unwrap().to_string();
+    up.node.run(&["down"]).ok();
+    // The same shell again: nothing to record.
+    up.node.run(&["up"]).ok();
+    wait_until("the shell back", Duration::from_secs(20), || {
+        up.node
+            .run(&["status"])
+            .ok()
+            .contains("policy: shell (running)")
+    });
+    let changes = || {
+        up.node
+            .run(&["audit", "--json"])
+            .ok()
+            .lines()
+            .filter(|l| l.contains("\"action\":\"shell.changed\""))
+            .count()
+    };
+    assert_eq!(changes(), 1);
+    up.node.run(&["down"]).ok();
+    // Another package as the shell, signed by the node too.
+    let pkg = test_shell_package(&up.node, "deny-all");
+    let config = up.node.home().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let shell_pkg = up.node.scratch().join("shell.capsule");
+    std::fs::write(
+        &config,
+        text.replace(&shell_pkg.display().to_string(), &pkg.display().to_string()),
+    )
+    .unwrap();
+    up.node.run(&["up"]).ok();
+    wait_until("the new shell changed", Duration::from_secs(20), || {
+        audit_has(
+            &up.node,
+            "shell.changed",
+            &format!("it was `shell` ({}, {first})", up.node.did()),
+        )
+    });
 }

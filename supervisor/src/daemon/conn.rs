@@ -656,6 +656,36 @@ async fn become_shell(shared: &Arc<Shared>, conn: &Arc<Conn>) {
             .map_err(|e| format!("encoding the policy: {e}"))
     }) {
         Ok((frame, source)) => {
+            // Who decides for the node is recorded, and a change of it is audited.
+            let seen = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .shell_seen(elastos::authority::ShellIdentity {
+                    name: peer.name.clone(),
+                    publisher: peer.publisher.clone(),
+                    cid: peer.cid.clone(),
+                });
+            let change = match seen {
+                Ok(None) => None,
+                Ok(Some(None)) => Some("the node's first shell".to_string()),
+                Ok(Some(Some(before))) => {
+                    Some(format!("the node's shell changed: it was {before}"))
+                }
+                Err(e) => Some(format!("the node's shell could not be recorded: {e}")),
+            };
+            if let Some(why) = change {
+                shared
+                    .audit_sync(
+                        peer.actor(),
+                        "shell.changed",
+                        &peer.cid,
+                        Decision::Info,
+                        &why,
+                        None,
+                    )
+                    .await;
+            }
             shared.shell.attach(conn.clone());
             shared
                 .audit_sync(
