@@ -51,6 +51,16 @@ pub enum Decider {
     Shell,
 }
 
+impl Decider {
+    /// The policy's name in `status` and the audit log.
+    pub fn policy_name(self) -> &'static str {
+        match self {
+            Decider::Development => crate::policy::NAME,
+            Decider::Shell => "shell",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PromptFallback {

@@ -364,14 +364,7 @@ fn token_requests(base: &Path, rounds: usize) -> Tokens {
             "--json",
         ]);
         assert_eq!(out.code, 0, "ping --tokens: {out:#?}");
-        let report: serde_json::Value = out
-            .stdout
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .unwrap_or_else(|| panic!("no JSON report from ping: {out:#?}"));
-        assert_eq!(report["errors"], 0, "{report}");
-        report["p50_ns"].as_u64().expect("p50_ns")
+        ping_report(&out)["p50_ns"].as_u64().expect("p50_ns")
     };
     // Unmeasured: first touches.
     tokens();
@@ -735,6 +728,15 @@ fn ping_run_on(
         "--json",
     ]);
     assert_eq!(out.code, 0, "ping: {out:#?}");
+    let report = ping_report(&out);
+    Latency {
+        p50: report["p50_ns"].as_u64().expect("p50_ns"),
+        p99: report["p99_ns"].as_u64().expect("p99_ns"),
+    }
+}
+
+/// Ping's JSON report, the last JSON line of its output, checked to have no errors.
+fn ping_report(out: &elastos_e2e::Run) -> serde_json::Value {
     let report: serde_json::Value = out
         .stdout
         .lines()
@@ -742,10 +744,7 @@ fn ping_run_on(
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no JSON report from ping: {out:#?}"));
     assert_eq!(report["errors"], 0, "{report}");
-    Latency {
-        p50: report["p50_ns"].as_u64().expect("p50_ns"),
-        p99: report["p99_ns"].as_u64().expect("p99_ns"),
-    }
+    report
 }
 
 /// A helper process of this executable in `role`, listening at `socket` once it returns.

@@ -221,6 +221,25 @@ fn a_shell_answering_outside_its_ceilings_is_refused_and_audited() {
     }
 }
 
+/// Starts the development `ping` (publisher `dev`) as `name`, detached, for `count` calls.
+fn start_dev_ping(up: &Up, name: &str, count: &str) {
+    let dev = first_party_capsule("ping");
+    up.node
+        .run(&[
+            "run",
+            "-d",
+            path(&dev),
+            "--name",
+            name,
+            "--restart",
+            "never",
+            "--",
+            "--count",
+            count,
+        ])
+        .ok();
+}
+
 /// The prompts waiting, as `elastos prompts --json` lists them.
 fn prompts(up: &Up) -> Vec<serde_json::Value> {
     up.node
@@ -337,21 +356,7 @@ fn a_prompt_waits_for_the_person_and_allow_once_lasts_one_instance() {
 fn a_shell_killed_with_a_prompt_pending_denies_it_and_the_restarted_shell_serves() {
     let up = shell_node(None, true);
     start_echo(&up);
-    let dev = first_party_capsule("ping");
-    up.node
-        .run(&[
-            "run",
-            "-d",
-            path(&dev),
-            "--name",
-            "ping-dev",
-            "--restart",
-            "never",
-            "--",
-            "--count",
-            "5",
-        ])
-        .ok();
+    start_dev_ping(&up, "ping-dev", "5");
     prompt_of(&up, "ping-dev");
     let shell_pid = up.capsule("shell")["pid"].as_u64().unwrap();
     up.node.run(&["kill", "shell", "--signal", "KILL"]).ok();
@@ -391,21 +396,7 @@ fn a_capsule_printing_a_fake_allow_line_gains_nothing() {
         true,
     );
     start_echo(&up);
-    let dev = first_party_capsule("ping");
-    up.node
-        .run(&[
-            "run",
-            "-d",
-            path(&dev),
-            "--name",
-            "ping-dev",
-            "--restart",
-            "never",
-            "--",
-            "--count",
-            "5",
-        ])
-        .ok();
+    start_dev_ping(&up, "ping-dev", "5");
     let p = prompt_of(&up, "ping-dev");
     let id = p["id"].as_str().unwrap();
     // Another capsule prints the command, and more, on its output.

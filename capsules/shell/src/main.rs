@@ -62,10 +62,7 @@ fn decide(policy: Option<&Policy>, req: &PolicyRequest) -> (PolicyAnswer, String
         let why = "the shell has no policy loaded".to_string();
         return (PolicyAnswer::Deny(why.clone()), why);
     };
-    let actions = req.actions.iter().fold(ActionSet::EMPTY, |mut set, a| {
-        set.insert(*a);
-        set
-    });
+    let actions: ActionSet = req.actions.iter().copied().collect();
     let asked = policy::Request {
         name: &req.name,
         cid: &req.cid,

@@ -984,17 +984,7 @@ async fn over_budget(shared: &Shared, conn: &Conn, parsed: &Parsed<'_>, first: b
     let msg = format!("busy: {why}");
     match parsed {
         Parsed::Call(id, _) => answer_back(conn, *id, Status::Busy, &msg).await,
-        Parsed::RequestToken { id, .. } => {
-            let frame = {
-                let mut m = Builder::new_default();
-                let mut reply = m.init_root::<frame::Builder>().init_token_reply();
-                reply.set_id(*id);
-                reply.set_status(Status::Busy);
-                reply.set_message(&msg);
-                wire::encode(&m)
-            };
-            send_back(conn, frame).await;
-        }
+        Parsed::RequestToken { id, .. } => token_busy(conn, *id, &msg).await,
         Parsed::Serve { id, .. } => {
             let frame = {
                 let mut m = Builder::new_default();

@@ -203,10 +203,7 @@ async fn handle(
             "did": shared.did,
             "socket": elastos::control::socket_path(&shared.home).ok(),
             "home": shared.home.root(),
-            "policy": match shared.config.policy.decider {
-                elastos::config::Decider::Development => elastos::policy::NAME,
-                elastos::config::Decider::Shell => "shell",
-            },
+            "policy": shared.config.policy.decider.policy_name(),
             // With the shell deciding: whether it runs (else every request is denied).
             "shell_running": (shared.config.policy.decider == elastos::config::Decider::Shell)
                 .then(|| shared.shell.is_running()),
@@ -475,7 +472,7 @@ async fn prompt_answer(shared: &Arc<Shared>, id: &str, decision: PromptDecision)
         PromptDecision::Deny => "denied",
         PromptDecision::DenyAlways => "denied always",
     };
-    let Some(p) = shared.prompts.list().into_iter().find(|p| p.id == id) else {
+    let Some(p) = shared.prompts.get(id) else {
         return Response::err(format!(
             "no prompt {id} waits for an answer (answered, expired, or its capsule went away); `elastos prompts` lists those that do"
         ));
@@ -638,11 +635,7 @@ async fn policy_explain(
             };
             match stored {
                 Ok(s) => {
-                    let label = if s.publisher == shared.dev_did {
-                        "dev".to_string()
-                    } else {
-                        s.publisher.clone()
-                    };
+                    let label = shared.publisher_label(&s.publisher);
                     (s.cid, label, shared.standing(&s.publisher), Arc::new(s.manifest))
                 }
                 Err(e) => {

@@ -13,7 +13,7 @@ use elastos_schema::manifest::{
     Request as ManifestRequest, HOST_LIBS, NET_HOST, NET_LOOPBACK, STATE,
 };
 use elastos_schema::policy::Standing;
-use elastos_schema::{Action, ActionSet, Classification};
+use elastos_schema::{Action, Classification};
 
 use super::{prompts, shell, Shared};
 
@@ -210,7 +210,7 @@ pub async fn decide_start(shared: &Arc<Shared>, peer: &super::conn::Peer) -> Res
     if standing == Standing::Unknown {
         asks.push(ManifestRequest {
             resource: format!("elastos://{cid}"),
-            actions: single(Action::Execute),
+            actions: std::iter::once(Action::Execute).collect(),
             reason: format!("run `{name}`, a package of a publisher this node does not know"),
         });
     }
@@ -277,10 +277,4 @@ pub async fn decide_start(shared: &Arc<Shared>, peer: &super::conn::Peer) -> Res
         }
     }
     Ok(())
-}
-
-fn single(a: Action) -> ActionSet {
-    let mut s = ActionSet::EMPTY;
-    s.insert(a);
-    s
 }

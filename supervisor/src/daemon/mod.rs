@@ -294,6 +294,15 @@ impl Shared {
 
     /// Published by this node's key, one of its former keys, or an issuer it trusts; never the
     /// development key.
+    /// A publisher as capsules and listings show it: its DID, or `dev` for the development key.
+    pub fn publisher_label(&self, publisher: &str) -> String {
+        if publisher == self.dev_did {
+            "dev".to_string()
+        } else {
+            publisher.to_string()
+        }
+    }
+
     /// How this node regards a package's publisher. A token issuer (`trust add DID`) is not
     /// thereby a publisher: running someone's packages and accepting their tokens are apart.
     pub fn standing(&self, publisher: &str) -> Standing {
@@ -495,10 +504,7 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
             reason: format!(
                 "pid {}, policy {}",
                 std::process::id(),
-                match shared.config.policy.decider {
-                    elastos::config::Decider::Development => elastos::policy::NAME,
-                    elastos::config::Decider::Shell => "shell",
-                }
+                shared.config.policy.decider.policy_name()
             ),
             token: None,
         },

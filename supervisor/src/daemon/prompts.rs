@@ -167,6 +167,15 @@ impl Prompts {
         all
     }
 
+    /// Prompt `id`, while it waits.
+    pub fn get(&self, id: &str) -> Option<Prompt> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|w| w.prompt.clone())
+    }
+
     /// The person's answer to prompt `id`: the prompt, or `None` when none such waits.
     pub fn answer(&self, id: &str, answer: Answer) -> Option<Prompt> {
         let w = self

@@ -216,11 +216,7 @@ impl Root {
         }
         self.shared.conns.forget(&name);
         let standing = self.shared.standing(&spec.stored.publisher);
-        let publisher_label = if spec.stored.publisher == self.shared.dev_did {
-            "dev".to_string()
-        } else {
-            spec.stored.publisher.clone()
-        };
+        let publisher_label = self.shared.publisher_label(&spec.stored.publisher);
         let child = Spec {
             name: name.clone(),
             stored: spec.stored,

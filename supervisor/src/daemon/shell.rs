@@ -22,6 +22,7 @@ use elastos_schema::{token_capnp, versions, Action, ActionSet};
 use tokio::sync::{oneshot, Notify};
 
 use super::conn::Conn;
+use super::prompts::owner_of as address;
 use elastos::frames::ShellAnswer;
 use elastos::token::{resource_matches, resource_within, validate_pattern};
 
@@ -54,10 +55,6 @@ struct Waiting {
     /// is a fault.
     conn: usize,
     reply: oneshot::Sender<(ShellAnswer, String)>,
-}
-
-fn address(conn: &Arc<Conn>) -> usize {
-    Arc::as_ptr(conn) as usize
 }
 
 /// The link to the shell's current connection, and the requests waiting on it.
