@@ -240,7 +240,8 @@ pub async fn decide_start(shared: &Arc<Shared>, peer: &super::conn::Peer) -> Res
             Grant::Allow {
                 resource, actions, ..
             } if resource == covering.resource && covering.actions.is_subset_of(actions) => {
-                shared
+                // A grant takes effect only once its record is durable.
+                let recorded = shared
                     .audit_sync(
                         actor,
                         if run { "package.run" } else { "host.grant" },
@@ -250,6 +251,12 @@ pub async fn decide_start(shared: &Arc<Shared>, peer: &super::conn::Peer) -> Res
                         None,
                     )
                     .await;
+                if !recorded {
+                    return Err(format!(
+                        "not started: {} {} was allowed, but the audit log cannot record it (is the disk holding $ELASTOS_HOME full? `elastos status` says)",
+                        covering.actions, covering.resource
+                    ));
+                }
             }
             other => {
                 let why = match other {
