@@ -235,6 +235,10 @@ pub struct StandingGrant {
     /// The tokens minted under it and their expiry, so that revoking it revokes them.
     #[serde(default)]
     pub tokens: Vec<(TokenId, i64)>,
+    /// Allowed for this run of the supervisor only (`elastos allow ID --session`, `elastos run
+    /// --allow`): revoked with its tokens at `down`, or at the next start after a crash.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session: bool,
 }
 
 /// How this node regards a publisher it was told about (`elastos trust add --publisher` or
@@ -1612,6 +1616,35 @@ impl Authority {
         Ok(Some(n))
     }
 
+    /// The supervisor's run ended (`down`), or it starts after one that ended without `down`:
+    /// every session grant is revoked with its unexpired tokens, in one change. Returns each
+    /// grant's id and how many tokens it took.
+    pub fn sessions_end(&mut self, now: i64) -> Result<Vec<(String, usize)>, AuthorityError> {
+        let ended: Vec<(String, StandingGrant)> = self
+            .state
+            .grants
+            .iter()
+            .filter(|(_, g)| g.session)
+            .map(|(id, g)| (id.clone(), g.clone()))
+            .collect();
+        if ended.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut next = self.state.clone();
+        let mut out = Vec::new();
+        for (id, g) in ended {
+            next.grants.remove(&id);
+            let n = g
+                .tokens
+                .iter()
+                .filter(|(t, expiry)| *expiry > now && next.revoked.insert(*t))
+                .count();
+            out.push((id, n));
+        }
+        self.commit_narrowing(next)?;
+        Ok(out)
+    }
+
     /// The standing grants, by id.
     pub fn grants(&self) -> Vec<(String, StandingGrant)> {
         self.state
@@ -2086,6 +2119,7 @@ mod tests {
             actions: "read,write".into(),
             created: NOW,
             tokens: Vec::new(),
+            session: false,
         };
         let read = ActionSet::parse_list("read").unwrap();
         let allow = f.auth.grant_add(grant(true, RES)).unwrap();
@@ -2140,6 +2174,34 @@ mod tests {
         assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Revoked);
         assert_eq!(f.auth.grant_revoke(&allow, NOW).unwrap(), None);
         assert_eq!(f.auth.grants().len(), 1);
+    }
+
+    #[test]
+    fn a_session_grant_ends_with_its_tokens_and_leaves_standing_ones() {
+        let mut f = fixture();
+        let grant = |session: bool| StandingGrant {
+            allow: true,
+            capsule: "notes".into(),
+            bound_to: "did:key:zA".into(),
+            resource: RES.into(),
+            actions: "read".into(),
+            created: NOW,
+            tokens: Vec::new(),
+            session,
+        };
+        let always = f.auth.grant_add(grant(false)).unwrap();
+        let session = f.auth.grant_add(grant(true)).unwrap();
+        let (t, text) = issue(&mut f, req());
+        f.auth.grant_token(&session, t.id, t.expiry, NOW).unwrap();
+        // A crash: the session grant is still on disk when the supervisor starts again.
+        f.reopen();
+        assert_eq!(f.auth.grants().len(), 2);
+        assert_eq!(f.auth.sessions_end(NOW).unwrap(), vec![(session, 1)]);
+        assert_eq!(denied(&mut f, &text, &call(), NOW), Check::Revoked);
+        f.reopen();
+        let left: Vec<String> = f.auth.grants().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(left, vec![always]);
+        assert!(f.auth.sessions_end(NOW).unwrap().is_empty());
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub enum Request {
 pub enum PromptDecision {
     /// Allowed for the capsule instance that asked: its tokens end when it does.
     AllowOnce,
+    /// Allowed now and whenever the same capsule asks the same again until the supervisor
+    /// stops (a session grant).
+    AllowSession,
     /// Allowed now and whenever the same capsule asks the same again (a standing grant).
     AllowAlways,
     Deny,
@@ -183,6 +186,10 @@ pub struct RunRequest {
     /// Store it even if it is older than the version stored from the same publisher.
     #[serde(default)]
     pub allow_downgrade: bool,
+    /// `URI:ACTIONS` the developer allows for this session, answering the capsule's prompts
+    /// before they are asked.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

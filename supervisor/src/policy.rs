@@ -54,6 +54,19 @@ pub fn grants_state(manifest: &Manifest) -> bool {
     manifest.requests_state()
 }
 
+/// `URI:ACTIONS`, as `elastos run --allow` takes it: the resource pattern and its actions, split
+/// at the last colon (the URI has its own).
+pub fn parse_allow(s: &str) -> Result<(String, ActionSet), String> {
+    let bad = || format!("`{s}`: expected URI:ACTIONS, such as localhost://echo/*:read,write");
+    let (resource, actions) = s
+        .rsplit_once(':')
+        .filter(|(r, a)| !r.is_empty() && !a.contains('/'))
+        .ok_or_else(bad)?;
+    validate_pattern(resource).map_err(|e| format!("`{s}`: {e}"))?;
+    let actions = ActionSet::parse_list(actions).map_err(|e| format!("`{s}`: {e}"))?;
+    Ok((resource.to_string(), actions))
+}
+
 /// Decides a capsule's `requestToken`.
 pub fn decide(
     manifest: &Manifest,
@@ -178,6 +191,23 @@ reason = "keep notes"
 
     fn acts(s: &str) -> ActionSet {
         ActionSet::parse_list(s).unwrap()
+    }
+
+    #[test]
+    fn an_allow_on_the_command_line_is_a_resource_and_its_actions() {
+        let (r, a) = parse_allow("localhost://echo/*:read,write").unwrap();
+        assert_eq!(r, "localhost://echo/*");
+        assert_eq!(a, ActionSet::parse_list("read,write").unwrap());
+        assert_eq!(parse_allow("host://net:message").unwrap().0, "host://net");
+        for bad in [
+            "localhost://echo/*",
+            ":read",
+            "localhost://echo/*:",
+            "localhost://echo/*:fly",
+            "nowhere:read",
+        ] {
+            assert!(parse_allow(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

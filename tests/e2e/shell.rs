@@ -898,3 +898,113 @@ fn a_change_of_the_nodes_shell_is_audited() {
         )
     });
 }
+
+/// The ids of the grants `elastos grants --json` lists of `kind`.
+fn grants_of(up: &Up, kind: &str) -> Vec<String> {
+    up.node
+        .run(&["grants", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["kind"] == kind)
+        .map(|g| g["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Session grants: `elastos run --allow` answers a development capsule's prompt before it is
+/// asked (held to its manifest), `allow ID --session` answers every later instance too, and
+/// both end with the supervisor: at `down`, or at the next `up` after a `kill -9`, with the
+/// tokens minted under them.
+#[test]
+fn a_session_grant_answers_until_the_supervisor_stops() {
+    let up = shell_node(None, true);
+    start_echo(&up);
+    let dev = first_party_capsule("ping");
+    let run = |name: &str, count: &str, allow: Option<&str>| {
+        let mut args = vec![
+            "run",
+            "-d",
+            path(&dev),
+            "--name",
+            name,
+            "--restart",
+            "never",
+        ];
+        if let Some(a) = allow {
+            args.extend(["--allow", a]);
+        }
+        args.extend(["--", "--count", count]);
+        up.node.run(&args)
+    };
+    // Its log keeps every instance's lines: the `n`th instance is done at the `n`th summary.
+    let done = |name: &str, n: usize| {
+        wait_until(&format!("{name} done"), Duration::from_secs(30), || {
+            up.node
+                .run(&["logs", name])
+                .ok()
+                .matches(", 0 errors")
+                .count()
+                >= n
+        });
+    };
+    // What the manifest does not request is refused, as is admin, before anything runs.
+    let wider = run("ping-a", "5", Some("localhost://storage/*:read"));
+    assert_eq!(wider.code, 2, "{wider:#?}");
+    assert!(wider.stderr.contains("does not request it"), "{wider:#?}");
+    assert_eq!(run("ping-a", "5", Some("localhost://echo/*:admin")).code, 2);
+    assert!(grants_of(&up, "session").is_empty());
+
+    // Allowed ahead: no prompt, and the grant is listed and recorded.
+    run("ping-a", "5", Some("localhost://echo/*:read")).ok();
+    done("ping-a", 1);
+    assert!(prompts(&up).is_empty());
+    assert_eq!(grants_of(&up, "session").len(), 1);
+    assert!(audit_has(&up.node, "grant.add", "by `elastos run --allow`"));
+
+    // Allowed for the session at the prompt: the next instance is not asked.
+    run("ping-s", "5", None).ok();
+    let p = prompt_of(&up, "ping-s");
+    let answered = up
+        .node
+        .run(&["allow", p["id"].as_str().unwrap(), "--session"]);
+    assert!(answered.ok().contains("allowed for this session"));
+    done("ping-s", 1);
+    run("ping-s", "5", None).ok();
+    done("ping-s", 2);
+    assert!(prompts(&up).is_empty(), "asked again within the session");
+    assert_eq!(grants_of(&up, "session").len(), 2);
+
+    // `down` ends them: the next session asks again.
+    up.node.run(&["down"]).ok();
+    up.node.run(&["up"]).ok();
+    assert!(grants_of(&up, "session").is_empty());
+    assert!(audit_has(&up.node, "grant.revoke", "the session ended"));
+    start_echo(&up);
+    run("ping-s", "5", None).ok();
+    let p = prompt_of(&up, "ping-s");
+    up.node.run(&["deny", p["id"].as_str().unwrap()]).ok();
+
+    // A supervisor killed outright: its session grant, and the token minted under it, end at
+    // the next `up`.
+    run("ping-a", "100000000", Some("localhost://echo/*:read")).ok();
+    wait_until("ping-a calling", Duration::from_secs(20), || {
+        up.capsule("ping-a")["calls"]
+            .as_u64()
+            .is_some_and(|c| c > 10)
+    });
+    assert_eq!(grants_of(&up, "session").len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.supervisor_pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
+    assert!(grants_of(&up, "session").is_empty());
+    assert!(audit_has(
+        &up.node,
+        "grant.revoke",
+        "session grant revoked, and 1 token(s) minted under it: the supervisor that granted it stopped without `down`"
+    ));
+    up.node.run(&["audit", "verify"]).ok();
+}

@@ -72,13 +72,17 @@ enum Command {
         json: bool,
     },
     /// Allow what a prompt asks: for the capsule instance that asked (its tokens end with it),
-    /// or with --always from now on (a standing grant, until `elastos revoke GRANT_ID`).
+    /// with --session until the supervisor stops, or with --always from now on (a standing
+    /// grant, until `elastos revoke GRANT_ID`).
     Allow {
         /// The prompt's id (`elastos prompts`).
         id: String,
         /// For this instance only (the default).
-        #[arg(long, conflicts_with = "always")]
+        #[arg(long, conflicts_with_all = ["always", "session"])]
         once: bool,
+        /// Whenever the same capsule asks the same again, until `elastos down`.
+        #[arg(long, conflicts_with = "always")]
+        session: bool,
         /// Whenever the same capsule asks the same again, across restarts.
         #[arg(long)]
         always: bool,
@@ -90,7 +94,8 @@ enum Command {
         #[arg(long)]
         always: bool,
     },
-    /// List the standing grants (`allow --always`, `deny --always`).
+    /// List the standing grants (`allow --always`, `deny --always`) and session grants
+    /// (`allow --session`, `run --allow`).
     Grants {
         #[arg(long)]
         json: bool,
@@ -193,10 +198,17 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => audit::run(a),
         Command::Policy(c) => policy::run(c),
         Command::Prompts { json } => policy::prompts(json),
-        Command::Allow { id, always, .. } => policy::answer(
+        Command::Allow {
+            id,
+            always,
+            session,
+            ..
+        } => policy::answer(
             id,
             if always {
                 elastos::control::PromptDecision::AllowAlways
+            } else if session {
+                elastos::control::PromptDecision::AllowSession
             } else {
                 elastos::control::PromptDecision::AllowOnce
             },

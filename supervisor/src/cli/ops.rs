@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// (recorded in the audit log as `package.downgrade`).
     #[arg(long)]
     allow_downgrade: bool,
+    /// Allow URI:ACTIONS (e.g. localhost://echo/*:read) for this session, answering the
+    /// capsule's prompts before they are asked; held to what its manifest requests. Repeatable.
+    #[arg(long, value_name = "URI:ACTIONS")]
+    allow: Vec<String>,
     /// Arguments for the capsule, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -149,6 +153,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         restart: a.restart,
         substrate: a.substrate,
         allow_downgrade: a.allow_downgrade,
+        allow: a.allow,
     }))?)?;
     drop(packed_file);
     let name = r.data["name"].as_str().unwrap_or("?").to_string();

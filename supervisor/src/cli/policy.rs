@@ -214,14 +214,15 @@ pub fn grants(json: bool) -> anyhow::Result<ExitCode> {
     }
     let list = r.data.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        println!("(no standing grants)");
+        println!("(no grants)");
     }
     for g in list {
         let f = |k: &str| sanitize(g[k].as_str().unwrap_or("?"));
         println!(
-            "{}  {} always: {} ({}) {} on {}",
+            "{}  {} {}: {} ({}) {} on {}",
             f("id"),
             f("decision"),
+            f("kind"),
             f("capsule"),
             f("publisher"),
             f("actions"),

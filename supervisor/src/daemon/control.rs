@@ -322,7 +322,7 @@ async fn handle(
                 .into_iter()
                 .map(|(id, g)| json!({
                     "id": id,
-                    "kind": "always",
+                    "kind": if g.session { "session" } else { "always" },
                     "decision": if g.allow { "allow" } else { "deny" },
                     "capsule": g.capsule,
                     "publisher": g.bound_to,
@@ -468,6 +468,7 @@ async fn operator(
 async fn prompt_answer(shared: &Arc<Shared>, id: &str, decision: PromptDecision) -> Response {
     let words = match decision {
         PromptDecision::AllowOnce => "allowed once",
+        PromptDecision::AllowSession => "allowed for this session",
         PromptDecision::AllowAlways => "allowed always",
         PromptDecision::Deny => "denied",
         PromptDecision::DenyAlways => "denied always",
@@ -492,8 +493,8 @@ async fn prompt_answer(shared: &Arc<Shared>, id: &str, decision: PromptDecision)
     let answer = match decision {
         PromptDecision::AllowOnce => super::prompts::Answer::AllowOnce,
         PromptDecision::Deny => super::prompts::Answer::Deny,
-        PromptDecision::AllowAlways | PromptDecision::DenyAlways => {
-            let allow = decision == PromptDecision::AllowAlways;
+        PromptDecision::AllowSession | PromptDecision::AllowAlways | PromptDecision::DenyAlways => {
+            let allow = decision != PromptDecision::DenyAlways;
             let added = shared
                 .authority
                 .lock()
@@ -506,6 +507,7 @@ async fn prompt_answer(shared: &Arc<Shared>, id: &str, decision: PromptDecision)
                     actions: p.actions.to_string(),
                     created: super::conn::now_unix(),
                     tokens: Vec::new(),
+                    session: decision == PromptDecision::AllowSession,
                 });
             let gid = match added {
                 Ok(g) => g,
@@ -526,7 +528,7 @@ async fn prompt_answer(shared: &Arc<Shared>, id: &str, decision: PromptDecision)
             .await;
             grant = Some(gid.clone());
             if allow {
-                super::prompts::Answer::AllowAlways(gid)
+                super::prompts::Answer::AllowGrant(gid)
             } else {
                 super::prompts::Answer::Deny
             }
@@ -965,6 +967,88 @@ pub async fn start_default(
     }
 }
 
+/// `elastos run --allow URI:ACTIONS`: the developer answers the capsule's prompts before they
+/// are asked. Each is a session grant (it ends at `down`), held to what the manifest requests
+/// and never `admin`, recorded before it takes effect. The policy still decides first: only a
+/// `prompt` is answered by it, a `deny` rule stands.
+async fn session_allow(
+    shared: &Arc<Shared>,
+    stored: &Stored,
+    name: Option<&str>,
+    allow: &[String],
+) -> Result<(), String> {
+    if shared.config.policy.decider != elastos::config::Decider::Shell {
+        return Err("--allow answers the shell's prompts, and this node decides with the built-in development policy (which grants what a manifest requests); set [policy] decider = \"shell\" in config.toml".into());
+    }
+    let name = name.unwrap_or(&stored.manifest.name);
+    elastos_schema::manifest::validate_capsule_name(name)?;
+    // Anyone can sign as `dev`: the grant binds a development package's CID.
+    let bind = if shared.standing(&stored.publisher) == elastos_schema::policy::Standing::Dev {
+        stored.cid.clone()
+    } else {
+        stored.publisher.clone()
+    };
+    for a in allow {
+        let (resource, actions) = elastos::policy::parse_allow(a)?;
+        if actions.contains(elastos_schema::Action::Admin) {
+            return Err(format!("`{a}`: admin is never granted at a prompt"));
+        }
+        if super::shell::covering_entry(&stored.manifest, &resource, actions).is_none() {
+            return Err(format!(
+                "`{a}`: the manifest of `{name}` does not request it; add it to its capsule.toml's requests first"
+            ));
+        }
+        let found = shared
+            .authority
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .grant_find(name, &bind, &resource, actions);
+        match found {
+            Some((_, g)) if g.allow => continue,
+            Some((gid, _)) => {
+                return Err(format!(
+                    "`{a}`: denied always by grant {gid}; `elastos revoke {gid}` first"
+                ))
+            }
+            None => {}
+        }
+        let what = format!("`{name}` ({bind}), {actions}");
+        let gid = shared
+            .authority
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .grant_add(elastos::authority::StandingGrant {
+                allow: true,
+                capsule: name.to_string(),
+                bound_to: bind.clone(),
+                resource: resource.clone(),
+                actions: actions.to_string(),
+                created: super::conn::now_unix(),
+                tokens: Vec::new(),
+                session: true,
+            })
+            .map_err(|e| format!("the session grant was not recorded: {e}"))?;
+        // Without its record the grant is taken back.
+        if !operator(
+            shared,
+            "grant.add",
+            &resource,
+            &format!("{gid}: allowed for this session by `elastos run --allow`: {what}"),
+            None,
+        )
+        .await
+        {
+            let _ = shared
+                .authority
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .grant_revoke(&gid, super::conn::now_unix());
+            return Err("the grant was not made: the audit log cannot record it (is the disk holding $ELASTOS_HOME full? `elastos status` says)".into());
+        }
+    }
+    Ok(())
+}
+
 /// How long a detached `elastos run` waits for the capsule's hello or failure.
 pub const START_WAIT: Duration = Duration::from_secs(5);
 
@@ -1018,6 +1102,11 @@ async fn run_request(
         None if run.attach => RestartPolicy::Never,
         None => RestartPolicy::OnFailure,
     };
+    if !run.allow.is_empty() {
+        if let Err(e) = session_allow(&shared, &stored, run.name.as_deref(), &run.allow).await {
+            return write_line(&mut wr, &usage(e)).await;
+        }
+    }
     let (tx, mut events) = mpsc::unbounded_channel();
     let (watch, started) = super::capsule::StartWatch::new();
     let cid = stored.cid.clone();

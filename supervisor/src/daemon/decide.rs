@@ -163,7 +163,7 @@ async fn ask_person(
     };
     match asked {
         Ok(prompts::Answer::AllowOnce) => (allowed(ask), Lasts::Instance),
-        Ok(prompts::Answer::AllowAlways(id)) => (allowed(ask), Lasts::Grant(id)),
+        Ok(prompts::Answer::AllowGrant(id)) => (allowed(ask), Lasts::Grant(id)),
         Ok(prompts::Answer::Deny) => (
             Grant::Deny("the person denied it at the prompt".into()),
             Lasts::Ttl,

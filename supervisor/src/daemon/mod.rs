@@ -513,6 +513,12 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     if let Err(e) = audited {
         anyhow::bail!("the audit log cannot be written: {e}");
     }
+    // Session grants still recorded here outlived a supervisor that stopped without `down`.
+    end_sessions(
+        &shared,
+        "the supervisor that granted it stopped without `down`",
+    )
+    .await;
 
     let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<Duration>(1);
     for source in shared.config.supervisor.default_capsules.clone() {
@@ -629,6 +635,7 @@ async fn shutdown(shared: &Arc<Shared>, root: &ActorRef<RootMsg>, timeout: Durat
             Some(timeout + Duration::from_secs(10)),
         )
         .await;
+    end_sessions(shared, "the session ended (`elastos down`)").await;
     // Every capsule is gone: their state quotas can be unmounted.
     for e in elastos::quota::unmount_all(&shared.home.state_dir().join("capsules")) {
         tracing::warn!("unmounting a state quota: {e}");
@@ -645,6 +652,35 @@ async fn shutdown(shared: &Arc<Shared>, root: &ActorRef<RootMsg>, timeout: Durat
         Durability::Sync,
     );
     let _ = shared.audit.close();
+}
+
+/// Revokes every session grant and the tokens minted under it, each recorded.
+async fn end_sessions(shared: &Arc<Shared>, why: &str) {
+    let ended = shared
+        .authority
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .sessions_end(conn::now_unix());
+    match ended {
+        Ok(ended) => {
+            for (id, n) in ended {
+                shared
+                    .audit_sync(
+                        "supervisor",
+                        "grant.revoke",
+                        &id,
+                        Decision::Info,
+                        &format!("session grant revoked, and {n} token(s) minted under it: {why}"),
+                        None,
+                    )
+                    .await;
+            }
+        }
+        Err(e) => {
+            tracing::error!("session grants not revoked: {e}");
+            eprintln!("elastos: session grants not revoked: {e}; `elastos grants` lists them, `elastos revoke GRANT_ID` ends one");
+        }
+    }
 }
 
 #[cfg(test)]

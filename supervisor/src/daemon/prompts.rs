@@ -26,8 +26,8 @@ pub const MAX_PER_CAPSULE: usize = 4;
 pub enum Answer {
     /// Allowed for this capsule instance: its tokens end when it does.
     AllowOnce,
-    /// Allowed from now on, by the standing grant of this id.
-    AllowAlways(String),
+    /// Allowed from now on (for the session, or always), by the grant of this id.
+    AllowGrant(String),
     Deny,
 }
 
