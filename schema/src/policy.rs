@@ -6,8 +6,12 @@
 //! A rule matches a request when every key it names matches: the capsule's `name`, its `cid`,
 //! its `publisher` (a DID, or the standing the supervisor verified: `first-party`, `known`,
 //! `dev`, `unknown`), the `resource` (exact, a pattern `P/*`, `SCHEME://*` or `*`) and the
-//! `actions` (the request's must all be among them). The first rule that matches decides:
-//! `allow` (for at most `ttl`), `deny` or `prompt`. A request no rule matches is denied.
+//! `actions` (for an `allow`, the request's must all be among them; for a `deny` or `prompt`,
+//! any one of them among them is enough). The first rule that matches decides:
+//! `allow` (for at most `ttl`), `deny` or `prompt`. A request no rule matches is denied. A
+//! pattern asked for (`P/*`) is granted whole, so a rule that decides only part of it (a `deny`
+//! on `P/secret/*`) comes first and denies the whole request: asking for the namespace never
+//! gets round a rule about a part of it.
 //!
 //! Whatever a policy says, the supervisor's ceilings hold (never wider than the requester's
 //! manifest, never `admin`, at most an hour): a policy can narrow what a capsule gets, never
@@ -155,7 +159,26 @@ impl Rule {
                 .as_ref()
                 .is_none_or(|p| p.matches(r.publisher, r.standing))
             && self.resource.matches(r.resource)
-            && self.actions.is_none_or(|a| r.actions.is_subset_of(a))
+            && self.actions.is_none_or(|a| match self.verdict {
+                Verdict::Allow { .. } => r.actions.is_subset_of(a),
+                // A rule against `write` holds for every request that includes a write: asking
+                // for read and write together does not get round it.
+                Verdict::Deny | Verdict::Prompt => r.actions.iter().any(|x| a.contains(x)),
+            })
+    }
+
+    /// Whether the rule decides some of the pattern `r.resource` and not all of it: its resource
+    /// lies strictly inside the pattern, and it matches that resource for this capsule and
+    /// actions. (A `SCHEME://*` or `*` rule matches a pattern whole, or none of it.)
+    fn decides_part_of(&self, r: &Request<'_>) -> bool {
+        match &self.resource {
+            ResourceMatch::Within(p) => {
+                p != r.resource
+                    && resource_within(r.resource, p).unwrap_or(false)
+                    && self.matches(&Request { resource: p, ..*r })
+            }
+            ResourceMatch::Any | ResourceMatch::Scheme(_) => false,
+        }
     }
 }
 
@@ -177,6 +200,9 @@ pub struct Request<'a> {
 pub struct Decision<'p> {
     pub verdict: Verdict,
     pub rule: Option<&'p Rule>,
+    /// The rule decides only part of the pattern asked for: the request is denied whatever the
+    /// rule says, since a grant would name the whole pattern.
+    pub part: bool,
 }
 
 impl Decision<'_> {
@@ -185,6 +211,9 @@ impl Decision<'_> {
         match self.rule {
             Some(r) => {
                 let mut s = format!("{} (rule at line {}", self.verdict, r.line);
+                if self.part {
+                    s.push_str(" decides part of the pattern asked for, so none of it is granted");
+                }
                 if let Some(why) = &r.reason {
                     s.push_str(": ");
                     s.push_str(why);
@@ -197,6 +226,21 @@ impl Decision<'_> {
     }
 }
 
+/// The shell's answer to one request, as it puts it to the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Grant `actions` on `resource` (the asked one, or the manifest's entry around it).
+    Allow {
+        resource: String,
+        actions: ActionSet,
+        ttl: Duration,
+    },
+    /// Denied, saying which rule denied it.
+    Deny(String),
+    /// The person decides.
+    Prompt,
+}
+
 /// A policy: its rules, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -204,17 +248,29 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The first rule that matches decides; none matching is a deny.
+    /// The first rule that matches decides; none matching is a deny. A rule that decides only
+    /// part of a pattern asked for comes first too, and denies it.
     pub fn decide(&self, r: &Request<'_>) -> Decision<'_> {
-        match self.rules.iter().find(|rule| rule.matches(r)) {
-            Some(rule) => Decision {
-                verdict: rule.verdict,
-                rule: Some(rule),
-            },
-            None => Decision {
-                verdict: Verdict::Deny,
-                rule: None,
-            },
+        for rule in &self.rules {
+            if rule.matches(r) {
+                return Decision {
+                    verdict: rule.verdict,
+                    rule: Some(rule),
+                    part: false,
+                };
+            }
+            if rule.decides_part_of(r) {
+                return Decision {
+                    verdict: Verdict::Deny,
+                    rule: Some(rule),
+                    part: true,
+                };
+            }
+        }
+        Decision {
+            verdict: Verdict::Deny,
+            rule: None,
+            part: false,
         }
     }
 
@@ -223,27 +279,43 @@ impl Policy {
     /// namespace). Not when an earlier rule singles out a part of it (`deny` on
     /// `notes/secret/*` before `allow` on `notes/*`).
     pub fn decides_whole(&self, r: &Request<'_>, pattern: &str) -> bool {
-        let whole = Request {
+        let whole = self.decide(&Request {
             resource: pattern,
             ..*r
-        };
-        let (Some(part), Some(all)) = (self.decide(r).rule, self.decide(&whole).rule) else {
-            return false;
-        };
-        if !std::ptr::eq(part, all) {
-            return false;
+        });
+        match (self.decide(r).rule, whole.rule) {
+            (Some(part), Some(all)) => std::ptr::eq(part, all) && !whole.part,
+            _ => false,
         }
-        self.rules
-            .iter()
-            .take_while(|rule| !std::ptr::eq(*rule, all))
-            .all(|earlier| match &earlier.resource {
-                // Any and a scheme would have matched the whole pattern, and decided it.
-                ResourceMatch::Any | ResourceMatch::Scheme(_) => true,
-                ResourceMatch::Within(p) => {
-                    !(resource_within(pattern, p).unwrap_or(true)
-                        && earlier.matches(&Request { resource: p, ..*r }))
+    }
+
+    /// The answer the shell gives to `asked`, which the requester's manifest entry `covering`
+    /// holds, for at most `ttl` (zero: as long as the rule allows); and which rule decided.
+    pub fn answer(&self, asked: &Request<'_>, covering: &str, ttl: Duration) -> (Answer, String) {
+        let decision = self.decide(asked);
+        let explanation = decision.explain();
+        let answer = match decision.verdict {
+            Verdict::Allow { ttl: longest } => Answer::Allow {
+                // The manifest's whole entry when one rule decides all of it: one answer covers
+                // the namespace, and the capsule does not ask again for each name in it.
+                resource: if covering != asked.resource && self.decides_whole(asked, covering) {
+                    covering.to_string()
+                } else {
+                    asked.resource.to_string()
+                },
+                actions: asked.actions,
+                // A grant lasts at least a second: the supervisor refuses a zero lifetime.
+                ttl: if ttl.is_zero() {
+                    longest
+                } else {
+                    ttl.min(longest)
                 }
-            })
+                .max(Duration::from_secs(1)),
+            },
+            Verdict::Deny => Answer::Deny(format!("policy: {explanation}")),
+            Verdict::Prompt => Answer::Prompt,
+        };
+        (answer, explanation)
     }
 
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {

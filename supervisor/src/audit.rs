@@ -34,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -2412,17 +2412,60 @@ impl Disk {
 pub fn read_records(
     dir: &Path,
 ) -> Result<impl Iterator<Item = Result<Record, AuditError>>, AuditError> {
+    Ok(read_since(dir, &mut Cursor::default())?.into_iter())
+}
+
+/// Where a reader following the log got to: a segment, and the byte after the last whole record
+/// read from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    segment: u32,
+    offset: u64,
+}
+
+impl Cursor {
+    /// The start of the log's newest segment: a follower that shows only the recent past does
+    /// not read the whole log first.
+    pub fn newest_segment(dir: &Path) -> Cursor {
+        Cursor {
+            segment: segments(dir)
+                .ok()
+                .and_then(|s| s.last().map(|(n, _)| *n))
+                .unwrap_or(0),
+            offset: 0,
+        }
+    }
+}
+
+/// The records appended since `cursor`, which moves past them: how `audit -f` and `elastos
+/// shell` follow the log without reading all of it again. A record still being written (no
+/// newline yet) is left for the next call; segments pruned meanwhile are passed over.
+pub fn read_since(
+    dir: &Path,
+    cursor: &mut Cursor,
+) -> Result<Vec<Result<Record, AuditError>>, AuditError> {
     let mut out = Vec::new();
     for (n, path) in segments(dir)? {
-        let f = File::open(&path).map_err(io_err(&path))?;
+        if n < cursor.segment {
+            continue;
+        }
+        let start = if n == cursor.segment {
+            cursor.offset
+        } else {
+            0
+        };
+        let mut f = File::open(&path).map_err(io_err(&path))?;
+        f.seek(SeekFrom::Start(start)).map_err(io_err(&path))?;
         let mut reader = BufReader::new(f);
         let mut line = Vec::new();
+        let mut at = start;
         loop {
             line.clear();
             let got = reader.read_until(b'\n', &mut line).map_err(io_err(&path))?;
             if got == 0 || line.last() != Some(&b'\n') {
                 break;
             }
+            at += got as u64;
             out.push(
                 serde_json::from_slice::<Record>(&line[..line.len() - 1]).map_err(|e| {
                     AuditError::Bad {
@@ -2433,8 +2476,12 @@ pub fn read_records(
                 }),
             );
         }
+        *cursor = Cursor {
+            segment: n,
+            offset: at,
+        };
     }
-    Ok(out.into_iter())
+    Ok(out)
 }
 
 /// The audit log's size on disk: every segment's length.
@@ -3185,6 +3232,54 @@ mod tests {
         )
         .unwrap();
         assert!(verify(tmp.path(), &new.verifying_key(), None).is_err());
+    }
+
+    #[test]
+    fn a_follower_reads_each_record_once_across_segments_and_waits_for_a_torn_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(
+            tmp.path(),
+            AuditOptions {
+                segment_bytes: 2000,
+                ..Default::default()
+            },
+        );
+        let mut cursor = Cursor::default();
+        let mut seen: Vec<u64> = Vec::new();
+        let follow = |cursor: &mut Cursor| -> Vec<u64> {
+            read_since(tmp.path(), cursor)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.unwrap().seq)
+                .collect()
+        };
+        for round in 0..4 {
+            for _ in 0..10 * round {
+                log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+                    .unwrap();
+            }
+            seen.extend(follow(&mut cursor));
+        }
+        assert!(segments(tmp.path()).unwrap().len() > 2);
+        // Closing writes its own record.
+        log.close().unwrap();
+        seen.extend(follow(&mut cursor));
+        assert!(follow(&mut cursor).is_empty());
+        let all: Vec<u64> = read_records(tmp.path())
+            .unwrap()
+            .map(|r| r.unwrap().seq)
+            .collect();
+        assert_eq!(seen, all, "every record once, in order");
+        // Half a record (a writer caught mid-line) is left for the next look.
+        let (_, last) = segments(tmp.path()).unwrap().pop().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&last).unwrap();
+        std::io::Write::write_all(&mut f, b"{\"v\":1,").unwrap();
+        let before = cursor;
+        assert!(follow(&mut cursor).is_empty());
+        assert_eq!(cursor, before);
+        // From the newest segment: only its records.
+        let mut newest = Cursor::newest_segment(tmp.path());
+        assert!(follow(&mut newest).len() < all.len());
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub enum Request {
     RevokeGrant {
         id: String,
     },
+    /// `elastos shell`: the prompts waiting, sent now and again whenever they change, on this
+    /// connection until it closes.
+    WatchPrompts,
     /// `elastos allow ID` / `elastos deny ID`: the person's answer to one prompt.
     PromptAnswer {
         id: String,

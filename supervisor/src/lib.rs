@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod authority;
+pub mod ceilings;
 pub mod cid;
 pub mod config;
 pub mod control;

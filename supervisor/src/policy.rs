@@ -78,29 +78,14 @@ pub fn decide(
     if actions.is_empty() {
         return Grant::Deny("no actions asked for".into());
     }
+    if let Some(g) = decide_provide(manifest, first_party, resource, actions, ttl) {
+        return g;
+    }
     let ttl = if ttl.is_zero() {
         MAX_TTL
     } else {
         ttl.min(MAX_TTL)
     };
-    if actions.contains(Action::Admin) {
-        if let Some(p) = provides_entry(manifest, resource) {
-            if actions != single(Action::Admin) {
-                return Grant::Deny("the provide capability is `admin` alone".into());
-            }
-            if !first_party {
-                return Grant::Deny(format!(
-                    "only first-party capsules may provide `{resource}` under the development policy; sign the package with this node's key, or mark its publisher first party (`elastos trust add DID --first-party`)"
-                ));
-            }
-            return Grant::Allow {
-                resource: resource.to_string(),
-                actions,
-                ttl,
-                classification: p.classification,
-            };
-        }
-    }
     if validate_pattern(resource).is_err() {
         return Grant::Deny(format!("`{resource}` is not a resource or pattern"));
     }
@@ -120,6 +105,42 @@ pub fn decide(
         "capsule.toml of `{}` does not request `{resource}` for {actions}; add a [[requests]] entry with that resource and actions",
         manifest.name
     ))
+}
+
+/// The provide capability (`admin` on a namespace the manifest `provides`, to a first-party
+/// capsule): its grant or denial, or `None` when the request is not for it. The rule holds
+/// whichever policy decides the rest.
+pub fn decide_provide(
+    manifest: &Manifest,
+    first_party: bool,
+    resource: &str,
+    actions: ActionSet,
+    ttl: Duration,
+) -> Option<Grant> {
+    if !actions.contains(Action::Admin) {
+        return None;
+    }
+    let p = provides_entry(manifest, resource)?;
+    if actions != single(Action::Admin) {
+        return Some(Grant::Deny(
+            "the provide capability is `admin` alone".into(),
+        ));
+    }
+    if !first_party {
+        return Some(Grant::Deny(format!(
+            "only first-party capsules may provide `{resource}` under the development policy; sign the package with this node's key, or mark its publisher first party (`elastos trust add DID --first-party`)"
+        )));
+    }
+    Some(Grant::Allow {
+        resource: resource.to_string(),
+        actions,
+        ttl: if ttl.is_zero() {
+            MAX_TTL
+        } else {
+            ttl.min(MAX_TTL)
+        },
+        classification: p.classification,
+    })
 }
 
 fn single(a: Action) -> ActionSet {

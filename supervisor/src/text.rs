@@ -17,13 +17,22 @@ pub fn sanitize_capped(s: &str, max_chars: usize) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if c.is_control() || invisible(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Characters that change how the text around them is drawn, or are not drawn at all: the
+/// bidirectional overrides and isolates (which can show `exe.txt` as `txt.exe`) and the
+/// zero-width ones (which hide a difference between two names).
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 #[cfg(test)]
@@ -34,6 +43,14 @@ mod tests {
     fn escapes_terminal_controls() {
         assert_eq!(sanitize("a\x1b[2Jb\n"), "a\\u{1b}[2Jb\\n");
         assert_eq!(sanitize("\u{9b}x"), "\\u{9b}x");
+    }
+
+    #[test]
+    fn escapes_what_reorders_or_hides_text() {
+        assert_eq!(sanitize("a\u{202e}txt.exe"), "a\\u{202e}txt.exe");
+        assert_eq!(sanitize("ec\u{200b}ho\u{2066}"), "ec\\u{200b}ho\\u{2066}");
+        // Right-to-left text itself is text.
+        assert_eq!(sanitize("שלום"), "שלום");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod install;
 mod livepath;
 mod shell;
 mod supervisor;
+mod terminal;
 mod throwaway;
 mod token;
 mod wasm;

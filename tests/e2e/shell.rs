@@ -11,7 +11,7 @@ use crate::supervisor::{path, wait_until, Up};
 
 /// A node whose shell decides, the shell (signed by the node) among its default capsules, each
 /// request waiting at most `shell_wait` for it. `policy`: the node's own policy file, if any.
-fn shell_node(policy: Option<&str>, with_shell: bool) -> Up {
+pub(crate) fn shell_node(policy: Option<&str>, with_shell: bool) -> Up {
     shell_node_with(policy, with_shell, "")
 }
 
@@ -72,14 +72,14 @@ fn test_shell_package(node: &Node, mode: &str) -> std::path::PathBuf {
     pkg
 }
 
-fn audit_has(node: &Node, action: &str, text: &str) -> bool {
+pub(crate) fn audit_has(node: &Node, action: &str, text: &str) -> bool {
     node.run(&["audit", "--json"])
         .ok()
         .lines()
         .any(|l| l.contains(&format!("\"action\":\"{action}\"")) && l.contains(text))
 }
 
-fn start_echo(up: &Up) {
+pub(crate) fn start_echo(up: &Up) {
     let echo = up.node.pack_first_party("echo");
     up.node.run(&["run", "-d", path(&echo)]).ok();
     wait_until("echo serving", Duration::from_secs(20), || {
@@ -241,7 +241,7 @@ fn start_dev_ping(up: &Up, name: &str, count: &str) {
 }
 
 /// The prompts waiting, as `elastos prompts --json` lists them.
-fn prompts(up: &Up) -> Vec<serde_json::Value> {
+pub(crate) fn prompts(up: &Up) -> Vec<serde_json::Value> {
     up.node
         .run(&["prompts", "--json"])
         .json()
@@ -1007,4 +1007,121 @@ fn a_session_grant_answers_until_the_supervisor_stops() {
         "session grant revoked, and 1 token(s) minted under it: the supervisor that granted it stopped without `down`"
     ));
     up.node.run(&["audit", "verify"]).ok();
+}
+
+/// `kill -9` of the supervisor while a prompt waits: nothing was granted, the prompt is gone
+/// with it (its id answers nothing), and the next request of the capsule is asked afresh.
+#[test]
+fn a_prompt_pending_at_a_kill_9_of_the_supervisor_grants_nothing() {
+    let up = shell_node(None, true);
+    start_echo(&up);
+    start_dev_ping(&up, "ping-dev", "5");
+    let p = prompt_of(&up, "ping-dev");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.supervisor_pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
+    assert!(prompts(&up).is_empty());
+    let late = up.node.run(&["allow", p["id"].as_str().unwrap()]);
+    assert_eq!(late.code, 1, "{late:#?}");
+    assert!(late.stderr.contains("no prompt"), "{late:#?}");
+    assert!(grants_of(&up, "always").is_empty() && grants_of(&up, "session").is_empty());
+    assert!(!audit_has(&up.node, "token.grant", "ping-dev"));
+    up.node.run(&["audit", "verify"]).ok();
+    start_echo(&up);
+    start_dev_ping(&up, "ping-dev", "5");
+    assert_ne!(prompt_of(&up, "ping-dev")["id"], p["id"]);
+}
+
+/// A standing deny edited by hand into an allow: the authority state's MAC refuses the file, so
+/// the supervisor does not start on it; put back, the deny stands.
+#[test]
+fn a_standing_grant_edited_by_hand_is_refused() {
+    let up = shell_node(None, true);
+    start_echo(&up);
+    start_dev_ping(&up, "ping-dev", "5");
+    let p = prompt_of(&up, "ping-dev");
+    up.node
+        .run(&["deny", p["id"].as_str().unwrap(), "--always"])
+        .ok();
+    up.node.run(&["down"]).ok();
+    let state = up.node.home().join("state/authority.json");
+    let original = std::fs::read_to_string(&state).unwrap();
+    assert!(original.contains("\"allow\": false"), "{original}");
+    std::fs::write(
+        &state,
+        original.replace("\"allow\": false", "\"allow\": true"),
+    )
+    .unwrap();
+    let refused = up.node.run(&["up"]);
+    assert_ne!(refused.code, 0, "{refused:#?}");
+    assert!(refused.stderr.contains("MAC"), "{refused:#?}");
+    std::fs::write(&state, original).unwrap();
+    assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
+    start_echo(&up);
+    start_dev_ping(&up, "ping-dev", "5");
+    wait_until("denied without asking", Duration::from_secs(20), || {
+        up.node
+            .run(&["logs", "ping-dev"])
+            .ok()
+            .contains("denied always at an earlier prompt")
+    });
+}
+
+/// `up` starts the shell before every other default capsule, wherever the configuration lists
+/// it, and has it deciding before the next starts; with none listed it takes the shell from the
+/// store under its configured name.
+#[test]
+fn up_starts_the_shell_first_and_else_from_the_store() {
+    let node = Node::new();
+    let shell = node.pack_first_party("shell");
+    let echo = node.pack_first_party("echo");
+    let file = node.home().join("config.toml");
+    let config = |defaults: &str| {
+        std::fs::write(
+            &file,
+            format!("format = 1\n[supervisor]\ndefault_capsules = [{defaults}]\n[policy]\ndecider = \"shell\"\n"),
+        )
+        .unwrap();
+    };
+    std::fs::create_dir_all(node.home()).unwrap();
+    elastos_e2e::set_mode(&node.home(), 0o700);
+    config(&format!("\"{}\", \"{}\"", echo.display(), shell.display()));
+    let up = Up::with_node(node);
+    wait_until("echo serving", Duration::from_secs(20), || {
+        audit_has(&up.node, "serve", "localhost://echo/*")
+    });
+    let records: Vec<serde_json::Value> = up
+        .node
+        .run(&["audit", "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        records
+            .iter()
+            .position(f)
+            .unwrap_or_else(|| panic!("not in the audit log: {records:#?}"))
+    };
+    let attached = at(&|r| r["action"] == "shell.attach");
+    let echo_started = at(&|r| {
+        r["action"] == "capsule.start"
+            && r["resource"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("capsule:echo@"))
+    });
+    assert!(attached < echo_started, "{records:#?}");
+
+    up.node.run(&["down"]).ok();
+    config("");
+    up.node.run(&["up"]).ok();
+    wait_until("the stored shell deciding", Duration::from_secs(20), || {
+        up.node
+            .run(&["status"])
+            .ok()
+            .contains("policy: shell (running)")
+    });
 }

@@ -6,10 +6,8 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use elastos_schema::policy::{self, Policy, Verdict};
-use elastos_schema::ActionSet;
+use elastos_schema::policy::{self, Answer, Policy};
 use elastos_sdk::{Capsule, PolicyAnswer, PolicyRequest, ShellEvent};
 
 fn main() -> ExitCode {
@@ -57,46 +55,35 @@ fn run() -> Result<(), String> {
 }
 
 /// The answer to one request under `policy` (none loaded yet: deny), and which rule decided.
+/// What a policy answers is `schema::policy`'s, so the supervisor's tests decide the same way.
 fn decide(policy: Option<&Policy>, req: &PolicyRequest) -> (PolicyAnswer, String) {
     let Some(policy) = policy else {
         let why = "the shell has no policy loaded".to_string();
         return (PolicyAnswer::Deny(why.clone()), why);
     };
-    let actions: ActionSet = req.actions.iter().copied().collect();
     let asked = policy::Request {
         name: &req.name,
         cid: &req.cid,
         publisher: &req.publisher,
         standing: req.standing,
         resource: &req.resource,
-        actions,
+        actions: req.actions.iter().copied().collect(),
     };
-    let decision = policy.decide(&asked);
-    let answer = match decision.verdict {
-        Verdict::Allow { ttl } => {
-            // The manifest's whole entry when one rule decides all of it: one answer covers the
-            // namespace, and the capsule does not ask again for each name in it.
-            let resource =
-                if req.covering != req.resource && policy.decides_whole(&asked, &req.covering) {
-                    req.covering.clone()
-                } else {
-                    req.resource.clone()
-                };
-            let ttl = if req.ttl.is_zero() {
-                ttl
-            } else {
-                req.ttl.min(ttl)
-            };
-            PolicyAnswer::Allow {
-                resource,
-                actions: req.actions.clone(),
-                ttl: ttl.max(Duration::from_secs(1)),
-            }
-        }
-        Verdict::Deny => PolicyAnswer::Deny(format!("policy: {}", decision.explain())),
-        Verdict::Prompt => PolicyAnswer::Prompt,
+    let (answer, explanation) = policy.answer(&asked, &req.covering, req.ttl);
+    let answer = match answer {
+        Answer::Allow {
+            resource,
+            actions,
+            ttl,
+        } => PolicyAnswer::Allow {
+            resource,
+            actions: actions.iter().collect(),
+            ttl,
+        },
+        Answer::Deny(why) => PolicyAnswer::Deny(why),
+        Answer::Prompt => PolicyAnswer::Prompt,
     };
-    (answer, decision.explain())
+    (answer, explanation)
 }
 
 #[cfg(test)]
@@ -104,6 +91,7 @@ mod tests {
     use super::*;
     use elastos_schema::policy::Standing;
     use elastos_schema::Action;
+    use std::time::Duration;
 
     fn req(standing: Standing, resource: &str, covering: &str) -> PolicyRequest {
         PolicyRequest {

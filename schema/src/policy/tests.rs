@@ -100,15 +100,21 @@ fn the_first_matching_rule_decides_and_nothing_matching_is_a_deny() {
             ttl: Duration::from_secs(600)
         }
     );
-    // A pattern asked for is matched as a whole: inside the rule's, or not.
+    // A pattern asked for is matched as a whole: inside the rule's, or not; and a rule about a
+    // part of it comes first, or the grant of the whole would hold the secrets too.
     assert_eq!(
         verdict(
             &p,
-            req(Standing::Known, "localhost://storage/notes/*", "read")
+            req(Standing::Known, "localhost://storage/notes/work/*", "read")
         ),
         Verdict::Allow {
             ttl: Duration::from_secs(600)
         }
+    );
+    let d = p.decide(&req(Standing::Known, "localhost://storage/notes/*", "read"));
+    assert_eq!(
+        (d.verdict, d.rule.map(|r| r.line), d.part),
+        (Verdict::Deny, Some(2), true)
     );
     // Read and write is not within `read`: the next rule decides.
     assert_eq!(
@@ -283,7 +289,7 @@ proptest! {
         r.name = name;
         let d = policy.decide(&r);
         // Checked against the rule's parts directly, not through `Rule::matches`.
-        let expected = rules.iter().position(|(n, p, res, a, _)| {
+        let expected = rules.iter().position(|(n, p, res, a, verdict)| {
             n.is_none_or(|n| n == name)
                 && p.is_none_or(|p| match p {
                     "first-party" => matches!(standing, Standing::ThisNode | Standing::FirstParty),
@@ -296,7 +302,14 @@ proptest! {
                     "localhost://storage/notes/*" => resource.starts_with("localhost://storage/notes/"),
                     exact => exact == resource,
                 }
-                && a.is_none_or(|a| acts(actions).is_subset_of(acts(&a.replace("\", \"", ","))))
+                && a.is_none_or(|a| {
+                    let listed = acts(&a.replace("\", \"", ","));
+                    // An allow covers all of the request; a deny or prompt holds for any of it.
+                    match *verdict {
+                        "allow" => acts(actions).is_subset_of(listed),
+                        _ => acts(actions).iter().any(|x| listed.contains(x)),
+                    }
+                })
         });
         match expected {
             Some(i) => {
@@ -306,4 +319,261 @@ proptest! {
             None => prop_assert_eq!((d.verdict, d.rule), (Verdict::Deny, None)),
         }
     }
+}
+
+#[test]
+fn a_pattern_asked_for_is_denied_when_a_rule_decides_part_of_it() {
+    let p = Policy::parse(
+        "format = 1\n\
+         [[rule]]\nresource = \"localhost://storage/notes/secret/*\"\ndecision = \"deny\"\nreason = \"not the secrets\"\n\
+         [[rule]]\nresource = \"localhost://storage/notes/*\"\ndecision = \"allow\"\n",
+    )
+    .unwrap();
+    let whole = req(Standing::Known, "localhost://storage/notes/*", "read");
+    let (answer, explained) = p.answer(&whole, "localhost://storage/notes/*", Duration::ZERO);
+    assert_eq!(
+        explained,
+        "deny (rule at line 2 decides part of the pattern asked for, so none of it is granted: not the secrets)"
+    );
+    assert_eq!(answer, Answer::Deny(format!("policy: {explained}")));
+    // A part the deny does not touch is allowed, and for the whole manifest entry only when no
+    // part of it is ruled otherwise.
+    let (answer, _) = p.answer(
+        &req(Standing::Known, "localhost://storage/notes/a", "read"),
+        "localhost://storage/notes/*",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        answer,
+        Answer::Allow {
+            resource: "localhost://storage/notes/a".into(),
+            actions: acts("read"),
+            ttl: Duration::from_secs(60),
+        }
+    );
+}
+
+/// The parts random policies are made of: `name`, `cid`, `publisher`, `resource`, `actions`,
+/// the decision and its `ttl`, and `reason`.
+type RuleParts = (
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    &'static str,
+    Option<Vec<&'static str>>,
+    (&'static str, Option<&'static str>),
+    Option<&'static str>,
+);
+
+const OTHER_CID: &str = "bafkreiaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const OTHER_DID: &str = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doX";
+
+fn rule_parts() -> impl Strategy<Value = RuleParts> {
+    (
+        prop::option::of(prop::sample::select(vec!["notes", "mail"])),
+        prop::option::weighted(0.2, prop::sample::select(vec![CID, OTHER_CID])),
+        prop::option::of(prop::sample::select(vec![
+            "first-party",
+            "known",
+            "dev",
+            "unknown",
+            DID,
+            OTHER_DID,
+        ])),
+        prop::sample::select(vec![
+            "*",
+            "localhost://*",
+            "host://*",
+            "localhost://storage/*",
+            "localhost://storage/notes/*",
+            "localhost://storage/notes/secret/*",
+            "localhost://storage/notes/a",
+            "host://state",
+            "host://net",
+        ]),
+        prop::option::of(prop::sample::subsequence(
+            vec!["read", "write", "delete", "execute"],
+            1..=3,
+        )),
+        prop_oneof![
+            Just(("deny", None)),
+            Just(("prompt", None)),
+            prop::option::of(prop::sample::select(vec![
+                "10m", "90s", "1h", "500ms", "1500ms"
+            ]))
+            .prop_map(|ttl| ("allow", ttl)),
+        ],
+        prop::option::of(prop::sample::select(vec![
+            "because",
+            "a reason: with a colon",
+        ])),
+    )
+}
+
+/// A rule's lines, as a policy file holds them.
+fn rule_text(
+    (name, cid, publisher, resource, actions, (decision, ttl), reason): &RuleParts,
+) -> String {
+    let mut t = String::from("[[rule]]\n");
+    let mut key = |k: &str, v: &str| t.push_str(&format!("{k} = \"{v}\"\n"));
+    if let Some(v) = name {
+        key("name", v);
+    }
+    if let Some(v) = cid {
+        key("cid", v);
+    }
+    if let Some(v) = publisher {
+        key("publisher", v);
+    }
+    key("resource", resource);
+    key("decision", decision);
+    if let Some(v) = ttl {
+        key("ttl", v);
+    }
+    if let Some(v) = reason {
+        key("reason", v);
+    }
+    if let Some(list) = actions {
+        let quoted: Vec<String> = list.iter().map(|a| format!("\"{a}\"")).collect();
+        t.push_str(&format!("actions = [{}]\n", quoted.join(", ")));
+    }
+    t
+}
+
+/// Concrete resources a grant may cover: what a rule or a request names, and their neighbours.
+const UNIVERSE: [&str; 10] = [
+    "localhost://storage/notes/a",
+    "localhost://storage/notes/b",
+    "localhost://storage/notes/secret",
+    "localhost://storage/notes/secret/x",
+    "localhost://storage/mail/a",
+    "localhost://storage/x",
+    "localhost://echo/a",
+    "localhost://echo/x/y",
+    "host://state",
+    "host://net",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The answer and its explanation, against rules taken one at a time: the rule named (its
+    /// line) is the first that decides the request on its own, saying what that rule alone says,
+    /// and none deciding is the implicit deny. Whatever an allow or a prompt would grant is
+    /// decided by that same rule for every resource within it: asking for a namespace, or being
+    /// handed the manifest's whole entry, never gets round a rule about a part of it.
+    #[test]
+    fn the_rule_an_answer_names_is_the_first_that_decides_on_its_own(
+        rules in prop::collection::vec(rule_parts(), 0..7),
+        name in prop::sample::select(vec!["notes", "mail"]),
+        cid in prop::sample::select(vec![CID, OTHER_CID]),
+        standing in prop::sample::select(Standing::ALL.to_vec()),
+        did in prop::sample::select(vec![DID, OTHER_DID]),
+        resource in prop::sample::select(vec![
+            "localhost://storage/notes/a",
+            "localhost://storage/notes/secret/x",
+            "localhost://storage/notes/*",
+            "localhost://storage/notes/secret/*",
+            "localhost://storage/mail/a",
+            "localhost://storage/*",
+            "localhost://echo/*",
+            "host://state",
+            "host://net",
+        ]),
+        actions in prop::sample::subsequence(vec!["read", "write", "delete", "execute"], 1..=3),
+        covering in any::<prop::sample::Index>(),
+        asked_ttl in prop::sample::select(vec![0u64, 1, 30, 600, 7200]),
+    ) {
+        let blocks: Vec<String> = rules.iter().map(rule_text).collect();
+        let mut text = String::from("format = 1\n");
+        let mut lines = Vec::new();
+        for b in &blocks {
+            lines.push(text.lines().count() + 1);
+            text.push_str(b);
+        }
+        let policy = Policy::parse(&text).unwrap();
+        let alone: Vec<Policy> = blocks
+            .iter()
+            .map(|b| Policy::parse(&format!("format = 1\n{b}")).unwrap())
+            .collect();
+        let publisher = if standing == Standing::Dev { "dev" } else { did };
+        let actions = acts(&actions.join(","));
+        let asked = Request { name, cid, publisher, standing, resource, actions };
+        // The manifest's entry: the asked resource itself, or a pattern around it.
+        let around: Vec<&str> = std::iter::once(resource)
+            .chain(
+                ["localhost://storage/notes/*", "localhost://storage/*", "localhost://echo/*"]
+                    .into_iter()
+                    .filter(|c| *c != resource && resource_within(c, resource).unwrap_or(false)),
+            )
+            .collect();
+        let covering = *covering.get(&around);
+        let ttl = Duration::from_secs(asked_ttl);
+        let (answer, explanation) = policy.answer(&asked, covering, ttl);
+
+        // Which rule decides `r` when each is the only one.
+        let first = |r: &Request<'_>| alone.iter().position(|p| p.decide(r).rule.is_some());
+        let Some(i) = first(&asked) else {
+            prop_assert_eq!(&explanation, "deny (no rule matches: denied by default)");
+            prop_assert_eq!(answer, Answer::Deny(format!("policy: {explanation}")));
+            return Ok(());
+        };
+        let on_its_own = alone[i].decide(&asked);
+        let named: Option<usize> = explanation
+            .split_once("(rule at line ")
+            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok());
+        prop_assert_eq!(named, Some(lines[i]), "{}\n{}", explanation, text);
+        prop_assert_eq!(
+            &explanation,
+            &on_its_own.explain().replacen("rule at line 2", &format!("rule at line {}", lines[i]), 1)
+        );
+        // Every resource a grant would name is decided by the rule that decided the request.
+        let decided_whole = |granted: &str| -> Result<(), TestCaseError> {
+            for x in UNIVERSE.iter().filter(|x| resource_within(granted, x).unwrap_or(false)) {
+                let by = first(&Request { resource: x, ..asked });
+                prop_assert_eq!(by, Some(i), "`{}` within `{}`\n{}", x, granted, text);
+            }
+            Ok(())
+        };
+        match (on_its_own.verdict, answer) {
+            (Verdict::Allow { ttl: longest }, Answer::Allow { resource: granted, actions: a, ttl: t }) => {
+                prop_assert_eq!(a, actions);
+                let want = if ttl.is_zero() { longest } else { ttl.min(longest) };
+                prop_assert_eq!(t, want.max(Duration::from_secs(1)));
+                prop_assert!(granted == resource || granted == covering, "{}", granted);
+                decided_whole(&granted)?;
+            }
+            (Verdict::Deny, Answer::Deny(why)) => {
+                prop_assert_eq!(why, format!("policy: {explanation}"));
+            }
+            (Verdict::Prompt, Answer::Prompt) => decided_whole(resource)?,
+            (v, a) => prop_assert!(false, "the rule alone says {}, the policy answers {:?}", v, a),
+        }
+    }
+}
+
+#[test]
+fn a_rule_against_an_action_holds_for_a_request_that_includes_it() {
+    let p = Policy::parse(
+        "format = 1\n\
+         [[rule]]\nresource = \"localhost://storage/notes/secret/*\"\nactions = [\"write\"]\ndecision = \"deny\"\n\
+         [[rule]]\nresource = \"localhost://storage/notes/secret/*\"\nactions = [\"delete\"]\ndecision = \"prompt\"\n\
+         [[rule]]\nresource = \"localhost://storage/notes/*\"\ndecision = \"allow\"\nttl = \"10m\"\n",
+    )
+    .unwrap();
+    let ask = |actions: &str| {
+        p.decide(&Request {
+            name: "notes",
+            cid: "bafy",
+            publisher: "dev",
+            standing: Standing::Dev,
+            resource: "localhost://storage/notes/secret/x",
+            actions: ActionSet::parse_list(actions).unwrap(),
+        })
+        .verdict
+    };
+    assert_eq!(ask("read,write"), Verdict::Deny);
+    assert_eq!(ask("read,delete"), Verdict::Prompt);
+    assert!(matches!(ask("read"), Verdict::Allow { .. }));
 }

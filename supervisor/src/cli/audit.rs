@@ -204,15 +204,12 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     if !dir.exists() && !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
-    let mut next_seq = 1u64;
+    // Followed from where it got to: only what was appended is read again.
+    let mut cursor = audit::Cursor::default();
     loop {
         if dir.exists() {
-            for rec in audit::read_records(&dir)? {
+            for rec in audit::read_since(&dir, &mut cursor)? {
                 let rec = rec?;
-                if rec.seq < next_seq {
-                    continue;
-                }
-                next_seq = rec.seq + 1;
                 if let Some(c) = &args.capsule {
                     if !audit::actor_is_capsule(&rec.actor, c) {
                         continue;

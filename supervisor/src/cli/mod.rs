@@ -7,6 +7,7 @@ mod daemon;
 mod identity;
 mod ops;
 mod policy;
+mod shell;
 mod token;
 
 pub use audit::operator;
@@ -94,6 +95,9 @@ enum Command {
         #[arg(long)]
         always: bool,
     },
+    /// The person's terminal: the prompts waiting (answered with a key) and the live audit
+    /// tail.
+    Shell,
     /// List the standing grants (`allow --always`, `deny --always`) and session grants
     /// (`allow --session`, `run --allow`).
     Grants {
@@ -222,6 +226,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Grants { json } => policy::grants(json),
+        Command::Shell => shell::run(),
         Command::Up(a) => daemon::up(a),
         Command::Down(a) => daemon::down(a),
         Command::Status(a) => daemon::status(a),

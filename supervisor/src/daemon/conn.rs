@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use capnp::message::Builder;
 use elastos::audit::{Decision, Durability, Event};
 use elastos::authority::{CallRequest, IssueRequest};
+use elastos::ceilings::{before_asking, Unasked};
 use elastos::config::Decider;
 use elastos::policy::{self, Grant};
-use elastos::token::validate_pattern;
-use elastos_schema::manifest::Manifest;
+use elastos_schema::manifest::{Manifest, Request as ManifestRequest};
 use elastos_schema::policy::Standing;
 use elastos_schema::wire::{self, FrameError};
 use elastos_schema::wire_capnp::{frame, Status};
@@ -1276,24 +1276,32 @@ async fn request_token(
         // The provide capability stays a supervisor rule (first party, listed in `provides`),
         // and so does everything the development policy decides.
         Decider::Development => (
-            policy::decide(&conn.peer.manifest, conn.peer.first_party, resource, actions, ttl),
+            policy::decide(
+                &conn.peer.manifest,
+                conn.peer.first_party,
+                resource,
+                actions,
+                ttl,
+            ),
             policy::NAME,
         ),
-        Decider::Shell if actions.contains(Action::Admin) => (
-            match policy::decide(&conn.peer.manifest, conn.peer.first_party, resource, actions, ttl)
-            {
-                g @ Grant::Allow { .. } => g,
-                Grant::Deny(why) => Grant::Deny(format!(
-                    "{why} (`admin` is never granted through the shell: only the provide capability, to a first-party capsule)"
-                )),
-            },
-            policy::NAME,
-        ),
-        Decider::Shell => {
-            let (grant, how_long) = ask_shell(shared, conn, resource, actions, ttl).await;
-            lasts = how_long;
-            (grant, "shell")
-        }
+        // What `elastos policy explain` says too: the same check, before the shell is asked.
+        Decider::Shell => match before_asking(
+            &conn.peer.manifest,
+            conn.peer.first_party,
+            resource,
+            actions,
+            ttl,
+        ) {
+            Err(Unasked::Provide(grant)) => (grant, policy::NAME),
+            Err(unasked) => (unasked.grant(&conn.peer.name, resource, actions), "shell"),
+            Ok(covering) => {
+                let (grant, how_long) =
+                    ask_shell(shared, conn, resource, actions, ttl, covering).await;
+                lasts = how_long;
+                (grant, "shell")
+            }
+        },
     };
     let outcome = match decision {
         Grant::Allow {
@@ -1414,29 +1422,17 @@ async fn request_token(
     send_back(conn, frame).await;
 }
 
-/// The shell's decision on a token request, held within the supervisor's ceilings. Only what
-/// the manifest declares is put to the shell; a prompt is answered by `prompt_fallback` until
-/// prompts can be answered; an answer outside the ceilings is a shell fault, audited and denied.
+/// The shell's decision on a token request its manifest entry `covering` declares, held within
+/// the supervisor's ceilings; a prompt is put to the person, or answered by `prompt_fallback`;
+/// an answer outside the ceilings is a shell fault, audited and denied.
 async fn ask_shell(
     shared: &Arc<Shared>,
     conn: &Arc<Conn>,
     resource: &str,
     actions: ActionSet,
     ttl: Duration,
+    covering: &ManifestRequest,
 ) -> (Grant, Lasts) {
-    let deny = |why: String| (Grant::Deny(why), Lasts::Ttl);
-    if actions.is_empty() {
-        return deny("no actions asked for".into());
-    }
-    if validate_pattern(resource).is_err() {
-        return deny(format!("`{resource}` is not a resource or pattern"));
-    }
-    let Some(covering) = shell::covering_entry(&conn.peer.manifest, resource, actions) else {
-        return deny(format!(
-            "capsule.toml of `{}` does not request `{resource}` for {actions}, so it is not asked; add a [[requests]] entry with that resource and actions",
-            conn.peer.name
-        ));
-    };
     let ask = shell::Ask {
         name: conn.peer.name.clone(),
         cid: conn.peer.cid.clone(),

@@ -196,6 +196,7 @@ async fn handle(
     };
     let resp = match req {
         Request::Run(run) => return run_request(run, shared, root, rd, wr).await,
+        Request::WatchPrompts => return watch_prompts(&shared, rd, wr).await,
         Request::Status => Response::ok(json!({
             "running": true,
             "pid": std::process::id(),
@@ -605,6 +606,8 @@ async fn policy_explain(
     actions: &str,
 ) -> Response {
     use super::shell;
+    use elastos::ceilings::{before_asking, outcome};
+    use elastos_schema::policy::Standing;
     if shared.config.policy.decider != elastos::config::Decider::Shell {
         return Response::err(
             "this node decides with the built-in development policy (set [policy] decider = \"shell\" to have the shell explain)".to_string(),
@@ -623,11 +626,12 @@ async fn policy_explain(
         .live()
         .into_iter()
         .find(|c| c.peer.name == name && cid.as_ref().is_none_or(|x| *x == c.peer.cid));
-    let (cid, publisher, standing, manifest) = match live {
+    let (cid, publisher, standing, first_party, manifest) = match live {
         Some(c) => (
             c.peer.cid.clone(),
             c.peer.publisher.clone(),
             c.peer.standing,
+            c.peer.first_party,
             c.peer.manifest.clone(),
         ),
         None => {
@@ -638,7 +642,10 @@ async fn policy_explain(
             match stored {
                 Ok(s) => {
                     let label = shared.publisher_label(&s.publisher);
-                    (s.cid, label, shared.standing(&s.publisher), Arc::new(s.manifest))
+                    let standing = shared.standing(&s.publisher);
+                    // As a running capsule's connection has it (`conn::Peer`).
+                    let first_party = matches!(standing, Standing::ThisNode | Standing::FirstParty);
+                    (s.cid, label, standing, first_party, Arc::new(s.manifest))
                 }
                 Err(e) => {
                     return Response::err(format!(
@@ -648,60 +655,29 @@ async fn policy_explain(
             }
         }
     };
-    let result = if actions.contains(elastos_schema::Action::Admin) {
-        json!({"verdict": "deny", "explanation": "`admin` is never put to the shell: the provide capability is the supervisor's rule (first party, listed in `provides`)"})
-    } else {
-        match shell::covering_entry(&manifest, resource, actions) {
-            None => {
-                json!({"verdict": "deny", "explanation": format!("its capsule.toml does not request `{resource}` for {actions}: denied without asking the shell")})
-            }
-            Some(covering) => {
-                let ask = shell::Ask {
-                    name: name.to_string(),
-                    cid: cid.clone(),
-                    publisher,
-                    standing,
-                    resource: resource.to_string(),
-                    actions,
-                    ttl: Duration::ZERO,
-                    covering: covering.clone(),
-                    dry_run: true,
-                };
-                match shared
-                    .shell
-                    .ask(&ask, shared.config.policy.shell_wait)
-                    .await
-                {
-                    Err(e) => json!({"verdict": "deny", "explanation": e}),
-                    Ok((answer, explanation)) => match answer {
-                        elastos::frames::ShellAnswer::Allow {
-                            resource: granted,
-                            actions: granted_actions,
-                            ttl,
-                        } => {
-                            match shell::within_ceilings(
-                                resource,
-                                covering,
-                                &granted,
-                                granted_actions,
-                                ttl,
-                            ) {
-                                Ok(()) => {
-                                    json!({"verdict": "allow", "resource": granted, "actions": granted_actions.to_string(), "ttl_s": ttl.as_secs(), "explanation": explanation})
-                                }
-                                Err(why) => {
-                                    json!({"verdict": "deny", "explanation": format!("the shell's answer would be refused: {why} ({explanation})")})
-                                }
-                            }
-                        }
-                        elastos::frames::ShellAnswer::Deny(why) => {
-                            json!({"verdict": "deny", "reason": why, "explanation": explanation})
-                        }
-                        elastos::frames::ShellAnswer::Prompt => {
-                            json!({"verdict": "prompt", "explanation": explanation})
-                        }
-                    },
-                }
+    // The request path's own steps (`conn::request_token`, `decide::decide`), for a request
+    // that names no lifetime; only the shell is told it is a dry run.
+    let result = match before_asking(&manifest, first_party, resource, actions, Duration::ZERO) {
+        Err(unasked) => unasked.explained(resource, actions),
+        Ok(covering) => {
+            let ask = shell::Ask {
+                name: name.to_string(),
+                cid: cid.clone(),
+                publisher,
+                standing,
+                resource: resource.to_string(),
+                actions,
+                ttl: Duration::ZERO,
+                covering: covering.clone(),
+                dry_run: true,
+            };
+            match shared
+                .shell
+                .ask(&ask, shared.config.policy.shell_wait)
+                .await
+            {
+                Err(e) => json!({"verdict": "deny", "explanation": e}),
+                Ok((answer, explanation)) => outcome(&ask, &answer).explained(&explanation),
             }
         }
     };
@@ -932,23 +908,24 @@ async fn refused(shared: &Shared, what: &str, why: &str) {
         .await;
 }
 
-pub async fn start_default(
-    shared: &Arc<Shared>,
-    root: &ActorRef<RootMsg>,
-    source: &str,
-) -> Result<String, String> {
+/// A default capsule's package (a file, or a name in the store), stored and verified.
+pub async fn resolve_default(shared: &Arc<Shared>, source: &str) -> Result<Stored, String> {
     let src = if std::path::Path::new(source).exists() {
         RunSource::Package(source.into())
     } else {
         RunSource::Stored(source.to_string())
     };
-    let stored = match resolve(shared, &src, false).await {
-        Ok(s) => s,
+    match resolve(shared, &src, false).await {
+        Ok(s) => Ok(s),
         Err(e) => {
             refused(shared, source, &e).await;
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
+
+/// Starts a default capsule, restarted always.
+pub async fn start_stored(root: &ActorRef<RootMsg>, stored: Stored) -> Result<String, String> {
     let spec = RunSpec {
         stored,
         name: None,
@@ -1047,6 +1024,32 @@ async fn session_allow(
         }
     }
     Ok(())
+}
+
+/// `elastos shell`: the prompts waiting, now and after each change, until the operator's
+/// terminal closes the connection. Changes that come faster than it reads are sent as one.
+async fn watch_prompts(
+    shared: &Arc<Shared>,
+    mut rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let mut changed = shared.prompts.subscribe();
+    let mut buf = [0u8; 256];
+    loop {
+        changed.borrow_and_update();
+        let list: Vec<serde_json::Value> = shared
+            .prompts
+            .list()
+            .iter()
+            .map(super::prompts::Prompt::to_json)
+            .collect();
+        write_line(&mut wr, &Response::ok(json!(list))).await?;
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return Ok(()) },
+            // Nothing is read from the terminal here: its close ends the watch.
+            n = rd.read(&mut buf) => if !matches!(n, Ok(k) if k > 0) { return Ok(()) },
+        }
+    }
 }
 
 /// How long a detached `elastos run` waits for the capsule's hello or failure.

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use elastos::audit::Decision;
+use elastos::ceilings::{outcome, Outcome};
 use elastos::config::PromptFallback;
-use elastos::frames::ShellAnswer;
 use elastos::policy::Grant;
 use elastos_schema::manifest::{
     Request as ManifestRequest, HOST_LIBS, NET_HOST, NET_LOOPBACK, STATE,
@@ -41,42 +41,38 @@ pub async fn decide(
     attached: Option<&Attached>,
 ) -> (Grant, Lasts) {
     let deny = |why: String| (Grant::Deny(why), Lasts::Ttl);
-    match shared
-        .shell
-        .ask(ask, shared.config.policy.shell_wait)
-        .await
-        .map(|(answer, _)| answer)
-    {
-        Err(unavailable) => deny(unavailable),
-        Ok(ShellAnswer::Deny(why)) => deny(why),
-        Ok(ShellAnswer::Prompt) => match shared.config.policy.prompt_fallback {
+    let answer = match shared.shell.ask(ask, shared.config.policy.shell_wait).await {
+        Ok((answer, _)) => answer,
+        Err(unavailable) => return deny(unavailable),
+    };
+    match outcome(ask, &answer) {
+        Outcome::Allow {
+            resource,
+            actions,
+            ttl,
+        } => (
+            Grant::Allow {
+                resource,
+                actions,
+                ttl,
+                classification: Classification::Internal,
+            },
+            Lasts::Ttl,
+        ),
+        Outcome::Deny(why) => deny(why),
+        Outcome::Prompt => match shared.config.policy.prompt_fallback {
             PromptFallback::Deny => deny(
                 "a person must decide this (the policy says prompt), and this node answers prompts with deny ([policy] prompt_fallback)".into(),
             ),
             PromptFallback::Prompt => ask_person(shared, owner, actor, ask, attached).await,
         },
-        Ok(ShellAnswer::Allow {
-            resource: granted,
-            actions,
-            ttl,
-        }) => match shell::within_ceilings(&ask.resource, &ask.covering, &granted, actions, ttl) {
-            Ok(()) => (
-                Grant::Allow {
-                    resource: granted,
-                    actions,
-                    ttl,
-                    classification: Classification::Internal,
-                },
-                Lasts::Ttl,
-            ),
-            Err(why) => {
-                let why = format!("the shell's answer was refused: {why}");
-                shared
-                    .audit_sync("supervisor", "shell.fault", &ask.resource, Decision::Denied, &why, None)
-                    .await;
-                deny(why)
-            }
-        },
+        Outcome::Refused(why) => {
+            let why = format!("the shell's answer was refused: {why}");
+            shared
+                .audit_sync("supervisor", "shell.fault", &ask.resource, Decision::Denied, &why, None)
+                .await;
+            deny(why)
+        }
     }
 }
 
@@ -128,6 +124,20 @@ async fn ask_person(
         reason: ask.covering.reason.clone(),
         requested_at: now,
         expires_at: now + prompts::PROMPT_TIMEOUT.as_secs() as i64,
+        // What `decide_start` asks (a `host://` grant, running a package) lasts the instance.
+        duration: match ask.resource.split_once("://") {
+            Some(("host", _)) => "while it runs".into(),
+            Some(("elastos", _)) if ask.actions == std::iter::once(Action::Execute).collect() => {
+                "while it runs".into()
+            }
+            _ => match allowed(ask) {
+                Grant::Allow { ttl, .. } => format!(
+                    "{} (renewed while the grant stands)",
+                    humantime::format_duration(ttl)
+                ),
+                Grant::Deny(_) => String::new(),
+            },
+        },
         bind,
     };
     let opened = shared

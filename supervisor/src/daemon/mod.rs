@@ -521,12 +521,7 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     .await;
 
     let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<Duration>(1);
-    for source in shared.config.supervisor.default_capsules.clone() {
-        if let Err(e) = control::start_default(&shared, &root, &source).await {
-            tracing::error!(capsule = %source, "default capsule not started: {e}");
-            eprintln!("elastos: default capsule {source} not started: {e}");
-        }
-    }
+    start_defaults(&shared, &root).await;
     let sweeper = tokio::spawn(conn::sweep_deadlines(shared.clone()));
     // A root supervisor's capsules have uids and cgroups of their own: the kernel's reports
     // of their children's seccomp and memory kills name them.
@@ -652,6 +647,61 @@ async fn shutdown(shared: &Arc<Shared>, root: &ActorRef<RootMsg>, timeout: Durat
         Durability::Sync,
     );
     let _ = shared.audit.close();
+}
+
+/// Starts the default capsules. With the shell deciding, the shell comes first (from the
+/// default capsules, else the store, under its configured name), and the others wait until it
+/// decides (at most `shell_wait`), so their start-time decisions find it there.
+async fn start_defaults(shared: &Arc<Shared>, root: &ActorRef<RootMsg>) {
+    let failed = |source: &str, e: &str| {
+        tracing::error!(capsule = %source, "default capsule not started: {e}");
+        eprintln!("elastos: default capsule {source} not started: {e}");
+    };
+    let mut rest = Vec::new();
+    let mut shell = None;
+    let by_shell = shared.config.policy.decider == elastos::config::Decider::Shell;
+    for source in &shared.config.supervisor.default_capsules {
+        match control::resolve_default(shared, source).await {
+            Ok(s)
+                if by_shell && shell.is_none() && s.manifest.name == shared.config.policy.shell =>
+            {
+                shell = Some((source.clone(), s))
+            }
+            Ok(s) => rest.push((source.clone(), s)),
+            Err(e) => failed(source, &e),
+        }
+    }
+    if by_shell {
+        let name = &shared.config.policy.shell;
+        let shell = match shell {
+            Some(s) => Some(s),
+            None => control::resolve_default(shared, name)
+                .await
+                .map(|s| (name.clone(), s))
+                .map_err(|e| {
+                    failed(name, &format!("{e}; with no shell every request is denied `policy unavailable`: add the shell's package to [supervisor] default_capsules"))
+                })
+                .ok(),
+        };
+        if let Some((source, s)) = shell {
+            match control::start_stored(root, s).await {
+                Ok(_) => {
+                    let start = std::time::Instant::now();
+                    while !shared.shell.is_running()
+                        && start.elapsed() < shared.config.policy.shell_wait
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                Err(e) => failed(&source, &e),
+            }
+        }
+    }
+    for (source, s) in rest {
+        if let Err(e) = control::start_stored(root, s).await {
+            failed(&source, &e);
+        }
+    }
 }
 
 /// Revokes every session grant and the tokens minted under it, each recorded.

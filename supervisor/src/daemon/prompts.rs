@@ -45,6 +45,9 @@ pub struct Prompt {
     pub reason: String,
     pub requested_at: i64,
     pub expires_at: i64,
+    /// How long what it asks would last, in words: a token's lifetime, or `while it runs` for
+    /// what a capsule is granted at its start.
+    pub duration: String,
     /// What a standing answer binds to: the publisher's DID, or the CID of a development
     /// package (not shown: the publisher and CID are).
     pub bind: String,
@@ -65,6 +68,7 @@ impl Prompt {
             "reason": self.reason,
             "requested_at": time(self.requested_at),
             "expires_at": time(self.expires_at),
+            "duration": self.duration,
         })
     }
 }
@@ -75,11 +79,22 @@ struct Waiting {
     reply: oneshot::Sender<Answer>,
 }
 
-#[derive(Default)]
 pub struct Prompts {
     waiting: Mutex<HashMap<String, Waiting>>,
     /// Tokens allowed once, by the connection (capsule instance) they belong to.
     once: Mutex<HashMap<usize, Vec<TokenId>>>,
+    /// Raised whenever a prompt opens or closes: each attached `elastos shell` is sent the list.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Prompts {
+    fn default() -> Prompts {
+        Prompts {
+            waiting: Mutex::default(),
+            once: Mutex::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 fn address(conn: &Arc<Conn>) -> usize {
@@ -99,6 +114,15 @@ pub fn start_owner() -> usize {
 }
 
 impl Prompts {
+    /// Told of every change to the prompts waiting.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Opens a prompt for `owner` (a connection's [`owner_of`], or a start's [`start_owner`]):
     /// its id, and where the person's answer will arrive; `Err` when `owner` has too many open.
     pub fn open(
@@ -131,6 +155,8 @@ impl Prompts {
                 reply: tx,
             },
         );
+        drop(waiting);
+        self.bump();
         Ok((id, rx))
     }
 
@@ -141,6 +167,7 @@ impl Prompts {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        self.bump();
         match answer {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(_)) => Err(
@@ -184,6 +211,7 @@ impl Prompts {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id)?;
         let _ = w.reply.send(answer);
+        self.bump();
         Some(w.prompt)
     }
 
@@ -194,6 +222,7 @@ impl Prompts {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.bump();
     }
 
     /// A token allowed once, to end with `conn`.
@@ -212,6 +241,7 @@ impl Prompts {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, w| w.conn != address(conn));
+        self.bump();
         self.once
             .lock()
             .unwrap_or_else(|e| e.into_inner())

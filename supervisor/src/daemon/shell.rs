@@ -14,41 +14,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capnp::message::Builder;
-use elastos_schema::manifest::{Manifest, Request as ManifestRequest};
 use elastos_schema::policy::Standing;
 use elastos_schema::wire::{self};
 use elastos_schema::wire_capnp::{frame, Standing as WireStanding};
-use elastos_schema::{token_capnp, versions, Action, ActionSet};
+use elastos_schema::{token_capnp, versions, ActionSet};
 use tokio::sync::{oneshot, Notify};
 
 use super::conn::Conn;
 use super::prompts::owner_of as address;
+pub use elastos::ceilings::{covering_entry, Ask, MAX_TTL};
 use elastos::frames::ShellAnswer;
-use elastos::token::{resource_matches, resource_within, validate_pattern};
 
-/// The node's longest grant, whatever the shell says.
-pub const MAX_TTL: Duration = Duration::from_secs(3600);
 /// The shell answers at once (a prompt is answered `prompt`, not waited for): this bounds a
 /// shell that hangs.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// Token requests one capsule may have waiting on the shell (or a person) at once; more are
 /// answered `busy`.
 pub const MAX_ASKING: usize = 4;
-
-/// What the supervisor asks the shell, every field verified by it.
-#[derive(Debug, Clone)]
-pub struct Ask {
-    pub name: String,
-    pub cid: String,
-    pub publisher: String,
-    pub standing: Standing,
-    pub resource: String,
-    pub actions: ActionSet,
-    pub ttl: Duration,
-    pub covering: ManifestRequest,
-    /// Only to be explained (`elastos policy explain`): nothing is granted either way.
-    pub dry_run: bool,
-}
 
 struct Waiting {
     /// The connection asked, by address (compared, never followed): an answer from any other
@@ -274,63 +256,6 @@ pub fn load_frame(text: &str) -> Result<Vec<u8>, wire::FrameError> {
     wire::encode(&m)
 }
 
-/// The requester's manifest entry that covers the ask (the resource within its pattern, the
-/// actions among its), if any: nothing undeclared is ever put to the shell.
-pub fn covering_entry<'m>(
-    manifest: &'m Manifest,
-    resource: &str,
-    actions: ActionSet,
-) -> Option<&'m ManifestRequest> {
-    manifest.requests.iter().find(|r| {
-        (resource_within(&r.resource, resource).unwrap_or(false)
-            || resource_matches(&r.resource, resource).unwrap_or(false))
-            && actions.is_subset_of(r.actions)
-    })
-}
-
-/// Holds an `allow` within the ceilings: a pattern no wider than the covering entry and around
-/// the asked resource, actions among the entry's and never `admin`, a lifetime of 1 s to an hour.
-pub fn within_ceilings(
-    asked: &str,
-    covering: &ManifestRequest,
-    resource: &str,
-    actions: ActionSet,
-    ttl: Duration,
-) -> Result<(), String> {
-    validate_pattern(resource).map_err(|e| format!("its resource: {e}"))?;
-    if !resource_within(&covering.resource, resource).unwrap_or(false) {
-        return Err(format!(
-            "it grants `{resource}`, wider than the manifest's `{}`",
-            covering.resource
-        ));
-    }
-    if !resource_within(resource, asked).unwrap_or(false) {
-        return Err(format!(
-            "it grants `{resource}`, which does not hold the asked `{asked}`"
-        ));
-    }
-    if actions.is_empty() {
-        return Err("it grants no action".into());
-    }
-    if actions.contains(Action::Admin) {
-        return Err("it grants `admin`, which the shell never may".into());
-    }
-    if !actions.is_subset_of(covering.actions) {
-        return Err(format!(
-            "it grants {actions}, beyond the manifest's {}",
-            covering.actions
-        ));
-    }
-    if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(format!(
-            "it grants {} s; a grant lasts 1 s to {} s",
-            ttl.as_secs(),
-            MAX_TTL.as_secs()
-        ));
-    }
-    Ok(())
-}
-
 /// What `[policy] decider = "shell"` installs as the node's policy: the operator's own file when
 /// there is one, else the shipped default; and where it came from, for the audit record.
 pub fn policy_text(home: &elastos::home::Home) -> Result<(String, String), String> {
@@ -349,97 +274,5 @@ pub fn policy_text(home: &elastos::home::Home) -> Result<(String, String), Strin
             include_str!("../../../policies/default.toml").to_string(),
             "the shipped policies/default.toml".into(),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(resource: &str, actions: &str) -> ManifestRequest {
-        ManifestRequest {
-            resource: resource.into(),
-            actions: ActionSet::parse_list(actions).unwrap(),
-            reason: "r".into(),
-        }
-    }
-
-    #[test]
-    fn an_answer_is_held_within_the_manifest_and_the_nodes_ceilings() {
-        let notes = entry("localhost://storage/notes/*", "read,write");
-        let asked = "localhost://storage/notes/a";
-        let rw = ActionSet::parse_list("read,write").unwrap();
-        let hour = Duration::from_secs(3600);
-        // The asked resource, or the whole entry: fine.
-        within_ceilings(asked, &notes, asked, rw, hour).unwrap();
-        within_ceilings(asked, &notes, "localhost://storage/notes/*", rw, hour).unwrap();
-        for (resource, actions, ttl, says) in [
-            (
-                "localhost://storage/*",
-                "read",
-                hour,
-                "wider than the manifest",
-            ),
-            (
-                "localhost://storage/notes/b",
-                "read",
-                hour,
-                "does not hold the asked",
-            ),
-            ("localhost://storage/notes/*", "read,admin", hour, "admin"),
-            (
-                "localhost://storage/notes/*",
-                "read,delete",
-                hour,
-                "beyond the manifest",
-            ),
-            (
-                "localhost://storage/notes/*",
-                "read",
-                Duration::from_secs(3601),
-                "1 s to 3600 s",
-            ),
-            (
-                "localhost://storage/notes/*",
-                "read",
-                Duration::ZERO,
-                "1 s to 3600 s",
-            ),
-            (
-                "localhost://storage/notes/../x",
-                "read",
-                hour,
-                "its resource",
-            ),
-        ] {
-            let e = within_ceilings(
-                asked,
-                &notes,
-                resource,
-                ActionSet::parse_list(actions).unwrap(),
-                ttl,
-            )
-            .unwrap_err();
-            assert!(e.contains(says), "{resource} {actions}: {e}");
-        }
-        assert!(within_ceilings(asked, &notes, asked, ActionSet::EMPTY, hour).is_err());
-    }
-
-    #[test]
-    fn only_a_declared_request_is_put_to_the_shell() {
-        let m = Manifest::parse(
-            "format = 1\nname = \"notes\"\nversion = \"1\"\nsubstrate = \"native\"\n[entrypoint]\nnative = \"bin/x\"\n[[requests]]\nresource = \"localhost://storage/notes/*\"\nactions = [\"read\"]\nreason = \"reads notes\"\n",
-        )
-        .unwrap();
-        let read = ActionSet::parse_list("read").unwrap();
-        assert!(covering_entry(&m, "localhost://storage/notes/a", read).is_some());
-        assert!(covering_entry(&m, "localhost://storage/notes/*", read).is_some());
-        assert!(covering_entry(&m, "localhost://storage/mail/a", read).is_none());
-        assert!(covering_entry(
-            &m,
-            "localhost://storage/notes/a",
-            ActionSet::parse_list("read,write").unwrap()
-        )
-        .is_none());
     }
 }
