@@ -23,6 +23,9 @@
 //!   alike summed up (the default) and with `[audit] per_call = true`, on two nodes in
 //!   alternating pairs of runs, and the p50 of each. Goal: ≤ 1 MiB/s summed up, with a p50 no
 //!   worse than per call's.
+//! - Token requests: `requestToken` with the shell deciding, against a mediated call on a strict
+//!   node (goal p50 ≤ 2×); and on that node, idle with the shell running, the supervisor's RSS
+//!   (goal ≤ 15 MiB) and, apart, the shell's own memory, after each round of requests.
 //!
 //! The same CPU pinning for all: this process pins itself to one CPU before it starts anything,
 //! and every process it starts (the helpers, the supervisor, capsule-host, the capsules)
@@ -30,7 +33,8 @@
 //! where the scheduler happens to place each process; pinned, they repeat.
 //! `ELASTOS_BENCH_CPU=N` picks the CPU (default 0); `ELASTOS_BENCH_CPU=all` pins nothing.
 //! `ELASTOS_BENCH_QUICK=1` runs briefly (fewer calls, 20 capsules instead of 200).
-//! `ELASTOS_BENCH_ONLY=flood` measures only the flood figure, in 5 rounds.
+//! `ELASTOS_BENCH_ONLY=flood` measures only the flood figure, in 5 rounds;
+//! `ELASTOS_BENCH_ONLY=tokens` only the token requests and the node with the shell idle.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -295,6 +299,20 @@ struct Tokens {
     /// Per round: (token request p50, mediated call p50), in ns.
     rounds: Vec<(u64, u64)>,
     count: u64,
+    /// The node whose shell decides, idle: once the shell took the policy, before any request.
+    fresh: Idle,
+    /// The same, after each round (its requests done, the strict node's calls since).
+    idle: Vec<Idle>,
+}
+
+/// A node idle with its shell running, in bytes: the supervisor's RSS, apart from the shell's.
+#[derive(Clone, Copy)]
+struct Idle {
+    supervisor: u64,
+    /// The shell capsule's whole process tree: capsule-host's processes and the shell's.
+    shell: u64,
+    /// Of which the shell's own process (and any it started), without capsule-host's.
+    shell_process: u64,
 }
 
 impl Tokens {
@@ -310,6 +328,141 @@ impl Tokens {
             self.rounds.len(),
             self.count,
         );
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        let med = |of: fn(&Idle) -> u64| median(self.idle.iter().map(|i| of(i) as f64)) as u64;
+        let spread = |of: fn(&Idle) -> u64| {
+            let lo = self.idle.iter().map(of).min().unwrap_or(0);
+            let hi = self.idle.iter().map(of).max().unwrap_or(0);
+            format!("{:.1}-{:.1}", mib(lo), mib(hi))
+        };
+        // In the rounds' order: a supervisor that kept growing would show here.
+        let rounds: Vec<String> = self
+            .idle
+            .iter()
+            .map(|i| format!("{:.1}", mib(i.supervisor)))
+            .collect();
+        println!(
+            "  supervisor RSS idle with the shell: {:.1} MiB (goal <= 15); the shell's own: {:.1} MiB (its process {:.1} MiB, the rest capsule-host's); median of {} round(s), each after its requests (rounds {} MiB; the shell's spread {} MiB); before any request {:.1} MiB, the shell's {:.1} MiB",
+            mib(med(|i| i.supervisor)),
+            mib(med(|i| i.shell)),
+            mib(med(|i| i.shell_process)),
+            self.idle.len(),
+            rounds.join(" "),
+            spread(|i| i.shell),
+            mib(self.fresh.supervisor),
+            mib(self.fresh.shell),
+        );
+    }
+}
+
+/// The supervisor's RSS and, apart, the shell's, once the shell is the only capsule running
+/// (waited for, then a moment for anything in flight to settle).
+///
+/// The shell's memory is `elastos ps --json`'s `memory_bytes`: the supervisor sums VmRSS from
+/// /proc over the capsule's process tree (capsule-host, the capsule-host that is init of its
+/// namespaces, the shell). That is the shell's whole cost in resident memory, the host that
+/// confines it included, and only what is resident: the capsule's cgroup (`memory.current`, or
+/// v1's `memory.usage_in_bytes`) would also count page cache charged to it, and is absent where
+/// the node falls back to uid-only confinement, so it would not be the same figure on every
+/// machine. The shell's own process is told apart the same way, from /proc, here.
+fn idle_with_shell(node: &Node) -> Idle {
+    let start = Instant::now();
+    let only_shell = || {
+        let ps = node.run(&["ps", "--json"]).json();
+        let live: Vec<serde_json::Value> = ps
+            .as_array()
+            .expect("ps is a list")
+            .iter()
+            .filter(|c| !c["pid"].is_null())
+            .cloned()
+            .collect();
+        match &live[..] {
+            [only] if only["name"] == "shell" && only["state"] == "running" => Ok(only.clone()),
+            _ => Err(ps),
+        }
+    };
+    loop {
+        match only_shell() {
+            Ok(_) => break,
+            Err(ps) => assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the shell is not the only capsule running after 20 s: {ps:#}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let supervisor = rss(node);
+    let shell = only_shell().unwrap_or_else(|ps| panic!("the shell stopped being idle: {ps:#}"));
+    let host = shell["pid"].as_u64().expect("pid") as u32;
+    let shell_process = proc_tree(host)
+        .into_iter()
+        .filter(|&p| proc_field(p, "comm").is_some_and(|c| c.trim() != "capsule-host"))
+        .map(|p| {
+            proc_field(p, "status")
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+                .map_or(0, |kb| kb * 1024)
+        })
+        .sum();
+    let idle = Idle {
+        supervisor,
+        shell: shell["memory_bytes"].as_u64().expect("memory_bytes"),
+        shell_process,
+    };
+    assert!(
+        idle.shell > 0 && idle.shell_process > 0,
+        "no memory found for the shell (pid {host}): {shell:#}"
+    );
+    idle
+}
+
+/// `/proc/PID/FILE`, if readable.
+fn proc_field(pid: u32, file: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()
+}
+
+/// A process and its descendants, from /proc.
+fn proc_tree(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        all.push(p);
+        for t in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
+                todo.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    all
+}
+
+/// Waits until the shell has taken the node's policy (its `policy.load` is in the audit log).
+fn wait_for_policy(node: &Node) {
+    let start = Instant::now();
+    while !node
+        .run(&["audit", "--json"])
+        .stdout
+        .lines()
+        .any(|l| l.contains("\"action\":\"policy.load\""))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the shell did not take the policy within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -335,6 +488,8 @@ fn token_requests(base: &Path, rounds: usize) -> Tokens {
     let up = shelled.run(&["up"]);
     assert_eq!(up.code, 0, "elastos up: {up:#?}");
     let shelled_ping = shelled.pack_first_party("ping");
+    wait_for_policy(&shelled);
+    let fresh = idle_with_shell(&shelled);
     // The strict node: every audit record durable before its call is answered.
     let strict = Node::new_in(base);
     std::fs::create_dir_all(strict.home()).expect("home");
@@ -369,6 +524,7 @@ fn token_requests(base: &Path, rounds: usize) -> Tokens {
     // Unmeasured: first touches.
     tokens();
     let mut measured = Vec::with_capacity(rounds);
+    let mut idle = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let t = tokens();
         let c = ping_run(
@@ -380,6 +536,7 @@ fn token_requests(base: &Path, rounds: usize) -> Tokens {
         )
         .p50;
         measured.push((t, c));
+        idle.push(idle_with_shell(&shelled));
     }
     for node in [&shelled, &strict] {
         let down = node.run(&["down", "--timeout", "5s"]);
@@ -388,6 +545,8 @@ fn token_requests(base: &Path, rounds: usize) -> Tokens {
     Tokens {
         rounds: measured,
         count,
+        fresh,
+        idle,
     }
 }
 
