@@ -167,6 +167,10 @@ struct PolicyAnswer {
     prompt @4 :Void;             # ask the person: the supervisor draws the prompt from its own record
   }
   explanation @5 :Text;          # which rule decided, and why (shown by `elastos policy explain`)
+  rule @6 :Text;                 # the rule that decided, as an id of the shell's (at most 64
+                                 # printable ASCII bytes): the supervisor keeps it with the
+                                 # tokens an allow mints, and revokes them when a policy the
+                                 # shell takes no longer has that rule. Empty: not tracked.
 }
 
 struct PolicyGrant {
@@ -186,4 +190,6 @@ struct PolicyLoaded {
   line @2 :UInt32;               # where the first mistake is, when not ok
   column @3 :UInt32;
   message @4 :Text;
+  rules @5 :List(Text);          # when ok: the id of every rule of the policy taken (at most
+                                 # 10000), so tokens minted under a rule gone are revoked
 }

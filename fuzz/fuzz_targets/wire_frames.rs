@@ -51,8 +51,10 @@ fuzz_target!(|data: &[u8]| {
                 id,
                 answer,
                 explanation,
+                rule,
             } => {
                 let _ = id.len();
+                assert!(rule.len() <= 64 && rule.bytes().all(|b| b.is_ascii_graphic()));
                 assert!(explanation.len() <= elastos::frames::MAX_TEXT * 6 + 3);
                 match answer {
                     Ok(elastos::frames::ShellAnswer::Allow { resource, .. }) => {
@@ -65,11 +67,12 @@ fuzz_target!(|data: &[u8]| {
                     Ok(elastos::frames::ShellAnswer::Prompt) | Err(_) => {}
                 }
             }
-            Parsed::PolicyLoaded(r) => {
-                if let Err((_, _, message)) = r {
-                    assert!(message.len() <= elastos::frames::MAX_TEXT * 6 + 3);
+            Parsed::PolicyLoaded(r) => match r {
+                Ok(rules) => assert!(rules.len() <= elastos::frames::MAX_RULES as usize),
+                Err((_, _, message)) => {
+                    assert!(message.len() <= elastos::frames::MAX_TEXT * 6 + 3)
                 }
-            }
+            },
             Parsed::Hello(_) | Parsed::Call(_, Err(_)) | Parsed::Malformed(_) => {}
         }
     }

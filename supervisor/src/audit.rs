@@ -2484,6 +2484,36 @@ pub fn read_since(
     Ok(out)
 }
 
+/// The records written at or after `since`, read from the newest segment that begins before it
+/// (the log is in time order): what a look at the recent past needs, without the whole log.
+pub fn records_since(dir: &Path, since: SystemTime) -> Result<Vec<Record>, AuditError> {
+    let first_time = |path: &Path| -> Option<SystemTime> {
+        let mut line = Vec::new();
+        BufReader::new(File::open(path).ok()?)
+            .read_until(b'\n', &mut line)
+            .ok()?;
+        serde_json::from_slice::<Record>(line.strip_suffix(b"\n")?)
+            .ok()?
+            .time_system()
+    };
+    let segs = segments(dir)?;
+    let start = segs
+        .iter()
+        .rev()
+        .find(|(_, p)| first_time(p).is_some_and(|t| t <= since))
+        .or(segs.first())
+        .map_or(0, |(n, _)| *n);
+    let mut cursor = Cursor {
+        segment: start,
+        offset: 0,
+    };
+    Ok(read_since(dir, &mut cursor)?
+        .into_iter()
+        .flatten()
+        .filter(|r| r.time_system().is_some_and(|t| t >= since))
+        .collect())
+}
+
 /// The audit log's size on disk: every segment's length.
 pub fn size(dir: &Path) -> u64 {
     segments(dir)

@@ -48,9 +48,12 @@ pub enum Parsed<'a> {
         answer: Result<ShellAnswer, String>,
         /// Which rule decided, and why, in the shell's words (shown, never interpreted).
         explanation: String,
+        /// The rule that decided, as the shell names it ([`rule_id`]; empty: not tracked).
+        rule: String,
     },
-    /// Whether the shell took the policy it was handed.
-    PolicyLoaded(Result<(), (u32, u32, String)>),
+    /// Whether the shell took the policy it was handed: the ids of its rules, or where it is
+    /// wrong.
+    PolicyLoaded(Result<Vec<String>, (u32, u32, String)>),
     Malformed(String),
 }
 
@@ -145,10 +148,16 @@ pub fn parse<'a>(msg: &'a Result<wire::Message<'_>, FrameError>) -> Parsed<'a> {
                 id,
                 answer,
                 explanation: text(a.get_explanation()),
+                rule: a
+                    .get_rule()
+                    .ok()
+                    .and_then(|t| t.to_str().ok())
+                    .and_then(rule_id)
+                    .unwrap_or_default(),
             }
         }
         Ok(frame::Which::PolicyLoaded(Ok(l))) => Parsed::PolicyLoaded(if l.get_ok() {
-            Ok(())
+            rule_ids(l.get_rules())
         } else {
             Err((l.get_line(), l.get_column(), text(l.get_message())))
         }),
@@ -221,6 +230,42 @@ fn read_call<'a>(c: &elastos_schema::wire_capnp::call::Reader<'a>) -> Result<Cal
         payload: c.get_payload().map_err(|e| e.to_string())?,
         deadline_ms: c.get_deadline_ms(),
     })
+}
+
+/// The most rules a policy the shell takes may name.
+pub const MAX_RULES: u32 = 10_000;
+
+/// A rule id as the shell names it: 1 to 64 printable ASCII bytes, or none (then the tokens it
+/// allows are not tracked by rule).
+pub fn rule_id(s: &str) -> Option<String> {
+    (!s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| s.to_string())
+}
+
+/// The ids of the rules of a policy the shell took; a list too long, or with an id that is not
+/// one, is refused as a whole (the policy then counts as not taken).
+fn rule_ids(
+    list: capnp::Result<capnp::text_list::Reader<'_>>,
+) -> Result<Vec<String>, (u32, u32, String)> {
+    let bad = |why: String| Err((0, 0, why));
+    let list = match list {
+        Ok(l) => l,
+        Err(e) => return bad(format!("its list of rules: {e}")),
+    };
+    if list.len() > MAX_RULES {
+        return bad(format!(
+            "it names {} rules, more than the {MAX_RULES} a policy may have",
+            list.len()
+        ));
+    }
+    let mut ids = Vec::with_capacity(list.len() as usize);
+    for t in list.iter() {
+        match t.ok().and_then(|t| t.to_str().ok()).and_then(rule_id) {
+            Some(id) => ids.push(id),
+            None => return bad("a rule id that is not 1 to 64 printable ASCII bytes".into()),
+        }
+    }
+    Ok(ids)
 }
 
 fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {

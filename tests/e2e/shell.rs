@@ -1125,3 +1125,90 @@ fn up_starts_the_shell_first_and_else_from_the_store() {
             .contains("policy: shell (running)")
     });
 }
+
+/// Tokens follow the rule that allowed them: a reload that moves or rewords the rule keeps
+/// them; one without the rule revokes them at once (the running capsule's next call is denied);
+/// and a rule removed while the supervisor was down revokes, at the next `up`, what an earlier
+/// run minted under it (read back from the audit log).
+#[test]
+fn a_reload_without_the_rule_that_allowed_a_token_revokes_it() {
+    let rule = |reason: &str| {
+        format!("[[rule]]\nname = \"ping\"\npublisher = \"first-party\"\nresource = \"localhost://echo/*\"\ndecision = \"allow\"\nreason = \"{reason}\"\n")
+    };
+    let other = "[[rule]]\nresource = \"host://state\"\ndecision = \"deny\"\n";
+    let with_rule = format!("format = 1\n{}", rule("ping may"));
+    let without = format!("format = 1\n{other}");
+    let up = shell_node(Some(&with_rule), true);
+    let file = up.node.home().join("policies/default.toml");
+    let reload = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        up.node.run(&["policy", "reload"]).ok();
+    };
+    let revoked = |up: &Up| {
+        up.node
+            .run(&["audit", "--json"])
+            .ok()
+            .lines()
+            .filter(|l| {
+                l.contains("\"action\":\"token.revoke\"") && l.contains("no longer has rule")
+            })
+            .count()
+    };
+    start_echo(&up);
+    let ours = up.node.pack_first_party("ping");
+    let long = |count: &str| {
+        up.node
+            .run(&[
+                "run",
+                "-d",
+                path(&ours),
+                "--name",
+                "ping",
+                "--restart",
+                "never",
+                "--",
+                "--count",
+                count,
+            ])
+            .ok();
+    };
+    long("100000000");
+    wait_until("ping calling", Duration::from_secs(20), || {
+        up.capsule("ping")["calls"].as_u64().is_some_and(|c| c > 10)
+    });
+    // Moved below another rule and reworded: the same rule.
+    reload(&format!("format = 1\n{other}{}", rule("still ours")));
+    let calls = up.capsule("ping")["calls"].as_u64().unwrap();
+    wait_until("ping still calling", Duration::from_secs(20), || {
+        up.capsule("ping")["calls"]
+            .as_u64()
+            .is_some_and(|c| c > calls + 10)
+    });
+    assert_eq!(revoked(&up), 0);
+    assert!(!up.node.run(&["logs", "ping"]).ok().contains("denied"));
+    // Gone: its token goes with it.
+    reload(&without);
+    assert_eq!(revoked(&up), 1);
+    wait_until("ping denied", Duration::from_secs(20), || {
+        up.node.run(&["logs", "ping"]).ok().contains("denied")
+    });
+    up.node.run(&["stop", "ping"]).ok();
+
+    // Minted in one run, its rule removed while the supervisor is down: revoked at `up`.
+    reload(&with_rule);
+    long("5");
+    wait_until("ping done", Duration::from_secs(30), || {
+        up.node.run(&["logs", "ping"]).ok().contains(", 0 errors")
+    });
+    up.node.run(&["down"]).ok();
+    std::fs::write(&file, &without).unwrap();
+    up.node.run(&["up"]).ok();
+    wait_until(
+        "the earlier run's token revoked",
+        Duration::from_secs(20),
+        || revoked(&up) >= 2,
+    );
+    // Only it: the one revoked before is not revoked again.
+    assert_eq!(revoked(&up), 2);
+    up.node.run(&["audit", "verify"]).ok();
+}

@@ -136,20 +136,26 @@ pub(crate) fn answer(
     id: &[u8; ID_LEN],
     answer: &PolicyAnswer,
     explanation: &str,
+    rule: &str,
 ) -> Result<(), SdkError> {
     let variable = match answer {
         PolicyAnswer::Allow { resource, .. } => resource.len() + 16,
         PolicyAnswer::Deny(why) => why.len(),
         PolicyAnswer::Prompt => 0,
     };
-    frames::build(out, variable + explanation.len() + ID_LEN, |f| {
-        let mut a = f.init_policy_answer();
-        a.set_version(versions::POLICY);
-        a.set_id(id);
-        a.set_explanation(explanation);
-        fill(&mut a, answer);
-        Ok(())
-    })
+    frames::build(
+        out,
+        variable + explanation.len() + rule.len() + ID_LEN,
+        |f| {
+            let mut a = f.init_policy_answer();
+            a.set_version(versions::POLICY);
+            a.set_id(id);
+            a.set_explanation(explanation);
+            a.set_rule(rule);
+            fill(&mut a, answer);
+            Ok(())
+        },
+    )
 }
 
 fn fill(a: &mut policy_answer::Builder<'_>, answer: &PolicyAnswer) {
@@ -172,14 +178,23 @@ fn fill(a: &mut policy_answer::Builder<'_>, answer: &PolicyAnswer) {
 
 pub(crate) fn loaded(
     out: &mut Vec<u8>,
-    result: Result<(), (u32, u32, &str)>,
+    result: Result<&[String], (u32, u32, &str)>,
 ) -> Result<(), SdkError> {
-    let message = result.err().map_or("", |(_, _, m)| m);
-    frames::build(out, message.len(), |f| {
+    let size = match result {
+        Ok(rules) => rules.iter().map(|r| r.len() + 8).sum(),
+        Err((_, _, m)) => m.len(),
+    };
+    frames::build(out, size, |f| {
         let mut l = f.init_policy_loaded();
         l.set_version(versions::POLICY);
         match result {
-            Ok(()) => l.set_ok(true),
+            Ok(rules) => {
+                l.set_ok(true);
+                let mut list = l.init_rules(rules.len() as u32);
+                for (i, r) in rules.iter().enumerate() {
+                    list.set(i as u32, r);
+                }
+            }
             Err((line, column, message)) => {
                 l.set_ok(false);
                 l.set_line(line);
@@ -222,13 +237,33 @@ impl<T: Transport> Capsule<T> {
         answer: &PolicyAnswer,
         explanation: &str,
     ) -> Result<(), SdkError> {
-        self::answer(&mut self.tx, id, answer, explanation)?;
+        self.answer_policy_by_rule(id, answer, explanation, "")
+    }
+
+    /// [`Capsule::answer_policy_explained`], naming the rule that decided by an id (1 to 64
+    /// printable ASCII bytes): the supervisor keeps it with the tokens an allow mints, and
+    /// revokes them when this shell takes a policy without that rule ([`Capsule::policy_taken`]).
+    pub fn answer_policy_by_rule(
+        &mut self,
+        id: &[u8; ID_LEN],
+        answer: &PolicyAnswer,
+        explanation: &str,
+        rule: &str,
+    ) -> Result<(), SdkError> {
+        self::answer(&mut self.tx, id, answer, explanation, rule)?;
         self.send_tx()
     }
 
     /// Says whether the policy last loaded was taken: `Err((line, column, what is wrong))`.
     pub fn policy_loaded(&mut self, result: Result<(), (u32, u32, &str)>) -> Result<(), SdkError> {
-        loaded(&mut self.tx, result)?;
+        loaded(&mut self.tx, result.map(|()| &[][..]))?;
+        self.send_tx()
+    }
+
+    /// Says the policy last loaded was taken, with the id of each of its rules (as answers name
+    /// them): tokens minted under a rule not among them are revoked.
+    pub fn policy_taken(&mut self, rules: &[String]) -> Result<(), SdkError> {
+        loaded(&mut self.tx, Ok(rules))?;
         self.send_tx()
     }
 }

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use elastos_schema::policy::{self, Answer, Policy};
+use elastos_schema::policy::{self, Answer, Policy, Rule};
 use elastos_sdk::{Capsule, PolicyAnswer, PolicyRequest, ShellEvent};
 
 fn main() -> ExitCode {
@@ -32,8 +32,9 @@ fn run() -> Result<(), String> {
             Ok(Some(ShellEvent::Load(text))) => match Policy::parse(&text) {
                 Ok(p) => {
                     println!("shell: policy loaded, {} rule(s)", p.rules.len());
+                    let ids: Vec<String> = p.rules.iter().map(rule_id).collect();
                     policy = Some(p);
-                    capsule.policy_loaded(Ok(())).map_err(|e| e.to_string())?;
+                    capsule.policy_taken(&ids).map_err(|e| e.to_string())?;
                 }
                 // The policy in force stays; the supervisor reports where the new one is wrong.
                 Err(e) => capsule
@@ -41,9 +42,9 @@ fn run() -> Result<(), String> {
                     .map_err(|e| e.to_string())?,
             },
             Ok(Some(ShellEvent::Decide(req))) => {
-                let (answer, explanation) = decide(policy.as_ref(), &req);
+                let (answer, explanation, rule) = decide(policy.as_ref(), &req);
                 capsule
-                    .answer_policy_explained(&req.id, &answer, &explanation)
+                    .answer_policy_by_rule(&req.id, &answer, &explanation, &rule)
                     .map_err(|e| e.to_string())?;
             }
             // The supervisor closed the socket: it is stopping this capsule.
@@ -54,12 +55,31 @@ fn run() -> Result<(), String> {
     }
 }
 
-/// The answer to one request under `policy` (none loaded yet: deny), and which rule decided.
-/// What a policy answers is `schema::policy`'s, so the supervisor's tests decide the same way.
-fn decide(policy: Option<&Policy>, req: &PolicyRequest) -> (PolicyAnswer, String) {
+/// A rule's id, as answers and `policy_taken` name it: a digest of what the rule says, not of
+/// where it stands, so moving a rule keeps its tokens and changing or removing it revokes them.
+fn rule_id(rule: &Rule) -> String {
+    use sha2::Digest;
+    let what = format!(
+        "{:?}",
+        Rule {
+            line: 0,
+            reason: None,
+            ..rule.clone()
+        }
+    );
+    sha2::Sha256::digest(what.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The answer to one request under `policy` (none loaded yet: deny), which rule decided and
+/// why, and that rule's id (empty for the implicit deny). What a policy answers is
+/// `schema::policy`'s, so the supervisor's tests decide the same way.
+fn decide(policy: Option<&Policy>, req: &PolicyRequest) -> (PolicyAnswer, String, String) {
     let Some(policy) = policy else {
         let why = "the shell has no policy loaded".to_string();
-        return (PolicyAnswer::Deny(why.clone()), why);
+        return (PolicyAnswer::Deny(why.clone()), why, String::new());
     };
     let asked = policy::Request {
         name: &req.name,
@@ -70,6 +90,7 @@ fn decide(policy: Option<&Policy>, req: &PolicyRequest) -> (PolicyAnswer, String
         actions: req.actions.iter().copied().collect(),
     };
     let (answer, explanation) = policy.answer(&asked, &req.covering, req.ttl);
+    let rule = policy.decide(&asked).rule.map(rule_id).unwrap_or_default();
     let answer = match answer {
         Answer::Allow {
             resource,
@@ -83,7 +104,7 @@ fn decide(policy: Option<&Policy>, req: &PolicyRequest) -> (PolicyAnswer, String
         Answer::Deny(why) => PolicyAnswer::Deny(why),
         Answer::Prompt => PolicyAnswer::Prompt,
     };
-    (answer, explanation)
+    (answer, explanation, rule)
 }
 
 #[cfg(test)]
@@ -141,7 +162,7 @@ mod tests {
             decide(Some(&p), &req(Standing::Dev, "localhost://echo/a", ns)).0,
             PolicyAnswer::Prompt
         );
-        let (PolicyAnswer::Deny(why), explained) =
+        let (PolicyAnswer::Deny(why), explained, _) =
             decide(Some(&p), &req(Standing::Unknown, "localhost://echo/a", ns))
         else {
             panic!("an unknown publisher's request is denied");
@@ -153,5 +174,28 @@ mod tests {
             decide(None, &req(Standing::ThisNode, "localhost://echo/a", ns)).0,
             PolicyAnswer::Deny(_)
         ));
+    }
+
+    #[test]
+    fn a_rule_keeps_its_id_where_it_moves_and_changes_it_when_it_changes() {
+        let rule = |ttl: &str| {
+            format!("[[rule]]\nresource = \"localhost://echo/*\"\ndecision = \"allow\"\nttl = \"{ttl}\"\nreason = \"ours\"\n")
+        };
+        let p = |text: &str| Policy::parse(&format!("format = 1\n{text}")).unwrap();
+        let other = "[[rule]]\nresource = \"host://state\"\ndecision = \"deny\"\n";
+        let first = p(&rule("10m"));
+        let moved = p(&format!(
+            "{other}{}",
+            rule("10m").replace("ours", "still ours")
+        ));
+        let changed = p(&rule("5m"));
+        let id = rule_id(&first.rules[0]);
+        assert_eq!(id.len(), 16);
+        assert_eq!(rule_id(&moved.rules[1]), id);
+        assert_ne!(rule_id(&changed.rules[0]), id);
+        // Answers name it, and the implicit deny names none.
+        let ask = req(Standing::Dev, "localhost://echo/a", "localhost://echo/*");
+        assert_eq!(decide(Some(&first), &ask).2, id);
+        assert_eq!(decide(Some(&p(other)), &ask).2, "");
     }
 }

@@ -37,6 +37,7 @@ use super::decide::{self, Lasts};
 use super::outbox::{Outbox, SendError};
 use super::{prompts, shell, Shared};
 use elastos::frames::{parse, CallView, Parsed};
+use elastos::token::TokenId;
 
 /// Who is on the other end of a capsule socket, as the supervisor started it.
 #[derive(Debug)]
@@ -576,9 +577,19 @@ async fn read_loop(
                 id,
                 answer,
                 explanation,
+                rule,
             } => {
-                let accepted =
-                    answer.and_then(|a| shared.shell.answered(conn, &id, a, explanation));
+                let accepted = answer.and_then(|answer| {
+                    shared.shell.answered(
+                        conn,
+                        &id,
+                        shell::Answered {
+                            answer,
+                            explanation,
+                            rule,
+                        },
+                    )
+                });
                 if let Err(why) = accepted {
                     // Recorded within the shell's audit budget: a shell flooding made-up
                     // answers costs the log no more than any capsule's flood.
@@ -603,20 +614,103 @@ async fn read_loop(
                     continue;
                 }
                 let (decision, why) = match &result {
-                    Ok(()) => (Decision::Info, "the shell took the node's policy".to_string()),
+                    Ok(rules) => (
+                        Decision::Info,
+                        format!("the shell took the node's policy ({} rule(s))", rules.len()),
+                    ),
                     Err((line, column, message)) => (
                         Decision::Denied,
                         format!("the shell refused the node's policy at {line}:{column}: {message}; the policy it had stays"),
                     ),
                 };
-                shared.shell.loaded(result.map_err(|_| why.clone()));
                 shared
                     .audit_sync(conn.peer.actor(), "policy.load", "", decision, &why, None)
                     .await;
+                // Before the reload is answered: `elastos policy reload` returns once what the
+                // rules gone granted is revoked.
+                if let Ok(rules) = &result {
+                    revoke_by_rules_gone(shared, rules).await;
+                }
+                shared
+                    .shell
+                    .loaded(result.map(|_| ()).map_err(|_| why.clone()));
             }
             Parsed::Hello(_) => malformed(shared, conn, "hello sent twice").await,
             Parsed::Malformed(why) => malformed(shared, conn, &why).await,
         }
+    }
+}
+
+/// Where a `token.grant` record names the rule of the shell's that allowed it, and the token's
+/// expiry (unix seconds): `…; rule ID until EXPIRY`.
+const RULE_MARK: &str = "; rule ";
+
+/// The shell took a policy with `rules`: every unexpired token minted under a rule not among
+/// them is revoked, each recorded. The first time, tokens minted by earlier runs of the
+/// supervisor are read back from the audit log's last hour (no token lives longer).
+async fn revoke_by_rules_gone(shared: &Arc<Shared>, rules: &[String]) {
+    let now = now_unix();
+    if shared.shell.first_recovery() {
+        let since =
+            std::time::SystemTime::now() - elastos::ceilings::MAX_TTL - Duration::from_secs(60);
+        match elastos::audit::records_since(&shared.home.audit_dir(), since) {
+            Ok(records) => {
+                for rec in records {
+                    let found = (rec.action == "token.grant")
+                        .then(|| rec.reason.rsplit_once(RULE_MARK))
+                        .flatten()
+                        .and_then(|(_, r)| r.split_once(" until "))
+                        .and_then(|(rule, until)| Some((rule, until.parse::<i64>().ok()?)))
+                        .zip(rec.token.as_deref().and_then(|t| TokenId::parse(t).ok()));
+                    if let Some(((rule, expiry), token)) = found {
+                        shared.shell.track(rule, token, expiry, now);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("reading back the tokens minted by rule: {e}"),
+        }
+    }
+    let gone = shared.shell.minted_under_rules_gone(rules, now);
+    if gone.is_empty() {
+        return;
+    }
+    let revoked: Vec<(String, TokenId, Result<usize, String>)> = {
+        let mut authority = shared.authority.lock().unwrap_or_else(|e| e.into_inner());
+        // Read back from the log, some were revoked already (by an earlier reload).
+        let gone: Vec<(String, TokenId)> = gone
+            .into_iter()
+            .filter(|(_, t)| !authority.is_revoked(t))
+            .collect();
+        gone.into_iter()
+            .map(|(rule, t)| {
+                let r = authority.revoke(&t).map_err(|e| e.to_string());
+                (rule, t, r)
+            })
+            .collect()
+    };
+    for (rule, token, r) in revoked {
+        let (decision, why) = match r {
+            Ok(_) => (
+                Decision::Info,
+                format!("the policy the shell took no longer has rule {rule}, which allowed it"),
+            ),
+            Err(e) => (
+                Decision::Denied,
+                format!(
+                    "rule {rule} is gone from the policy, but its token could not be revoked: {e}"
+                ),
+            ),
+        };
+        shared
+            .audit_sync(
+                "supervisor",
+                "token.revoke",
+                &token.to_string(),
+                decision,
+                &why,
+                Some(token.to_string()),
+            )
+            .await;
     }
 }
 
@@ -1341,8 +1435,20 @@ async fn request_token(
                             .unwrap_or_else(|e| e.into_inner())
                             .grant_token(id, token.id, token.expiry, now_unix())
                             .is_ok(),
+                        // Durable through its record below, which names the rule: a later run
+                        // of the supervisor reads it back (`recover_by_rule`).
+                        Lasts::Rule(rule) => {
+                            shared.shell.track(rule, token.id, token.expiry, now_unix());
+                            true
+                        }
                     };
-                    let why = format!("policy={decider}: {reason}");
+                    let why = match &lasts {
+                        Lasts::Rule(rule) => format!(
+                            "policy={decider}: {reason}{RULE_MARK}{rule} until {}",
+                            token.expiry
+                        ),
+                        _ => format!("policy={decider}: {reason}"),
+                    };
                     let audited = shared
                         .audit_sync(
                             actor,

@@ -677,7 +677,7 @@ async fn policy_explain(
                 .await
             {
                 Err(e) => json!({"verdict": "deny", "explanation": e}),
-                Ok((answer, explanation)) => outcome(&ask, &answer).explained(&explanation),
+                Ok(a) => outcome(&ask, &a.answer).explained(&a.explanation),
             }
         }
     };

@@ -29,6 +29,8 @@ pub enum Lasts {
     Instance,
     /// Its TTL, or until the standing grant of this id is revoked.
     Grant(String),
+    /// Its TTL, or until the shell takes a policy without the rule of this id.
+    Rule(String),
 }
 
 /// Asks the shell, and the person if it says so, about `ask`, for `owner`'s prompts, recorded
@@ -41,8 +43,8 @@ pub async fn decide(
     attached: Option<&Attached>,
 ) -> (Grant, Lasts) {
     let deny = |why: String| (Grant::Deny(why), Lasts::Ttl);
-    let answer = match shared.shell.ask(ask, shared.config.policy.shell_wait).await {
-        Ok((answer, _)) => answer,
+    let (answer, rule) = match shared.shell.ask(ask, shared.config.policy.shell_wait).await {
+        Ok(a) => (a.answer, a.rule),
         Err(unavailable) => return deny(unavailable),
     };
     match outcome(ask, &answer) {
@@ -57,7 +59,11 @@ pub async fn decide(
                 ttl,
                 classification: Classification::Internal,
             },
-            Lasts::Ttl,
+            if rule.is_empty() {
+                Lasts::Ttl
+            } else {
+                Lasts::Rule(rule)
+            },
         ),
         Outcome::Deny(why) => deny(why),
         Outcome::Prompt => match shared.config.policy.prompt_fallback {

@@ -24,6 +24,7 @@ use super::conn::Conn;
 use super::prompts::owner_of as address;
 pub use elastos::ceilings::{covering_entry, Ask, MAX_TTL};
 use elastos::frames::ShellAnswer;
+use elastos::token::TokenId;
 
 /// The shell answers at once (a prompt is answered `prompt`, not waited for): this bounds a
 /// shell that hangs.
@@ -36,7 +37,15 @@ struct Waiting {
     /// The connection asked, by address (compared, never followed): an answer from any other
     /// is a fault.
     conn: usize,
-    reply: oneshot::Sender<(ShellAnswer, String)>,
+    reply: oneshot::Sender<Answered>,
+}
+
+/// The shell's answer to one request, with which rule decided (its explanation, and its id;
+/// empty when the shell names none).
+pub struct Answered {
+    pub answer: ShellAnswer,
+    pub explanation: String,
+    pub rule: String,
 }
 
 /// The link to the shell's current connection, and the requests waiting on it.
@@ -47,6 +56,12 @@ pub struct ShellLink {
     waiting: Mutex<HashMap<[u8; 16], Waiting>>,
     /// A reload waiting for the shell to say whether it took the policy.
     reloading: Mutex<Option<oneshot::Sender<Result<(), String>>>>,
+    /// The unexpired tokens minted under the shell's allows, by the rule that allowed them: a
+    /// policy taken without that rule revokes them.
+    by_rule: Mutex<HashMap<String, Vec<(TokenId, i64)>>>,
+    /// Whether the tokens earlier runs of the supervisor minted by rule were read back from the
+    /// audit log (once, at the first policy the shell takes).
+    recovered: std::sync::atomic::AtomicBool,
 }
 
 impl ShellLink {
@@ -83,13 +98,7 @@ impl ShellLink {
     }
 
     /// An answer arrived on `conn`: accepted once, for a request pending on that connection.
-    pub fn answered(
-        &self,
-        conn: &Arc<Conn>,
-        id: &[u8],
-        answer: ShellAnswer,
-        explanation: String,
-    ) -> Result<(), String> {
+    pub fn answered(&self, conn: &Arc<Conn>, id: &[u8], answered: Answered) -> Result<(), String> {
         if !self.is_shell(conn) {
             return Err("a policy answer from a capsule that is not the node's shell".into());
         }
@@ -100,7 +109,7 @@ impl ShellLink {
         match waiting.get(&id) {
             Some(w) if w.conn == address(conn) => {
                 if let Some(w) = waiting.remove(&id) {
-                    let _ = w.reply.send((answer, explanation));
+                    let _ = w.reply.send(answered);
                 }
                 Ok(())
             }
@@ -144,13 +153,8 @@ impl ShellLink {
         }
     }
 
-    /// Asks the shell to decide; its answer and its explanation, or why the policy is
-    /// unavailable.
-    pub async fn ask(
-        &self,
-        ask: &Ask,
-        wait_for_shell: Duration,
-    ) -> Result<(ShellAnswer, String), String> {
+    /// Asks the shell to decide; its answer, or why the policy is unavailable.
+    pub async fn ask(&self, ask: &Ask, wait_for_shell: Duration) -> Result<Answered, String> {
         let conn = self.wait_for_shell(wait_for_shell).await?;
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| format!("randomness: {e}"))?;
@@ -180,6 +184,49 @@ impl ShellLink {
                 ANSWER_WITHIN.as_secs()
             )),
         }
+    }
+
+    /// A token minted under the shell's allow by `rule`, unexpired until `expiry`.
+    pub fn track(&self, rule: &str, token: TokenId, expiry: i64, now: i64) {
+        let mut by_rule = self.by_rule.lock().unwrap_or_else(|e| e.into_inner());
+        by_rule.retain(|_, tokens| {
+            tokens.retain(|(_, e)| *e > now);
+            !tokens.is_empty()
+        });
+        by_rule
+            .entry(rule.to_string())
+            .or_default()
+            .push((token, expiry));
+    }
+
+    /// The shell took a policy with `rules`: the unexpired tokens minted under any other rule,
+    /// with their rule, taken off the list (to be revoked).
+    pub fn minted_under_rules_gone(&self, rules: &[String], now: i64) -> Vec<(String, TokenId)> {
+        let keep: std::collections::HashSet<&str> = rules.iter().map(String::as_str).collect();
+        let mut gone = Vec::new();
+        self.by_rule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|rule, tokens| {
+                if keep.contains(rule.as_str()) {
+                    return true;
+                }
+                gone.extend(
+                    tokens
+                        .iter()
+                        .filter(|(_, e)| *e > now)
+                        .map(|(t, _)| (rule.clone(), *t)),
+                );
+                false
+            });
+        gone
+    }
+
+    /// True the first time only: whether to read back the tokens earlier runs minted by rule.
+    pub fn first_recovery(&self) -> bool {
+        !self
+            .recovered
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn wait_for_shell(&self, patience: Duration) -> Result<Arc<Conn>, String> {
