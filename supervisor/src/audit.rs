@@ -3313,6 +3313,53 @@ mod tests {
     }
 
     #[test]
+    fn records_since_a_time_are_every_record_from_then_across_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(
+            tmp.path(),
+            AuditOptions {
+                segment_bytes: 2000,
+                ..Default::default()
+            },
+        );
+        for i in 0..60 {
+            if i == 30 {
+                std::thread::sleep(Duration::from_millis(1100));
+            }
+            log.append(ev("capsule:a", Decision::Allowed), Durability::Sync)
+                .unwrap();
+        }
+        log.close().unwrap();
+        assert!(segments(tmp.path()).unwrap().len() > 3);
+        let all: Vec<Record> = read_records(tmp.path())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let seqs = |r: Vec<Record>| r.into_iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(records_since(tmp.path(), SystemTime::UNIX_EPOCH).unwrap()),
+            seqs(all.clone())
+        );
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        assert!(records_since(tmp.path(), later).unwrap().is_empty());
+        // From a record in the middle: it and every later one, none before its time.
+        let mid = all
+            .iter()
+            .find(|r| r.action == "call")
+            .unwrap()
+            .time_system()
+            .unwrap()
+            + Duration::from_millis(1000);
+        let want: Vec<u64> = all
+            .iter()
+            .filter(|r| r.time_system().unwrap() >= mid)
+            .map(|r| r.seq)
+            .collect();
+        assert!(!want.is_empty() && want.len() < all.len());
+        assert_eq!(seqs(records_since(tmp.path(), mid).unwrap()), want);
+    }
+
+    #[test]
     fn a_tail_of_zeros_is_read_as_empty() {
         let tmp = tempfile::tempdir().unwrap();
         let before = write_some(tmp.path());
