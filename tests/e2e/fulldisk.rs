@@ -277,3 +277,82 @@ fn on_a_full_disk_allowed_calls_are_refused_and_nothing_is_forwarded() {
     drop(up);
     drop(disk);
 }
+
+/// With the shell deciding, a grant a capsule's start needs (`host://libs` here) takes effect
+/// only once its record is durable: on a full disk the capsule is not started, and says why;
+/// with space back it starts.
+#[test]
+fn on_a_full_disk_a_start_that_needs_a_grant_does_not_happen() {
+    let node = Node::new();
+    let disk = SmallDisk::at_home_of(&node, 40);
+    let shell = node.pack_first_party("shell");
+    std::fs::write(
+        node.home().join("config.toml"),
+        format!(
+            "format = 1\n[supervisor]\ndefault_capsules = [\"{}\"]\n[policy]\ndecider = \"shell\"\n",
+            shell.display()
+        ),
+    )
+    .unwrap();
+    let up = Up::with_node(node);
+    let node = &up.node;
+    wait_until("the shell deciding", Duration::from_secs(20), || {
+        node.run(&["status"])
+            .ok()
+            .contains("policy: shell (running)")
+    });
+    // First party (packed by the node): the shipped policy allows what its manifest asks.
+    let dir = crate::supervisor::script_capsule(node, "sleeper", "while true; do sleep 1; done");
+    let pkg = node.scratch().join("sleeper.capsule");
+    node.run(&["capsule", "pack", path(&dir), "-o", path(&pkg)])
+        .ok();
+    node.run(&["run", "-d", path(&pkg)]).ok();
+    let state = || {
+        up.capsule("sleeper")["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    wait_until("sleeper running", Duration::from_secs(20), || {
+        state() == "running"
+    });
+    node.run(&["stop", "sleeper"]).ok();
+    let granted = || {
+        node.run(&["audit", "--json"])
+            .ok()
+            .lines()
+            .filter(|l| l.contains("\"action\":\"host.grant\"") && l.contains("sleeper"))
+            .count()
+    };
+    assert_eq!(granted(), 1);
+
+    disk.fill();
+    node.run(&["start", "sleeper"]);
+    wait_until("sleeper refused", Duration::from_secs(20), || {
+        state() == "failed"
+    });
+    // Its log says why (the audit log could not take even that).
+    let logs = node.run(&["logs", "sleeper"]).ok().to_string();
+    assert!(
+        logs.contains(
+            "not started: read host://libs was allowed, but the audit log cannot record it"
+        ),
+        "{logs}"
+    );
+    assert_eq!(granted(), 1);
+
+    disk.free();
+    wait_until(
+        "the supervisor to see space again",
+        Duration::from_secs(10),
+        || node.run(&["status", "--json"]).json()["audit"]["disk_full"] == false,
+    );
+    node.run(&["start", "sleeper"]).ok();
+    wait_until("sleeper running again", Duration::from_secs(20), || {
+        state() == "running"
+    });
+    assert_eq!(granted(), 2);
+    node.run(&["audit", "verify"]).ok();
+    drop(up);
+    drop(disk);
+}
