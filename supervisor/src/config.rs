@@ -21,13 +21,13 @@ pub struct Config {
     pub policy: PolicyConfig,
 }
 
-/// Who decides token requests: the built-in development policy, or the node's shell capsule
-/// (the policy out of the trusted base, `policies/default.toml` or
-/// `$ELASTOS_HOME/policies/default.toml`).
+/// Who decides token requests: the node's shell capsule (the default: the policy out of the
+/// trusted base, `policies/default.toml` or `$ELASTOS_HOME/policies/default.toml`), or, only when
+/// the node says so, the built-in development policy (a manifest's `requests` is the grant).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// `development` or `shell`.
+    /// `shell` (the default) or `development`.
     #[serde(default = "decider_default")]
     pub decider: Decider,
     /// The shell capsule's name; it must be signed by this node's key or a first-party
@@ -80,7 +80,7 @@ impl Default for PolicyConfig {
 }
 
 fn decider_default() -> Decider {
-    Decider::Development
+    Decider::Shell
 }
 fn shell_default() -> String {
     "shell".into()
@@ -308,6 +308,53 @@ mod tests {
         std::fs::write(home.config_file(), "format = 1\n[audit]\nstrickt = true\n").unwrap();
         let err = Config::load(&home).unwrap_err().to_string();
         assert!(err.contains("strickt"), "{err}");
+    }
+
+    /// The shell decides unless the node says otherwise; the development policy is only ever an
+    /// explicit setting, and a misspelt decider is refused rather than read as either.
+    #[test]
+    fn the_shell_decides_by_default_and_development_only_when_set() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().to_path_buf());
+        let policy = |home: &Home| Config::load(home).unwrap().policy;
+        let none = policy(&home);
+        assert_eq!(none.decider, Decider::Shell);
+        assert_eq!(none.decider.policy_name(), "shell");
+        assert_eq!(none.shell, "shell");
+        assert_eq!(none.shell_wait, std::time::Duration::from_secs(10));
+        assert_eq!(none.prompt_fallback, PromptFallback::Prompt);
+        // A file that says nothing of [policy] (or only part of it) keeps the defaults.
+        std::fs::write(home.config_file(), "format = 1\n[audit]\nstrict = true\n").unwrap();
+        assert_eq!(policy(&home).decider, Decider::Shell);
+        std::fs::write(
+            home.config_file(),
+            "format = 1\n[policy]\nshell_wait = \"2s\"\n",
+        )
+        .unwrap();
+        let part = policy(&home);
+        assert_eq!(part.decider, Decider::Shell);
+        assert_eq!(part.shell_wait, std::time::Duration::from_secs(2));
+        std::fs::write(
+            home.config_file(),
+            "format = 1\n[policy]\ndecider = \"development\"\n",
+        )
+        .unwrap();
+        let dev = policy(&home);
+        assert_eq!(dev.decider, Decider::Development);
+        assert_eq!(dev.decider.policy_name(), crate::policy::NAME);
+        std::fs::write(
+            home.config_file(),
+            "format = 1\n[policy]\ndecider = \"shell\"\n",
+        )
+        .unwrap();
+        assert_eq!(policy(&home).decider, Decider::Shell);
+        std::fs::write(
+            home.config_file(),
+            "format = 1\n[policy]\ndecider = \"permissive\"\n",
+        )
+        .unwrap();
+        let err = Config::load(&home).unwrap_err().to_string();
+        assert!(err.contains("permissive"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The built-in **development policy**: who gets which token until the shell capsule (which will
-//! hold the node's policy and ask the person) exists.
+//! The built-in **development policy**, for a node that sets `[policy] decider = "development"`
+//! (by default the shell capsule decides, with the node's policy, and may ask the person), and
+//! the supervisor's own rules that hold whichever decides (the provide capability, the `host://`
+//! grants once allowed).
 //!
 //! It is deliberately narrow and always named in the audit log (`policy=development`):
 //! - a capsule gets a token for what its own `capsule.toml` `requests`, and nothing else: the
@@ -37,19 +39,22 @@ pub enum Grant {
 }
 
 /// Whether the capsule may see the host's libraries read-only (`host://libs` in its manifest's
-/// `requests`): granted when asked for under the development policy, and shown in `ps`.
+/// `requests`): granted when asked for (with the shell deciding, once it allowed the start), and
+/// shown in `ps`.
 pub fn grants_host_libs(manifest: &Manifest) -> bool {
     manifest.requests_host_libs()
 }
 
 /// The network the capsule gets (`host://net` → `host`, `host://loopback` → `loopback`):
-/// granted when asked for under the development policy, and shown in `ps`.
+/// granted when asked for (with the shell deciding, once it allowed the start), and shown in
+/// `ps`.
 pub fn grants_net(manifest: &Manifest) -> Option<&'static str> {
     manifest.requested_net()
 }
 
 /// Whether the capsule gets its private persistent directory (`host://state` read+write in its
-/// manifest): granted when asked for under the development policy, and shown in `ps`.
+/// manifest): granted when asked for (with the shell deciding, once it allowed the start), and
+/// shown in `ps`.
 pub fn grants_state(manifest: &Manifest) -> bool {
     manifest.requests_state()
 }
@@ -128,7 +133,7 @@ pub fn decide_provide(
     }
     if !first_party {
         return Some(Grant::Deny(format!(
-            "only first-party capsules may provide `{resource}` under the development policy; sign the package with this node's key, or mark its publisher first party (`elastos trust add DID --first-party`)"
+            "only first-party capsules may provide `{resource}`; sign the package with this node's key, or mark its publisher first party (`elastos trust add DID --first-party`)"
         )));
     }
     Some(Grant::Allow {
@@ -178,7 +183,7 @@ pub fn may_provide(
     };
     if !first_party {
         return Err(format!(
-            "only first-party capsules may provide under the development policy (`{}` is not)",
+            "only first-party capsules may provide (`{}` is not)",
             manifest.name
         ));
     }

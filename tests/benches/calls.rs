@@ -8,7 +8,8 @@
 //!   capsule the wake-up Linux gives a reader of a Unix stream socket each time its peer
 //!   consumes what it sent; so the 2-hop baseline is also run with every process waiting in
 //!   poll(2), and the mediated figures are given against both.
-//! - Mediated: `ping` → supervisor → `echo`, the real capsules under a real `elastos up`, at
+//! - Mediated: `ping` → supervisor → `echo`, the real capsules under a real `elastos up` (its
+//!   shell deciding, with the shipped policy, as on every node: first party is allowed), at
 //!   concurrency 1 and 32. Goal: p50 ≤ 1.5× and p99 ≤ 3× the 2-hop baseline.
 //! - WASM: `ping` built for wasm32-wasip1 → supervisor → the native `echo`, at concurrency 1,
 //!   against the native `ping`, in 10 pairs of half-length runs whose order alternates (native
@@ -18,7 +19,7 @@
 //!   unmeasured warm-up run of ping), so that the machine's drift between them does not count:
 //!   each figure is the median of its rounds, each ratio the median of its rounds' ratios.
 //! - Scale: the call cost with 200 echo capsules running against 2 (goal ≤ 1.1×), and the
-//!   supervisor's RSS idle and with 200 capsules (goal ≤ 15 MiB / ≤ 40 MiB).
+//!   supervisor's RSS idle (its shell running) and with 200 capsules (goal ≤ 15 MiB / ≤ 40 MiB).
 //! - Audit volume: what the audit log grows by per second of calls at concurrency 8, with calls
 //!   alike summed up (the default) and with `[audit] per_call = true`, on two nodes in
 //!   alternating pairs of runs, and the p50 of each. Goal: ≤ 1 MiB/s summed up, with a p50 no
@@ -117,9 +118,13 @@ fn main() {
     let base = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"));
+    // A node as `scripts/up` makes one: its shell decides, with the shipped policy (first-party
+    // capsules get what their manifests request).
     let node = Node::new_in(&base);
+    node.shell_first(&[], "");
     let up = node.run(&["up"]);
     assert_eq!(up.code, 0, "elastos up: {up:#?}");
+    wait_for_policy(&node);
     let idle_rss = rss(&node);
     let echo = node.pack_first_party("echo");
     let ping = node.pack_first_party("ping");
@@ -283,7 +288,7 @@ fn main() {
         median(crowd_ratios.iter().copied())
     );
     println!(
-        "  supervisor RSS: idle {:.1} MiB (goal <= 15), with {many} capsules {:.1} MiB (goal <= 40)",
+        "  supervisor RSS: idle {:.1} MiB (its shell running; goal <= 15), with {many} capsules {:.1} MiB (goal <= 40)",
         mib(idle_rss),
         mib(many_rss)
     );
@@ -474,17 +479,7 @@ fn token_requests(base: &Path, rounds: usize) -> Tokens {
     let count = TOKEN_REQUESTS;
     // The node whose shell decides, with the shipped policy (first party: allowed).
     let shelled = Node::new_in(base);
-    let shell = shelled.pack_first_party("shell");
-    std::fs::create_dir_all(shelled.home()).expect("home");
-    elastos_e2e::set_mode(&shelled.home(), 0o700);
-    std::fs::write(
-        shelled.home().join("config.toml"),
-        format!(
-            "format = 1\n[supervisor]\ndefault_capsules = [\"{}\"]\n[policy]\ndecider = \"shell\"\n",
-            shell.display()
-        ),
-    )
-    .expect("config");
+    shelled.shell_first(&[], "");
     let up = shelled.run(&["up"]);
     assert_eq!(up.code, 0, "elastos up: {up:#?}");
     let shelled_ping = shelled.pack_first_party("ping");
@@ -492,13 +487,7 @@ fn token_requests(base: &Path, rounds: usize) -> Tokens {
     let fresh = idle_with_shell(&shelled);
     // The strict node: every audit record durable before its call is answered.
     let strict = Node::new_in(base);
-    std::fs::create_dir_all(strict.home()).expect("home");
-    elastos_e2e::set_mode(&strict.home(), 0o700);
-    std::fs::write(
-        strict.home().join("config.toml"),
-        "format = 1\n[audit]\nstrict = true\n",
-    )
-    .expect("config");
+    strict.shell_first(&[], "[audit]\nstrict = true\n");
     let up = strict.run(&["up"]);
     assert_eq!(up.code, 0, "elastos up: {up:#?}");
     let echo = strict.pack_first_party("echo");
@@ -634,6 +623,16 @@ fn flood_p99(node: &Node, ping: &Path, calls: u64, rounds: usize) -> Flood {
         }));
     }
     std::fs::write(dir.join("frames.bin"), &frames).expect("frames");
+    // Packed by the node: first party, so the shipped policy grants its host://libs.
+    let pkg = node.scratch().join("flooder.capsule");
+    let packed = node.run(&[
+        "capsule",
+        "pack",
+        dir.to_str().expect("utf-8"),
+        "-o",
+        pkg.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(packed.code, 0, "packing the flooder: {packed:#?}");
     let mut f = Flood {
         quiet: Vec::new(),
         flooded: Vec::new(),
@@ -645,7 +644,7 @@ fn flood_p99(node: &Node, ping: &Path, calls: u64, rounds: usize) -> Flood {
         let out = node.run(&[
             "run",
             "-d",
-            dir.to_str().expect("utf-8"),
+            pkg.to_str().expect("utf-8"),
             "--restart",
             "never",
         ]);
@@ -731,14 +730,14 @@ fn audit_volume(calls: u64, pairs: usize) -> Volume {
         .into_iter()
         .map(|per_call| {
             let node = Node::new();
-            node.run(&["identity"]);
-            if per_call {
-                std::fs::write(
-                    node.home().join("config.toml"),
-                    "format = 1\n[audit]\nper_call = true\n",
-                )
-                .expect("config.toml");
-            }
+            node.shell_first(
+                &[],
+                if per_call {
+                    "[audit]\nper_call = true\n"
+                } else {
+                    ""
+                },
+            );
             let up = node.run(&["up"]);
             assert_eq!(up.code, 0, "elastos up: {up:#?}");
             let echo = node.pack_first_party("echo");

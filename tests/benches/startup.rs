@@ -89,7 +89,9 @@ fn main() {
         ]))
     };
 
+    // A node as `scripts/up` makes one: its shell decides (echo asks it nothing to start).
     let node = Node::new();
+    node.shell_first(&[], "");
     let up = node.run(&["up"]);
     assert_eq!(up.code, 0, "elastos up: {up:#?}");
     let echo = node.pack_first_party("echo");

@@ -213,7 +213,7 @@ fn a_capsule_claiming_a_served_namespace_is_refused_and_the_first_keeps_serving(
             .ok()
             .contains("overlaps `localhost://echo/*`")
     });
-    // A development package (publisher `dev`) may not provide at all under this policy.
+    // A development package (publisher `dev`) may not provide at all, whatever the policy says.
     let dev = up.node.run(&[
         "run",
         "-d",
@@ -245,16 +245,9 @@ fn a_capsule_claiming_a_served_namespace_is_refused_and_the_first_keeps_serving(
 #[test]
 fn up_starts_the_default_capsules_named_in_the_configuration() {
     let node = Node::new();
-    node.run(&["identity"]).ok();
     let echo = node.pack_first_party("echo");
-    std::fs::write(
-        node.home().join("config.toml"),
-        format!(
-            "format = 1\n[supervisor]\ndefault_capsules = [\"{}\"]\n",
-            echo.display()
-        ),
-    )
-    .unwrap();
+    // After the shell, which `up` starts first.
+    node.grant_requests(&[&echo], "");
     let up = Up::with_node(node);
     wait_until("echo started by up", Duration::from_secs(20), || {
         running(&up, "echo")

@@ -188,7 +188,7 @@ fn reached(out: &std::process::Output) -> bool {
 fn a_hostile_capsule_is_stopped_at_every_escape_the_control_run_shows_possible() {
     // The test's network first: the supervisor starts inside it.
     let net = TestNet::new();
-    let node = Node::new();
+    let node = Node::granting();
     let mut up_cmd = node.command();
     up_cmd.arg("up");
     net.enter_near(&mut up_cmd);
@@ -898,16 +898,15 @@ fn a_supervisor_run_by_a_normal_user_confines_capsules_in_a_user_namespace() {
     // Root plays a user with a uid of no account: 4242 (the test's own uid when not root).
     let me = nix::unistd::geteuid().as_raw();
     let (node, uid) = if me == 0 {
-        (Node::run_by(4242, &["echo"]), 4242)
+        (Node::run_by(4242, &["echo", "shell"]), 4242)
     } else {
         (Node::new(), me)
     };
     let echo = node.pack_first_party("echo");
-    std::fs::write(
-        node.home().join("config.toml"),
+    node.grant_requests(
+        &[],
         "[confinement]\nallow_without = [\"uid\", \"cgroups\"]\n",
-    )
-    .unwrap();
+    );
     let up = Up::with_node(node);
     up.node.run(&["run", "-d", path(&echo)]).ok();
     wait_until("echo serving", Duration::from_secs(10), || {
@@ -1211,7 +1210,7 @@ fn each_layer_the_kernel_refuses_keeps_the_capsule_from_running() {
         nix::unistd::geteuid().is_root(),
         "this test needs root, as CI has: without it the cgroups layer is missing for every case"
     );
-    let node = Node::new();
+    let node = Node::granting();
     let deny_bin = elastos_bin().with_file_name("deny-syscalls");
     assert!(deny_bin.exists(), "{} is not built", deny_bin.display());
     let host = elastos_bin().with_file_name("capsule-host");

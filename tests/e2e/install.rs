@@ -58,6 +58,8 @@ fn scripts_install_puts_a_working_elastos_in_local_bin_and_says_when_it_is_not_o
             .unwrap()
             .into()
     };
+    // Its shell decides for the development capsule below.
+    node.grant_requests(&[], "");
     assert!(run(&["up"]).ok().contains("elastos is up"));
     let dir = script_capsule(&node, "hello", "echo installed-and-running");
     let ran = run(&["run", path(&dir), "--restart", "never"]);

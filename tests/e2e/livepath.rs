@@ -236,12 +236,7 @@ fn a_route_classified_above_the_token_is_denied() {
 #[test]
 fn calls_beyond_the_in_flight_limit_are_answered_busy() {
     let node = Node::new();
-    node.run(&["identity"]).ok();
-    std::fs::write(
-        node.home().join("config.toml"),
-        "format = 1\n[supervisor]\nmax_in_flight = 2\n",
-    )
-    .unwrap();
+    node.grant_requests(&[], "max_in_flight = 2\n");
     let up = Up::with_node(node);
     let echo = up.node.pack_first_party("echo");
     start_echo(&up, &echo);
@@ -270,12 +265,7 @@ fn calls_beyond_the_in_flight_limit_are_answered_busy() {
 #[test]
 fn a_provider_that_never_answers_times_out_the_call() {
     let node = Node::new();
-    node.run(&["identity"]).ok();
-    std::fs::write(
-        node.home().join("config.toml"),
-        "format = 1\n[supervisor]\ncall_deadline = \"1s\"\n",
-    )
-    .unwrap();
+    node.grant_requests(&[], "call_deadline = \"1s\"\n");
     let up = Up::with_node(node);
     let echo = up.node.pack_first_party("echo");
     start_echo(&up, &echo);

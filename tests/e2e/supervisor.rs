@@ -1,7 +1,7 @@
 //! The supervisor end to end: `up`, capsules as processes, `ps`, `logs`, `kill`, restarts and
 //! their intensity, malformed frames, `kill -9` of the supervisor, `down`. Capsules here are small
-//! shell scripts (native capsules run unconfined until the confinement issue), so these tests do
-//! not depend on the first-party capsules' build.
+//! shell scripts, development packages; the node's shell (a first-party capsule) decides for
+//! them under a policy that grants each what its manifest requests ([`Up::new`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,8 +29,10 @@ pub(crate) struct Up {
 }
 
 impl Up {
+    /// A node deciding as every node does by default, with its shell, here under a policy that
+    /// grants each capsule what its manifest requests ([`Node::granting`]).
     pub(crate) fn new() -> Up {
-        Up::with_node(Node::new())
+        Up::with_node(Node::granting())
     }
     /// Starts the supervisor of a node prepared beforehand (its configuration, say).
     pub(crate) fn with_node(node: Node) -> Up {
@@ -318,7 +320,7 @@ fn kill_9_of_the_supervisor_leaves_no_capsule_behind_and_the_log_verifies() {
     );
     // A new supervisor starts (the lock died with the old one) and the log still verifies.
     assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
-    // It recorded the unclean stop, and the capsule lost with it.
+    // It recorded the unclean stop, and each capsule lost with it: forker and the node's shell.
     let recs: Vec<serde_json::Value> = up
         .node
         .run(&["audit", "--json"])
@@ -334,15 +336,13 @@ fn kill_9_of_the_supervisor_leaves_no_capsule_behind_and_the_log_verifies() {
         .as_str()
         .unwrap()
         .contains(&format!("pid {sup}")));
-    let lost: Vec<_> = recs
+    let mut lost: Vec<&str> = recs
         .iter()
         .filter(|r| r["action"] == "capsule.lost")
+        .map(|r| r["resource"].as_str().unwrap().split('@').next().unwrap())
         .collect();
-    assert_eq!(lost.len(), 1, "{lost:#?}");
-    assert!(lost[0]["resource"]
-        .as_str()
-        .unwrap()
-        .starts_with("capsule:forker@"));
+    lost.sort();
+    assert_eq!(lost, ["capsule:forker", "capsule:shell"], "{recs:#?}");
     // The killed capsule-host could not remove its groups; the new supervisor did, at its start.
     for g in &groups {
         assert!(!g.exists(), "{} was left behind", g.display());
@@ -406,6 +406,113 @@ fn commands_that_need_a_supervisor_say_so_with_exit_3() {
     ] {
         node.run(args).code(3);
     }
+}
+
+/// A node that says nothing of its policy decides with its shell: with no shell to start, a
+/// request waits `shell_wait` and is denied `policy unavailable`, a development capsule's token
+/// request as much as the `host://libs` its start needs; nothing is granted by default. The
+/// built-in development policy decides only where the node sets it.
+#[test]
+fn a_node_decides_with_its_shell_unless_it_sets_the_development_policy() {
+    // No configuration at all, and no shell in the store.
+    let up = Up::with_node(Node::new());
+    assert!(!up.node.home().join("config.toml").exists());
+    let status = up.node.run(&["status", "--json"]).json();
+    assert_eq!(status["policy"], "shell", "{status}");
+    assert_eq!(status["shell_running"], false, "{status}");
+    let text = up.node.run(&["status"]);
+    assert!(
+        text.ok().contains("policy: shell, NOT RUNNING"),
+        "{text:#?}"
+    );
+    let config = |text: &str| std::fs::write(up.node.home().join("config.toml"), text).unwrap();
+    let echo = up.node.pack_first_party("echo");
+    // A development package: ping's own directory, run as it is.
+    let ping = elastos_e2e::first_party_capsule("ping");
+    let script = script_capsule(&up.node, "hello", "echo hello-from-dev");
+    let start_echo = || {
+        up.node.run(&["run", "-d", path(&echo)]).ok();
+        wait_until("echo serving", Duration::from_secs(20), || {
+            up.node
+                .run(&["logs", "echo"])
+                .ok()
+                .contains("serving localhost://echo/*")
+        });
+    };
+    let audited = |capsule: &str, action: &str, text: &str| {
+        up.node
+            .run(&["audit", "--json", "--capsule", capsule])
+            .ok()
+            .lines()
+            .any(|l| l.contains(&format!("\"action\":\"{action}\"")) && l.contains(text))
+    };
+
+    // Still nothing said of the decider; only a shorter wait for the shell.
+    up.node.run(&["down"]).ok();
+    config("format = 1\n[policy]\nshell_wait = \"1s\"\n");
+    up.node.run(&["up"]).ok();
+    assert_eq!(up.node.run(&["status", "--json"]).json()["policy"], "shell");
+    // echo asks nothing to start (serving is the supervisor's first-party rule).
+    start_echo();
+    let denied = up.node.run(&[
+        "run",
+        path(&ping),
+        "--name",
+        "dev-ping",
+        "--restart",
+        "never",
+        "--",
+        "--count",
+        "1",
+        "--wait-for-provider",
+        "0",
+    ]);
+    assert_ne!(denied.code, 0, "{denied:#?}");
+    assert!(denied.stderr.contains("policy unavailable"), "{denied:#?}");
+    assert!(audited(
+        "dev-ping",
+        "token.request",
+        "policy=shell: policy unavailable"
+    ));
+    assert!(!audited("dev-ping", "token.grant", ""));
+    let refused = up.node.run(&["run", path(&script), "--restart", "never"]);
+    assert_ne!(refused.code, 0, "{refused:#?}");
+    assert!(!refused.stdout.contains("hello-from-dev"), "{refused:#?}");
+    wait_until("hello refused", Duration::from_secs(10), || {
+        up.node
+            .run(&["logs", "hello"])
+            .stdout
+            .contains("policy unavailable")
+    });
+
+    // The development policy, set explicitly: a manifest's requests are the grant.
+    up.node.run(&["down"]).ok();
+    config("format = 1\n[policy]\ndecider = \"development\"\n");
+    up.node.run(&["up"]).ok();
+    let status = up.node.run(&["status", "--json"]).json();
+    assert_eq!(status["policy"], "development", "{status}");
+    assert!(status["shell_running"].is_null(), "{status}");
+    assert!(up
+        .node
+        .run(&["status"])
+        .ok()
+        .contains("policy: development"));
+    start_echo();
+    let ran = up.node.run(&[
+        "run",
+        path(&ping),
+        "--name",
+        "dev-ping-2",
+        "--restart",
+        "never",
+        "--",
+        "--count",
+        "3",
+    ]);
+    assert!(ran.ok().contains(", 0 errors"), "{ran:#?}");
+    assert!(audited("dev-ping-2", "token.grant", "policy=development"));
+    let hello = up.node.run(&["run", path(&script), "--restart", "never"]);
+    assert!(hello.ok().contains("hello-from-dev"), "{hello:#?}");
 }
 
 #[test]

@@ -54,6 +54,14 @@ pub const NOTES_READ: &[&str] = &[
     "1h",
 ];
 
+/// The policy the end-to-end tests give a node that runs development packages (publisher
+/// `dev`, anyone's key): every capsule is allowed what it asks for, for an hour. It widens
+/// nothing the supervisor holds: each grant stays within the requester's own manifest's
+/// `requests`, never `admin` nor provide (a first-party rule), so a capsule gets exactly what its
+/// manifest requests, as the development policy gave it. The prompts, denials and the shipped
+/// policy have tests of their own (`e2e/shell.rs`, `e2e/terminal.rs`).
+pub const GRANT_REQUESTS: &str = "format = 1\n\n[[rule]]\nresource = \"*\"\ndecision = \"allow\"\nttl = \"1h\"\nreason = \"the end-to-end tests: every capsule gets what its manifest requests\"\n";
+
 /// One node: a private `$ELASTOS_HOME` in a temporary directory.
 pub struct Node {
     pub dir: tempfile::TempDir,
@@ -118,6 +126,47 @@ impl Node {
         Node {
             dir: tempfile::tempdir_in(parent).expect("tempdir"),
             user: None,
+        }
+    }
+
+    /// A node prepared by [`Node::grant_requests`] with no more settings.
+    pub fn granting() -> Node {
+        let node = Node::new();
+        node.grant_requests(&[], "");
+        node
+    }
+
+    /// Writes this node's `config.toml` as `scripts/up` does: the first-party shell, packed by
+    /// this node, first in `[supervisor] default_capsules`, then `defaults`; `settings` follows
+    /// that line, so it may go on with more `[supervisor]` keys and then other tables. The
+    /// decider is left to its default, the shell, and the policy to the node's.
+    pub fn shell_first(&self, defaults: &[&Path], settings: &str) {
+        let shell = self.pack_first_party("shell");
+        let list = std::iter::once(shell.as_path())
+            .chain(defaults.iter().copied())
+            .map(|p| format!("{:?}", p.to_str().expect("utf-8 path")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Packing made the home (0700, with the node's key).
+        std::fs::write(
+            self.home().join("config.toml"),
+            format!("format = 1\n[supervisor]\ndefault_capsules = [{list}]\n{settings}"),
+        )
+        .expect("config.toml");
+        if let Some(uid) = self.user {
+            chown_tree(&self.home(), uid);
+        }
+    }
+
+    /// [`Node::shell_first`], the node's policy [`GRANT_REQUESTS`]
+    /// (`$ELASTOS_HOME/policies/default.toml`): for a node that runs development packages.
+    pub fn grant_requests(&self, defaults: &[&Path], settings: &str) {
+        self.shell_first(defaults, settings);
+        let policies = self.home().join("policies");
+        std::fs::create_dir_all(&policies).expect("policies dir");
+        std::fs::write(policies.join("default.toml"), GRANT_REQUESTS).expect("the policy");
+        if let Some(uid) = self.user {
+            chown_tree(&policies, uid);
         }
     }
 

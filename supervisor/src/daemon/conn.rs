@@ -1387,7 +1387,8 @@ async fn request_token(
             actions,
             ttl,
         ) {
-            Err(Unasked::Provide(grant)) => (grant, policy::NAME),
+            // The provide capability is the supervisor's own rule, not the development policy's.
+            Err(Unasked::Provide(grant)) => (grant, "provide"),
             Err(unasked) => (unasked.grant(&conn.peer.name, resource, actions), "shell"),
             Ok(covering) => {
                 let (grant, how_long) =
