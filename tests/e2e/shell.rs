@@ -1212,3 +1212,59 @@ fn a_reload_without_the_rule_that_allowed_a_token_revokes_it() {
     assert_eq!(revoked(&up), 2);
     up.node.run(&["audit", "verify"]).ok();
 }
+
+/// A known publisher's capsule (`trust add DID --publisher`) asking for what its manifest
+/// requests is put to the person under the shipped policy, the prompt naming the publisher's
+/// DID; an always answer binds that DID and the capsule's name, so the same capsule is not
+/// asked again, and nothing is granted to the same name from the development key.
+#[test]
+fn a_known_publishers_capsule_is_asked_about_and_an_always_answer_binds_its_did() {
+    let up = shell_node(None, true);
+    start_echo(&up);
+    let other = Node::new();
+    let theirs = other.pack_first_party("ping");
+    up.node
+        .run(&["trust", "add", &other.did(), "--publisher"])
+        .ok();
+    let start = || {
+        up.node
+            .run(&[
+                "run",
+                "-d",
+                path(&theirs),
+                "--name",
+                "ping",
+                "--restart",
+                "never",
+                "--",
+                "--count",
+                "5",
+            ])
+            .ok();
+    };
+    start();
+    let p = prompt_of(&up, "ping");
+    assert_eq!(p["publisher"], other.did());
+    up.node
+        .run(&["allow", p["id"].as_str().unwrap(), "--always"])
+        .ok();
+    let done = |n: usize| {
+        wait_until("ping done", Duration::from_secs(30), || {
+            up.node
+                .run(&["logs", "ping"])
+                .ok()
+                .matches(", 0 errors")
+                .count()
+                >= n
+        })
+    };
+    done(1);
+    let grants = up.node.run(&["grants", "--json"]).json();
+    assert_eq!(grants[0]["publisher"], other.did(), "{grants}");
+    start();
+    done(2);
+    assert!(prompts(&up).is_empty(), "asked again");
+    // The same name from the development key is someone else: asked.
+    start_dev_ping(&up, "ping", "5");
+    assert_eq!(prompt_of(&up, "ping")["publisher"], "dev, unverified");
+}
