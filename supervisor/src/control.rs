@@ -370,7 +370,15 @@ impl Client {
 
     /// One request, one response.
     pub fn request(&mut self, req: &Request) -> Result<Response, ControlError> {
-        self.send(req)?;
+        if let Err(sent) = self.send(req) {
+            // A supervisor that refuses the connection (too many open) says why and closes it,
+            // and may have closed it before the request went out: its reason is still there
+            // to read, and says more than a broken pipe.
+            return match self.recv::<Response>() {
+                Ok(Some(r)) => Ok(r),
+                _ => Err(sent),
+            };
+        }
         self.recv()?.ok_or_else(|| {
             ControlError::Protocol("the supervisor closed the connection without answering".into())
         })
