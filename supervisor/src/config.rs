@@ -34,6 +34,11 @@ pub struct PolicyConfig {
     /// publisher, and may not hold `host://net`.
     #[serde(default = "shell_default")]
     pub shell: String,
+    /// The shell's publisher, when the node names one (a DID): then only that publisher's
+    /// package under the shell's name decides for the node. Unset: this node or any
+    /// first-party publisher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell_publisher: Option<String>,
     /// How long a request waits for a shell that is not running (starting, restarting) before it
     /// is denied `policy unavailable`.
     #[serde(default = "shell_wait_default", with = "humantime_serde_secs")]
@@ -49,6 +54,19 @@ pub struct PolicyConfig {
 pub enum Decider {
     Development,
     Shell,
+}
+
+impl PolicyConfig {
+    /// Whether a package of `publisher`, running as `name`, is the one the node names as its
+    /// shell: its name, a first-party publisher, and the configured publisher if there is one.
+    pub fn is_the_shell(&self, name: &str, publisher: &str, first_party: bool) -> bool {
+        name == self.shell
+            && first_party
+            && self
+                .shell_publisher
+                .as_deref()
+                .is_none_or(|p| p == publisher)
+    }
 }
 
 impl Decider {
@@ -73,6 +91,7 @@ impl Default for PolicyConfig {
         PolicyConfig {
             decider: decider_default(),
             shell: shell_default(),
+            shell_publisher: None,
             shell_wait: shell_wait_default(),
             prompt_fallback: prompt_fallback_default(),
         }

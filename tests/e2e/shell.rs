@@ -23,6 +23,19 @@ fn shell_node_with(policy: Option<&str>, with_shell: bool, settings: &str) -> Up
 }
 
 fn node_with_shell(node: Node, shell: Option<&Path>, policy: Option<&str>, settings: &str) -> Up {
+    shell_config(&node, shell, policy, settings);
+    let up = Up::with_node(node);
+    if shell.is_some() {
+        wait_until("the shell took the policy", Duration::from_secs(20), || {
+            audit_has(&up.node, "policy.load", "the shell took the node's policy")
+        });
+    }
+    up
+}
+
+/// Writes a node's configuration with `shell` (if any) as its default capsule and the shell
+/// deciding, its `[policy]` table ending with `settings`; and its own policy file, if any.
+fn shell_config(node: &Node, shell: Option<&Path>, policy: Option<&str>, settings: &str) {
     std::fs::create_dir_all(node.home()).unwrap();
     elastos_e2e::set_mode(&node.home(), 0o700);
     let defaults = shell.map_or(String::new(), |s| format!("\"{}\"", s.display()));
@@ -37,13 +50,6 @@ fn node_with_shell(node: Node, shell: Option<&Path>, policy: Option<&str>, setti
         std::fs::create_dir_all(node.home().join("policies")).unwrap();
         std::fs::write(node.home().join("policies/default.toml"), text).unwrap();
     }
-    let up = Up::with_node(node);
-    if shell.is_some() {
-        wait_until("the shell took the policy", Duration::from_secs(20), || {
-            audit_has(&up.node, "policy.load", "the shell took the node's policy")
-        });
-    }
-    up
 }
 
 /// A node whose shell is `test-shell MODE` (`tests/src/bin/test-shell.rs`), packed by the node
@@ -1267,4 +1273,44 @@ fn a_known_publishers_capsule_is_asked_about_and_an_always_answer_binds_its_did(
     // The same name from the development key is someone else: asked.
     start_dev_ping(&up, "ping", "5");
     assert_eq!(prompt_of(&up, "ping")["publisher"], "dev, unverified");
+}
+
+/// A node that names its shell's publisher (`[policy] shell_publisher`) takes only that
+/// publisher's package as its shell: the node's own shell under another name's publisher is
+/// refused, recorded, and decides nothing.
+#[test]
+fn a_shell_of_another_publisher_than_the_configured_one_decides_nothing() {
+    let someone = Node::new().did();
+    let up = {
+        let node = Node::new();
+        let shell = node.pack_first_party("shell");
+        shell_config(
+            &node,
+            Some(&shell),
+            None,
+            &format!("shell_publisher = \"{someone}\"\n"),
+        );
+        Up::with_node(node)
+    };
+    wait_until("the shell refused", Duration::from_secs(20), || {
+        audit_has(&up.node, "shell.refused", "[policy] shell_publisher")
+    });
+    assert!(up.node.run(&["status"]).ok().contains("NOT RUNNING"));
+    assert_eq!(
+        up.node.run(&["status", "--json"]).json()["shell_publisher"],
+        someone.as_str()
+    );
+    // Named as its own: it decides.
+    let own = up.node.did();
+    up.node.run(&["down"]).ok();
+    let config = up.node.home().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&someone, &own)).unwrap();
+    up.node.run(&["up"]).ok();
+    wait_until("the shell deciding", Duration::from_secs(20), || {
+        up.node
+            .run(&["status"])
+            .ok()
+            .contains("policy: shell (running)")
+    });
 }

@@ -404,7 +404,11 @@ impl CapsuleActor {
         // only a first-party package under the shell's name, and never with the host's network:
         // any other package named so is decided like every capsule.
         let deciding = self.shared.config.policy.decider == elastos::config::Decider::Shell;
-        let is_shell = st.spec.name == self.shared.config.policy.shell && st.peer.first_party;
+        let is_shell = self.shared.config.policy.is_the_shell(
+            &st.spec.name,
+            &st.spec.stored.publisher,
+            st.peer.first_party,
+        );
         if deciding && is_shell && st.spec.stored.manifest.requested_net() == Some("host") {
             self.fail(
                 st,

@@ -723,6 +723,15 @@ async fn become_shell(shared: &Arc<Shared>, conn: &Arc<Conn>) {
             "`{}` is named as the node's shell but its publisher {} is neither this node nor a first-party publisher; it is not asked to decide anything",
             peer.name, peer.publisher
         ))
+    } else if !shared
+        .config
+        .policy
+        .is_the_shell(&peer.name, &peer.publisher, peer.first_party)
+    {
+        Some(format!(
+            "`{}` is named as the node's shell but its publisher {} is not the one the configuration names ([policy] shell_publisher); it is not asked to decide anything",
+            peer.name, peer.publisher
+        ))
     } else if peer.manifest.requested_net() == Some("host") {
         Some(format!(
             "`{}` is named as the node's shell but asks for host://net, which a shell may not hold; it is not asked to decide anything",

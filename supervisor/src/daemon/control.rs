@@ -209,6 +209,7 @@ async fn handle(
             "shell_running": (shared.config.policy.decider == elastos::config::Decider::Shell)
                 .then(|| shared.shell.is_running()),
             "shell": &shared.config.policy.shell,
+            "shell_publisher": &shared.config.policy.shell_publisher,
             "rss_bytes": self_rss(),
             "run_dir": shared.run_dir.display().to_string(),
             "audit": {

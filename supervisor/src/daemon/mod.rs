@@ -662,19 +662,22 @@ async fn start_defaults(shared: &Arc<Shared>, root: &ActorRef<RootMsg>) {
     let by_shell = shared.config.policy.decider == elastos::config::Decider::Shell;
     for source in &shared.config.supervisor.default_capsules {
         match control::resolve_default(shared, source).await {
-            Ok(s)
-                if by_shell && shell.is_none() && s.manifest.name == shared.config.policy.shell =>
-            {
+            Ok(s) if by_shell && shell.is_none() && is_the_shell(shared, &s) => {
                 shell = Some((source.clone(), s))
             }
             Ok(s) => rest.push((source.clone(), s)),
             Err(e) => failed(source, &e),
         }
     }
+    let name = &shared.config.policy.shell;
+    // A default capsule under the shell's name that is not the node's shell (another
+    // publisher's) starts with the rest, and is refused as the shell; none is taken from the
+    // store in its place.
+    let named_so = rest.iter().any(|(_, s)| s.manifest.name == *name);
     if by_shell {
-        let name = &shared.config.policy.shell;
         let shell = match shell {
             Some(s) => Some(s),
+            None if named_so => None,
             None => control::resolve_default(shared, name)
                 .await
                 .map(|s| (name.clone(), s))
@@ -702,6 +705,18 @@ async fn start_defaults(shared: &Arc<Shared>, root: &ActorRef<RootMsg>) {
             failed(&source, &e);
         }
     }
+}
+
+/// Whether a stored package is the one the node names as its shell.
+fn is_the_shell(shared: &Shared, s: &elastos::store::Stored) -> bool {
+    let first_party = matches!(
+        shared.standing(&s.publisher),
+        elastos_schema::policy::Standing::ThisNode | elastos_schema::policy::Standing::FirstParty
+    );
+    shared
+        .config
+        .policy
+        .is_the_shell(&s.manifest.name, &s.publisher, first_party)
 }
 
 /// Revokes every session grant and the tokens minted under it, each recorded.
