@@ -49,6 +49,8 @@ enum Status {
   unavailable @5;     # the provider is down or restarting, or the audit log cannot be written
   badRequest @6;      # the frame decoded but makes no sense
   providerError @7;   # the provider answered with an error
+  pending @8;         # tokenReply only, and never final: the request waits for the person (a
+                      # prompt); its answer follows under the same id. Anywhere else, an error.
 }
 
 struct Call {

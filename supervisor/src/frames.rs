@@ -86,7 +86,12 @@ pub fn parse<'a>(msg: &'a Result<wire::Message<'_>, FrameError>) -> Parsed<'a> {
         Ok(frame::Which::Reply(Ok(r))) => Parsed::Reply(
             r.get_id(),
             ReplyView {
-                status: r.get_status().unwrap_or(Status::ProviderError),
+                // A provider's answer is final: `pending` is the supervisor's to say, and only
+                // to a token request.
+                status: match r.get_status() {
+                    Ok(Status::Pending) | Err(_) => Status::ProviderError,
+                    Ok(s) => s,
+                },
                 message: text(r.get_message()),
                 payload: r.get_payload().unwrap_or_default(),
             },

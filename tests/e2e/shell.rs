@@ -309,6 +309,13 @@ fn a_prompt_waits_for_the_person_and_allow_once_lasts_one_instance() {
     }
     assert_eq!(p["publisher"], "dev, unverified");
     assert_eq!(p["reason"], "measure round trips to echo");
+    // The capsule is told only that it waits.
+    wait_until("ping-dev told it waits", Duration::from_secs(10), || {
+        up.node
+            .run(&["logs", "ping-dev"])
+            .ok()
+            .contains("ping: waiting for permission")
+    });
     assert_eq!(p["actions"], serde_json::json!(["read"]));
     // The text listing says who asks and what, with the manifest's reason on its own line.
     let listing = up.node.run(&["prompts"]).ok().to_string();

@@ -125,6 +125,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // What the supervisor says: the request waits for the person (who answers elsewhere).
+    capsule.on_waiting(|| eprintln!("ping: waiting for permission"));
     if let Some(token) = &options.token {
         capsule.add_grant(Grant {
             token: token.clone(),

@@ -45,6 +45,8 @@ impl ErrorKind {
             Status::Unavailable => ErrorKind::Unavailable,
             Status::BadRequest => ErrorKind::BadRequest,
             Status::ProviderError => ErrorKind::ProviderError,
+            // Only a token request may be told to wait (`Event::TokenPending`).
+            Status::Pending => ErrorKind::Protocol,
         })
     }
 

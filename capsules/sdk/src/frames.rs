@@ -131,6 +131,10 @@ pub(crate) enum Event {
         id: u64,
         result: Result<Grant, SdkError>,
     },
+    /// A token request waits for the person; its reply follows.
+    TokenPending {
+        id: u64,
+    },
     ServeReply {
         id: u64,
         result: Result<(), SdkError>,
@@ -229,6 +233,9 @@ pub(crate) fn parse(body: &[u8], last_caller: &mut Option<Arc<Caller>>) -> Resul
         frame::Which::TokenReply(t) => {
             let t = t.map_err(|e| protocol("tokenReply", e))?;
             let id = t.get_id();
+            if t.get_status() == Ok(Status::Pending) {
+                return Ok(Event::TokenPending { id });
+            }
             let result = (|| match status_of("tokenReply", t.get_status())? {
                 Some(kind) => Err(SdkError::Refused {
                     kind,

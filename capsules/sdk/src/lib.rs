@@ -213,6 +213,8 @@ pub struct Capsule<T: Transport> {
     next_serial: u64,
     dead: Option<Dead>,
     clock: Box<dyn Fn() -> i64 + Send>,
+    /// Told when a token request waits for the person (see [`Capsule::on_waiting`]).
+    waiting: Option<Box<dyn FnMut() + Send>>,
 }
 
 fn unix_now() -> i64 {
@@ -257,6 +259,7 @@ impl<T: Transport> Capsule<T> {
             serves: HashMap::new(),
             incoming: VecDeque::new(),
             shell: VecDeque::new(),
+            waiting: None,
             grants: Vec::new(),
             next_serial: 1,
             dead: None,
@@ -354,6 +357,13 @@ impl<T: Transport> Capsule<T> {
         })??;
         self.cache(grant.clone());
         Ok(grant)
+    }
+
+    /// Calls `told` whenever a token request (made by [`Capsule::request_token`], or by a call
+    /// that needs a token) waits for the person to answer a prompt: the app may say it waits
+    /// for permission. The request goes on waiting (up to the prompt's minute) for the answer.
+    pub fn on_waiting(&mut self, told: impl FnMut() + Send + 'static) {
+        self.waiting = Some(Box::new(told));
     }
 
     /// Uses `grant` for the calls it covers, instead of asking the supervisor for a token: a
@@ -689,6 +699,18 @@ impl<T: Transport> Capsule<T> {
                 self.answers.insert(id, result);
                 Ok(())
             }
+            // Only the fact: which prompt, and its answer, are the person's and the supervisor's.
+            Event::TokenPending { id } => match self.tokens.get(&id) {
+                Some(None) => {
+                    if let Some(told) = self.waiting.as_mut() {
+                        told();
+                    }
+                    Ok(())
+                }
+                _ => Err(SdkError::Protocol(format!(
+                    "a pending token reply to request {id}, which is not pending"
+                ))),
+            },
             Event::TokenReply { id, result } => match self.tokens.get_mut(&id) {
                 Some(slot @ None) => {
                     *slot = Some(result);
@@ -747,7 +769,7 @@ fn event_name(e: &Event) -> &'static str {
     match e {
         Event::Welcome { .. } => "a welcome",
         Event::Answer { .. } => "an answer",
-        Event::TokenReply { .. } => "a token reply",
+        Event::TokenReply { .. } | Event::TokenPending { .. } => "a token reply",
         Event::ServeReply { .. } => "a serve reply",
         Event::Incoming(_) | Event::Unservable { .. } => "an incoming call",
         Event::Chunk => "a chunk",

@@ -483,6 +483,56 @@ fn request_token_returns_the_grant_and_caches_it() {
 }
 
 #[test]
+fn a_token_request_told_to_wait_goes_on_waiting_and_the_app_hears_it() {
+    let script: Script = Box::new(|s| match s {
+        Sent::Hello { .. } => vec![welcome(versions::WIRE, wire::MAX_FRAME)],
+        // Told it waits for the person (twice, as a reconnecting shell might), then granted.
+        Sent::RequestToken { id, .. } => vec![
+            token_refused(*id, Status::Pending, ""),
+            token_refused(*id, Status::Pending, ""),
+            granted(
+                *id,
+                b"token-1",
+                "localhost://echo/*",
+                &[Action::Read],
+                T0 + 60,
+            ),
+        ],
+        other => echo(other),
+    });
+    let (mut c, _, _) = connect_with(script, Arc::new(AtomicI64::new(T0)));
+    let told = Arc::new(AtomicI64::new(0));
+    let t = told.clone();
+    c.on_waiting(move || {
+        t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    let grant = c
+        .request_token("localhost://echo/x", &[Action::Read], "", Duration::ZERO)
+        .unwrap();
+    assert_eq!(grant.token, b"token-1");
+    assert_eq!(told.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[test]
+fn pending_is_no_answer_to_a_call_nor_to_a_request_never_made() {
+    let (mut c, _, _) = connect(|s| match s {
+        Sent::Call { id, .. } => vec![answer(*id, Status::Pending, "", b"")],
+        _ => vec![],
+    });
+    let err = c.call("localhost://echo/s", Action::Read, b"").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Protocol);
+    let (mut c, _, _) = connect(|s| match s {
+        Sent::Call { id, .. } => vec![
+            token_refused(77, Status::Pending, ""),
+            answer(*id, Status::Ok, "", b"x"),
+        ],
+        _ => vec![],
+    });
+    let err = c.call("localhost://echo/s", Action::Read, b"").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Protocol, "{err:?}");
+}
+
+#[test]
 fn a_refused_token_fails_the_call_without_sending_it() {
     let clock = Arc::new(AtomicI64::new(T0));
     let script: Script = Box::new(|s| match s {

@@ -844,6 +844,18 @@ async fn token_busy(conn: &Conn, id: u64, why: &str) {
 }
 
 /// Sends a reply to the capsule's own request (see [`Conn::push_wait`]).
+/// Tells a capsule that its token request `id` waits for the person; the reply follows.
+pub async fn send_pending(conn: &Conn, id: u64) {
+    let frame = {
+        let mut m = Builder::new_default();
+        let mut reply = m.init_root::<frame::Builder>().init_token_reply();
+        reply.set_id(id);
+        reply.set_status(Status::Pending);
+        wire::encode(&m)
+    };
+    send_back(conn, frame).await;
+}
+
 async fn send_back(conn: &Conn, frame: Result<Vec<u8>, FrameError>) {
     if let Ok(bytes) = frame.and_then(fits) {
         conn.push_wait(bytes).await;
@@ -1401,7 +1413,7 @@ async fn request_token(
             Err(unasked) => (unasked.grant(&conn.peer.name, resource, actions), "shell"),
             Ok(covering) => {
                 let (grant, how_long) =
-                    ask_shell(shared, conn, resource, actions, ttl, covering).await;
+                    ask_shell(shared, conn, id, resource, actions, ttl, covering).await;
                 lasts = how_long;
                 (grant, "shell")
             }
@@ -1544,6 +1556,7 @@ async fn request_token(
 async fn ask_shell(
     shared: &Arc<Shared>,
     conn: &Arc<Conn>,
+    id: u64,
     resource: &str,
     actions: ActionSet,
     ttl: Duration,
@@ -1566,6 +1579,7 @@ async fn ask_shell(
         conn.peer.actor(),
         &ask,
         conn.peer.attached.as_ref(),
+        Some((conn, id)),
     )
     .await
 }

@@ -33,6 +33,10 @@ pub enum Lasts {
     Rule(String),
 }
 
+/// A capsule's token request: its connection and the request's id, so it can be told when the
+/// request waits for the person.
+pub type Requester<'a> = (&'a Arc<super::conn::Conn>, u64);
+
 /// Asks the shell, and the person if it says so, about `ask`, for `owner`'s prompts, recorded
 /// under `actor`.
 pub async fn decide(
@@ -41,6 +45,7 @@ pub async fn decide(
     actor: &str,
     ask: &shell::Ask,
     attached: Option<&Attached>,
+    requester: Option<Requester<'_>>,
 ) -> (Grant, Lasts) {
     let deny = |why: String| (Grant::Deny(why), Lasts::Ttl);
     let (answer, rule) = match shared.shell.ask(ask, shared.config.policy.shell_wait).await {
@@ -70,7 +75,9 @@ pub async fn decide(
             PromptFallback::Deny => deny(
                 "a person must decide this (the policy says prompt), and this node answers prompts with deny ([policy] prompt_fallback)".into(),
             ),
-            PromptFallback::Prompt => ask_person(shared, owner, actor, ask, attached).await,
+            PromptFallback::Prompt => {
+                ask_person(shared, owner, actor, ask, attached, requester).await
+            }
         },
         Outcome::Refused(why) => {
             let why = format!("the shell's answer was refused: {why}");
@@ -90,6 +97,7 @@ async fn ask_person(
     actor: &str,
     ask: &shell::Ask,
     attached: Option<&Attached>,
+    requester: Option<Requester<'_>>,
 ) -> (Grant, Lasts) {
     let now = super::conn::now_unix();
     // Anyone can sign as `dev`: a standing answer for a development package binds its CID.
@@ -173,6 +181,10 @@ async fn ask_person(
                     resource: ask.resource.clone(),
                 });
             }
+            // The capsule hears only that it waits: not the prompt's id, not the answer's way.
+            if let Some((conn, request)) = requester {
+                super::conn::send_pending(conn, request).await;
+            }
             shared.prompts.wait(&id, rx).await
         }
         Err(e) => Err(e),
@@ -249,7 +261,7 @@ pub async fn decide_start(shared: &Arc<Shared>, peer: &super::conn::Peer) -> Res
             covering: covering.clone(),
             dry_run: false,
         };
-        let (grant, _) = decide(shared, owner, actor, &ask, attached).await;
+        let (grant, _) = decide(shared, owner, actor, &ask, attached, None).await;
         let run = covering.resource.starts_with("elastos://");
         match grant {
             // For a start the grant is all or nothing: the manifest's entry, whole.
