@@ -414,8 +414,17 @@ fn commands_that_need_a_supervisor_say_so_with_exit_3() {
 /// built-in development policy decides only where the node sets it.
 #[test]
 fn a_node_decides_with_its_shell_unless_it_sets_the_development_policy() {
-    // No configuration at all, and no shell in the store.
-    let up = Up::with_node(Node::new());
+    // No configuration at all, and no shell in the store: `up` says so.
+    let node = Node::new();
+    let started = node.run(&["up"]);
+    assert!(
+        started.ok().contains("elastos is up")
+            && started
+                .stderr
+                .contains("warning: the node's shell `shell` is not running"),
+        "{started:#?}"
+    );
+    let up = Up { node };
     assert!(!up.node.home().join("config.toml").exists());
     let status = up.node.run(&["status", "--json"]).json();
     assert_eq!(status["policy"], "shell", "{status}");

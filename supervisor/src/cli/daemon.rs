@@ -110,6 +110,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             r.data["did"].as_str().unwrap_or("?"),
             r.data["socket"].as_str().unwrap_or("?")
         );
+        // Up, but deciding nothing: said now rather than found out by the first capsule.
+        if r.data["shell_running"] == false {
+            let shell = elastos::text::sanitize(r.data["shell"].as_str().unwrap_or("shell"));
+            eprintln!(
+                "warning: the node's shell `{shell}` is not running, so every token request is denied `policy unavailable`; add its package to [supervisor] default_capsules in config.toml (scripts/up does), or see `elastos logs {shell}`"
+            );
+        }
         Ok(ExitCode::SUCCESS)
     } else if line.starts_with("already running") {
         print!("{line}");
