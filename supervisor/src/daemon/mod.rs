@@ -689,12 +689,11 @@ async fn start_defaults(shared: &Arc<Shared>, root: &ActorRef<RootMsg>) {
         if let Some((source, s)) = shell {
             match control::start_stored(root, s).await {
                 Ok(_) => {
-                    let start = std::time::Instant::now();
-                    while !shared.shell.is_running()
-                        && start.elapsed() < shared.config.policy.shell_wait
-                    {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
+                    // Not attached in time: the rest start anyway, and wait for it themselves.
+                    let _ = shared
+                        .shell
+                        .wait_for_shell(shared.config.policy.shell_wait)
+                        .await;
                 }
                 Err(e) => failed(&source, &e),
             }

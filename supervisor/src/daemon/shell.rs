@@ -229,7 +229,8 @@ impl ShellLink {
             .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn wait_for_shell(&self, patience: Duration) -> Result<Arc<Conn>, String> {
+    /// The shell's connection once it has attached, waiting at most `patience` for it.
+    pub async fn wait_for_shell(&self, patience: Duration) -> Result<Arc<Conn>, String> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             let attached = self.attached.notified();
