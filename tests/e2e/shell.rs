@@ -1007,11 +1007,7 @@ fn a_session_grant_answers_until_the_supervisor_stops() {
             .is_some_and(|c| c > 10)
     });
     assert_eq!(grants_of(&up, "session").len(), 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.supervisor_pid() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    up.kill_9_supervisor();
     assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
     assert!(grants_of(&up, "session").is_empty());
     assert!(audit_has(
@@ -1030,11 +1026,7 @@ fn a_prompt_pending_at_a_kill_9_of_the_supervisor_grants_nothing() {
     start_echo(&up);
     start_dev_ping(&up, "ping-dev", "5");
     let p = prompt_of(&up, "ping-dev");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.supervisor_pid() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    up.kill_9_supervisor();
     assert!(up.node.run(&["up"]).ok().contains("elastos is up"));
     assert!(prompts(&up).is_empty());
     let late = up.node.run(&["allow", p["id"].as_str().unwrap()]);

@@ -40,6 +40,16 @@ impl Up {
         assert!(out.ok().contains("elastos is up"), "{out:#?}");
         Up { node }
     }
+    /// `kill -9` of the supervisor; returns the pid it had.
+    pub(crate) fn kill_9_supervisor(&self) -> u32 {
+        let pid = self.supervisor_pid();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        pid
+    }
     pub(crate) fn supervisor_pid(&self) -> u32 {
         self.node.run(&["status", "--json"]).json()["pid"]
             .as_u64()
@@ -307,12 +317,7 @@ fn kill_9_of_the_supervisor_leaves_no_capsule_behind_and_the_log_verifies() {
         .collect();
     let layers = up.capsule("forker")["layers"].to_string();
     assert_eq!(layers.contains("cgroup-"), !groups.is_empty(), "{layers}");
-    let sup = up.supervisor_pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(sup as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let sup = up.kill_9_supervisor();
     wait_until(
         "every capsule process gone",
         Duration::from_secs(10),
